@@ -1,0 +1,268 @@
+"""Type stub for meshpipe's native engine (rust/src/py/). Import from ``meshpipe``, not from here."""
+
+import os
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Final, Literal, Self
+
+from typing_extensions import Buffer
+
+Codec = Literal["none", "gzip", "zstd"]
+
+KiB: Final[int]
+MiB: Final[int]
+GiB: Final[int]
+DEFAULT_CHUNK_SIZE: Final[int]
+MIN_CHUNK_SIZE: Final[int]
+MAX_REQUEST_SIZE: Final[int]
+MAX_FILE_SIZE: Final[int]
+__version__: Final[str]
+
+# --- errors -------------------------------------------------------------------------------
+
+class MeshpipeError(Exception):
+    """Base of every error meshpipe raises (OS errors stay built-in OSError subclasses)."""
+
+class PlanError(MeshpipeError, ValueError):
+    """A chunk plan breaks a MESH rule; nothing was read or sent."""
+
+class ChunkSizeError(PlanError):
+    """Chunk size below the 5 MiB minimum, or a chunk above the per-request maximum."""
+
+class FileTooLargeError(PlanError):
+    """The file is larger than the configured maximum message size."""
+
+class SourceChangedError(MeshpipeError):
+    """The source file changed size while it was being split."""
+
+class CodecError(MeshpipeError):
+    """Compressed data is corrupt or truncated. ``chunk`` names the chunk (1-based) or is None."""
+
+    chunk: int | None
+
+class ChecksumMismatchError(MeshpipeError):
+    """A checksum did not match. ``chunk`` is the chunk number, or None for the whole file."""
+
+    chunk: int | None
+    algorithm: str
+    expected: str
+    actual: str
+
+class ChunkLengthError(MeshpipeError):
+    """A chunk decompressed to more (bomb: stopped at the limit) or fewer bytes than planned."""
+
+    chunk: int
+    expected: int
+
+class ChunkNumberError(MeshpipeError, ValueError):
+    """A chunk number outside 1..chunk_count."""
+
+    chunk: int
+
+class DuplicateChunkError(MeshpipeError):
+    """A chunk arrived again with different content, or while it was still being written."""
+
+    chunk: int
+
+class ChunkOrderError(MeshpipeError):
+    """A chunk whose offset is not known yet (unknown chunk size and earlier chunks missing)."""
+
+    chunk: int
+
+class MissingChunksError(MeshpipeError):
+    """finish() was called before every chunk arrived. ``missing`` lists them (1-based)."""
+
+    missing: list[int]
+
+class StateError(MeshpipeError):
+    """An object was used after it was finished, aborted or closed."""
+
+# --- plan ---------------------------------------------------------------------------------
+
+class ChunkPlan:
+    """Chunk boundaries for a file at a fixed *uncompressed* chunk size, validated on creation."""
+
+    def __init__(
+        self,
+        file_size: int,
+        chunk_size: int = ...,
+        *,
+        codec: Codec = "none",
+        max_file_size: int = ...,
+        min_chunk_size: int = ...,
+        max_request_size: int = ...,
+    ) -> None: ...
+    @property
+    def file_size(self) -> int: ...
+    @property
+    def chunk_size(self) -> int: ...
+    @property
+    def chunk_count(self) -> int: ...
+    def chunk_offset(self, number: int) -> int:
+        """Byte offset of chunk ``number`` (1-based) in the file."""
+    def chunk_length(self, number: int) -> int:
+        """Uncompressed length of chunk ``number`` (1-based)."""
+
+# --- split --------------------------------------------------------------------------------
+
+class Chunk:
+    """One chunk's payload, as a read-only buffer: ``memoryview(chunk)`` never copies.
+
+    The payload is compressed for the gzip and zstd codecs, raw for none. The buffer goes back
+    to the splitter's pool when the chunk is released or garbage-collected.
+    """
+
+    @property
+    def number(self) -> int:
+        """1-based chunk number, as MESH counts."""
+    @property
+    def count(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def length(self) -> int:
+        """Uncompressed length."""
+    @property
+    def payload_size(self) -> int:
+        """Length of the payload as sent (compressed size for gzip and zstd)."""
+    @property
+    def xxh3_128(self) -> str:
+        """xxh3-128 of the uncompressed bytes, 32 lowercase hex digits."""
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+    def release(self) -> None:
+        """Give the buffer back now. Raises BufferError while a memoryview of it is alive."""
+
+class FileDigest:
+    @property
+    def size(self) -> int: ...
+    @property
+    def xxh3_128(self) -> str: ...
+    @property
+    def sha256(self) -> str | None: ...
+
+class Splitter:
+    """Reads a file in Rust and yields its chunks in order; compression on worker threads.
+
+    ``source`` is a path or an open file descriptor (read with pread; the descriptor is
+    duplicated, the caller keeps ownership). Memory is bounded by ``window`` chunk buffers.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike[str] | int,
+        *,
+        codec: Codec = "none",
+        level: int | None = None,
+        chunk_size: int = ...,
+        threads: int | None = None,
+        window: int | None = None,
+        sha256: bool = False,
+        max_file_size: int = ...,
+    ) -> None: ...
+    @property
+    def plan(self) -> ChunkPlan: ...
+    @property
+    def codec(self) -> Codec: ...
+    def __iter__(self) -> Iterator[Chunk]: ...
+    def __next__(self) -> Chunk: ...
+    def digest(self) -> FileDigest:
+        """The whole-file checksums; only after the last chunk was yielded."""
+    def close(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+# --- assemble -----------------------------------------------------------------------------
+
+class ChunkReport:
+    @property
+    def number(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def xxh3_128(self) -> str: ...
+    @property
+    def verified_by(self) -> str:
+        """"xxh3-128", "gzip-crc32", "zstd-checksum" or "none"."""
+
+class AssemblyReport:
+    @property
+    def path(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def chunk_count(self) -> int: ...
+    @property
+    def xxh3_128(self) -> str: ...
+    @property
+    def sha256(self) -> str | None: ...
+    @property
+    def verified(self) -> list[str]:
+        """What was verified, e.g. ["file xxh3-128", "chunks xxh3-128"] or ["chunks gzip-crc32"]."""
+
+class ChunkWriter:
+    """Receives one chunk's bytes as they arrive (compressed per the assembler's codec)."""
+
+    @property
+    def number(self) -> int: ...
+    @property
+    def written(self) -> int:
+        """Uncompressed bytes written so far."""
+    def write(self, data: Buffer, /) -> None: ...
+    def finish(self) -> ChunkReport: ...
+    def abort(self) -> None:
+        """Forget this attempt; the chunk may be opened again."""
+
+class Assembler:
+    """Writes chunks, in any order, into a temporary file beside ``destination``; ``finish``
+    verifies, fsyncs and renames it into place. Nothing is ever left at ``destination`` unless
+    every check passed.
+
+    ``chunk_size=None`` means unknown: chunk k can be opened only once chunks 1..k-1 are done,
+    unless ``assume_fixed_chunk_size()`` was called after chunk 1.
+    """
+
+    def __init__(
+        self,
+        destination: str | os.PathLike[str],
+        *,
+        chunk_count: int,
+        codec: Codec = "none",
+        chunk_size: int | None = None,
+        file_size: int | None = None,
+        xxh3_128: str | None = None,
+        sha256: str | None = None,
+        compute_sha256: bool = False,
+        max_chunk_size: int = ...,
+        overwrite: bool = False,
+    ) -> None: ...
+    @property
+    def destination(self) -> str: ...
+    @property
+    def temporary_path(self) -> str: ...
+    @property
+    def chunk_count(self) -> int: ...
+    @property
+    def missing(self) -> list[int]: ...
+    def open_chunk(self, number: int, *, xxh3_128: str | None = None) -> ChunkWriter: ...
+    def assume_fixed_chunk_size(self) -> int:
+        """After chunk 1 of a multi-chunk message: take its length as every chunk's but the last."""
+    def finish(self) -> AssemblyReport: ...
+    def abort(self) -> None:
+        """Delete the temporary file. Safe to call more than once."""
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+def xxh3_128_file(path: str | os.PathLike[str]) -> str: ...
+def sha256_file(path: str | os.PathLike[str]) -> str: ...
