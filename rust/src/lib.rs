@@ -1,0 +1,21 @@
+//! meshpipe's chunk engine: plan, split, compress, checksum and reassemble files for NHS MESH.
+//!
+//! Pure Rust; the Python bindings live in [`py`] behind the `python` feature.
+//!
+//! - [`plan`]: fixed uncompressed chunk boundaries, checked against MESH's limits.
+//! - [`codec`]: none / gzip (ISA-L) / zstd; one-shot compression, incremental capped decoding.
+//! - [`checksum`]: xxh3-128 per chunk and per file, SHA-256 on request.
+//! - [`split`]: the read → hash → compress pipeline over a bounded window of threads.
+//! - [`assemble`]: decode → verify → write at offset, any order; verify, fsync, rename.
+
+pub mod assemble;
+pub mod checksum;
+pub mod codec;
+pub mod error;
+pub mod plan;
+pub mod split;
+
+#[cfg(feature = "python")]
+mod py;
+
+pub use error::{Error, Result};
