@@ -1,0 +1,346 @@
+"""Typed results of MESH calls: message metadata, REPORT messages, tracking, lookup, checksums."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from meshpipe.errors import MeshProtocolError
+
+#: The version token that opens meshpipe's mex-Content-Checksum value.
+CHECKSUM_VERSION: Final = "meshpipe/1"
+_CHECKSUM_ALLOWED: Final = re.compile(r"^[A-Za-z0-9\s:/-]*$")
+_HEX: Final = re.compile(r"^[0-9a-f]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class ContentChecksum:
+    """The whole-file checksum meshpipe sends in ``mex-Content-Checksum``.
+
+    Form (fits the sandbox's rule: letters, digits, whitespace, ``:`` ``-`` ``/``; ≤ 100 chars)::
+
+        meshpipe/1 xxh3-128:<32 hex> size:<bytes> chunk:<uncompressed chunk size> codec:<codec>
+
+    ``size`` and ``chunk`` are the uncompressed file and chunk sizes; ``codec`` is ``none``,
+    ``gzip`` (Content-Encoding) or ``zstd`` (the payload is a zstd stream per chunk). Other
+    senders' values such as ``sha256:<hex>`` or ``md5:<hex>`` parse too, with the fields they give.
+    """
+
+    xxh3_128: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    chunk_size: int | None = None
+    codec: str | None = None
+    meshpipe: bool = False
+    other: Mapping[str, str] = field(default_factory=dict)
+
+    def header_value(self) -> str:
+        parts = [CHECKSUM_VERSION]
+        if self.xxh3_128:
+            parts.append(f"xxh3-128:{self.xxh3_128}")
+        if self.sha256 and not self.xxh3_128:
+            parts.append(f"sha256:{self.sha256}")
+        if self.size is not None:
+            parts.append(f"size:{self.size}")
+        if self.chunk_size is not None:
+            parts.append(f"chunk:{self.chunk_size}")
+        if self.codec:
+            parts.append(f"codec:{self.codec}")
+        value = " ".join(parts)
+        if len(value) > 100 or not _CHECKSUM_ALLOWED.match(value):
+            raise ValueError(f"checksum header {value!r} breaks MESH's rules")
+        return value
+
+    @classmethod
+    def parse(cls, value: str | None) -> ContentChecksum | None:
+        """Parse a mex-Content-Checksum value; None when absent or not understood."""
+        if not value or not value.strip():
+            return None
+        tokens = value.split()
+        is_meshpipe = tokens[0] == CHECKSUM_VERSION
+        if is_meshpipe:
+            tokens = tokens[1:]
+        found: dict[str, str] = {}
+        for token in tokens:
+            key, sep, val = token.partition(":")
+            if not sep or not val:
+                if len(tokens) == 1 and _HEX.match(token.lower()) and len(token) == 64:
+                    found["sha256"] = token.lower()
+                continue
+            found[key.lower()] = val
+        if not found:
+            return None
+
+        def digest(key: str, length: int) -> str | None:
+            text = found.pop(key, None)
+            if text is None:
+                return None
+            text = text.lower()
+            return text if len(text) == length and _HEX.match(text) else None
+
+        def number(key: str) -> int | None:
+            text = found.pop(key, None)
+            return int(text) if text is not None and text.isdigit() else None
+
+        xxh3 = digest("xxh3-128", 32)
+        sha = digest("sha256", 64)
+        size = number("size")
+        chunk = number("chunk")
+        codec = found.pop("codec", None)
+        if codec not in (None, "none", "gzip", "zstd"):
+            codec = None
+        return cls(
+            xxh3_128=xxh3,
+            sha256=sha,
+            size=size,
+            chunk_size=chunk,
+            codec=codec,
+            meshpipe=is_meshpipe,
+            other=dict(found),
+        )
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:
+        value = headers.get(name.lower())
+    return value if value not in (None, "") else None
+
+
+def _flag(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    return value.strip().lower() in ("y", "yes", "true", "1", "on")
+
+
+def parse_chunk_range(value: str | None) -> tuple[int, int]:
+    """``n:N`` as (n, N); absent means (1, 1)."""
+    if not value:
+        return 1, 1
+    try:
+        number_text, _, count_text = value.partition(":")
+        return int(number_text), int(count_text)
+    except ValueError:
+        raise MeshProtocolError(f"mex-Chunk-Range {value!r} is not n:N") from None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageMetadata:
+    """What the headers of a download (or HEAD) say about a DATA message."""
+
+    message_id: str
+    message_type: str
+    sender: str | None
+    recipient: str | None
+    workflow_id: str | None
+    local_id: str | None
+    subject: str | None
+    filename: str | None
+    partner_id: str | None
+    chunk_number: int
+    chunk_count: int
+    content_encoding: str | None
+    content_type: str | None
+    content_length: int | None
+    checksum: ContentChecksum | None
+    checksum_header: str | None
+    compressed: bool | None
+    encrypted: bool | None
+    status_code: str | None
+    status_event: str | None
+    status_description: str | None
+    status_success: str | None
+    status_timestamp: str | None
+    linked_message_id: str | None
+    headers: Mapping[str, str] = field(repr=False)
+
+    @property
+    def is_report(self) -> bool:
+        return (self.message_type or "").upper() == "REPORT"
+
+    @classmethod
+    def from_headers(cls, message_id: str, headers: Mapping[str, str]) -> MessageMetadata:
+        plain = {key.lower(): value for key, value in headers.items()}
+        chunk_number, chunk_count = parse_chunk_range(_header(plain, "mex-chunk-range"))
+        total = _header(plain, "mex-total-chunks")
+        if total and total.isdigit():
+            chunk_count = max(chunk_count, int(total))
+        length = _header(plain, "content-length")
+        checksum_header = _header(plain, "mex-content-checksum")
+        return cls(
+            message_id=_header(plain, "mex-messageid") or message_id,
+            message_type=(_header(plain, "mex-messagetype") or "DATA").upper(),
+            sender=_header(plain, "mex-from"),
+            recipient=_header(plain, "mex-to"),
+            workflow_id=_header(plain, "mex-workflowid"),
+            local_id=_header(plain, "mex-localid"),
+            subject=_header(plain, "mex-subject"),
+            filename=_header(plain, "mex-filename"),
+            partner_id=_header(plain, "mex-partnerid"),
+            chunk_number=chunk_number,
+            chunk_count=chunk_count,
+            content_encoding=_header(plain, "content-encoding"),
+            content_type=_header(plain, "mex-content-type") or _header(plain, "content-type"),
+            content_length=int(length) if length and length.isdigit() else None,
+            checksum=ContentChecksum.parse(checksum_header),
+            checksum_header=checksum_header,
+            compressed=_flag(_header(plain, "mex-content-compressed")),
+            encrypted=_flag(_header(plain, "mex-content-encrypted")),
+            status_code=_header(plain, "mex-statuscode"),
+            status_event=_header(plain, "mex-statusevent"),
+            status_description=_header(plain, "mex-statusdescription"),
+            status_success=_header(plain, "mex-statussuccess"),
+            status_timestamp=_header(plain, "mex-statustimestamp"),
+            linked_message_id=_header(plain, "mex-linkedmsgid"),
+            headers=plain,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReportMessage:
+    """A REPORT message: MESH telling the sender that a message failed (e.g. code 14, not
+    collected within 5 days). It has no data; acknowledge it once handled."""
+
+    message_id: str
+    status_code: str | None
+    status_event: str | None
+    status_description: str | None
+    status_success: str | None
+    status_timestamp: str | None
+    linked_message_id: str | None
+    workflow_id: str | None
+    local_id: str | None
+    subject: str | None
+
+    @property
+    def is_non_delivery(self) -> bool:
+        return self.status_code == "14"
+
+    def describe(self) -> str:
+        linked = f" about message {self.linked_message_id}" if self.linked_message_id else ""
+        return (
+            f"REPORT {self.message_id}{linked}: code {self.status_code or '?'} "
+            f"({self.status_event or '?'}) {self.status_description or ''}".rstrip()
+        )
+
+    @classmethod
+    def from_metadata(cls, metadata: MessageMetadata) -> ReportMessage:
+        return cls(
+            message_id=metadata.message_id,
+            status_code=metadata.status_code,
+            status_event=metadata.status_event,
+            status_description=metadata.status_description,
+            status_success=metadata.status_success,
+            status_timestamp=metadata.status_timestamp,
+            linked_message_id=metadata.linked_message_id,
+            workflow_id=metadata.workflow_id,
+            local_id=metadata.local_id,
+            subject=metadata.subject,
+        )
+
+
+def _text(data: Mapping[str, Any], *keys: str) -> str | None:
+    for key in keys:
+        value = data.get(key)
+        if value not in (None, ""):
+            return str(value)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingInfo:
+    """Status of a sent message (v2 tracking, or v1 by local id mapped to the same names)."""
+
+    message_id: str
+    local_id: str | None
+    workflow_id: str | None
+    filename: str | None
+    recipient: str | None
+    status: str | None
+    status_success: bool | None
+    status_code: str | None
+    status_event: str | None
+    status_description: str | None
+    status_timestamp: str | None
+    upload_timestamp: str | None
+    expiry_time: str | None
+    raw: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TrackingInfo:
+        message_id = _text(data, "message_id", "messageId", "dtsId")
+        if message_id is None:
+            raise MeshProtocolError("tracking response carries no message id")
+        success = data.get("status_success", data.get("statusSuccess"))
+        if isinstance(success, str):
+            success = success.upper() == "SUCCESS"
+        return cls(
+            message_id=message_id,
+            local_id=_text(data, "local_id", "localId"),
+            workflow_id=_text(data, "workflow_id", "workflowId"),
+            filename=_text(data, "filename", "fileName"),
+            recipient=_text(data, "recipient"),
+            status=_text(data, "status"),
+            status_success=success if isinstance(success, bool) else None,
+            status_code=_text(data, "status_code", "statusCode"),
+            status_event=_text(data, "status_event", "statusEvent"),
+            status_description=_text(data, "status_description", "statusDescription"),
+            status_timestamp=_text(data, "status_timestamp", "statusTimestamp"),
+            upload_timestamp=_text(data, "upload_timestamp", "uploadTimestamp"),
+            expiry_time=_text(data, "expiry_time", "expiryTime"),
+            raw=dict(data),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RichMessage:
+    """One entry of the rich inbox or outbox listing."""
+
+    message_id: str
+    local_id: str | None
+    message_type: str | None
+    sender: str | None
+    recipient: str | None
+    workflow_id: str | None
+    status: str | None
+    total_chunks: int | None
+    sent_date: str | None
+    raw: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RichMessage:
+        message_id = _text(data, "message_id", "messageId")
+        if message_id is None:
+            raise MeshProtocolError("rich listing entry carries no message id")
+        chunks = data.get("total_chunks")
+        return cls(
+            message_id=message_id,
+            local_id=_text(data, "local_id"),
+            message_type=_text(data, "message_type"),
+            sender=_text(data, "sender"),
+            recipient=_text(data, "recipient"),
+            workflow_id=_text(data, "workflow_id"),
+            status=_text(data, "status"),
+            total_chunks=int(chunks)
+            if isinstance(chunks, int | str) and str(chunks).isdigit()
+            else None,
+            sent_date=_text(data, "sent_date"),
+            raw=dict(data),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A mailbox found by endpoint lookup or workflow search."""
+
+    mailbox_id: str
+    mailbox_name: str | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Endpoint:
+        mailbox = _text(data, "mailbox_id", "address")
+        if mailbox is None:
+            raise MeshProtocolError("endpoint lookup result carries no mailbox id")
+        return cls(mailbox_id=mailbox, mailbox_name=_text(data, "mailbox_name", "description"))
