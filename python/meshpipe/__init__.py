@@ -9,8 +9,8 @@ from meshpipe._meshpipe import (
     MAX_FILE_SIZE,
     MAX_REQUEST_SIZE,
     MIN_CHUNK_SIZE,
-    AssemblyReport,
     Assembler,
+    AssemblyReport,
     Chunk,
     ChunkPlan,
     ChunkReport,
@@ -72,4 +72,65 @@ __all__ = [
     "__version__",
     "sha256_file",
     "xxh3_128_file",
+]
+
+# --- the MESH client (python/meshpipe/client.py and friends) ------------------------------------
+from meshpipe.client import ClientSettings, MeshClient, SyncMeshClient
+from meshpipe.config import MeshConfig, Secret, load_config
+from meshpipe.errors import (
+    ChunkTransferError,
+    ConfigError,
+    MeshAuthenticationError,
+    MeshConnectionError,
+    MeshDuplicateRiskError,
+    MeshHTTPError,
+    MeshReportError,
+    MeshUnknownRecipientError,
+    MessageHeaderError,
+)
+from meshpipe.models import (
+    ContentChecksum,
+    Endpoint,
+    MessageMetadata,
+    ReportMessage,
+    TrackingInfo,
+)
+from meshpipe.retry import RetryPolicy
+from meshpipe.transfer import (
+    ReceiveResult,
+    SendResult,
+    receive_all,
+    receive_message,
+    receive_report,
+    send_file,
+)
+
+__all__ += [
+    "ChunkTransferError",
+    "ClientSettings",
+    "ConfigError",
+    "ContentChecksum",
+    "Endpoint",
+    "MeshAuthenticationError",
+    "MeshClient",
+    "MeshConfig",
+    "MeshConnectionError",
+    "MeshDuplicateRiskError",
+    "MeshHTTPError",
+    "MeshReportError",
+    "MeshUnknownRecipientError",
+    "MessageHeaderError",
+    "MessageMetadata",
+    "ReceiveResult",
+    "ReportMessage",
+    "RetryPolicy",
+    "Secret",
+    "SendResult",
+    "SyncMeshClient",
+    "TrackingInfo",
+    "load_config",
+    "receive_all",
+    "receive_message",
+    "receive_report",
+    "send_file",
 ]

@@ -1,0 +1,378 @@
+"""The ``meshpipe`` command line.
+
+    meshpipe send PATH --to MAILBOX --workflow-id WF [--compress none|gzip|zstd] ...
+    meshpipe receive MESSAGE_ID --out PATH [--no-ack]
+    meshpipe receive --all --out-dir DIR
+    meshpipe inbox [--json] | ack ID... | track ID [--json] | lookup ODS WORKFLOW | handshake
+    meshpipe serve ...   (the local MESH server)      meshpipe demo ...
+
+Connection flags (``--url --mailbox --password --shared-key --cert --key --ca --profile
+--config``) sit beside the environment variables MESH_URL, MESH_MAILBOX, MESH_PASSWORD,
+MESH_SHARED_KEY, MESH_CLIENT_CERT, MESH_CLIENT_KEY, MESH_CA_CERT. Exit status 0 on success;
+otherwise 1 (2 for usage or configuration errors, 130 if interrupted) and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import importlib
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Final, TextIO
+
+from meshpipe._meshpipe import DEFAULT_CHUNK_SIZE
+from meshpipe.client import ClientSettings, MeshClient
+from meshpipe.config import load_config
+from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError
+from meshpipe.models import ReportMessage
+from meshpipe.transfer import (
+    DEFAULT_CONCURRENCY,
+    ReceiveFailure,
+    ReceiveResult,
+    rate_text,
+    receive_all,
+    receive_message,
+    send_file,
+)
+
+PROGRAM: Final = "meshpipe"
+_SIZE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_UNITS: Final = {
+    "": 1,
+    "B": 1,
+    "K": 1024,
+    "KIB": 1024,
+    "KB": 1000,
+    "M": 1024**2,
+    "MIB": 1024**2,
+    "MB": 1000**2,
+    "G": 1024**3,
+    "GIB": 1024**3,
+    "GB": 1000**3,
+}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``67108864``, ``64MiB``, ``64M`` (binary) or ``75MB`` (decimal)."""
+    match = _SIZE.match(text)
+    unit = (match.group(2) or "").upper() if match else None
+    if match is None or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 64MiB, 75MB, 5242880)")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _connection_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connection (flags override environment and profile)")
+    group.add_argument(
+        "--url", help="base URL or environment: local, integration, deployment, live"
+    )
+    group.add_argument("--mailbox", help="your mailbox id (MESH_MAILBOX)")
+    group.add_argument("--password", help="mailbox password (prefer MESH_PASSWORD)")
+    group.add_argument("--shared-key", help="environment shared key (prefer MESH_SHARED_KEY)")
+    group.add_argument("--cert", help="client certificate for mutual TLS (MESH_CLIENT_CERT)")
+    group.add_argument("--key", help="client private key (MESH_CLIENT_KEY)")
+    group.add_argument("--ca", help="CA bundle to trust (MESH_CA_CERT)")
+    group.add_argument("--profile", help="profile name in the config file (MESHPIPE_PROFILE)")
+    group.add_argument("--config", help="TOML config file (MESHPIPE_CONFIG)")
+    group.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM, description="Fast, verified file transfers through NHS England's MESH."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    send = commands.add_parser("send", help="send a file; prints the message id")
+    send.add_argument("path")
+    send.add_argument("--to", required=True, help="recipient mailbox id")
+    send.add_argument("--workflow-id", required=True)
+    send.add_argument("--local-id", help="your reference (default: a fresh unique id)")
+    send.add_argument("--subject")
+    send.add_argument("--filename", help="name the recipient sees (default: the file's)")
+    send.add_argument("--content-type")
+    send.add_argument("--compress", choices=("none", "gzip", "zstd"), default="none")
+    send.add_argument("--level", type=int, help="compression level")
+    send.add_argument(
+        "--chunk-size",
+        type=parse_size,
+        default=DEFAULT_CHUNK_SIZE,
+        help="uncompressed chunk size (default %(default)s bytes; at least 5MiB)",
+    )
+    send.add_argument("--concurrency", type=_positive, default=DEFAULT_CONCURRENCY)
+    send.add_argument("--sequential", action="store_true", help="one chunk at a time")
+    _connection_flags(send)
+
+    receive = commands.add_parser("receive", help="download, verify and acknowledge")
+    receive.add_argument("message_id", nargs="?")
+    receive.add_argument("--out", help="file to write (for one message)")
+    receive.add_argument("--all", action="store_true", help="every message in the inbox")
+    receive.add_argument("--out-dir", help="directory for --all")
+    receive.add_argument("--workflow-filter", help="with --all: e.g. WF, !WF, WF*, *WF*")
+    receive.add_argument("--no-ack", action="store_true", help="do not acknowledge")
+    receive.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    receive.add_argument(
+        "--keep-zstd", action="store_true", help="keep a meshpipe zstd payload compressed"
+    )
+    receive.add_argument("--concurrency", type=_positive, default=DEFAULT_CONCURRENCY)
+    receive.add_argument("--json", action="store_true", help="print results as JSON")
+    _connection_flags(receive)
+
+    inbox = commands.add_parser("inbox", help="list message ids ready to download")
+    inbox.add_argument("--workflow-filter")
+    inbox.add_argument("--json", action="store_true", help="with metadata, as JSON")
+    _connection_flags(inbox)
+
+    ack = commands.add_parser("ack", help="acknowledge messages")
+    ack.add_argument("message_ids", nargs="+", metavar="MESSAGE_ID")
+    _connection_flags(ack)
+
+    track = commands.add_parser("track", help="status of a message you sent")
+    track.add_argument("message_id", metavar="ID")
+    track.add_argument("--local-id", action="store_true", help="ID is a local id")
+    track.add_argument("--json", action="store_true")
+    _connection_flags(track)
+
+    lookup = commands.add_parser("lookup", help="find mailboxes by ODS code and workflow")
+    lookup.add_argument("ods_code")
+    lookup.add_argument("workflow_id")
+    lookup.add_argument("--json", action="store_true")
+    _connection_flags(lookup)
+
+    handshake = commands.add_parser("handshake", help="check the mailbox and credentials")
+    _connection_flags(handshake)
+
+    commands.add_parser("serve", help="run the local MESH server (meshpipe serve --help)")
+    commands.add_parser("demo", help="run the demo (meshpipe demo --help)")
+    return parser
+
+
+class _Progress:
+    """A one-line progress display (bytes, rate, ETA) on a terminal; nothing otherwise."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._enabled = stream.isatty()
+        self._started = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._enabled:
+            self._stream.write(f"\r{rate_text(done, total, self._started)}\x1b[K")
+            self._stream.flush()
+
+    def close(self) -> None:
+        if self._enabled:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+def _client(args: argparse.Namespace) -> MeshClient:
+    config = load_config(
+        profile=args.profile,
+        config_file=args.config,
+        url=args.url,
+        mailbox=args.mailbox,
+        password=args.password,
+        shared_key=args.shared_key,
+        client_cert=args.cert,
+        client_key=args.key,
+        ca_cert=args.ca,
+    )
+    settings = ClientSettings(max_connections=max(8, getattr(args, "concurrency", 4) + 4))
+    return MeshClient(config, settings)
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            item.name: _jsonable(getattr(value, item.name))
+            for item in dataclasses.fields(value)
+            if item.name not in ("headers",)
+        }
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def _print_json(value: Any, out: TextIO) -> None:
+    json.dump(_jsonable(value), out, indent=2, sort_keys=True)
+    out.write("\n")
+
+
+async def _send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    progress = _Progress(err)
+    async with _client(args) as client:
+        try:
+            result = await send_file(
+                client,
+                args.path,
+                to=args.to,
+                workflow_id=args.workflow_id,
+                local_id=args.local_id,
+                subject=args.subject,
+                filename=args.filename,
+                content_type=args.content_type,
+                codec=args.compress,
+                level=args.level,
+                chunk_size=args.chunk_size,
+                concurrency=args.concurrency,
+                sequential=args.sequential,
+                progress=progress,
+            )
+        finally:
+            progress.close()
+    out.write(f"{result.message_id}\n")
+    return 0
+
+
+async def _receive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.all == bool(args.message_id):
+        raise MessageHeaderError("give either a MESSAGE_ID with --out, or --all with --out-dir")
+    async with _client(args) as client:
+        if not args.all:
+            if not args.out:
+                raise MessageHeaderError("give --out PATH for the received file")
+            result = await receive_message(
+                client,
+                args.message_id,
+                args.out,
+                acknowledge=not args.no_ack,
+                concurrency=args.concurrency,
+                overwrite=args.overwrite,
+                decode_payload=not args.keep_zstd,
+            )
+            if args.json:
+                _print_json(result, out)
+            else:
+                out.write(f"{result.path}\n")
+            return 0
+        if not args.out_dir:
+            raise MessageHeaderError("give --out-dir DIR with --all")
+        results = await receive_all(
+            client,
+            args.out_dir,
+            workflow_filter=args.workflow_filter,
+            acknowledge=not args.no_ack,
+            concurrency=args.concurrency,
+            decode_payload=not args.keep_zstd,
+        )
+    failures = 0
+    for item in results:
+        if isinstance(item, ReceiveFailure):
+            failures += 1
+            err.write(f"{PROGRAM}: message {item.message_id} not received: {item.error}\n")
+        elif isinstance(item, ReportMessage):
+            err.write(f"{PROGRAM}: {item.describe()}\n")
+        elif isinstance(item, ReceiveResult) and not args.json:
+            out.write(f"{item.message_id}\t{item.path}\n")
+    if args.json:
+        _print_json([item for item in results if not isinstance(item, ReceiveFailure)], out)
+    return 1 if failures else 0
+
+
+async def _inbox(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    async with _client(args) as client:
+        ids = await client.list_inbox(workflow_filter=args.workflow_filter)
+        if not args.json:
+            out.writelines(f"{message_id}\n" for message_id in ids)
+            return 0
+        infos = [await client.message_info(message_id) for message_id in ids]
+    _print_json(infos, out)
+    return 0
+
+
+async def _ack(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    async with _client(args) as client:
+        for message_id in args.message_ids:
+            await client.acknowledge(message_id)
+    return 0
+
+
+async def _track(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    async with _client(args) as client:
+        if args.local_id:
+            info = await client.track_local_id(args.message_id)
+        else:
+            info = await client.track(args.message_id)
+    if args.json:
+        _print_json(info.raw, out)
+    else:
+        success = {True: "success", False: "failed", None: "-"}[info.status_success]
+        detail = f" {info.status_code} {info.status_description}" if info.status_code else ""
+        out.write(f"{info.message_id}\t{info.status or '-'}\t{success}{detail}\n")
+    return 0
+
+
+async def _lookup(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    async with _client(args) as client:
+        endpoints = await client.lookup(args.ods_code, args.workflow_id)
+    if args.json:
+        _print_json(endpoints, out)
+    else:
+        out.writelines(f"{item.mailbox_id}\t{item.mailbox_name or ''}\n" for item in endpoints)
+    return 0
+
+
+async def _handshake(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    async with _client(args) as client:
+        await client.handshake()
+    out.write(f"{client.mailbox}: handshake ok\n")
+    return 0
+
+
+Handler = Callable[[argparse.Namespace, TextIO, TextIO], Coroutine[Any, Any, int]]
+_HANDLERS: Final[dict[str, Handler]] = {
+    "send": _send,
+    "receive": _receive,
+    "inbox": _inbox,
+    "ack": _ack,
+    "track": _track,
+    "lookup": _lookup,
+    "handshake": _handshake,
+}
+
+
+_DELEGATED: Final = {"serve": "meshpipe.server.cli", "demo": "meshpipe.demo"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``meshpipe`` command; returns the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in _DELEGATED:
+        # Other modules own these commands; each takes the rest of the arguments.
+        module = importlib.import_module(_DELEGATED[arguments[0]])
+        return int(module.main(arguments[1:]) or 0)
+    args = build_parser().parse_args(arguments)
+    if args.verbose:
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose > 1 else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    try:
+        return asyncio.run(_HANDLERS[args.command](args, sys.stdout, sys.stderr))
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROGRAM}: interrupted\n")
+        return 130
+    except (ConfigError, MessageHeaderError) as error:
+        sys.stderr.write(f"{PROGRAM}: error: {error}\n")
+        return 2
+    except (MeshpipeError, OSError) as error:
+        sys.stderr.write(f"{PROGRAM}: error: {error}\n")
+        return 1
