@@ -1,0 +1,126 @@
+"""``meshpipe serve``: run the local MESH server until interrupted.
+
+Flags take precedence over mesh-sandbox's environment variables (SHARED_KEY, AUTH_MODE,
+STORE_MODE, MAILBOXES_DATA_DIR), which take precedence over the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from meshpipe.server.config import (
+    RULES,
+    STORE_MODES,
+    ConfigError,
+    ServerConfig,
+    TLSSettings,
+    env_defaults,
+    load_mailboxes,
+    load_workflows,
+)
+from meshpipe.server.faults import FaultPlan, FaultPlanError
+from meshpipe.server.server import LocalMeshServer
+
+DEFAULT_PORT = 8700
+SANDBOX_DEFAULT_SHARED_KEY = "Banana"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshpipe serve",
+        description="Run a local MESH server (a drop-in replacement for NHS's mesh-sandbox).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT}; 0 = any free port)")
+    parser.add_argument("--shared-key", help="NHSMESH shared key (env SHARED_KEY)")
+    parser.add_argument("--auth-mode", choices=("full", "none", "canned"), help="env AUTH_MODE")
+    parser.add_argument(
+        "--store",
+        choices=STORE_MODES,
+        help="dir (durable, needs --data-dir), memory, or discard (check and drop bodies); "
+        "env STORE_MODE (file = dir). Default: dir with a data directory, else memory",
+    )
+    parser.add_argument("--data-dir", type=Path, help="directory for the dir store (env MAILBOXES_DATA_DIR)")
+    parser.add_argument("--mailboxes", type=Path, help="mailboxes JSON-lines file (sandbox format)")
+    parser.add_argument("--workflows", type=Path, help="workflows JSON-lines file (sandbox format)")
+    parser.add_argument(
+        "--rules",
+        choices=RULES,
+        default="strict",
+        help="strict: the live platform's limits; sandbox: answer as mesh-sandbox does",
+    )
+    parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables HTTPS")
+    parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    parser.add_argument("--tls-client-ca", type=Path, help="CA that signs client certificates")
+    parser.add_argument("--tls-client-cert", choices=("optional", "required"), default="required")
+    parser.add_argument("--faults", type=Path, help="fault plan (JSON) to inject")
+    parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> ServerConfig:
+    values: dict[str, Any] = env_defaults(environ)
+    values["host"] = args.host
+    values["port"] = args.port
+    values["rules"] = args.rules
+    if args.shared_key:
+        values["shared_key"] = args.shared_key
+    elif "shared_key" not in values and args.rules == "sandbox":
+        values["shared_key"] = SANDBOX_DEFAULT_SHARED_KEY
+    if args.auth_mode:
+        values["auth_mode"] = args.auth_mode
+    if args.data_dir:
+        values["data_dir"] = args.data_dir
+    if args.store:
+        values["store"] = args.store
+    elif "store" not in values:
+        values["store"] = "dir" if values.get("data_dir") else "memory"
+    values["mailboxes"] = load_mailboxes(args.mailboxes)
+    values["workflows"] = load_workflows(args.workflows)
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        values["tls"] = TLSSettings(args.tls_cert, args.tls_key, args.tls_client_ca, args.tls_client_cert)
+    elif args.tls_client_ca:
+        raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+    return ServerConfig(**values)
+
+
+async def _serve(server: LocalMeshServer) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    async with server:
+        print(f"meshpipe serve: listening on {server.url}", flush=True)
+        await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = config_from_args(args)
+        plan = FaultPlan.load(args.faults) if args.faults else None
+        server = LocalMeshServer(config, faults=plan)
+    except (ConfigError, FaultPlanError) as exc:
+        print(f"meshpipe serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(server))
+    except OSError as exc:
+        print(f"meshpipe serve: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,264 @@
+"""Server settings, mailboxes and workflow entitlements.
+
+Mailboxes and workflows are read from JSON-lines files in mesh-sandbox's format, one object a line:
+mailboxes ``{"mailbox_id", "mailbox_name", "billing_entity", "ods_code", "org_code", "password"}``,
+workflows ``{"workflow_id", "senders": [...], "receivers": [...]}``. Without files, the defaults are
+the ones mesh-sandbox ships, so code written against the sandbox works unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+StoreMode = Literal["memory", "dir", "discard"]
+Rules = Literal["strict", "sandbox"]
+AuthMode = Literal["full", "none", "canned"]
+
+STORE_MODES: tuple[str, ...] = ("memory", "dir", "discard")
+RULES: tuple[str, ...] = ("strict", "sandbox")
+AUTH_MODES: tuple[str, ...] = ("full", "none", "canned")
+
+DEFAULT_SHARED_KEY = "BackBone"
+DEFAULT_PASSWORD = "password"
+
+# The platform's limits (see mesh-protocol.md §0 and §7).
+MIN_CHUNK_SIZE = 5 * MiB
+MAX_REQUEST_SIZE = 100_000_000
+MAX_MESSAGE_SIZE = 50 * 1000**3
+INBOX_EXPIRY_DAYS = 5
+MESSAGE_RETENTION_DAYS = 30
+TOKEN_WINDOW_SECONDS = 2 * 60 * 60
+
+
+class ConfigError(ValueError):
+    """A settings value or data file is wrong; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    mailbox_id: str
+    mailbox_name: str = ""
+    billing_entity: str | None = None
+    ods_code: str = ""
+    org_code: str = ""
+    org_name: str = ""
+    password: str = field(default=DEFAULT_PASSWORD, repr=False)
+    active: bool = True
+
+    @classmethod
+    def from_json(cls, item: Mapping[str, Any]) -> Mailbox:
+        mailbox_id = str(item.get("mailbox_id") or "").strip().upper()
+        if not mailbox_id:
+            raise ConfigError("a mailbox entry has no mailbox_id")
+        return cls(
+            mailbox_id=mailbox_id,
+            mailbox_name=str(item.get("mailbox_name") or ""),
+            billing_entity=item.get("billing_entity"),
+            ods_code=str(item.get("ods_code") or "").strip().upper(),
+            org_code=str(item.get("org_code") or ""),
+            org_name=str(item.get("org_name") or ""),
+            password=str(item.get("password") or DEFAULT_PASSWORD),
+            active=bool(item.get("active", True)),
+        )
+
+    def public(self) -> dict[str, Any]:
+        """Details safe to show (never the password)."""
+        return {
+            "mailbox_id": self.mailbox_id,
+            "mailbox_name": self.mailbox_name,
+            "billing_entity": self.billing_entity,
+            "ods_code": self.ods_code,
+            "org_code": self.org_code,
+            "org_name": self.org_name,
+            "active": self.active,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Workflow:
+    workflow_id: str
+    senders: tuple[str, ...] = ()
+    receivers: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, item: Mapping[str, Any]) -> Workflow:
+        workflow_id = str(item.get("workflow_id") or "").strip()
+        if not workflow_id:
+            raise ConfigError("a workflow entry has no workflow_id")
+        return cls(
+            workflow_id=workflow_id,
+            senders=tuple(str(s).strip().upper() for s in item.get("senders") or ()),
+            receivers=tuple(str(r).strip().upper() for r in item.get("receivers") or ()),
+        )
+
+
+DEFAULT_MAILBOXES: tuple[Mailbox, ...] = (
+    Mailbox("X26ABC1", "TESTMB1", "England", "X26", "X26"),
+    Mailbox("X26ABC2", "TESTMB2", "Wales", "X26", "X26"),
+    Mailbox("X26ABC3", "TESTMB3", "England", "X27", "X27"),
+)
+DEFAULT_WORKFLOWS: tuple[Workflow, ...] = (
+    Workflow("TEST_WORKFLOW", ("X26ABC1",), ("X26ABC2",)),
+    Workflow("TEST_WORKFLOW_ACK", ("X26ABC2",), ("X26ABC1", "X26ABC3")),
+    Workflow("TEST_WORKFLOW2", ("X26ABC1",), ("X26ABC1", "X26ABC2", "X26ABC3")),
+)
+
+
+def _read_jsonl(path: Path) -> Iterable[dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    # The sandbox's own files have no newline between the last two objects, so decode a stream
+    # of concatenated JSON objects rather than splitting on lines.
+    decoder = json.JSONDecoder()
+    position = 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position >= len(text):
+            return
+        try:
+            item, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not JSON lines ({exc.msg} at char {exc.pos})") from None
+        if not isinstance(item, dict):
+            raise ConfigError(f"{path}: every line must be a JSON object")
+        yield item
+
+
+def load_mailboxes(path: Path | None) -> tuple[Mailbox, ...]:
+    if path is None:
+        return DEFAULT_MAILBOXES
+    return tuple(Mailbox.from_json(item) for item in _read_jsonl(path))
+
+
+def load_workflows(path: Path | None) -> tuple[Workflow, ...]:
+    if path is None:
+        return DEFAULT_WORKFLOWS
+    return tuple(Workflow.from_json(item) for item in _read_jsonl(path))
+
+
+class Directory:
+    """The mailboxes and workflows a server knows: look-ups, entitlements, endpoint search."""
+
+    def __init__(self, mailboxes: Iterable[Mailbox], workflows: Iterable[Workflow]) -> None:
+        self.mailboxes: dict[str, Mailbox] = {m.mailbox_id: m for m in mailboxes}
+        self.workflows: dict[str, Workflow] = {w.workflow_id: w for w in workflows}
+
+    def get(self, mailbox_id: str) -> Mailbox | None:
+        return self.mailboxes.get(mailbox_id.strip().upper())
+
+    def add(self, mailbox: Mailbox) -> None:
+        self.mailboxes.setdefault(mailbox.mailbox_id, mailbox)
+
+    def may_send(self, sender: str, recipient: str, workflow_id: str) -> bool:
+        workflow = self.workflows.get(workflow_id)
+        return workflow is not None and sender in workflow.senders and recipient in workflow.receivers
+
+    def receivers(self, workflow_id: str) -> list[Mailbox]:
+        workflow = self.workflows.get(workflow_id)
+        if workflow is None:
+            return []
+        return [self.mailboxes[r] for r in workflow.receivers if r in self.mailboxes]
+
+    def lookup(self, ods_code: str, workflow_id: str) -> list[Mailbox]:
+        ods = ods_code.strip().upper()
+        return [m for m in self.receivers(workflow_id) if m.ods_code and m.ods_code == ods]
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSettings:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+    client_cert: Literal["optional", "required"] = "required"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything a LocalMeshServer needs. Validated at construction; the repr hides the key."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    shared_key: str = field(default=DEFAULT_SHARED_KEY, repr=False)
+    auth_mode: AuthMode = "full"
+    store: StoreMode = "memory"
+    data_dir: Path | None = None
+    rules: Rules = "strict"
+    mailboxes: tuple[Mailbox, ...] = DEFAULT_MAILBOXES
+    workflows: tuple[Workflow, ...] = DEFAULT_WORKFLOWS
+    tls: TLSSettings | None = None
+    min_chunk_size: int = MIN_CHUNK_SIZE
+    max_request_size: int = MAX_REQUEST_SIZE
+    max_message_size: int = MAX_MESSAGE_SIZE
+    inbox_expiry_days: int = INBOX_EXPIRY_DAYS
+    retention_days: int = MESSAGE_RETENTION_DAYS
+    token_window_seconds: int = TOKEN_WINDOW_SECONDS
+    expiry_interval_seconds: float = 60.0
+    env: str = "local"
+    build_label: str = "meshpipe"
+
+    def __post_init__(self) -> None:
+        if self.store not in STORE_MODES:
+            raise ConfigError(f"store must be one of {', '.join(STORE_MODES)}, not {self.store!r}")
+        if self.rules not in RULES:
+            raise ConfigError(f"rules must be one of {', '.join(RULES)}, not {self.rules!r}")
+        if self.auth_mode not in AUTH_MODES:
+            raise ConfigError(f"auth mode must be one of {', '.join(AUTH_MODES)}")
+        if self.store == "dir" and self.data_dir is None:
+            raise ConfigError("store 'dir' needs a data directory (--data-dir or MAILBOXES_DATA_DIR)")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0..65535, not {self.port}")
+        if not self.shared_key:
+            raise ConfigError("the shared key must not be empty")
+
+    @property
+    def strict(self) -> bool:
+        return self.rules == "strict"
+
+
+ENV_STORE_MODES = {"memory": "memory", "file": "dir", "dir": "dir", "discard": "discard"}
+ENV_AUTH_MODES = {"full": "full", "no_auth": "full", "none": "none", "canned": "canned"}
+
+
+def env_defaults(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The sandbox's environment variables, mapped to ServerConfig fields (flags override them).
+
+    ``STORE_MODE=file`` means meshpipe's durable ``dir`` store; ``canned`` (the sandbox's read-only
+    demo store) has no equivalent and is refused. ``AUTH_MODE=no_auth`` is the sandbox's default
+    and, like there, still checks tokens fully.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if env.get("SHARED_KEY"):
+        values["shared_key"] = env["SHARED_KEY"]
+    if env.get("AUTH_MODE"):
+        mode = env["AUTH_MODE"].strip().lower()
+        if mode not in ENV_AUTH_MODES:
+            raise ConfigError(f"AUTH_MODE must be one of {', '.join(ENV_AUTH_MODES)}")
+        values["auth_mode"] = ENV_AUTH_MODES[mode]
+    if env.get("STORE_MODE"):
+        mode = env["STORE_MODE"].strip().lower()
+        if mode not in ENV_STORE_MODES:
+            raise ConfigError(
+                f"STORE_MODE must be one of {', '.join(ENV_STORE_MODES)} ('canned' is not offered)"
+            )
+        values["store"] = ENV_STORE_MODES[mode]
+    data_dir = env.get("MAILBOXES_DATA_DIR") or env.get("FILE_STORE_DIR")
+    if data_dir:
+        values["data_dir"] = Path(data_dir)
+    if env.get("ENV"):
+        values["env"] = env["ENV"]
+    if env.get("BUILD_LABEL"):
+        values["build_label"] = env["BUILD_LABEL"]
+    return values

@@ -1,0 +1,732 @@
+"""The client-facing MESH endpoints (everything under /messageexchange but the admin API)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import re
+import string
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from meshpipe.server.authorize import AuthFailure
+from meshpipe.server.checker import ChunkChecker, ChunkCheckError
+from meshpipe.server.config import Mailbox, MiB
+from meshpipe.server.faults import Firing
+from meshpipe.server.models import ACCEPTED, ACKNOWLEDGED, DATA, UPLOADING, ChunkRecord, Message
+from meshpipe.server.responses import (
+    AUTH_ERRORS,
+    AcceptHeaderError,
+    api_version,
+    description_error,
+    empty_response,
+    error_body,
+    internal_error,
+    json_response,
+    mesh_error,
+    message_headers,
+    rich_item,
+    tracking_body,
+    validation_error,
+)
+from meshpipe.server.state import Refusal, ServerState, firings
+from meshpipe.server.synthetic import synthetic_pieces
+
+log = logging.getLogger("meshpipe.server")
+
+PIECE_SIZE = 1 * MiB
+DEFAULT_INBOX_PAGE = 500
+_CONTROL = re.compile(r"[\x00-\x1f]")
+_URL = re.compile(r"^https?://", re.IGNORECASE)
+_CHECKSUM_CHARS = set(string.ascii_letters + string.digits + string.whitespace + ":-/")
+
+# (header, longest value the sandbox accepts)
+SEND_HEADERS: dict[str, tuple[str, int]] = {
+    "to": ("mex-To", 100),
+    "workflow_id": ("mex-WorkflowID", 300),
+    "chunk_range": ("mex-Chunk-Range", 20),
+    "subject": ("mex-Subject", 500),
+    "local_id": ("mex-LocalID", 300),
+    "partner_id": ("mex-PartnerID", 500),
+    "file_name": ("mex-FileName", 300),
+    "encrypted": ("mex-Content-Encrypted", 20),
+    "compressed": ("mex-Content-Compressed", 20),
+    "checksum": ("mex-Content-Checksum", 100),
+    "content_type": ("mex-Content-Type", 100),
+}
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("y", "yes", "t", "true", "on", "1")
+
+
+def encode_cursor(message_id: str) -> str:
+    raw = json.dumps({"message_id": message_id}).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(cursor: str) -> str | None:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    except (binascii.Error, ValueError):
+        return None
+    value = data.get("message_id") if isinstance(data, dict) else None
+    return str(value) if value else None
+
+
+def page_after(messages: list[Message], last_id: str | None, limit: int) -> tuple[list[Message], str | None]:
+    if last_id:
+        ids = [m.message_id for m in messages]
+        if last_id in ids:
+            messages = messages[ids.index(last_id) + 1 :]
+    if len(messages) > limit:
+        page = messages[:limit]
+        return page, page[-1].message_id if page else None
+    return messages, None
+
+
+def workflow_predicate(expression: str | None) -> Callable[[str], bool] | None:
+    """The inbox's workflow_filter: X, !X, X*, !X*, *X*, !*X*."""
+    text = (expression or "").strip()
+    if not text:
+        return None
+    negate = text.startswith("!")
+    if negate:
+        text = text[1:]
+    contains = text.startswith("*")
+    if contains:
+        text = text[1:-1]
+    begins = text.endswith("*")
+    if begins:
+        text = text[:-1]
+    test: Callable[[str], bool]
+    if contains and not begins:
+        test = lambda w: text in w  # noqa: E731
+    elif begins:
+        test = lambda w: w.startswith(text)  # noqa: E731
+    else:
+        test = lambda w: w == text  # noqa: E731
+    return (lambda w: not test(w)) if negate else test
+
+
+def parse_chunk_range(value: str, url_number: int) -> tuple[int, int] | None:
+    """(n, N) from ``n:N``; None when missing (for n ≥ 2), malformed, out of range or ≠ URL."""
+    if not value:
+        return (1, 1) if url_number == 1 else None
+    parts = value.split(":")
+    if len(parts) != 2:
+        return None
+    try:
+        number, total = (int(p.strip()) for p in parts)
+    except ValueError:
+        return None
+    if not 0 < number <= total or number != url_number:
+        return None
+    return number, total
+
+
+class MeshRoutes:
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.config = state.config
+        self.mailroom = state.mailroom
+        self.directory = state.directory
+
+    def register(self, app: web.Application) -> None:
+        r = app.router
+        base = "/messageexchange"
+        paths = ("/_ping", "/health", "/_status", "/healthcheck", f"{base}/_ping", f"{base}/deepping")
+        for index, path in enumerate(paths):
+            r.add_get(path, self.ping, name=f"ping:p{index}")
+        r.add_get(f"{base}/endpointlookup/{{ods}}/{{workflow}}", self.endpoint_lookup, name="lookup")
+        r.add_get(f"{base}/workflowsearch/{{workflow}}", self.workflow_search, name="lookup:search")
+
+    def register_mailbox_routes(self, app: web.Application) -> None:
+        r = app.router
+        mb = "/messageexchange/{mailbox}"
+        r.add_post(mb, self.handshake, name="handshake")
+        r.add_get(mb, self.handshake, name="handshake:get", allow_head=False)
+        r.add_post(f"{mb}/update", self.update, name="handshake:update")
+        r.add_get(f"{mb}/count", self.count, name="count", allow_head=False)
+        r.add_post(f"{mb}/outbox", self.send, name="send")
+        r.add_get(f"{mb}/outbox/rich", self.rich_outbox, name="rich:outbox", allow_head=False)
+        r.add_get(f"{mb}/outbox/tracking", self.tracking, name="tracking", allow_head=False)
+        r.add_get(f"{mb}/outbox/tracking/{{local_id}}", self.tracking_local, name="tracking:local", allow_head=False)
+        r.add_post(f"{mb}/outbox/{{message_id}}/{{number:\\d+}}", self.send_chunk, name="send_chunk")
+        r.add_get(f"{mb}/inbox", self.inbox, name="inbox", allow_head=False)
+        r.add_get(f"{mb}/inbox/rich", self.rich_inbox, name="rich:inbox", allow_head=False)
+        r.add_head(f"{mb}/inbox/{{message_id}}", self.head, name="head")
+        r.add_get(f"{mb}/inbox/{{message_id}}", self.download, name="download", allow_head=False)
+        r.add_get(f"{mb}/inbox/{{message_id}}/{{number:-?\\d+}}", self.download, name="download:chunk", allow_head=False)
+        r.add_put(f"{mb}/inbox/{{message_id}}/status/acknowledged", self.acknowledge, name="ack")
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def authorise(self, request: web.Request) -> Mailbox:
+        result = self.state.authenticator.check(
+            request.match_info["mailbox"], request.headers.get("Authorization")
+        )
+        if isinstance(result, AuthFailure):
+            if result.reason == "no_mailbox":
+                raise Refusal(mesh_error(403, "no_mailbox", self.version_or_1(request)))
+            raise Refusal(description_error(403, AUTH_ERRORS[result.reason]))
+        return result
+
+    @staticmethod
+    def version_or_1(request: web.Request) -> int:
+        try:
+            return api_version(request.headers.get("Accept"))
+        except AcceptHeaderError:
+            return 1
+
+    @staticmethod
+    def version(request: web.Request) -> int:
+        try:
+            return api_version(request.headers.get("Accept"))
+        except AcceptHeaderError as exc:
+            raise Refusal(description_error(400, str(exc))) from None
+
+    def now(self) -> datetime:
+        return self.state.clock.now()
+
+    # -- no-auth endpoints --------------------------------------------------------------------
+
+    async def ping(self, request: web.Request) -> web.StreamResponse:
+        body = {"env": self.config.env, "build_label": self.config.build_label, "status": "running", "outcome": "Yes"}
+        return json_response(body)
+
+    async def endpoint_lookup(self, request: web.Request) -> web.StreamResponse:
+        version = self.version(request)
+        found = self.directory.lookup(request.match_info["ods"], request.match_info["workflow"])
+        if version < 2:
+            results = [
+                {"address": m.mailbox_id, "description": m.mailbox_name, "endpoint_type": "MESH"}
+                for m in found
+            ]
+            return json_response({"query_id": uuid.uuid4().hex, "results": results})
+        return json_response({"results": [{"mailbox_id": m.mailbox_id, "mailbox_name": m.mailbox_name} for m in found]})
+
+    async def workflow_search(self, request: web.Request) -> web.StreamResponse:
+        self.version(request)
+        found = self.directory.receivers(request.match_info["workflow"])
+        return json_response({"results": [{"mailbox_id": m.mailbox_id, "mailbox_name": m.mailbox_name} for m in found]})
+
+    # -- handshake, count ---------------------------------------------------------------------
+
+    async def handshake(self, request: web.Request) -> web.StreamResponse:
+        mailbox = self.authorise(request)
+        for name in ("mex-ClientVersion", "mex-OSName", "mex-OSVersion"):
+            if name not in request.headers:
+                raise Refusal(validation_error("header", name.lower().replace("-", "_"), "Field required"))
+        if self.version(request) < 2:
+            return json_response({"mailboxId": mailbox.mailbox_id})
+        return empty_response()
+
+    async def update(self, request: web.Request) -> web.StreamResponse:
+        self.authorise(request)
+        return empty_response()
+
+    async def count(self, request: web.Request) -> web.StreamResponse:
+        mailbox = self.authorise(request)
+        version = self.version(request)
+        count = self.mailroom.inbox_count(mailbox.mailbox_id)
+        if version < 2:
+            return json_response({"count": count, "internalID": uuid.uuid4().hex, "allResultsIncluded": True})
+        return json_response({"count": count})
+
+    # -- send -----------------------------------------------------------------------------------
+
+    def _send_headers(self, request: web.Request) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for key, (name, longest) in SEND_HEADERS.items():
+            value = request.headers.get(name)
+            if value is None:
+                if key in ("to", "workflow_id"):
+                    raise Refusal(validation_error("header", name.lower().replace("-", "_"), "Field required"))
+                value = ""
+            if len(value) > longest:
+                raise Refusal(
+                    validation_error(
+                        "header", name.lower().replace("-", "_"), f"String should have at most {longest} characters", value
+                    )
+                )
+            values[key] = value
+        values["to"] = values["to"].strip().upper()
+        values["workflow_id"] = values["workflow_id"].strip()
+        values["chunk_range"] = values["chunk_range"].strip()
+        bad = [k for k, v in values.items() if k not in ("encrypted", "compressed") and _CONTROL.search(v)]
+        for key in ("to", "workflow_id", "checksum"):
+            if values[key] and _URL.match(values[key]):
+                bad.append(key)
+        if bad:
+            raise Refusal(error_body(400, "TRANSFER", "06", "MalformedControlFile", self.version_or_1(request)))
+        checksum = values["checksum"].strip()
+        if checksum and not all(c in _CHECKSUM_CHARS for c in checksum):
+            raise Refusal(mesh_error(400, "invalid_checksum", self.version_or_1(request)))
+        return values
+
+    async def send(self, request: web.Request) -> web.StreamResponse:
+        sender = self.authorise(request)
+        headers = self._send_headers(request)
+        version = self.version(request)
+        if not headers["to"]:
+            raise Refusal(mesh_error(400, "missing_to", version))
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding and encoding != "gzip":
+            raise Refusal(mesh_error(422, "unsupported_encoding", version))
+        chunk_range = parse_chunk_range(headers["chunk_range"], 1)
+        if chunk_range is None:
+            raise Refusal(mesh_error(417, "invalid_chunks", version))
+        _, total = chunk_range
+        recipient = self.directory.get(headers["to"])
+        if recipient is None:
+            raise Refusal(mesh_error(417, "unregistered_recipient", version))
+        if self.config.strict and not self.directory.may_send(
+            sender.mailbox_id, recipient.mailbox_id, headers["workflow_id"]
+        ):
+            raise Refusal(mesh_error(417, "not_registered_for_workflow", version))
+        self._check_request_size(request, version)
+        content_type = headers["content_type"] or request.headers.get("Content-Type", "").strip().lower()
+        message = self.mailroom.new_data_message(
+            sender=sender.mailbox_id,
+            recipient=recipient.mailbox_id,
+            workflow_id=headers["workflow_id"],
+            total_chunks=total,
+            headers={**headers, "content_type": content_type},
+            content_encoding=encoding,
+            compressed=_truthy(headers["compressed"]),
+            encrypted=_truthy(headers["encrypted"]),
+        )
+        record = await self._receive_chunk(request, message, 1, version)
+        if record is None:
+            return web.Response(status=499)
+        if record.stored_size == 0:
+            raise Refusal(mesh_error(417, "missing_data_file", version))
+        self.mailroom.add_chunk(message, record)
+        if total == 1:
+            self.mailroom.register(message)
+            self.mailroom.accept(message)
+        else:
+            self.mailroom.register(message)
+        log.info(
+            "created message %s from %s to %s workflow %s chunks %d",
+            message.message_id, message.sender, message.recipient, message.workflow_id, total,
+        )
+        if version < 2:
+            return json_response({"messageID": message.message_id}, status=202)
+        return json_response({"message_id": message.message_id}, status=202, version=2)
+
+    async def send_chunk(self, request: web.Request) -> web.StreamResponse:
+        sender = self.authorise(request)
+        message_id = request.match_info["message_id"].upper()
+        number = int(request.match_info["number"])
+        version = self.version(request)
+        range_header = request.headers.get("mex-Chunk-Range", "").strip()
+        if len(range_header) > 20:
+            raise Refusal(validation_error("header", "mex_chunk_range", "String should have at most 20 characters"))
+        if not range_header or parse_chunk_range(range_header, number) is None:
+            raise Refusal(mesh_error(417, "invalid_chunks", version, message_id=message_id))
+        message = self.mailroom.get(message_id)
+        if message is None:
+            raise Refusal(description_error(404, "Not Found"))
+        if message.sender != sender.mailbox_id:
+            raise Refusal(description_error(403, "Forbidden"))
+        if message.status != UPLOADING:
+            raise Refusal(internal_error(423))
+        if number > message.total_chunks or message.message_type != DATA:
+            raise Refusal(internal_error(406))
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding != message.content_encoding:
+            raise Refusal(mesh_error(417, "encoding_changed", version, message_id=message_id))
+        self._check_request_size(request, version)
+        record = await self._receive_chunk(request, message, number, version)
+        if record is None:
+            return web.Response(status=499)
+        if message.status != UPLOADING:  # finalised while this chunk streamed in
+            raise Refusal(internal_error(423))
+        self.mailroom.add_chunk(message, record)
+        if number == message.total_chunks:
+            missing = self.mailroom.missing_chunks(message)
+            if missing:
+                # Like the sandbox's file store: the last chunk arrived before the others; it is
+                # kept, the message stays uploading, and the last chunk must be sent again.
+                self.mailroom.save(message)
+                log.warning("last chunk of %s arrived before chunks %s", message_id, missing)
+                raise Refusal(internal_error(500))
+            self.mailroom.accept(message)
+            log.info("message %s complete (%d chunks)", message_id, message.total_chunks)
+        else:
+            self.mailroom.save(message)
+        if version < 2:
+            return json_response({"messageID": message.message_id, "blockID": number}, status=202)
+        return web.Response(status=202, text="null", content_type="application/json")
+
+    def _check_request_size(self, request: web.Request, version: int) -> None:
+        length = request.content_length
+        if self.config.strict and length is not None and length >= self.config.max_request_size:
+            raise Refusal(mesh_error(413, "request_too_large", version, maximum=self.config.max_request_size))
+
+    async def _receive_chunk(
+        self, request: web.Request, message: Message, number: int, version: int
+    ) -> ChunkRecord | None:
+        """Stream the body to the store through the checker. None if a fault reset the connection."""
+        resets = firings(request, "reset")
+        reset_at = min((f.fault.after_bytes for f in resets), default=None)
+        writer = self.mailroom.store.chunk_writer(message, number)
+        checker = ChunkChecker(message.content_encoding, payload_compressed=message.compressed)
+        received = 0
+        limit = self.config.max_request_size if self.config.strict else None
+        committed = False
+        try:
+            while True:
+                piece = await request.content.read(PIECE_SIZE)
+                if not piece:
+                    break
+                if reset_at is not None and received + len(piece) >= reset_at:
+                    piece = piece[: reset_at - received]
+                    received += len(piece)
+                    self.state.faults.record(
+                        resets[0], "upload", message_id=message.message_id, chunk=number, after_bytes=received
+                    )
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return None
+                received += len(piece)
+                if limit is not None and received >= limit:
+                    raise Refusal(mesh_error(413, "request_too_large", version, maximum=limit))
+                try:
+                    checker.update(piece)
+                except ChunkCheckError as exc:
+                    log.warning("chunk %d of %s refused: %s", number, message.message_id, exc)
+                    raise Refusal(
+                        mesh_error(400, "invalid_file_format", version, message_id=message.message_id)
+                    ) from None
+                writer.write(piece)
+            try:
+                result = checker.finish()
+            except ChunkCheckError as exc:
+                log.warning("chunk %d of %s refused: %s", number, message.message_id, exc)
+                raise Refusal(mesh_error(400, "invalid_file_format", version, message_id=message.message_id)) from None
+            if self.config.strict:
+                if number < message.total_chunks and result.size < self.config.min_chunk_size:
+                    raise Refusal(
+                        mesh_error(
+                            417, "chunk_too_small", version, message_id=message.message_id,
+                            minimum=self.config.min_chunk_size, number=number, size=result.size,
+                        )
+                    )
+                earlier = sum(c.size or c.stored_size for n, c in message.chunks.items() if n != number)
+                if earlier + result.size > self.config.max_message_size:
+                    raise Refusal(
+                        mesh_error(413, "message_too_large", version, maximum=self.config.max_message_size)
+                    )
+            if result.stored_size == 0 and number == 1:
+                return ChunkRecord(number, 0, 0, result.xxh3_128, message.content_encoding)
+            writer.commit()
+            committed = True
+            return ChunkRecord(number, result.stored_size, result.size, result.xxh3_128, message.content_encoding)
+        finally:
+            if not committed:
+                writer.abort()
+
+    # -- inbox ----------------------------------------------------------------------------------
+
+    def _int_query(self, request: web.Request, name: str, default: int, low: int, high: int) -> int:
+        raw = request.query.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise Refusal(validation_error("query", name, "Input should be a valid integer", raw)) from None
+        if not low <= value <= high:
+            raise Refusal(validation_error("query", name, f"Input should be between {low} and {high}", raw))
+        return value
+
+    def _continue_from(self, request: web.Request) -> str | None:
+        value = request.query.get("continue_from")
+        if value is None:
+            return None
+        if not 24 <= len(value) <= 1000:
+            raise Refusal(validation_error("query", "continue_from", "String should have 24 to 1000 characters", value))
+        return value
+
+    async def inbox(self, request: web.Request) -> web.StreamResponse:
+        mailbox = self.authorise(request)
+        max_results = self._int_query(request, "max_results", DEFAULT_INBOX_PAGE, 10, 5000)
+        continue_from = self._continue_from(request)
+        workflow_filter = request.query.get("workflow_filter")
+        if workflow_filter is not None and not 2 <= len(workflow_filter) <= 255:
+            raise Refusal(validation_error("query", "workflow_filter", "String should have 2 to 255 characters"))
+        version = self.version(request)
+        last_id: str | None = None
+        if continue_from:
+            last_id = continue_from.upper() if version < 2 else decode_cursor(continue_from)
+            if last_id is None:
+                raise Refusal(internal_error(500))
+        messages = self.mailroom.inbox(mailbox.mailbox_id)
+        predicate = workflow_predicate(workflow_filter)
+        if predicate is not None:
+            messages = [m for m in messages if predicate(m.workflow_id)]
+        page, next_id = page_after(messages, last_id, max_results)
+        ids = [m.message_id for m in page]
+        if version < 2:
+            return json_response({"messages": ids})
+        query: dict[str, Any] = {}
+        if max_results != DEFAULT_INBOX_PAGE:
+            query["max_results"] = max_results
+        if workflow_filter:
+            query["workflow_filter"] = workflow_filter
+        base = f"/messageexchange/{mailbox.mailbox_id}/inbox"
+        links = {"self": f"{base}?{urlencode(query)}" if query else base}
+        if next_id:
+            links["next"] = f"{base}?{urlencode({**query, 'continue_from': encode_cursor(next_id)})}"
+        body = {
+            "messages": ids,
+            "links": links,
+            "approx_inbox_count": self.mailroom.inbox_count(mailbox.mailbox_id),
+        }
+        return json_response(body, version=2)
+
+    def _start_time(self, request: web.Request) -> datetime:
+        raw = request.query.get("start_time")
+        if not raw:
+            return self.now() - timedelta(days=30)
+        try:
+            moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise Refusal(internal_error(500)) from None
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+    def _rich(self, request: web.Request, mailbox: Mailbox, messages: list[Message], kind: str, limit: int) -> web.StreamResponse:
+        start = self._start_time(request)
+        cursor = self._continue_from(request)
+        last_id = decode_cursor(cursor) if cursor else None
+        messages = [m for m in messages if m.created > start]
+        page, next_id = page_after(messages, last_id, limit)
+        base = f"/messageexchange/{mailbox.mailbox_id}/{kind}/rich"
+        query = {"start_time": start.replace(tzinfo=None).isoformat(), "max_results": limit}
+        links = {"self": f"{base}?{urlencode(query)}"}
+        if next_id:
+            links["next"] = f"{base}?{urlencode({**query, 'continue_from': encode_cursor(next_id)})}"
+        body = {
+            "valid_at": self.now().replace(tzinfo=None).isoformat(),
+            "messages": [rich_item(m, self.directory, outbox=kind == "outbox") for m in page],
+            "links": links,
+        }
+        return json_response(body, version=2)
+
+    async def rich_inbox(self, request: web.Request) -> web.StreamResponse:
+        mailbox = self.authorise(request)
+        limit = self._int_query(request, "max_results", 100, 1, 2000)
+        messages = [m for m in self.mailroom.inbox(mailbox.mailbox_id, all_statuses=True) if m.status != UPLOADING]
+        messages.sort(key=lambda m: m.created, reverse=True)
+        return self._rich(request, mailbox, messages, "inbox", limit)
+
+    async def rich_outbox(self, request: web.Request) -> web.StreamResponse:
+        mailbox = self.authorise(request)
+        limit = min(self._int_query(request, "max_results", 100, 10, 5000), 100)
+        return self._rich(request, mailbox, self.mailroom.outbox(mailbox.mailbox_id), "outbox", limit)
+
+    # -- tracking -------------------------------------------------------------------------------
+
+    async def tracking(self, request: web.Request) -> web.StreamResponse:
+        mailbox = self.authorise(request)
+        message_id = request.query.get("messageID", "")
+        if not message_id:
+            raise Refusal(validation_error("query", "messageID", "Field required"))
+        version = self.version(request)
+        message = self.mailroom.get(message_id)
+        if message is None or message.sender != mailbox.mailbox_id:
+            raise Refusal(description_error(404, "Not Found"))
+        return json_response(tracking_body(message, self.directory, version), version=version)
+
+    async def tracking_local(self, request: web.Request) -> web.StreamResponse:
+        mailbox = self.authorise(request)
+        local_id = request.match_info["local_id"]
+        found = [m for m in self.mailroom.outbox(mailbox.mailbox_id) if m.local_id == local_id]
+        if not found:
+            raise Refusal(description_error(404, "Not Found"))
+        if len(found) > 1:
+            raise Refusal(description_error(300, "Multiple Choices"))
+        return json_response(tracking_body(found[0], self.directory, 1))
+
+    # -- download -------------------------------------------------------------------------------
+
+    async def head(self, request: web.Request) -> web.StreamResponse:
+        mailbox = self.authorise(request)
+        message = self.mailroom.get(request.match_info["message_id"])
+        if message is None or mailbox.mailbox_id not in (message.recipient, message.sender):
+            raise Refusal(mesh_error(404, "does_not_exist", self.version_or_1(request)))
+        is_recipient = message.recipient == mailbox.mailbox_id
+        if is_recipient and message.status not in (ACCEPTED, ACKNOWLEDGED):
+            raise Refusal(mesh_error(410, "message_gone", self.version_or_1(request)))
+        return web.Response(headers=message_headers(message, 1, self.now()))
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        mailbox = self.authorise(request)
+        version = self.version(request)
+        number = int(request.match_info.get("number", "1"))
+        message = self.mailroom.get(request.match_info["message_id"])
+        if message is None:
+            raise Refusal(mesh_error(404, "does_not_exist", version))
+        if message.recipient != mailbox.mailbox_id:
+            raise Refusal(description_error(403, "Forbidden"))
+        if message.status not in (ACCEPTED, ACKNOWLEDGED):
+            raise Refusal(mesh_error(410, "message_gone", version))
+        headers = message_headers(message, number, self.now())
+        if message.message_type != DATA:
+            return web.Response(headers=headers, body=b"")
+        if not 1 <= number <= message.total_chunks:
+            raise Refusal(mesh_error(404, "does_not_exist", version))
+        record = message.chunks.get(number)
+        if record is None:
+            raise Refusal(mesh_error(404, "does_not_exist", version))
+        status = 200 if number >= message.total_chunks else 206
+        wants_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
+        source = self._chunk_source(message, number, record, wants_gzip)
+        if source is None:
+            raise Refusal(mesh_error(404, "does_not_exist", version))
+        pieces, length, encoding = source
+        headers.pop("Content-Encoding", None)
+        if encoding:
+            headers["Content-Encoding"] = encoding
+            if not self.config.strict:
+                headers["mex-Content-Compressed"] = "Y"  # the sandbox says so whenever it gzips
+        content_type = "application/octet-stream"
+        if version >= 2 and message.total_chunks < 2 and message.content_type:
+            content_type = message.content_type
+        headers["Content-Type"] = content_type
+        return await self._stream(request, status, headers, pieces, length, message, number)
+
+    def _chunk_source(
+        self, message: Message, number: int, record: ChunkRecord, wants_gzip: bool
+    ) -> tuple[Iterator[bytes], int | None, str] | None:
+        if message.synthetic is not None or message.discarded:
+            sizes = [message.chunks[n].size or 0 for n in range(1, number)]
+            seed = message.synthetic.seed if message.synthetic else 0
+            size = record.size if record.size is not None else record.stored_size
+            return synthetic_pieces(seed, sum(sizes), size), size, ""
+        path = self.mailroom.store.chunk_path(message, number)
+        if path is None:
+            return None
+        if message.content_encoding == "gzip" and not wants_gzip:
+            return _gunzip_file(path), record.size, ""
+        return _read_file(path), record.stored_size, message.content_encoding
+
+    async def _stream(
+        self,
+        request: web.Request,
+        status: int,
+        headers: dict[str, str],
+        pieces: Iterator[bytes],
+        length: int | None,
+        message: Message,
+        number: int,
+    ) -> web.StreamResponse:
+        flips = firings(request, "flip")
+        resets = firings(request, "reset")
+        stalls = [f for f in firings(request, "stall") if f.fault.after_bytes]
+        response = web.StreamResponse(status=status, headers=headers)
+        if length is not None:
+            response.content_length = length
+        await response.prepare(request)
+        sent = 0
+        flip_at: dict[int, Firing] = {}
+        for firing in flips:
+            assert firing.flip_position is not None
+            limit = length if length else 1
+            flip_at[firing.flip_position % limit] = firing
+        reset_at = min((f.fault.after_bytes for f in resets), default=None)
+        try:
+            for piece in pieces:
+                for position in [p for p in flip_at if sent <= p < sent + len(piece)]:
+                    firing = flip_at.pop(position)
+                    mutable = bytearray(piece)
+                    mutable[position - sent] ^= 0xFF
+                    piece = bytes(mutable)
+                    self.state.faults.record(
+                        firing, "download", message_id=message.message_id, chunk=number, offset=position
+                    )
+                for stall in list(stalls):
+                    if sent + len(piece) >= stall.fault.after_bytes:
+                        stalls.remove(stall)
+                        self.state.faults.record(
+                            stall, "download", message_id=message.message_id, chunk=number,
+                            seconds=stall.fault.seconds, after_bytes=stall.fault.after_bytes,
+                        )
+                        await asyncio.sleep(stall.fault.seconds)
+                if reset_at is not None and sent + len(piece) >= reset_at:
+                    await response.write(piece[: reset_at - sent])
+                    self.state.faults.record(
+                        resets[0], "download", message_id=message.message_id, chunk=number, after_bytes=reset_at
+                    )
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return response
+                await response.write(piece)
+                sent += len(piece)
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+        await response.write_eof()
+        return response
+
+    # -- acknowledge ----------------------------------------------------------------------------
+
+    async def acknowledge(self, request: web.Request) -> web.StreamResponse:
+        mailbox = self.authorise(request)
+        version = self.version(request)
+        message = self.mailroom.get(request.match_info["message_id"])
+        if message is None:
+            raise Refusal(mesh_error(404, "does_not_exist", version))
+        if message.recipient != mailbox.mailbox_id:
+            raise Refusal(description_error(403, "Forbidden"))
+        lost = firings(request, "lost_ack")
+        if lost:
+            applied = lost[0].fault.applied
+            if applied:
+                self.mailroom.acknowledge(message)
+            self.state.faults.record(lost[0], "ack", message_id=message.message_id, applied=applied)
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=499)
+        self.mailroom.acknowledge(message)
+        if version < 2:
+            return json_response({"messageId": message.message_id})
+        return empty_response()
+
+
+def _read_file(path: Path) -> Iterator[bytes]:
+    with open(path, "rb", buffering=0) as handle:
+        while piece := handle.read(PIECE_SIZE):
+            yield piece
+
+
+def _gunzip_file(path: Path) -> Iterator[bytes]:
+    inflater = zlib.decompressobj(wbits=31)
+    for piece in _read_file(path):
+        pending = piece
+        while pending:
+            out = inflater.decompress(pending, PIECE_SIZE)
+            if out:
+                yield out
+            if inflater.eof:
+                pending = inflater.unused_data
+                inflater = zlib.decompressobj(wbits=31)
+            else:
+                pending = inflater.unconsumed_tail
+    tail = inflater.flush()
+    if tail:
+        yield tail

@@ -1,0 +1,175 @@
+"""LocalMeshServer: the server as an async context manager that starts on a free port.
+
+    async with LocalMeshServer(store="dir", data_dir=path, rules="sandbox") as server:
+        server.url          # http://127.0.0.1:<port>
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from meshpipe.server.app import build_app
+from meshpipe.server.authorize import Authenticator
+from meshpipe.server.config import Directory, ServerConfig
+from meshpipe.server.faults import Fault, FaultInjector, FaultPlan
+from meshpipe.server.mailroom import Mailroom
+from meshpipe.server.models import Clock, Message, SyntheticSpec
+from meshpipe.server.state import ServerState
+from meshpipe.server.store import make_store
+from meshpipe.server.tls import server_ssl_context
+
+log = logging.getLogger("meshpipe.server")
+
+
+class LocalMeshServer:
+    """A MESH server on this machine. Pass a ServerConfig, or its fields as keyword arguments
+    (``store``, ``data_dir``, ``rules``, ``shared_key``, ``tls``, ...)."""
+
+    def __init__(
+        self,
+        config: ServerConfig | None = None,
+        *,
+        faults: FaultPlan | None = None,
+        clock: Clock | None = None,
+        **settings: Any,
+    ) -> None:
+        base = config or ServerConfig()
+        self.config = dataclasses.replace(base, **settings) if settings else base
+        self.clock = clock or Clock()
+        self.faults = FaultInjector(faults)
+        self.directory = Directory(self.config.mailboxes, self.config.workflows)
+        self.store = make_store(self.config.store, self.config.data_dir)
+        self.mailroom = Mailroom(self.config, self.directory, self.store, self.clock)
+        self.state = ServerState(
+            config=self.config,
+            directory=self.directory,
+            mailroom=self.mailroom,
+            authenticator=Authenticator(self.config, self.directory, self.clock),
+            faults=self.faults,
+            clock=self.clock,
+        )
+        self._runner: web.AppRunner | None = None
+        self._expiry_task: asyncio.Task[None] | None = None
+        self.port: int = self.config.port
+
+    def __repr__(self) -> str:
+        return f"LocalMeshServer(url={self.url!r}, store={self.config.store!r}, rules={self.config.rules!r})"
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.config.tls else "http"
+        host = self.config.host
+        if ":" in host:
+            host = f"[{host}]"
+        if host in ("0.0.0.0", "[::]"):
+            host = "127.0.0.1"
+        return f"{scheme}://{host}:{self.port}"
+
+    async def start(self) -> None:
+        app = build_app(self.state)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, auto_decompress=False
+        )
+        await self._runner.setup()
+        ssl_context = server_ssl_context(self.config.tls) if self.config.tls else None
+        site = web.TCPSite(
+            self._runner, self.config.host, self.config.port, ssl_context=ssl_context, backlog=512
+        )
+        await site.start()
+        addresses = self._runner.addresses
+        if addresses:
+            self.port = int(addresses[0][1])
+        self._expiry_task = asyncio.create_task(self._expire_periodically())
+        log.info("meshpipe MESH server on %s (store %s, rules %s)", self.url, self.config.store, self.config.rules)
+
+    async def close(self) -> None:
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry_task
+            self._expiry_task = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self.store.close()
+
+    async def __aenter__(self) -> LocalMeshServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.close()
+
+    async def _expire_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.expiry_interval_seconds)
+            try:
+                self.mailroom.expire()
+            except Exception:
+                log.exception("expiry pass failed")
+
+    # -- hooks for tests and benchmarks ---------------------------------------------------------
+
+    def advance_clock(self, delta: timedelta) -> list[str]:
+        """Move the server's clock forward and run expiry; returns the NDR ids created."""
+        self.clock.advance(delta)
+        return self.expire_now()
+
+    def expire_now(self) -> list[str]:
+        return [report.message_id for report in self.mailroom.expire()]
+
+    def add_fault(self, fault: Fault) -> None:
+        self.faults.add(fault)
+
+    @property
+    def fault_log(self) -> list[dict[str, Any]]:
+        return self.faults.log
+
+    def add_synthetic_message(
+        self,
+        recipient: str,
+        size: int,
+        *,
+        chunk_size: int = 20 * 1024 * 1024,
+        seed: int = 0,
+        sender: str = "",
+        workflow_id: str = "SYNTHETIC",
+        subject: str = "",
+        local_id: str = "",
+    ) -> str:
+        """An accepted message of ``size`` bytes generated on download; returns its id."""
+        mailbox = self.directory.get(recipient)
+        if mailbox is None:
+            raise ValueError(f"no mailbox {recipient!r} on this server")
+        message = self.mailroom.create_synthetic(
+            sender=sender.upper(),
+            recipient=mailbox.mailbox_id,
+            workflow_id=workflow_id,
+            spec=SyntheticSpec(size, chunk_size, seed),
+            subject=subject,
+            local_id=local_id,
+        )
+        return message.message_id
+
+    def message(self, message_id: str) -> Message | None:
+        return self.mailroom.get(message_id)
