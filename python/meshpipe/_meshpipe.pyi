@@ -18,65 +18,6 @@ MAX_REQUEST_SIZE: Final[int]
 MAX_FILE_SIZE: Final[int]
 __version__: Final[str]
 
-# --- errors -------------------------------------------------------------------------------
-
-class MeshpipeError(Exception):
-    """Base of every error meshpipe raises (OS errors stay built-in OSError subclasses)."""
-
-class PlanError(MeshpipeError, ValueError):
-    """A chunk plan breaks a MESH rule; nothing was read or sent."""
-
-class ChunkSizeError(PlanError):
-    """Chunk size below the 5 MiB minimum, or a chunk above the per-request maximum."""
-
-class FileTooLargeError(PlanError):
-    """The file is larger than the configured maximum message size."""
-
-class SourceChangedError(MeshpipeError):
-    """The source file changed size while it was being split."""
-
-class CodecError(MeshpipeError):
-    """Compressed data is corrupt or truncated. ``chunk`` names the chunk (1-based) or is None."""
-
-    chunk: int | None
-
-class ChecksumMismatchError(MeshpipeError):
-    """A checksum did not match. ``chunk`` is the chunk number, or None for the whole file."""
-
-    chunk: int | None
-    algorithm: str
-    expected: str
-    actual: str
-
-class ChunkLengthError(MeshpipeError):
-    """A chunk decompressed to more (bomb: stopped at the limit) or fewer bytes than planned."""
-
-    chunk: int
-    expected: int
-
-class ChunkNumberError(MeshpipeError, ValueError):
-    """A chunk number outside 1..chunk_count."""
-
-    chunk: int
-
-class DuplicateChunkError(MeshpipeError):
-    """A chunk arrived again with different content, or while it was still being written."""
-
-    chunk: int
-
-class ChunkOrderError(MeshpipeError):
-    """A chunk whose offset is not known yet (unknown chunk size and earlier chunks missing)."""
-
-    chunk: int
-
-class MissingChunksError(MeshpipeError):
-    """finish() was called before every chunk arrived. ``missing`` lists them (1-based)."""
-
-    missing: list[int]
-
-class StateError(MeshpipeError):
-    """An object was used after it was finished, aborted or closed."""
-
 # --- plan ---------------------------------------------------------------------------------
 
 class ChunkPlan:

@@ -269,14 +269,12 @@ impl Assembler {
                 }
                 match (last, options.file_size) {
                     (true, Some(file)) => {
-                        let rest = file.checked_sub(offset).ok_or_else(|| {
-                            Error::ChunkLength {
-                                chunk: Some(number - 1),
-                                expected: file,
-                                actual: offset,
-                                problem: LengthProblem::Over,
-                                exact: true,
-                            }
+                        let rest = file.checked_sub(offset).ok_or_else(|| Error::ChunkLength {
+                            chunk: Some(number - 1),
+                            expected: file,
+                            actual: offset,
+                            problem: LengthProblem::Over,
+                            exact: true,
                         })?;
                         (offset, rest, true)
                     }
@@ -300,11 +298,10 @@ impl Assembler {
             state.slots[index as usize] = Slot::Writing;
         }
         drop(state);
-        let decoder = Decoder::new(options.codec, limit, exact).map_err(|e| {
+        let decoder = Decoder::new(options.codec, limit, exact).inspect_err(|_| {
             if previous.is_none() {
                 self.shared.lock().slots[index as usize] = Slot::Missing;
             }
-            e
         })?;
         Ok(ChunkWriter {
             shared: self.shared.clone(),
@@ -542,7 +539,9 @@ fn advance_whole_hash(shared: &Shared, state: &mut State) -> Result<()> {
             shared
                 .file
                 .read_exact_at(&mut buffer[..n], offset + done)
-                .map_err(|e| Error::io(format!("reading back {}", shared.temporary.display()), e))?;
+                .map_err(|e| {
+                    Error::io(format!("reading back {}", shared.temporary.display()), e)
+                })?;
             state.whole.update(&buffer[..n]);
             done += n as u64;
         }

@@ -118,7 +118,8 @@ impl FileHasher {
 
 /// Hash a file on disk (reads it in 1 MiB pieces).
 pub fn hash_file(path: &Path, with_sha256: bool) -> Result<FileDigest> {
-    let mut file = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let mut file =
+        File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     let mut hasher = FileHasher::new(with_sha256);
     let mut buffer = vec![0u8; 1 << 20];
     loop {

@@ -325,7 +325,10 @@ impl Decoder {
                 let mut input = input;
                 loop {
                     let room = self.limit - self.produced;
-                    let window = self.output.len().min(usize::try_from(room + 1).unwrap_or(usize::MAX));
+                    let window = self
+                        .output
+                        .len()
+                        .min(usize::try_from(room + 1).unwrap_or(usize::MAX));
                     let (consumed, written) = inflater.step(input, &mut self.output[..window])?;
                     input = &input[consumed..];
                     if written > 0 {
@@ -352,7 +355,10 @@ impl Decoder {
                 let mut position = 0;
                 loop {
                     let room = self.limit - self.produced;
-                    let window = self.output.len().min(usize::try_from(room + 1).unwrap_or(usize::MAX));
+                    let window = self
+                        .output
+                        .len()
+                        .min(usize::try_from(room + 1).unwrap_or(usize::MAX));
                     let (consumed, written) =
                         inflater.step(&input[position..], &mut self.output[..window])?;
                     position += consumed;
@@ -451,7 +457,10 @@ fn gzip_header_length(bytes: &[u8]) -> Result<Option<usize>> {
     }
     for flag in [FNAME, FCOMMENT] {
         if flags & flag != 0 {
-            match bytes.get(at..).and_then(|rest| rest.iter().position(|&b| b == 0)) {
+            match bytes
+                .get(at..)
+                .and_then(|rest| rest.iter().position(|&b| b == 0))
+            {
                 Some(end) => at += end + 1,
                 None => return Ok(None),
             }
@@ -550,7 +559,11 @@ impl GzipInflater {
             {
                 return Err(gzip_error("gzip header field too long"))
             }
-            s => return Err(gzip_error(format!("invalid deflate data (ISA-L status {s})"))),
+            s => {
+                return Err(gzip_error(format!(
+                    "invalid deflate data (ISA-L status {s})"
+                )))
+            }
         }
         if self.state.block_state == isal::isal_block_state_ISAL_BLOCK_FINISH {
             self.finished = true;
@@ -573,8 +586,8 @@ struct ZstdInflater {
 
 impl ZstdInflater {
     fn new() -> Result<Self> {
-        let mut decoder =
-            zstd::stream::raw::Decoder::new().map_err(|e| Error::io("creating a zstd decoder", e))?;
+        let mut decoder = zstd::stream::raw::Decoder::new()
+            .map_err(|e| Error::io("creating a zstd decoder", e))?;
         // Cap the window at 128 MiB so a hostile frame cannot demand more memory.
         decoder
             .set_parameter(zstd::stream::raw::DParameter::WindowLogMax(27))
@@ -662,7 +675,10 @@ mod tests {
 
     fn compress(codec: Codec, data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        Compressor::new(codec).unwrap().compress(data, &mut out).unwrap();
+        Compressor::new(codec)
+            .unwrap()
+            .compress(data, &mut out)
+            .unwrap();
         out
     }
 
@@ -676,7 +692,10 @@ mod tests {
                 .read_to_end(&mut unpacked)
                 .unwrap();
             assert_eq!(unpacked, data, "level {level}");
-            assert_eq!(decode_all(CodecKind::Gzip, &packed, data.len() as u64, 4093).unwrap(), data);
+            assert_eq!(
+                decode_all(CodecKind::Gzip, &packed, data.len() as u64, 4093).unwrap(),
+                data
+            );
         }
     }
 
@@ -691,11 +710,18 @@ mod tests {
                 seed as u8
             })
             .collect();
-        for codec in [Codec::gzip(1).unwrap(), Codec::gzip(0).unwrap(), Codec::zstd(1).unwrap()] {
+        for codec in [
+            Codec::gzip(1).unwrap(),
+            Codec::gzip(0).unwrap(),
+            Codec::zstd(1).unwrap(),
+        ] {
             for data in [&random[..], &[][..], &[7u8][..]] {
                 let packed = compress(codec, data);
                 assert!(packed.len() as u64 <= codec.max_payload_size(data.len() as u64));
-                assert_eq!(decode_all(codec.kind(), &packed, data.len() as u64, 1000).unwrap(), data);
+                assert_eq!(
+                    decode_all(codec.kind(), &packed, data.len() as u64, 1000).unwrap(),
+                    data
+                );
             }
         }
     }
@@ -710,7 +736,10 @@ mod tests {
             .write(Vec::new(), flate2::Compression::best());
         encoder.write_all(&data).unwrap();
         let packed = encoder.finish().unwrap();
-        assert_eq!(decode_all(CodecKind::Gzip, &packed, data.len() as u64, 3).unwrap(), data);
+        assert_eq!(
+            decode_all(CodecKind::Gzip, &packed, data.len() as u64, 3).unwrap(),
+            data
+        );
         // Two concatenated members are one valid gzip stream.
         let mut twice = packed.clone();
         twice.extend_from_slice(&packed);
@@ -731,7 +760,8 @@ mod tests {
             Err(Error::Codec { .. })
         ));
         // Truncated
-        let err = decode_all(CodecKind::Gzip, &packed[..n - 3], data.len() as u64, 1000).unwrap_err();
+        let err =
+            decode_all(CodecKind::Gzip, &packed[..n - 3], data.len() as u64, 1000).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
         // Not gzip at all
         assert!(decode_all(CodecKind::Gzip, b"hello world, not gzip", 100, 5).is_err());
@@ -774,14 +804,26 @@ mod tests {
                     Ok(())
                 })
                 .unwrap_err();
-            assert!(matches!(err, Error::ChunkLength { problem: LengthProblem::Over, .. }), "{err}");
+            assert!(
+                matches!(
+                    err,
+                    Error::ChunkLength {
+                        problem: LengthProblem::Over,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
             assert!(seen <= 1 << 20, "{} bytes escaped the limit", seen);
         }
     }
 
     #[test]
     fn codec_names_and_levels() {
-        assert_eq!(Codec::from_name("gzip", None).unwrap(), Codec::gzip(1).unwrap());
+        assert_eq!(
+            Codec::from_name("gzip", None).unwrap(),
+            Codec::gzip(1).unwrap()
+        );
         assert!(Codec::from_name("brotli", None).is_err());
         assert!(Codec::gzip(9).is_err());
         assert!(Codec::zstd(0).is_err());

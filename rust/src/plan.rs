@@ -195,7 +195,15 @@ mod tests {
         )
         .unwrap_err();
         let msg = err.to_string();
-        let fits: u64 = msg.rsplit("at most ").next().unwrap().split(' ').next().unwrap().parse().unwrap();
+        let fits: u64 = msg
+            .rsplit("at most ")
+            .next()
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         let codec = Codec::gzip(1).unwrap();
         assert!(codec.max_payload_size(fits) <= MAX_REQUEST_SIZE);
         assert!(codec.max_payload_size(fits + 1) > MAX_REQUEST_SIZE);
@@ -209,6 +217,12 @@ mod tests {
             max_file_size: 100 * GIB,
             ..Limits::default()
         };
-        assert!(ChunkPlan::new(MAX_FILE_SIZE + 1, DEFAULT_CHUNK_SIZE, Codec::none(), &limits).is_ok());
+        assert!(ChunkPlan::new(
+            MAX_FILE_SIZE + 1,
+            DEFAULT_CHUNK_SIZE,
+            Codec::none(),
+            &limits
+        )
+        .is_ok());
     }
 }

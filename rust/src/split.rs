@@ -92,7 +92,8 @@ impl Pool {
     fn new(count: usize, capacity: usize) -> Self {
         let (give, take) = bounded(count);
         for _ in 0..count {
-            give.send(Vec::with_capacity(capacity)).expect("pool has room");
+            give.send(Vec::with_capacity(capacity))
+                .expect("pool has room");
         }
         Pool { give, take }
     }
@@ -187,7 +188,11 @@ impl Splitter {
         let compressed = options.codec.kind() != CodecKind::None;
 
         let input_pool = Arc::new(Pool::new(
-            if compressed { (threads + 1).min(window + threads) } else { window },
+            if compressed {
+                (threads + 1).min(window + threads)
+            } else {
+                window
+            },
             buffer_size,
         ));
         let output_pool = compressed.then(|| {
@@ -485,7 +490,11 @@ mod tests {
     fn chunks_come_in_order_with_a_whole_file_digest() {
         let f = file_with(11 * MIB as usize + 3);
         let data = std::fs::read(f.path()).unwrap();
-        for codec in [Codec::none(), Codec::gzip(1).unwrap(), Codec::zstd(1).unwrap()] {
+        for codec in [
+            Codec::none(),
+            Codec::gzip(1).unwrap(),
+            Codec::zstd(1).unwrap(),
+        ] {
             let options = SplitOptions {
                 codec,
                 chunk_size: 5 * MIB,

@@ -1,0 +1,189 @@
+//! `Splitter`: the core split pipeline as a Python iterator of `Chunk`s.
+
+use std::fs::File;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use super::buffer::PyChunk;
+use crate::checksum::{hex128, hex_bytes, FileDigest};
+use crate::codec::Codec;
+use crate::error::Error;
+use crate::plan::{Limits, DEFAULT_CHUNK_SIZE, MAX_FILE_SIZE};
+use crate::split::{default_threads, default_window, SplitOptions, Splitter};
+
+use super::PyChunkPlan;
+
+/// A path or an open file descriptor.
+#[derive(FromPyObject)]
+pub enum Source {
+    Descriptor(RawFd),
+    Path(PathBuf),
+}
+
+#[pyclass(name = "FileDigest", module = "meshpipe._meshpipe", frozen, get_all)]
+pub struct PyFileDigest {
+    size: u64,
+    xxh3_128: String,
+    sha256: Option<String>,
+}
+
+impl From<FileDigest> for PyFileDigest {
+    fn from(d: FileDigest) -> Self {
+        PyFileDigest {
+            size: d.size,
+            xxh3_128: hex128(d.xxh3_128),
+            sha256: d.sha256.map(|s| hex_bytes(&s)),
+        }
+    }
+}
+
+#[pymethods]
+impl PyFileDigest {
+    fn __repr__(&self) -> String {
+        format!(
+            "FileDigest(size={}, xxh3_128={:?}, sha256={:?})",
+            self.size, self.xxh3_128, self.sha256
+        )
+    }
+}
+
+#[pyclass(name = "Splitter", module = "meshpipe._meshpipe", frozen)]
+pub struct PySplitter {
+    inner: Mutex<Option<Splitter>>,
+    plan: Py<PyChunkPlan>,
+    codec: Codec,
+    count: u32,
+}
+
+impl PySplitter {
+    fn lock(&self) -> MutexGuard<'_, Option<Splitter>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn closed() -> Error {
+    Error::State("the splitter is closed".into())
+}
+
+#[pymethods]
+impl PySplitter {
+    #[new]
+    #[pyo3(signature = (source, *, codec = "none", level = None, chunk_size = DEFAULT_CHUNK_SIZE, threads = None, window = None, sha256 = false, max_file_size = MAX_FILE_SIZE))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        source: Source,
+        codec: &str,
+        level: Option<i32>,
+        chunk_size: u64,
+        threads: Option<usize>,
+        window: Option<usize>,
+        sha256: bool,
+        max_file_size: u64,
+    ) -> PyResult<Self> {
+        let codec = Codec::from_name(codec, level)?;
+        let threads = threads.unwrap_or_else(default_threads);
+        let options = SplitOptions {
+            codec,
+            chunk_size,
+            threads,
+            window: window.unwrap_or_else(|| default_window(threads)),
+            sha256,
+            limits: Limits {
+                max_file_size,
+                ..Limits::default()
+            },
+        };
+        let splitter = match source {
+            Source::Path(path) => py.detach(|| Splitter::open(&path, options))?,
+            Source::Descriptor(fd) => {
+                if fd < 0 {
+                    return Err(Error::InvalidArgument(format!(
+                        "file descriptor {fd} is not valid"
+                    ))
+                    .into());
+                }
+                // SAFETY: the caller passed an open descriptor and keeps it open for this
+                // call; we only duplicate it, and own the duplicate.
+                let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+                let owned = borrowed
+                    .try_clone_to_owned()
+                    .map_err(|e| Error::io(format!("duplicating file descriptor {fd}"), e))?;
+                Splitter::from_file(File::from(owned), format!("file descriptor {fd}"), options)?
+            }
+        };
+        let plan = Py::new(
+            py,
+            PyChunkPlan {
+                plan: *splitter.plan(),
+            },
+        )?;
+        let count = splitter.plan().chunk_count();
+        Ok(PySplitter {
+            inner: Mutex::new(Some(splitter)),
+            plan,
+            codec,
+            count,
+        })
+    }
+
+    #[getter]
+    fn plan(&self, py: Python<'_>) -> Py<PyChunkPlan> {
+        self.plan.clone_ref(py)
+    }
+
+    #[getter]
+    fn codec(&self) -> &'static str {
+        self.codec.name()
+    }
+
+    fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<PyChunk>> {
+        let next = py.detach(|| match self.lock().as_mut() {
+            Some(splitter) => splitter.next_chunk(),
+            None => Err(closed()),
+        })?;
+        Ok(next.map(|chunk| PyChunk::new(chunk, self.count)))
+    }
+
+    fn digest(&self, py: Python<'_>) -> PyResult<PyFileDigest> {
+        let digest = py.detach(|| match self.lock().as_mut() {
+            Some(splitter) => splitter.digest(),
+            None => Err(closed()),
+        })?;
+        Ok(digest.into())
+    }
+
+    /// Stop the worker threads; chunks already taken stay valid.
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| {
+            if let Some(mut splitter) = self.lock().take() {
+                splitter.close();
+            }
+        });
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) {
+        self.close(py);
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Splitter(codec={:?}, chunk_count={})",
+            self.codec.name(),
+            self.count
+        )
+    }
+}
