@@ -1,0 +1,71 @@
+"""The checksum header form and header parsing."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshpipe.errors import MeshProtocolError
+from meshpipe.models import ContentChecksum, MessageMetadata, ReportMessage, parse_chunk_range
+
+SANDBOX_RULE = re.compile(r"^[A-Za-z0-9\s:/-]*$")
+
+
+@given(
+    digest=st.text("0123456789abcdef", min_size=32, max_size=32),
+    size=st.integers(0, 100 * 10**9),
+    chunk=st.integers(5 * 2**20, 2**30),
+    codec=st.sampled_from(["none", "gzip", "zstd"]),
+)
+def test_checksum_round_trip_and_mesh_rules(digest: str, size: int, chunk: int, codec: str) -> None:
+    value = ContentChecksum(
+        xxh3_128=digest, size=size, chunk_size=chunk, codec=codec
+    ).header_value()
+    assert len(value) <= 100
+    assert SANDBOX_RULE.match(value)
+    parsed = ContentChecksum.parse(value)
+    assert parsed is not None and parsed.meshpipe
+    assert (parsed.xxh3_128, parsed.size, parsed.chunk_size, parsed.codec) == (
+        digest,
+        size,
+        chunk,
+        codec,
+    )
+
+
+def test_foreign_checksums() -> None:
+    sha = "a" * 64
+    parsed = ContentChecksum.parse(f"sha256:{sha}")
+    assert parsed is not None and not parsed.meshpipe and parsed.sha256 == sha
+    assert ContentChecksum.parse("") is None
+    assert ContentChecksum.parse("just words") is None
+    md5 = ContentChecksum.parse("md5:0123")
+    assert md5 is not None and md5.other == {"md5": "0123"}
+
+
+def test_chunk_range() -> None:
+    assert parse_chunk_range(None) == (1, 1)
+    assert parse_chunk_range("2:7") == (2, 7)
+    with pytest.raises(MeshProtocolError):
+        parse_chunk_range("x")
+
+
+def test_report_headers() -> None:
+    headers = {
+        "mex-MessageType": "REPORT",
+        "mex-StatusCode": "14",
+        "mex-StatusEvent": "SEND",
+        "mex-StatusSuccess": "ERROR",
+        "mex-StatusDescription": "Message not collected by recipient after 5 days",
+        "mex-LinkedMsgID": "ORIGINAL",
+        "mex-Chunk-Range": "1:0",
+        "mex-WorkflowID": "WF",
+    }
+    metadata = MessageMetadata.from_headers("R1", headers)
+    assert metadata.is_report
+    report = ReportMessage.from_metadata(metadata)
+    assert report.is_non_delivery and report.linked_message_id == "ORIGINAL"
+    assert "code 14" in report.describe()
