@@ -12,7 +12,13 @@ from aiohttp import web
 from meshpipe.server.config import MiB
 from meshpipe.server.faults import FaultPlan, FaultPlanError
 from meshpipe.server.models import ERROR, UNDELIVERABLE, Event, SyntheticSpec
-from meshpipe.server.responses import admin_message_body, description_error, json_response, validation_error
+from meshpipe.server.responses import (
+    admin_message_body,
+    description_error,
+    json_response,
+    missing,
+    validation_error,
+)
 from meshpipe.server.state import Refusal, ServerState
 
 NDR_DAYS_TEXT = "Message not collected by recipient after {days} days"
@@ -22,16 +28,20 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         data = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise Refusal(validation_error("body", "", "JSON decode error")) from None
+        raise Refusal(_invalid("", "JSON decode error")) from None
     if not isinstance(data, dict):
-        raise Refusal(validation_error("body", "", "Input should be a valid dictionary"))
+        raise Refusal(_invalid("", "Input should be a valid dictionary"))
     return data
 
 
 def _required(data: dict[str, Any], *names: str) -> None:
-    for name in names:
-        if data.get(name) is None:
-            raise Refusal(validation_error("body", name, "Field required"))
+    absent = [missing("body", name, data) for name in names if data.get(name) is None]
+    if absent:
+        raise Refusal(validation_error(*absent, body=data))
+
+
+def _invalid(name: str, text: str) -> web.Response:
+    return validation_error({"type": "value_error", "loc": ["body", name], "msg": text})
 
 
 class AdminRoutes:
@@ -72,7 +82,7 @@ class AdminRoutes:
             raise Refusal(description_error(404, "mailbox does not exist"))
         status = str(data.get("status") or UNDELIVERABLE)
         if status not in (UNDELIVERABLE, ERROR):
-            raise Refusal(validation_error("body", "status", "status must be undeliverable or error"))
+            raise Refusal(_invalid("status", "status must be undeliverable or error"))
         subject = data.get("subject")
         if status == UNDELIVERABLE:
             days = self.state.config.inbox_expiry_days
@@ -147,9 +157,9 @@ class AdminRoutes:
                 seed=int(data.get("seed") or 0),
             )
         except (TypeError, ValueError):
-            raise Refusal(validation_error("body", "size", "size, chunk_size and seed are integers")) from None
+            raise Refusal(_invalid("size", "size, chunk_size and seed are integers")) from None
         if spec.size < 0 or spec.chunk_size <= 0:
-            raise Refusal(validation_error("body", "size", "size must be ≥ 0 and chunk_size > 0"))
+            raise Refusal(_invalid("size", "size must be ≥ 0 and chunk_size > 0"))
         message = self.state.mailroom.create_synthetic(
             sender=str(data.get("sender") or "").upper(),
             recipient=recipient.mailbox_id,
@@ -170,7 +180,7 @@ class AdminRoutes:
         try:
             plan = FaultPlan.from_json(data)
         except (FaultPlanError, TypeError) as exc:
-            raise Refusal(validation_error("body", "faults", str(exc))) from None
+            raise Refusal(_invalid("faults", str(exc))) from None
         self.state.faults.set_plan(plan)
         return json_response({"plan": plan.to_json()})
 
@@ -180,7 +190,7 @@ class AdminRoutes:
         try:
             seconds = float(data.get("seconds", 0))
         except (TypeError, ValueError):
-            raise Refusal(validation_error("body", "seconds", "Input should be a number")) from None
+            raise Refusal(_invalid("seconds", "Input should be a number")) from None
         self.state.clock.advance(timedelta(seconds=seconds))
         reports = self.state.mailroom.expire()
         return json_response(

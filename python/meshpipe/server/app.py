@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from meshpipe.server.admin import AdminRoutes
-from meshpipe.server.responses import description_error, internal_error
+from meshpipe.server.responses import internal_error, json_response
 from meshpipe.server.routes import MeshRoutes
 from meshpipe.server.state import FIRINGS, STATE_KEY, Refusal, ServerState
 
@@ -63,7 +63,8 @@ def make_middleware(state: ServerState) -> Callable[[web.Request, Handler], Awai
             return refusal.response
         except web.HTTPException as exc:
             if exc.status >= 400:
-                return description_error(exc.status, exc.reason)
+                # Like the sandbox (Starlette) for paths and methods it has no route for.
+                return json_response({"detail": exc.reason}, status=exc.status)
             raise
         except (asyncio.CancelledError, ConnectionResetError):
             raise

@@ -195,9 +195,11 @@ class Mailroom:
             total_chunks=0,
             created=now,
             inbox_expiry=now + timedelta(days=self.config.inbox_expiry_days),
+            # The sandbox lists the accepted event after the error one, so a report's status is
+            # "accepted" (downloadable) while its error event gives the report's details.
             events=[
-                Event(ACCEPTED, now),
                 Event(status, now, code, event, description, linked_message_id),
+                Event(ACCEPTED, now),
             ],
             subject=subject,
             local_id=local_id,

@@ -100,10 +100,10 @@ def json_response(
     headers: dict[str, str] | None = None,
     content_type: str | None = None,
 ) -> web.Response:
+    """JSON with the MESH media type for ``version`` (no charset parameter, like the sandbox)."""
     media = content_type or (V2_MEDIA_TYPE if version >= 2 else V1_MEDIA_TYPE)
-    return web.Response(
-        status=status, text=dumps(body), content_type=media, charset=None, headers=headers
-    )
+    all_headers = {**(headers or {}), "Content-Type": media}
+    return web.Response(status=status, body=dumps(body).encode(), headers=all_headers)
 
 
 def empty_response(status: int = 200) -> web.Response:
@@ -148,10 +148,11 @@ def error_body(
 
 
 def description_error(
-    status: int, description: str, headers: dict[str, str] | None = None
+    status: int, description: str, version: int = 1, headers: dict[str, str] | None = None
 ) -> web.Response:
-    """The sandbox's plain-text detail: ``{"errorDescription": ...}`` whatever the version."""
-    return json_response({"errorDescription": description}, status=status, headers=headers)
+    """An error with a description only (empty event and code), as the sandbox words its
+    authentication, 403, 404 and other plain-text errors."""
+    return error_body(status, "", "", description, version, None, headers)
 
 
 def internal_error(status: int, headers: dict[str, str] | None = None) -> web.Response:
@@ -159,10 +160,66 @@ def internal_error(status: int, headers: dict[str, str] | None = None) -> web.Re
     return json_response({"message": INTERNAL_ERROR_TEXT}, status=status, headers=headers)
 
 
-def validation_error(location: str, name: str, msg: str, value: Any = None) -> web.Response:
-    """400 with ``{"detail": [{type, loc, msg, input}]}`` like the sandbox's request validation."""
-    item = {"type": "value_error", "loc": [location, name], "msg": msg, "input": value}
-    return json_response({"detail": [item]}, status=400)
+def validation_error(*items: dict[str, Any], body: Any = None) -> web.Response:
+    """400 ``{"detail": [{type, loc, msg, ...}]}`` like the sandbox's request validation."""
+    content: dict[str, Any] = {"detail": list(items)}
+    if body is not None:
+        content["body"] = body
+    return json_response(content, status=400)
+
+
+def missing(location: str, name: str, given: Any = None) -> dict[str, Any]:
+    item: dict[str, Any] = {"type": "missing", "loc": [location, name], "msg": "Field required"}
+    if given is not None:
+        item["input"] = given
+    return item
+
+
+def too_long(location: str, name: str, value: str, longest: int) -> dict[str, Any]:
+    return {
+        "type": "string_too_long",
+        "loc": [location, name],
+        "msg": f"String should have at most {longest} characters",
+        "input": value,
+        "ctx": {"max_length": longest},
+    }
+
+
+def too_short(location: str, name: str, value: str, shortest: int) -> dict[str, Any]:
+    return {
+        "type": "string_too_short",
+        "loc": [location, name],
+        "msg": f"String should have at least {shortest} characters",
+        "input": value,
+        "ctx": {"min_length": shortest},
+    }
+
+
+def out_of_range(location: str, name: str, value: str, low: int, high: int) -> dict[str, Any]:
+    try:
+        number = int(value)
+    except ValueError:
+        return {
+            "type": "int_parsing",
+            "loc": [location, name],
+            "msg": "Input should be a valid integer, unable to parse string as an integer",
+            "input": value,
+        }
+    if number < low:
+        return {
+            "type": "greater_than_equal",
+            "loc": [location, name],
+            "msg": f"Input should be greater than or equal to {low}",
+            "input": value,
+            "ctx": {"ge": low},
+        }
+    return {
+        "type": "less_than_equal",
+        "loc": [location, name],
+        "msg": f"Input should be less than or equal to {high}",
+        "input": value,
+        "ctx": {"le": high},
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,7 +429,7 @@ def rich_item(message: Message, directory: Directory, *, outbox: bool) -> dict[s
     item = {
         "message_id": message.message_id,
         "expiry_timestamp": iso_time(message.inbox_expiry),
-        "local_id": message.local_id or ("" if outbox else None),
+        "local_id": message.local_id,
         "message_type": message.message_type,
         "recipient": message.recipient,
         "recipient_name": recipient["name"] or ("" if outbox else None),

@@ -37,6 +37,10 @@ from meshpipe.server.responses import (
     message_headers,
     rich_item,
     tracking_body,
+    missing,
+    out_of_range,
+    too_long,
+    too_short,
     validation_error,
 )
 from meshpipe.server.state import Refusal, ServerState, firings
@@ -179,7 +183,7 @@ class MeshRoutes:
         if isinstance(result, AuthFailure):
             if result.reason == "no_mailbox":
                 raise Refusal(mesh_error(403, "no_mailbox", self.version_or_1(request)))
-            raise Refusal(description_error(403, AUTH_ERRORS[result.reason]))
+            raise Refusal(description_error(403, AUTH_ERRORS[result.reason], self.version_or_1(request)))
         return result
 
     @staticmethod
@@ -194,7 +198,7 @@ class MeshRoutes:
         try:
             return api_version(request.headers.get("Accept"))
         except AcceptHeaderError as exc:
-            raise Refusal(description_error(400, str(exc))) from None
+            raise Refusal(description_error(400, str(exc), 1)) from None
 
     def now(self) -> datetime:
         return self.state.clock.now()
@@ -225,9 +229,13 @@ class MeshRoutes:
 
     async def handshake(self, request: web.Request) -> web.StreamResponse:
         mailbox = self.authorise(request)
-        for name in ("mex-ClientVersion", "mex-OSName", "mex-OSVersion"):
-            if name not in request.headers:
-                raise Refusal(validation_error("header", name.lower().replace("-", "_"), "Field required"))
+        absent = [
+            missing("header", name.lower())
+            for name in ("mex-ClientVersion", "mex-OSName", "mex-OSVersion")
+            if name not in request.headers
+        ]
+        if absent:
+            raise Refusal(validation_error(*absent))
         if self.version(request) < 2:
             return json_response({"mailboxId": mailbox.mailbox_id})
         return empty_response()
@@ -248,19 +256,18 @@ class MeshRoutes:
 
     def _send_headers(self, request: web.Request) -> dict[str, str]:
         values: dict[str, str] = {}
+        problems: list[dict[str, Any]] = []
         for key, (name, longest) in SEND_HEADERS.items():
             value = request.headers.get(name)
             if value is None:
                 if key in ("to", "workflow_id"):
-                    raise Refusal(validation_error("header", name.lower().replace("-", "_"), "Field required"))
+                    problems.append(missing("header", name.lower()))
                 value = ""
             if len(value) > longest:
-                raise Refusal(
-                    validation_error(
-                        "header", name.lower().replace("-", "_"), f"String should have at most {longest} characters", value
-                    )
-                )
+                problems.append(too_long("header", name.lower(), value, longest))
             values[key] = value
+        if problems:
+            raise Refusal(validation_error(*problems))
         values["to"] = values["to"].strip().upper()
         values["workflow_id"] = values["workflow_id"].strip()
         values["chunk_range"] = values["chunk_range"].strip()
@@ -324,7 +331,7 @@ class MeshRoutes:
         )
         if version < 2:
             return json_response({"messageID": message.message_id}, status=202)
-        return json_response({"message_id": message.message_id}, status=202, version=2)
+        return json_response({"message_id": message.message_id}, status=202)
 
     async def send_chunk(self, request: web.Request) -> web.StreamResponse:
         sender = self.authorise(request)
@@ -333,21 +340,21 @@ class MeshRoutes:
         version = self.version(request)
         range_header = request.headers.get("mex-Chunk-Range", "").strip()
         if len(range_header) > 20:
-            raise Refusal(validation_error("header", "mex_chunk_range", "String should have at most 20 characters"))
+            raise Refusal(validation_error(too_long("header", "mex-chunk-range", range_header, 20)))
         if not range_header or parse_chunk_range(range_header, number) is None:
             raise Refusal(mesh_error(417, "invalid_chunks", version, message_id=message_id))
         message = self.mailroom.get(message_id)
         if message is None:
-            raise Refusal(description_error(404, "Not Found"))
+            raise Refusal(description_error(404, "Not Found", version))
         if message.sender != sender.mailbox_id:
-            raise Refusal(description_error(403, "Forbidden"))
+            raise Refusal(description_error(403, "Forbidden", version))
         if message.status != UPLOADING:
             raise Refusal(internal_error(423))
         if number > message.total_chunks or message.message_type != DATA:
             raise Refusal(internal_error(406))
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         if encoding != message.content_encoding:
-            raise Refusal(mesh_error(417, "encoding_changed", version, message_id=message_id))
+            raise Refusal(description_error(417, "cannot change content encoding", version))
         self._check_request_size(request, version)
         record = await self._receive_chunk(request, message, number, version)
         if record is None:
@@ -369,7 +376,7 @@ class MeshRoutes:
             self.mailroom.save(message)
         if version < 2:
             return json_response({"messageID": message.message_id, "blockID": number}, status=202)
-        return web.Response(status=202, text="null", content_type="application/json")
+        return json_response(None, status=202)
 
     def _check_request_size(self, request: web.Request, version: int) -> None:
         length = request.content_length
@@ -448,17 +455,19 @@ class MeshRoutes:
         try:
             value = int(raw)
         except ValueError:
-            raise Refusal(validation_error("query", name, "Input should be a valid integer", raw)) from None
+            value = low - 1
         if not low <= value <= high:
-            raise Refusal(validation_error("query", name, f"Input should be between {low} and {high}", raw))
+            raise Refusal(validation_error(out_of_range("query", name, raw, low, high)))
         return value
 
     def _continue_from(self, request: web.Request) -> str | None:
         value = request.query.get("continue_from")
         if value is None:
             return None
-        if not 24 <= len(value) <= 1000:
-            raise Refusal(validation_error("query", "continue_from", "String should have 24 to 1000 characters", value))
+        if len(value) < 24:
+            raise Refusal(validation_error(too_short("query", "continue_from", value, 24)))
+        if len(value) > 1000:
+            raise Refusal(validation_error(too_long("query", "continue_from", value, 1000)))
         return value
 
     async def inbox(self, request: web.Request) -> web.StreamResponse:
@@ -466,8 +475,10 @@ class MeshRoutes:
         max_results = self._int_query(request, "max_results", DEFAULT_INBOX_PAGE, 10, 5000)
         continue_from = self._continue_from(request)
         workflow_filter = request.query.get("workflow_filter")
-        if workflow_filter is not None and not 2 <= len(workflow_filter) <= 255:
-            raise Refusal(validation_error("query", "workflow_filter", "String should have 2 to 255 characters"))
+        if workflow_filter is not None and len(workflow_filter) < 2:
+            raise Refusal(validation_error(too_short("query", "workflow_filter", workflow_filter, 2)))
+        if workflow_filter is not None and len(workflow_filter) > 255:
+            raise Refusal(validation_error(too_long("query", "workflow_filter", workflow_filter, 255)))
         version = self.version(request)
         last_id: str | None = None
         if continue_from:
@@ -515,7 +526,7 @@ class MeshRoutes:
         messages = [m for m in messages if m.created > start]
         page, next_id = page_after(messages, last_id, limit)
         base = f"/messageexchange/{mailbox.mailbox_id}/{kind}/rich"
-        query = {"start_time": start.replace(tzinfo=None).isoformat(), "max_results": limit}
+        query = {"start_time": str(start.astimezone(UTC).replace(tzinfo=None)), "max_results": limit}
         links = {"self": f"{base}?{urlencode(query)}"}
         if next_id:
             links["next"] = f"{base}?{urlencode({**query, 'continue_from': encode_cursor(next_id)})}"
@@ -544,11 +555,11 @@ class MeshRoutes:
         mailbox = self.authorise(request)
         message_id = request.query.get("messageID", "")
         if not message_id:
-            raise Refusal(validation_error("query", "messageID", "Field required"))
+            raise Refusal(validation_error(missing("query", "messageID")))
         version = self.version(request)
         message = self.mailroom.get(message_id)
         if message is None or message.sender != mailbox.mailbox_id:
-            raise Refusal(description_error(404, "Not Found"))
+            raise Refusal(description_error(404, "Not Found", version))
         return json_response(tracking_body(message, self.directory, version), version=version)
 
     async def tracking_local(self, request: web.Request) -> web.StreamResponse:
@@ -556,9 +567,9 @@ class MeshRoutes:
         local_id = request.match_info["local_id"]
         found = [m for m in self.mailroom.outbox(mailbox.mailbox_id) if m.local_id == local_id]
         if not found:
-            raise Refusal(description_error(404, "Not Found"))
+            raise Refusal(description_error(404, "Not Found", self.version_or_1(request)))
         if len(found) > 1:
-            raise Refusal(description_error(300, "Multiple Choices"))
+            raise Refusal(description_error(300, "Multiple Choices", self.version_or_1(request)))
         return json_response(tracking_body(found[0], self.directory, 1))
 
     # -- download -------------------------------------------------------------------------------
@@ -581,7 +592,7 @@ class MeshRoutes:
         if message is None:
             raise Refusal(mesh_error(404, "does_not_exist", version))
         if message.recipient != mailbox.mailbox_id:
-            raise Refusal(description_error(403, "Forbidden"))
+            raise Refusal(description_error(403, "Forbidden", version))
         if message.status not in (ACCEPTED, ACKNOWLEDGED):
             raise Refusal(mesh_error(410, "message_gone", version))
         headers = message_headers(message, number, self.now())
@@ -606,6 +617,8 @@ class MeshRoutes:
         content_type = "application/octet-stream"
         if version >= 2 and message.total_chunks < 2 and message.content_type:
             content_type = message.content_type
+            if content_type.startswith("text/") and "charset" not in content_type:
+                content_type += "; charset=utf-8"
         headers["Content-Type"] = content_type
         return await self._stream(request, status, headers, pieces, length, message, number)
 
@@ -692,7 +705,7 @@ class MeshRoutes:
         if message is None:
             raise Refusal(mesh_error(404, "does_not_exist", version))
         if message.recipient != mailbox.mailbox_id:
-            raise Refusal(description_error(403, "Forbidden"))
+            raise Refusal(description_error(403, "Forbidden", version))
         lost = firings(request, "lost_ack")
         if lost:
             applied = lost[0].fault.applied
