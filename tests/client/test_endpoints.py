@@ -1,0 +1,243 @@
+"""Every endpoint against NHS's mesh-sandbox (real auth, file store), and the specific
+exception for each refusal."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from meshpipe import errors
+from meshpipe.client import ClientSettings, MeshClient, SyncMeshClient
+from meshpipe.models import ReportMessage
+from meshpipe.transfer import receive_all, receive_message, receive_report, send_file
+from tests.client.conftest import RECIPIENT, SENDER, make_config
+from tests.peers import Sandbox
+
+
+def admin(sandbox: Sandbox, path: str, body: dict[str, object]) -> dict[str, object]:
+    request = urllib.request.Request(
+        f"{sandbox.url}/messageexchange/admin/{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read()
+    return json.loads(text) if text.strip() else {}
+
+
+async def test_ping_and_handshake(sender: MeshClient) -> None:
+    status = await sender.ping()
+    assert status.get("status") == "running"
+    await sender.handshake()
+
+
+async def test_send_list_head_download_ack_track(
+    sender: MeshClient, recipient: MeshClient, workflow: str
+) -> None:
+    local_id = f"local-{uuid.uuid4().hex}"
+    body = b"hello, MESH\n" * 1000
+    message_id = await sender.send_message(
+        RECIPIENT,
+        workflow,
+        body,
+        local_id=local_id,
+        subject="greetings",
+        filename="hello.txt",
+        checksum="sha256:abc",
+    )
+    assert await recipient.list_inbox(workflow_filter=workflow) == [message_id]
+    assert message_id in await recipient.list_inbox()
+    assert await recipient.inbox_count() >= 1
+    info = await recipient.message_info(message_id)
+    assert not isinstance(info, ReportMessage)
+    assert (info.sender, info.recipient, info.workflow_id) == (SENDER, RECIPIENT, workflow)
+    assert (info.local_id, info.subject, info.filename) == (local_id, "greetings", "hello.txt")
+    assert info.checksum_header == "sha256:abc"
+    metadata, data = await recipient.download(message_id)
+    assert data == body and metadata.chunk_count == 1
+    tracking = await sender.track(message_id)
+    assert tracking.local_id == local_id and tracking.status == "accepted"
+    by_local = await sender.track_local_id(local_id)
+    assert by_local.message_id == message_id
+    assert await sender.find_sent_message(local_id) == message_id
+    rich = await recipient.inbox_rich()
+    assert any(item.message_id == message_id for item in rich)
+    await recipient.acknowledge(message_id)
+    await recipient.acknowledge(message_id)  # idempotent
+    assert await recipient.list_inbox(workflow_filter=workflow) == []
+    assert (await sender.track(message_id)).status == "acknowledged"
+
+
+async def test_inbox_pages(sender: MeshClient, recipient: MeshClient, workflow: str) -> None:
+    sent = [await sender.send_message(RECIPIENT, workflow, b"x%d" % n) for n in range(12)]
+    pages = [
+        page async for page in recipient.iter_inbox_pages(workflow_filter=workflow, max_results=10)
+    ]
+    assert [len(page) for page in pages] == [10, 2]
+    assert sorted(await recipient.list_inbox(workflow_filter=workflow, max_results=10)) == sorted(
+        sent
+    )
+    for message_id in sent:
+        await recipient.acknowledge(message_id)
+
+
+async def test_lookup_and_workflow_search(sender: MeshClient) -> None:
+    found = await sender.lookup("X26", "TEST_WORKFLOW")
+    assert [item.mailbox_id for item in found] == ["X26ABC2"]
+    assert await sender.lookup("X26", "NO_SUCH_WORKFLOW") == []
+    searched = await sender.workflow_search("TEST_WORKFLOW2")
+    assert {item.mailbox_id for item in searched} == {"X26ABC1", "X26ABC2", "X26ABC3"}
+
+
+async def test_wrong_password_is_authentication_error(
+    sandbox: Sandbox, settings: ClientSettings
+) -> None:
+    config = make_config(sandbox.url, SENDER).with_overrides(password="wrong-password")
+    async with MeshClient(config, settings) as client:
+        with pytest.raises(errors.MeshAuthenticationError) as caught:
+            await client.handshake()
+    assert caught.value.status == 403
+    assert "wrong-password" not in str(caught.value)
+
+
+async def test_wrong_shared_key_and_unknown_mailbox(
+    sandbox: Sandbox, settings: ClientSettings
+) -> None:
+    for config in (
+        make_config(sandbox.url, SENDER, shared_key="NotTheKey"),
+        make_config(sandbox.url, "X26NOPE9"),
+    ):
+        async with MeshClient(config, settings) as client:
+            with pytest.raises(errors.MeshAuthenticationError):
+                await client.list_inbox()
+
+
+async def test_unknown_recipient(sender: MeshClient, workflow: str) -> None:
+    with pytest.raises(errors.MeshUnknownRecipientError) as caught:
+        await sender.send_message("X26NOBODY", workflow, b"data")
+    assert (caught.value.status, caught.value.code) == (417, "12")
+
+
+async def test_missing_workflow(sender: MeshClient, small_file: Path) -> None:
+    # MESH itself refuses a message without the header...
+    with pytest.raises(errors.MeshMissingHeaderError) as caught:
+        await sender.request(
+            "POST",
+            f"/messageexchange/{SENDER}/outbox",
+            headers={"mex-To": RECIPIENT},
+            data=b"data",
+            expect=(202,),
+        )
+    assert caught.value.status == 400
+    # ...and meshpipe refuses an empty one before sending (the sandbox would accept it).
+    with pytest.raises(errors.MessageHeaderError, match="workflow id"):
+        await send_file(sender, small_file, to=RECIPIENT, workflow_id="")
+
+
+async def test_control_characters_refused_before_sending(
+    sender: MeshClient, small_file: Path, workflow: str
+) -> None:
+    with pytest.raises(errors.MessageHeaderError, match="control character"):
+        await send_file(sender, small_file, to=RECIPIENT, workflow_id=workflow, subject="a\tb")
+
+
+async def test_empty_body_is_missing_data(sender: MeshClient, workflow: str) -> None:
+    with pytest.raises(errors.MeshMissingDataError):
+        await sender.send_message(RECIPIENT, workflow, b"")
+
+
+async def test_chunk_size_refused_before_sending(
+    sender: MeshClient, multi_file: Path, workflow: str
+) -> None:
+    local_id = f"refused-{uuid.uuid4().hex}"
+    with pytest.raises(errors.ChunkSizeError):
+        await send_file(
+            sender,
+            multi_file,
+            to=RECIPIENT,
+            workflow_id=workflow,
+            local_id=local_id,
+            chunk_size=1024 * 1024,
+        )
+    assert await sender.find_sent_message(local_id) is None
+
+
+async def test_not_found_gone_and_forbidden(
+    sandbox: Sandbox, sender: MeshClient, recipient: MeshClient, workflow: str
+) -> None:
+    with pytest.raises(errors.MeshNotFoundError):
+        await recipient.head("0" * 32)
+    message_id = await sender.send_message(RECIPIENT, workflow, b"data")
+    async with MeshClient(make_config(sandbox.url, "X26ABC3")) as third:
+        with pytest.raises(errors.MeshForbiddenError):
+            await third.download(message_id)
+    admin(sandbox, f"message/{message_id}/event", {"status": "error", "code": "99"})
+    with pytest.raises(errors.MeshMessageGoneError):
+        await recipient.download(message_id)
+    tracking = await sender.track(message_id)
+    assert tracking.status == "error"
+
+
+async def test_report_messages(
+    sandbox: Sandbox, recipient: MeshClient, workflow: str, tmp_path: Path
+) -> None:
+    created = admin(
+        sandbox,
+        "report",
+        {
+            "mailbox_id": RECIPIENT,
+            "code": "14",
+            "description": "ignored for undeliverable",
+            "workflow_id": workflow,
+            "subject": "the original",
+            "local_id": "original-local",
+            "linked_message_id": "LINKED123",
+        },
+    )
+    report_id = str(created["message_id"])
+    info = await recipient.message_info(report_id)
+    assert isinstance(info, ReportMessage)
+    assert info.is_non_delivery and info.linked_message_id == "LINKED123"
+    assert info.workflow_id == workflow and info.local_id == "original-local"
+    with pytest.raises(errors.MeshReportError) as caught:
+        await receive_message(recipient, report_id, tmp_path / "never.dat")
+    assert isinstance(caught.value.report, ReportMessage)
+    assert not (tmp_path / "never.dat").exists()
+    assert report_id in await recipient.list_inbox(workflow_filter=workflow)
+    results = await receive_all(recipient, tmp_path / "all", workflow_filter=workflow)
+    assert [type(item) for item in results] == [ReportMessage]
+    assert await recipient.list_inbox(workflow_filter=workflow) == []
+
+    error_report = admin(
+        sandbox,
+        "report",
+        {
+            "mailbox_id": RECIPIENT,
+            "code": "16",
+            "description": "sender not allowed",
+            "workflow_id": workflow,
+            "status": "error",
+        },
+    )
+    report = await receive_report(recipient, str(error_report["message_id"]))
+    assert (report.status_code, report.status_description) == ("16", "sender not allowed")
+    assert report.status_success == "ERROR"
+
+
+def test_sync_facade(sandbox: Sandbox, workflow: str) -> None:
+    with (
+        SyncMeshClient(make_config(sandbox.url, SENDER)) as sender,
+        SyncMeshClient(make_config(sandbox.url, RECIPIENT)) as recipient,
+    ):
+        assert sender.ping()["status"] == "running"
+        sender.handshake()
+        message_id = sender.send_message(RECIPIENT, workflow, b"sync")
+        assert recipient.list_inbox(workflow_filter=workflow) == [message_id]
+        assert recipient.download(message_id)[1] == b"sync"
+        recipient.acknowledge(message_id)
+        assert sender.track(message_id).status == "acknowledged"

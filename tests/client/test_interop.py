@@ -1,0 +1,166 @@
+"""Byte-exact interop with NHS's own software: meshpipe -> mesh-sandbox -> mesh-client and
+mesh-client -> mesh-sandbox -> meshpipe, single and multi-chunk, uncompressed and gzip; zstd
+between meshpipe peers (a plain recipient gets a standard .zst)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import mesh_client
+import pytest
+import zstandard
+
+from meshpipe.client import MeshClient
+from meshpipe.models import ContentChecksum
+from meshpipe.transfer import receive_message, send_file
+from tests.client.conftest import RECIPIENT, SENDER, MiB
+
+MeshClientFactory = Callable[..., mesh_client.MeshClient]
+
+
+def content(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def read_with_mesh_client(client: mesh_client.MeshClient, message_id: str) -> tuple[object, bytes]:
+    message = client.retrieve_message(message_id)
+    try:
+        return message, message.read()
+    finally:
+        message.close()
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip"])
+@pytest.mark.parametrize("shape", ["single", "multi"])
+async def test_meshpipe_to_mesh_client(
+    sender: MeshClient,
+    mesh_client_for: MeshClientFactory,
+    small_file: Path,
+    multi_file: Path,
+    workflow: str,
+    codec: str,
+    shape: str,
+) -> None:
+    source = small_file if shape == "single" else multi_file
+    local_id = f"interop-{uuid.uuid4().hex}"
+    result = await send_file(
+        sender,
+        source,
+        to=RECIPIENT,
+        workflow_id=workflow,
+        local_id=local_id,
+        subject="interop subject",
+        filename="extract.csv",
+        codec=codec,  # type: ignore[arg-type]
+        chunk_size=5 * MiB,
+    )
+    assert result.chunk_count == (1 if shape == "single" else 3)
+    peer = mesh_client_for(RECIPIENT)
+    assert result.message_id in await asyncio.to_thread(peer.list_messages)
+    message, data = await asyncio.to_thread(read_with_mesh_client, peer, result.message_id)
+    assert data == source.read_bytes()
+    # header parity: what NHS's client sees is what meshpipe sent
+    assert message.workflow_id == workflow  # type: ignore[attr-defined]
+    assert message.local_id == local_id  # type: ignore[attr-defined]
+    assert message.subject == "interop subject"  # type: ignore[attr-defined]
+    assert message.filename == "extract.csv"  # type: ignore[attr-defined]
+    assert message.sender == SENDER  # type: ignore[attr-defined]
+    assert message.message_type == "DATA"  # type: ignore[attr-defined]
+    checksum = ContentChecksum.parse(message.checksum)  # type: ignore[attr-defined]
+    assert checksum is not None and checksum.xxh3_128 == result.xxh3_128
+    assert checksum.size == source.stat().st_size and checksum.codec == codec
+    await asyncio.to_thread(peer.acknowledge_message, result.message_id)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("shape", ["single", "multi"])
+async def test_mesh_client_to_meshpipe(
+    recipient: MeshClient,
+    mesh_client_for: MeshClientFactory,
+    small_file: Path,
+    multi_file: Path,
+    workflow: str,
+    tmp_path: Path,
+    compress: bool,
+    shape: str,
+) -> None:
+    source = small_file if shape == "single" else multi_file
+    peer = mesh_client_for(SENDER, max_chunk_size=5 * MiB)
+    data = source.read_bytes()
+    message_id = await asyncio.to_thread(
+        peer.send_message,
+        RECIPIENT,
+        data,
+        workflow_id=workflow,
+        filename="from-nhs.csv",
+        local_id="nhs-local",
+        subject="from mesh-client",
+        compress=compress,
+    )
+    info = await recipient.head(message_id)
+    assert info.chunk_count == (1 if shape == "single" else 3)
+    assert (info.content_encoding == "gzip") is compress
+    destination = tmp_path / "received.csv"
+    result = await receive_message(recipient, message_id, destination)
+    assert destination.read_bytes() == data
+    assert result.acknowledged
+    assert (info.filename, info.local_id, info.subject) == (
+        "from-nhs.csv",
+        "nhs-local",
+        "from mesh-client",
+    )
+    # a plain sender carries no meshpipe checksum: the result says what was verified
+    if compress:
+        assert any("gzip" in item for item in result.verified)
+    assert not any("xxh3" in item and "file" in item for item in result.verified)
+    assert message_id not in await recipient.list_inbox(workflow_filter=workflow)
+
+
+async def test_zstd_between_meshpipe_peers(
+    sender: MeshClient,
+    recipient: MeshClient,
+    mesh_client_for: MeshClientFactory,
+    multi_file: Path,
+    workflow: str,
+    tmp_path: Path,
+) -> None:
+    result = await send_file(
+        sender, multi_file, to=RECIPIENT, workflow_id=workflow, codec="zstd", chunk_size=5 * MiB
+    )
+    assert result.bytes_sent < len(content(multi_file))
+    info = await recipient.head(result.message_id)
+    assert info.compressed is True and info.filename == "multi.csv.zst"
+    # a plain MESH recipient gets a standard .zst that any zstd tool restores
+    peer = mesh_client_for(RECIPIENT)
+    _, stream = await asyncio.to_thread(read_with_mesh_client, peer, result.message_id)
+    restored = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True).read()
+    assert restored == content(multi_file)
+    # a meshpipe recipient restores and verifies the original
+    destination = tmp_path / "restored.csv"
+    received = await receive_message(recipient, result.message_id, destination)
+    assert content(destination) == content(multi_file)
+    assert "file xxh3-128" in received.verified
+    # or keeps the .zst if asked
+    second = await send_file(
+        sender, multi_file, to=RECIPIENT, workflow_id=workflow, codec="zstd", chunk_size=5 * MiB
+    )
+    kept = tmp_path / "kept.zst"
+    await receive_message(recipient, second.message_id, kept, decode_payload=False)
+    assert content(kept) == stream
+
+
+async def test_meshpipe_to_meshpipe_gzip_random_data(
+    sender: MeshClient, recipient: MeshClient, workflow: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "random.bin"
+    source.write_bytes(uuid.uuid4().bytes * (700_000))  # 11.2 MB, 3 chunks
+    result = await send_file(
+        sender, source, to=RECIPIENT, workflow_id=workflow, codec="gzip", chunk_size=5 * MiB
+    )
+    destination = tmp_path / "out.bin"
+    received = await receive_message(recipient, result.message_id, destination)
+    assert destination.read_bytes() == source.read_bytes()
+    assert received.verified[0] == "file xxh3-128"
