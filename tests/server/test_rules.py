@@ -1,0 +1,153 @@
+"""--rules strict: the live platform's rules, each refusal with the MESH answer a client gets.
+
+Limits are shrunk through ServerConfig (min_chunk_size, max_request_size, max_message_size) so
+the tests move kilobytes, not gigabytes; the code paths are the ones the real limits take.
+"""
+
+from __future__ import annotations
+
+import gzip
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import requests
+
+from meshpipe.auth import make_token
+from meshpipe.server import LocalMeshServer
+
+KEY = "TestKey"
+V2 = "application/vnd.mesh.v2+json"
+
+
+def auth(mailbox: str, **kwargs: Any) -> str:
+    return make_token(mailbox, "password", KEY, **kwargs)
+
+
+def send(server: LocalMeshServer, data: bytes, *, sender: str = "X26ABC1", **extra: str) -> requests.Response:
+    head = {
+        "Authorization": auth(sender),
+        "Accept": V2,
+        "mex-To": "X26ABC2",
+        "mex-WorkflowID": "TEST_WORKFLOW",
+        **extra,
+    }
+    return requests.post(f"{server.url}/messageexchange/{sender}/outbox", headers=head, data=data, timeout=10)
+
+
+def chunk(server: LocalMeshServer, message_id: str, number: int, total: int, data: bytes, **extra: str) -> requests.Response:
+    head = {"Authorization": auth("X26ABC1"), "Accept": V2, "mex-Chunk-Range": f"{number}:{total}", **extra}
+    return requests.post(
+        f"{server.url}/messageexchange/X26ABC1/outbox/{message_id}/{number}", headers=head, data=data, timeout=10
+    )
+
+
+Start = Callable[..., LocalMeshServer]
+
+
+def test_every_chunk_but_the_last_must_reach_the_minimum_decompressed(threaded_server: Start) -> None:
+    server = threaded_server(rules="strict", min_chunk_size=1024)
+    small = send(server, b"a" * 1023, **{"mex-Chunk-Range": "1:2"})
+    assert small.status_code == 417
+    assert small.json()["detail"][0]["code"] == "ChunkTooSmall"
+    # compressed below the minimum but 4 KiB once decompressed: accepted (the rule is decoded size)
+    packed = gzip.compress(b"a" * 4096)
+    assert len(packed) < 1024
+    first = send(server, packed, **{"mex-Chunk-Range": "1:2", "Content-Encoding": "gzip"})
+    assert first.status_code == 202
+    message_id = first.json()["message_id"]
+    last = chunk(server, message_id, 2, 2, gzip.compress(b"b"), **{"Content-Encoding": "gzip"})
+    assert last.status_code == 202  # the last chunk may be small
+    assert server.message(message_id) is not None
+    assert server.message(message_id).status == "accepted"  # type: ignore[union-attr]
+
+
+def test_sandbox_rules_accept_tiny_chunks(threaded_server: Start) -> None:
+    server = threaded_server(rules="sandbox", min_chunk_size=1024)
+    assert send(server, b"tiny", **{"mex-Chunk-Range": "1:2"}).status_code == 202
+
+
+def test_request_and_message_size_limits(threaded_server: Start) -> None:
+    server = threaded_server(rules="strict", max_request_size=10_000, max_message_size=15_000, min_chunk_size=1)
+    too_big = send(server, b"x" * 10_000)
+    assert too_big.status_code == 413
+    assert too_big.json()["detail"][0]["code"] == "RequestTooLarge"
+    first = send(server, b"x" * 9_000, **{"mex-Chunk-Range": "1:2"})
+    assert first.status_code == 202
+    over = chunk(server, first.json()["message_id"], 2, 2, b"y" * 9_000)
+    assert over.status_code == 413
+    assert over.json()["detail"][0]["code"] == "MessageTooLarge"
+    # gzip bombs count by decoded size too
+    bomb = send(server, gzip.compress(b"\0" * 20_000), **{"Content-Encoding": "gzip"})
+    assert bomb.status_code == 413
+
+
+def test_workflow_entitlements(threaded_server: Start) -> None:
+    strict = threaded_server(rules="strict")
+    refused = send(strict, b"x", **{"mex-WorkflowID": "NOT_A_WORKFLOW"})
+    assert refused.status_code == 417
+    assert refused.json()["detail"][0]["code"] == "17"
+    wrong_way = send(strict, b"x", sender="X26ABC2")  # X26ABC2 may not send TEST_WORKFLOW
+    assert wrong_way.status_code == 417
+    assert send(strict, b"x").status_code == 202
+    lenient = threaded_server(rules="sandbox")
+    assert send(lenient, b"x", **{"mex-WorkflowID": "NOT_A_WORKFLOW"}).status_code == 202
+
+
+def test_tokens_are_single_use_and_timely_under_strict_rules(threaded_server: Start) -> None:
+    server = threaded_server(rules="strict")
+    inbox = f"{server.url}/messageexchange/X26ABC1/inbox"
+    token = auth("X26ABC1")
+    assert requests.get(inbox, headers={"Authorization": token}, timeout=10).status_code == 200
+    replay = requests.get(inbox, headers={"Authorization": token}, timeout=10)
+    assert replay.status_code == 403
+    assert replay.json()["errorDescription"] == "Error Duplicated Authentication Token"
+    old = auth("X26ABC1", now=datetime.now(UTC) - timedelta(hours=3))
+    assert requests.get(inbox, headers={"Authorization": old}, timeout=10).status_code == 403
+    nonce = str(uuid.uuid4())
+    fresh = [auth("X26ABC1", nonce=nonce, nonce_count=n) for n in range(3)]
+    assert all(requests.get(inbox, headers={"Authorization": t}, timeout=10).status_code == 200 for t in fresh)
+    lenient = threaded_server(rules="sandbox")
+    lenient_inbox = f"{lenient.url}/messageexchange/X26ABC1/inbox"
+    assert requests.get(lenient_inbox, headers={"Authorization": token}, timeout=10).status_code == 200
+    assert requests.get(lenient_inbox, headers={"Authorization": token}, timeout=10).status_code == 200
+    assert requests.get(lenient_inbox, headers={"Authorization": old}, timeout=10).status_code == 200
+
+
+def test_auth_modes(threaded_server: Start) -> None:
+    open_server = threaded_server(auth_mode="none")
+    assert requests.get(f"{open_server.url}/messageexchange/X26ABC1/inbox", timeout=10).status_code == 200
+    canned = threaded_server(auth_mode="canned")
+    inbox = f"{canned.url}/messageexchange/X26ABC1/inbox"
+    good = auth("X26ABC1", nonce="VALID")
+    assert requests.get(inbox, headers={"Authorization": good}, timeout=10).status_code == 200
+    assert requests.get(inbox, headers={"Authorization": auth("X26ABC1")}, timeout=10).status_code == 403
+
+
+def test_corrupt_gzip_is_refused_and_nothing_is_stored(threaded_server: Start) -> None:
+    server = threaded_server(rules="sandbox")
+    broken = gzip.compress(b"hello" * 100)[:-12] + b"\0" * 12
+    answer = send(server, broken, **{"Content-Encoding": "gzip"})
+    assert answer.status_code == 400
+    inbox = requests.get(
+        f"{server.url}/messageexchange/X26ABC2/inbox", headers={"Authorization": auth("X26ABC2")}, timeout=10
+    )
+    assert inbox.json() == {"messages": []}
+
+
+def test_last_chunk_before_the_others_keeps_the_message_uploading(threaded_server: Start) -> None:
+    server = threaded_server(rules="sandbox")
+    first = send(server, b"1", **{"mex-Chunk-Range": "1:3"})
+    message_id = first.json()["message_id"]
+    early = chunk(server, message_id, 3, 3, b"3")
+    assert early.status_code == 500  # as mesh-sandbox's file store answers
+    assert chunk(server, message_id, 2, 3, b"2").status_code == 202
+    assert server.message(message_id).status == "uploading"  # type: ignore[union-attr]
+    assert chunk(server, message_id, 3, 3, b"3").status_code == 202
+    download = requests.get(
+        f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}/3",
+        headers={"Authorization": auth("X26ABC2")},
+        timeout=10,
+    )
+    assert download.status_code == 200 and download.content == b"3"
