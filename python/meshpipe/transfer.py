@@ -343,7 +343,8 @@ async def send_file(
                         group.create_task(send_one(chunk, window))
             except BaseExceptionGroup as group_error:
                 _release(last)
-                raise _first_failure(group_error) from None
+                failure = _first_failure(group_error)
+                raise failure from failure.__cause__
             if last is None:
                 raise MeshpipeError(f"the engine yielded fewer than {count} chunks")
             try:
@@ -575,7 +576,8 @@ async def receive_message(
                     for number in numbers:
                         group.create_task(fetch(number))
             except BaseExceptionGroup as group_error:
-                raise _first_failure(group_error) from None
+                failure = _first_failure(group_error)
+                raise failure from failure.__cause__
             assembled = await asyncio.to_thread(assembler.finish)
         except ChecksumMismatchError as error:
             assembler.abort()

@@ -46,6 +46,17 @@ class Seen:
     chunk_range: str | None
 
 
+_CHUNK_POST = re.compile(r"/messageexchange/[^/]+/outbox/[^/]+/\d+")
+
+
+@dataclass
+class Event:
+    kind: str  # "start" or "end"
+    method: str
+    path: str
+    chunk_range: str | None
+
+
 @dataclass
 class FaultProxy:
     upstream: str
@@ -53,6 +64,7 @@ class FaultProxy:
     seen: list[Seen] = field(default_factory=list)
     in_flight: dict[str, int] = field(default_factory=dict)
     max_in_flight: dict[str, int] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
     on_request: Callable[[web.Request], None] | None = None
 
     def __post_init__(self) -> None:
@@ -102,13 +114,19 @@ class FaultProxy:
             await asyncio.wait_for(event.wait(), rule.gather_timeout)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        kind = f"{request.method} {re.sub(r'/[0-9A-F]{32}', '/{id}', request.path)}"
+        if request.method == "POST" and _CHUNK_POST.fullmatch(request.path):
+            kind = "chunk upload"
+        else:
+            kind = f"{request.method} {re.sub(r'/[0-9A-F]{32}', '/{id}', request.path)}"
+        chunk_range = request.headers.get("mex-Chunk-Range")
+        self.events.append(Event("start", request.method, request.path, chunk_range))
         self.in_flight[kind] = self.in_flight.get(kind, 0) + 1
         self.max_in_flight[kind] = max(self.max_in_flight.get(kind, 0), self.in_flight[kind])
         try:
             return await self._forward(request)
         finally:
             self.in_flight[kind] -= 1
+            self.events.append(Event("end", request.method, request.path, chunk_range))
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         rule = self._take(request)

@@ -1,0 +1,236 @@
+"""Pipelined transfers through a fault-injecting proxy in front of mesh-sandbox: real
+concurrency, last chunk last, retries, no duplicate on an ambiguous chunk 1, re-download of a
+chunk that fails verification, nothing acknowledged unless verified."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meshpipe import errors
+from meshpipe.client import MeshClient
+from meshpipe.transfer import receive_message, send_file
+from tests.client.conftest import RECIPIENT, MiB, write_csv
+from tests.client.proxy import FaultProxy, Rule
+
+CHUNK_UPLOAD = r"/messageexchange/X26ABC1/outbox/[0-9A-F]+/\d+"
+FIRST_CHUNK = r"/messageexchange/X26ABC1/outbox"
+
+
+def content(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def leftovers(directory: Path, name: str) -> list[Path]:
+    """Files named like ``name`` (the destination or a temporary beside it)."""
+    return [path for path in directory.iterdir() if name in path.name]
+
+
+@pytest.fixture
+def four_chunk_file(tmp_path: Path) -> Path:
+    """16 MiB: chunks of 5, 5, 5 and 1 MiB."""
+    return write_csv(tmp_path / "four.csv", 16 * MiB, seed=4)
+
+
+async def test_middle_chunks_in_flight_together_and_last_chunk_last(
+    proxy: FaultProxy,
+    proxied_sender: MeshClient,
+    recipient: MeshClient,
+    four_chunk_file: Path,
+    workflow: str,
+    tmp_path: Path,
+) -> None:
+    # Hold chunks 2 and 3 at the proxy until both have arrived: a sequential client would
+    # never have two there at once.
+    gather = proxy.add(
+        Rule("POST", r"/messageexchange/X26ABC1/outbox/[0-9A-F]+/[23]", "gather", times=2, gather=2)
+    )
+    result = await send_file(
+        proxied_sender,
+        four_chunk_file,
+        to=RECIPIENT,
+        workflow_id=workflow,
+        chunk_size=5 * MiB,
+        concurrency=4,
+    )
+    assert gather.hits == 2
+    assert proxy.max_in_flight["chunk upload"] >= 2
+    # chunk 4 (the last) started only after every other chunk had finished
+    uploads = [event for event in proxy.events if event.chunk_range]
+    last_start = next(
+        index for index, e in enumerate(uploads) if e.kind == "start" and e.chunk_range == "4:4"
+    )
+    ends_before = {e.chunk_range for e in uploads[:last_start] if e.kind == "end"}
+    assert ends_before == {"1:4", "2:4", "3:4"}
+    destination = tmp_path / "out.csv"
+    await receive_message(recipient, result.message_id, destination)
+    assert content(destination) == content(four_chunk_file)
+
+
+async def test_sequential_mode_sends_one_chunk_at_a_time(
+    proxy: FaultProxy, proxied_sender: MeshClient, four_chunk_file: Path, workflow: str
+) -> None:
+    await send_file(
+        proxied_sender,
+        four_chunk_file,
+        to=RECIPIENT,
+        workflow_id=workflow,
+        chunk_size=5 * MiB,
+        sequential=True,
+    )
+    assert proxy.max_in_flight["chunk upload"] == 1
+
+
+async def test_transient_chunk_failures_are_retried(
+    proxy: FaultProxy,
+    proxied_sender: MeshClient,
+    recipient: MeshClient,
+    multi_file: Path,
+    workflow: str,
+    tmp_path: Path,
+) -> None:
+    proxy.add(Rule("POST", CHUNK_UPLOAD, "status", times=2, status=503))
+    proxy.add(Rule("POST", CHUNK_UPLOAD, "drop_after", times=1))
+    result = await send_file(
+        proxied_sender, multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * MiB
+    )
+    destination = tmp_path / "out.csv"
+    await receive_message(recipient, result.message_id, destination)
+    assert content(destination) == content(multi_file)
+
+
+async def test_ambiguous_first_chunk_is_never_duplicated(
+    proxy: FaultProxy,
+    proxied_sender: MeshClient,
+    sender: MeshClient,
+    recipient: MeshClient,
+    multi_file: Path,
+    workflow: str,
+    tmp_path: Path,
+) -> None:
+    # MESH stores chunk 1 but the client never hears back.
+    drop = proxy.add(Rule("POST", FIRST_CHUNK, "drop_after", times=1))
+    result = await send_file(
+        proxied_sender,
+        multi_file,
+        to=RECIPIENT,
+        workflow_id=workflow,
+        chunk_size=5 * MiB,
+        local_id="ambiguous-first-chunk",
+    )
+    assert drop.hits == 1
+    first_posts = [s for s in proxy.seen if s.method == "POST" and s.path.endswith("/outbox")]
+    assert len(first_posts) == 1
+    sent = [m for m in await sender.outbox_rich() if m.workflow_id == workflow]
+    assert [m.message_id for m in sent] == [result.message_id]
+    assert await recipient.list_inbox(workflow_filter=workflow) == [result.message_id]
+    destination = tmp_path / "out.csv"
+    await receive_message(recipient, result.message_id, destination)
+    assert content(destination) == content(multi_file)
+
+
+async def test_failed_first_chunk_not_stored_is_sent_again(
+    proxy: FaultProxy,
+    proxied_sender: MeshClient,
+    recipient: MeshClient,
+    workflow: str,
+    tmp_path: Path,
+) -> None:
+    # a gateway error before MESH stored anything: the outbox shows nothing, so it is re-sent
+    source = write_csv(tmp_path / "one.csv", 1000)
+    proxy.add(Rule("POST", FIRST_CHUNK, "status", times=1, status=502))
+    result = await send_file(proxied_sender, source, to=RECIPIENT, workflow_id=workflow)
+    assert await recipient.list_inbox(workflow_filter=workflow) == [result.message_id]
+
+
+async def test_a_failing_chunk_cancels_the_send_and_is_named(
+    proxy: FaultProxy,
+    proxied_sender: MeshClient,
+    sender: MeshClient,
+    four_chunk_file: Path,
+    workflow: str,
+) -> None:
+    proxy.add(
+        Rule("POST", r"/messageexchange/X26ABC1/outbox/[0-9A-F]+/3", "status", times=99, status=500)
+    )
+    with pytest.raises(errors.ChunkTransferError) as caught:
+        await send_file(
+            proxied_sender,
+            four_chunk_file,
+            to=RECIPIENT,
+            workflow_id=workflow,
+            chunk_size=5 * MiB,
+        )
+    assert caught.value.chunk == 3
+    assert "chunk 3 of 4" in str(caught.value)
+    assert isinstance(caught.value.__cause__, errors.MeshServerError)
+    # the last chunk was never sent, so the message never became visible
+    assert not any(e.chunk_range == "4:4" for e in proxy.events)
+    assert caught.value.message_id is not None
+    assert (await sender.track(caught.value.message_id)).status == "uploading"
+
+
+async def test_source_change_stops_before_the_last_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+    proxy: FaultProxy,
+    proxied_sender: MeshClient,
+    multi_file: Path,
+    workflow: str,
+) -> None:
+    import meshpipe.transfer
+
+    monkeypatch.setattr(meshpipe.transfer, "xxh3_128_file", lambda path: "0" * 32)
+    with pytest.raises(errors.SourceChangedError, match="changed while it was being sent"):
+        await send_file(
+            proxied_sender, multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * MiB
+        )
+    assert not any(e.chunk_range == "3:3" for e in proxy.events)
+
+
+@pytest.mark.parametrize("codec", ["gzip", "none"])
+async def test_corrupt_download_is_fetched_again(
+    proxy: FaultProxy,
+    sender: MeshClient,
+    proxied_recipient: MeshClient,
+    multi_file: Path,
+    workflow: str,
+    tmp_path: Path,
+    codec: str,
+) -> None:
+    result = await send_file(
+        sender,
+        multi_file,
+        to=RECIPIENT,
+        workflow_id=workflow,
+        chunk_size=5 * MiB,
+        codec=codec,  # type: ignore[arg-type]
+    )
+    corrupt = proxy.add(Rule("GET", r"/messageexchange/X26ABC2/inbox/[0-9A-F]+/2", "corrupt"))
+    proxy.add(Rule("GET", r"/messageexchange/X26ABC2/inbox/[0-9A-F]+/3", "drop_after"))
+    destination = tmp_path / "out.csv"
+    received = await receive_message(proxied_recipient, result.message_id, destination)
+    assert corrupt.hits == 1
+    assert content(destination) == content(multi_file)
+    assert received.acknowledged and "file xxh3-128" in received.verified
+
+
+async def test_persistently_corrupt_chunk_is_named_and_not_acknowledged(
+    proxy: FaultProxy,
+    sender: MeshClient,
+    proxied_recipient: MeshClient,
+    recipient: MeshClient,
+    multi_file: Path,
+    workflow: str,
+    tmp_path: Path,
+) -> None:
+    result = await send_file(
+        sender, multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * MiB, codec="gzip"
+    )
+    proxy.add(Rule("GET", r"/messageexchange/X26ABC2/inbox/[0-9A-F]+/2", "corrupt", times=99))
+    destination = tmp_path / "out.csv"
+    with pytest.raises(errors.ChunkTransferError) as caught:
+        await receive_message(proxied_recipient, result.message_id, destination)
+    assert caught.value.chunk == 2
+    assert leftovers(tmp_path, "out.csv") == []
+    assert await recipient.list_inbox(workflow_filter=workflow) == [result.message_id]
