@@ -13,8 +13,7 @@ from meshpipe.server.mailroom import Mailroom
 from meshpipe.server.models import Clock
 
 STATE_KEY = web.AppKey("meshpipe_state", object)
-FIRINGS = "meshpipe.faults"
-ROUTE = "meshpipe.route"
+FIRINGS = web.RequestKey("meshpipe_faults", list[Firing])
 
 
 class Refusal(Exception):
@@ -36,5 +35,5 @@ class ServerState:
 
 
 def firings(request: web.Request, kind: str) -> list[Firing]:
-    fired: list[Firing] = request.get(FIRINGS, [])
+    fired = request.get(FIRINGS, [])
     return [f for f in fired if f.fault.kind == kind]

@@ -1,0 +1,111 @@
+"""discard mode (check and drop bodies, keep metadata) and synthetic messages."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable
+
+import pytest
+import requests
+import xxhash
+import zstandard
+from mesh_client import MeshClient
+
+from meshpipe.auth import make_token
+from meshpipe.server import LocalMeshServer, synthetic_bytes, synthetic_xxh3_128
+from meshpipe.server.checker import ChunkChecker, ChunkCheckError
+
+KEY = "TestKey"
+Start = Callable[..., LocalMeshServer]
+
+
+def head(mailbox: str, **extra: str) -> dict[str, str]:
+    return {"Authorization": make_token(mailbox, "password", KEY), "Accept": "application/vnd.mesh.v2+json", **extra}
+
+
+def test_discard_checks_each_chunk_and_keeps_only_metadata(threaded_server: Start) -> None:
+    server = threaded_server(store="discard", rules="sandbox")
+    data = b"".join(f"{i},SMITH,01/02/1990\n".encode() for i in range(200))
+    pieces = [data[i : i + 1000] for i in range(0, len(data), 1000)]
+    with MeshClient(server.url, "X26ABC1", "password", shared_key=KEY.encode(), max_chunk_size=1000) as mesh:
+        message_id = mesh.send_message("X26ABC2", data, workflow_id="TEST_WORKFLOW", compress=True)
+    details = requests.get(f"{server.url}/messageexchange/admin/message/{message_id}", timeout=10).json()
+    assert details["discarded"] is True
+    assert [c["size"] for c in details["chunks"]] == [len(p) for p in pieces]
+    assert [c["xxh3_128"] for c in details["chunks"]] == [xxhash.xxh3_128_hexdigest(p) for p in pieces]
+    assert all(c["stored_size"] < c["size"] for c in details["chunks"])  # gzip was decoded
+    # the download is synthetic, with the same chunk sizes
+    with MeshClient(server.url, "X26ABC2", "password", shared_key=KEY.encode()) as mesh:
+        message = mesh.retrieve_message(message_id)
+        received = message.read()
+        message.close()
+    assert received == synthetic_bytes(0, 0, len(data))
+
+
+def test_discard_decodes_zstd_payloads(threaded_server: Start) -> None:
+    server = threaded_server(store="discard", rules="sandbox")
+    payload = b"zstd payload " * 1000
+    frame = zstandard.ZstdCompressor(level=3).compress(payload)
+    answer = requests.post(
+        f"{server.url}/messageexchange/X26ABC1/outbox",
+        headers=head("X26ABC1", **{"mex-To": "X26ABC2", "mex-WorkflowID": "W", "mex-Content-Compressed": "Y"}),
+        data=frame,
+        timeout=10,
+    )
+    assert answer.status_code == 202
+    message = server.message(answer.json()["message_id"])
+    assert message is not None
+    record = message.chunks[1]
+    assert record.stored_size == len(frame)
+    assert record.size == len(frame)  # HTTP-level size: the server cannot know the payload is zstd
+    assert record.xxh3_128 == xxhash.xxh3_128_hexdigest(payload)
+
+
+def test_checker_refuses_truncated_streams() -> None:
+    checker = ChunkChecker("gzip")
+    checker.update(gzip.compress(b"abc" * 1000)[:-10])
+    with pytest.raises(ChunkCheckError):
+        checker.finish()
+    checker = ChunkChecker("", payload_compressed=True)
+    checker.update(zstandard.ZstdCompressor().compress(b"abc" * 1000)[:-4])
+    with pytest.raises(ChunkCheckError):
+        checker.finish()
+    two_members = ChunkChecker("gzip")
+    two_members.update(gzip.compress(b"one") + gzip.compress(b"two"))
+    result = two_members.finish()
+    assert (result.size, result.xxh3_128) == (6, xxhash.xxh3_128_hexdigest(b"onetwo"))
+
+
+@pytest.mark.parametrize("store", ["memory", "discard"])
+def test_synthetic_messages_download_deterministically(threaded_server: Start, store: str) -> None:
+    server = threaded_server(store=store, rules="sandbox")
+    size = 3 * 1024 * 1024 + 12345
+    message_id = server.add_synthetic_message("X26ABC2", size, chunk_size=1024 * 1024, seed=7)
+    over_http = requests.post(
+        f"{server.url}/messageexchange/admin/synthetic",
+        json={"mailbox_id": "X26ABC2", "size": 1000, "chunk_size": 600, "seed": 7},
+        timeout=10,
+    ).json()
+    assert over_http["total_chunks"] == 2
+    statuses = []
+    digest = xxhash.xxh3_128()
+    for number in range(1, 5):
+        answer = requests.get(
+            f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}/{number}", headers=head("X26ABC2"), timeout=30
+        )
+        statuses.append(answer.status_code)
+        digest.update(answer.content)
+    assert statuses == [206, 206, 206, 200]
+    assert digest.hexdigest() == synthetic_xxh3_128(7, size)
+    with MeshClient(server.url, "X26ABC2", "password", shared_key=KEY.encode()) as mesh:
+        small = mesh.retrieve_message(over_http["message_id"])
+        assert small.read() == synthetic_bytes(7, 0, 1000)
+        small.close()
+
+
+def test_synthetic_bytes_are_csv_and_seeded() -> None:
+    one = synthetic_bytes(1, 0, 4096)
+    assert one == synthetic_bytes(1, 0, 4096)
+    assert one != synthetic_bytes(2, 0, 4096)
+    assert one.count(b"\n") > 50 and b"," in one
+    assert synthetic_bytes(1, 100, 50) == one[100:150]
