@@ -29,7 +29,7 @@ from typing import Any, Final, TextIO
 from meshpipe._meshpipe import DEFAULT_CHUNK_SIZE
 from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.config import load_config
-from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError
+from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
 from meshpipe.models import ReportMessage
 from meshpipe.transfer import (
     DEFAULT_CONCURRENCY,
@@ -370,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROGRAM}: interrupted\n")
         return 130
-    except (ConfigError, MessageHeaderError) as error:
+    except (ConfigError, MessageHeaderError, PlanError) as error:
         sys.stderr.write(f"{PROGRAM}: error: {error}\n")
         return 2
     except (MeshpipeError, OSError) as error:

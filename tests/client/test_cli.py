@@ -1,0 +1,200 @@
+"""The meshpipe command line against mesh-sandbox: stdout carries only results, errors are one
+line on stderr with a non-zero exit status, secrets never printed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meshpipe import cli
+from tests.client.conftest import RECIPIENT, SENDER, MiB
+from tests.peers import SANDBOX_PASSWORD, Sandbox
+
+SECRET_KEY = "TestKey"
+
+
+@pytest.fixture
+def env(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
+    monkeypatch.setenv("MESH_URL", sandbox.url)
+    monkeypatch.setenv("MESH_PASSWORD", SANDBOX_PASSWORD)
+    monkeypatch.setenv("MESH_SHARED_KEY", sandbox.shared_key)
+    monkeypatch.setenv("MESHPIPE_CONFIG", "")
+    monkeypatch.delenv("MESHPIPE_PROFILE", raising=False)
+    monkeypatch.setenv("HOME", "/nonexistent-home-for-tests")
+    return sandbox
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = cli.main(list(argv))
+    captured = capsys.readouterr()
+    # (the sandbox's password is the word "password": distinctive wrong ones are checked below)
+    assert SECRET_KEY not in captured.out + captured.err
+    return status, captured.out, captured.err
+
+
+def test_parse_size() -> None:
+    assert cli.parse_size("5MiB") == 5 * MiB
+    assert cli.parse_size("5M") == 5 * MiB
+    assert cli.parse_size("75MB") == 75_000_000
+    assert cli.parse_size("1048576") == MiB
+    with pytest.raises(Exception, match="not a size"):
+        cli.parse_size("lots")
+
+
+def test_send_receive_inbox_track_ack(
+    env: Sandbox,
+    capsys: pytest.CaptureFixture[str],
+    multi_file: Path,
+    workflow: str,
+    tmp_path: Path,
+) -> None:
+    status, out, err = run(
+        capsys,
+        "send",
+        str(multi_file),
+        "--mailbox",
+        SENDER,
+        "--to",
+        RECIPIENT,
+        "--workflow-id",
+        workflow,
+        "--compress",
+        "gzip",
+        "--chunk-size",
+        "5MiB",
+        "--subject",
+        "cli",
+    )
+    assert status == 0, err
+    message_id = out.strip()
+    assert len(message_id) == 32 and "\n" not in message_id
+
+    status, out, _ = run(capsys, "inbox", "--mailbox", RECIPIENT)
+    assert status == 0 and message_id in out.split()
+    status, out, _ = run(capsys, "inbox", "--mailbox", RECIPIENT, "--json")
+    listed = {item["message_id"]: item for item in json.loads(out)}
+    assert listed[message_id]["subject"] == "cli"
+
+    destination = tmp_path / "received.csv"
+    status, out, err = run(
+        capsys, "receive", message_id, "--out", str(destination), "--mailbox", RECIPIENT, "--no-ack"
+    )
+    assert status == 0, err
+    assert out.strip() == str(destination)
+    assert destination.read_bytes() == multi_file.read_bytes()
+
+    status, out, _ = run(capsys, "track", message_id, "--mailbox", SENDER)
+    assert status == 0 and out.split("\t")[:2] == [message_id, "accepted"]
+    status, out, _ = run(capsys, "track", message_id, "--mailbox", SENDER, "--json")
+    assert json.loads(out)["message_id"] == message_id
+
+    status, _, _ = run(capsys, "ack", message_id, "--mailbox", RECIPIENT)
+    assert status == 0
+    status, out, _ = run(capsys, "track", message_id, "--mailbox", SENDER)
+    assert out.split("\t")[1] == "acknowledged"
+
+
+def test_receive_all(
+    env: Sandbox,
+    capsys: pytest.CaptureFixture[str],
+    small_file: Path,
+    workflow: str,
+    tmp_path: Path,
+) -> None:
+    ids = []
+    for name in ("a.csv", "b.csv"):
+        status, out, err = run(
+            capsys,
+            "send",
+            str(small_file),
+            "--mailbox",
+            SENDER,
+            "--to",
+            RECIPIENT,
+            "--workflow-id",
+            workflow,
+            "--filename",
+            name,
+        )
+        assert status == 0, err
+        ids.append(out.strip())
+    out_dir = tmp_path / "inbox"
+    status, out, err = run(
+        capsys,
+        "receive",
+        "--all",
+        "--out-dir",
+        str(out_dir),
+        "--workflow-filter",
+        workflow,
+        "--mailbox",
+        RECIPIENT,
+    )
+    assert status == 0, err
+    assert sorted(path.name for path in out_dir.iterdir()) == ["a.csv", "b.csv"]
+    assert {line.split("\t")[0] for line in out.splitlines()} == set(ids)
+
+
+def test_lookup_and_handshake(env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, "lookup", "X26", "TEST_WORKFLOW", "--mailbox", SENDER)
+    assert status == 0 and out.split("\t")[0] == "X26ABC2"
+    status, out, _ = run(capsys, "handshake", "--mailbox", SENDER)
+    assert status == 0 and "handshake ok" in out
+
+
+def test_errors_are_one_line(
+    env: Sandbox,
+    capsys: pytest.CaptureFixture[str],
+    small_file: Path,
+    multi_file: Path,
+    workflow: str,
+) -> None:
+    wrong = "Wr0ng-Pa55word-42"
+    status, out, err = run(capsys, "handshake", "--mailbox", SENDER, "--password", wrong)
+    assert status == 1 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "403" in err and wrong not in err
+    status, out, err = run(
+        capsys,
+        "send",
+        str(small_file),
+        "--mailbox",
+        SENDER,
+        "--to",
+        "X26NOBODY",
+        "--workflow-id",
+        workflow,
+    )
+    assert status == 1 and out == "" and "code 12" in err
+    status, _, err = run(
+        capsys,
+        "send",
+        str(multi_file),
+        "--mailbox",
+        SENDER,
+        "--to",
+        RECIPIENT,
+        "--workflow-id",
+        workflow,
+        "--chunk-size",
+        "1MiB",
+    )
+    assert status == 2
+    assert err.startswith("meshpipe: error:") and len(err.strip().splitlines()) == 1
+    status, _, err = run(capsys, "inbox", "--url", "local", "--mailbox", "bad mailbox!")
+    assert status == 2 and "mailbox id" in err
+
+
+def test_python_dash_m(env: Sandbox) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "meshpipe", "lookup", "X26", "TEST_WORKFLOW", "--mailbox", SENDER],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("X26ABC2")
