@@ -1,0 +1,76 @@
+"""Mutual TLS: NHS's mesh-client with a client certificate, against a test CA (trustme)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+import trustme
+from mesh_client import MeshClient
+
+from meshpipe.server import LocalMeshServer, TLSSettings
+
+KEY = "TestKey"
+Start = Callable[..., LocalMeshServer]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1", "localhost")
+    client_cert = ca.issue_cert("client.X26.api.mesh-client.nhs.uk")
+    stranger = trustme.CA().issue_cert("client.X26.api.mesh-client.nhs.uk")
+    paths = {
+        "ca": folder / "ca.pem",
+        "server": folder / "server.pem",
+        "server_key": folder / "server.key",
+        "client": folder / "client.pem",
+        "client_key": folder / "client.key",
+        "stranger": folder / "stranger.pem",
+    }
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    server_cert.cert_chain_pems[0].write_to_path(str(paths["server"]))
+    server_cert.private_key_pem.write_to_path(str(paths["server_key"]))
+    client_cert.cert_chain_pems[0].write_to_path(str(paths["client"]))
+    client_cert.private_key_pem.write_to_path(str(paths["client_key"]))
+    stranger.private_key_and_cert_chain_pem.write_to_path(str(paths["stranger"]))
+    return paths
+
+
+def test_mesh_client_over_mutual_tls(threaded_server: Start, pki: dict[str, Path]) -> None:
+    tls = TLSSettings(pki["server"], pki["server_key"], pki["ca"], "required")
+    server = threaded_server(rules="sandbox", tls=tls)
+    assert server.url.startswith("https://")
+    cert = (str(pki["client"]), str(pki["client_key"]))
+    options = {"shared_key": KEY.encode(), "cert": cert, "verify": str(pki["ca"])}
+    with MeshClient(server.url, "X26ABC1", "password", max_chunk_size=1000, **options) as sender:  # type: ignore[arg-type]
+        sender.handshake()
+        message_id = sender.send_message("X26ABC2", b"t" * 2500, workflow_id="TEST_WORKFLOW", compress=True)
+        assert sender.lookup_endpoint("X26", "TEST_WORKFLOW")["results"][0]["mailbox_id"] == "X26ABC2"
+    with MeshClient(server.url, "X26ABC2", "password", **options) as receiver:  # type: ignore[arg-type]
+        assert message_id in list(receiver.iterate_message_ids(batch_size=10))
+        message = receiver.retrieve_message(message_id)
+        assert message.read() == b"t" * 2500
+        message.close()
+        receiver.acknowledge_message(message_id)
+    with MeshClient(server.url, "X26ABC1", "password", **options) as sender:  # type: ignore[arg-type]
+        assert sender.track_message(message_id)["status"] == "acknowledged"
+    # no client certificate, or one from another CA: the handshake fails
+    with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
+        requests.get(f"{server.url}/messageexchange/_ping", verify=str(pki["ca"]), timeout=10)
+    with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
+        requests.get(
+            f"{server.url}/messageexchange/_ping", verify=str(pki["ca"]), cert=str(pki["stranger"]), timeout=10
+        )
+
+
+def test_optional_client_certificate(threaded_server: Start, pki: dict[str, Path]) -> None:
+    server = threaded_server(tls=TLSSettings(pki["server"], pki["server_key"], pki["ca"], "optional"))
+    answer = requests.get(f"{server.url}/messageexchange/_ping", verify=str(pki["ca"]), timeout=10)
+    assert answer.status_code == 200
+    context = ssl.create_default_context(cafile=str(pki["ca"]))
+    assert context.verify_mode == ssl.CERT_REQUIRED
