@@ -1,13 +1,16 @@
-"""Type stub for meshpipe's native engine (rust/src/py/). Import from ``meshpipe``, not from here."""
+"""Type stub for meshpipe's native engine (rust/src/py/).
+
+Import from ``meshpipe``, not from here.
+"""
 
 import os
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Final, Literal, Self
+from typing import Final, Literal, Self, final
 
 from typing_extensions import Buffer
 
-Codec = Literal["none", "gzip", "zstd"]
+_Codec = Literal["none", "gzip", "zstd"]
 
 KiB: Final[int]
 MiB: Final[int]
@@ -17,22 +20,43 @@ MIN_CHUNK_SIZE: Final[int]
 MAX_REQUEST_SIZE: Final[int]
 MAX_FILE_SIZE: Final[int]
 __version__: Final[str]
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "MAX_FILE_SIZE",
+    "MAX_REQUEST_SIZE",
+    "MIN_CHUNK_SIZE",
+    "Assembler",
+    "AssemblyReport",
+    "Chunk",
+    "ChunkPlan",
+    "ChunkReport",
+    "ChunkWriter",
+    "FileDigest",
+    "GiB",
+    "KiB",
+    "MiB",
+    "Splitter",
+    "__version__",
+    "sha256_file",
+    "xxh3_128_file",
+]
 
 # --- plan ---------------------------------------------------------------------------------
 
+@final
 class ChunkPlan:
     """Chunk boundaries for a file at a fixed *uncompressed* chunk size, validated on creation."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         file_size: int,
         chunk_size: int = ...,
         *,
-        codec: Codec = "none",
+        codec: _Codec = "none",
         max_file_size: int = ...,
         min_chunk_size: int = ...,
         max_request_size: int = ...,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def file_size(self) -> int: ...
     @property
@@ -46,6 +70,7 @@ class ChunkPlan:
 
 # --- split --------------------------------------------------------------------------------
 
+@final
 class Chunk:
     """One chunk's payload, as a read-only buffer: ``memoryview(chunk)`` never copies.
 
@@ -75,6 +100,7 @@ class Chunk:
     def release(self) -> None:
         """Give the buffer back now. Raises BufferError while a memoryview of it is alive."""
 
+@final
 class FileDigest:
     @property
     def size(self) -> int: ...
@@ -83,6 +109,7 @@ class FileDigest:
     @property
     def sha256(self) -> str | None: ...
 
+@final
 class Splitter:
     """Reads a file in Rust and yields its chunks in order; compression on worker threads.
 
@@ -90,22 +117,24 @@ class Splitter:
     duplicated, the caller keeps ownership). Memory is bounded by ``window`` chunk buffers.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         source: str | os.PathLike[str] | int,
         *,
-        codec: Codec = "none",
+        codec: _Codec = "none",
         level: int | None = None,
         chunk_size: int = ...,
         threads: int | None = None,
         window: int | None = None,
         sha256: bool = False,
         max_file_size: int = ...,
-    ) -> None: ...
+        min_chunk_size: int = ...,
+    ) -> Self:
+        """``min_chunk_size`` is MESH's 5 MiB rule; lower it only for test servers."""
     @property
     def plan(self) -> ChunkPlan: ...
     @property
-    def codec(self) -> Codec: ...
+    def codec(self) -> _Codec: ...
     def __iter__(self) -> Iterator[Chunk]: ...
     def __next__(self) -> Chunk: ...
     def digest(self) -> FileDigest:
@@ -121,6 +150,7 @@ class Splitter:
 
 # --- assemble -----------------------------------------------------------------------------
 
+@final
 class ChunkReport:
     @property
     def number(self) -> int: ...
@@ -130,8 +160,9 @@ class ChunkReport:
     def xxh3_128(self) -> str: ...
     @property
     def verified_by(self) -> str:
-        """"xxh3-128", "gzip-crc32", "zstd-checksum" or "none"."""
+        """One of xxh3-128, gzip-crc32, zstd-checksum or none."""
 
+@final
 class AssemblyReport:
     @property
     def path(self) -> str: ...
@@ -147,6 +178,7 @@ class AssemblyReport:
     def verified(self) -> list[str]:
         """What was verified, e.g. ["file xxh3-128", "chunks xxh3-128"] or ["chunks gzip-crc32"]."""
 
+@final
 class ChunkWriter:
     """Receives one chunk's bytes as they arrive (compressed per the assembler's codec)."""
 
@@ -155,11 +187,12 @@ class ChunkWriter:
     @property
     def written(self) -> int:
         """Uncompressed bytes written so far."""
-    def write(self, data: Buffer, /) -> None: ...
+    def write(self, data: Buffer) -> None: ...
     def finish(self) -> ChunkReport: ...
     def abort(self) -> None:
         """Forget this attempt; the chunk may be opened again."""
 
+@final
 class Assembler:
     """Writes chunks, in any order, into a temporary file beside ``destination``; ``finish``
     verifies, fsyncs and renames it into place. Nothing is ever left at ``destination`` unless
@@ -169,12 +202,12 @@ class Assembler:
     unless ``assume_fixed_chunk_size()`` was called after chunk 1.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         destination: str | os.PathLike[str],
         *,
         chunk_count: int,
-        codec: Codec = "none",
+        codec: _Codec = "none",
         chunk_size: int | None = None,
         file_size: int | None = None,
         xxh3_128: str | None = None,
@@ -182,7 +215,7 @@ class Assembler:
         compute_sha256: bool = False,
         max_chunk_size: int = ...,
         overwrite: bool = False,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def destination(self) -> str: ...
     @property

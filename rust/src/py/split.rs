@@ -12,7 +12,7 @@ use super::buffer::PyChunk;
 use crate::checksum::{hex128, hex_bytes, FileDigest};
 use crate::codec::Codec;
 use crate::error::Error;
-use crate::plan::{Limits, DEFAULT_CHUNK_SIZE, MAX_FILE_SIZE};
+use crate::plan::{Limits, DEFAULT_CHUNK_SIZE, MAX_FILE_SIZE, MIN_CHUNK_SIZE};
 use crate::split::{default_threads, default_window, SplitOptions, Splitter};
 
 use super::PyChunkPlan;
@@ -72,7 +72,7 @@ fn closed() -> Error {
 #[pymethods]
 impl PySplitter {
     #[new]
-    #[pyo3(signature = (source, *, codec = "none", level = None, chunk_size = DEFAULT_CHUNK_SIZE, threads = None, window = None, sha256 = false, max_file_size = MAX_FILE_SIZE))]
+    #[pyo3(signature = (source, *, codec = "none", level = None, chunk_size = DEFAULT_CHUNK_SIZE, threads = None, window = None, sha256 = false, max_file_size = MAX_FILE_SIZE, min_chunk_size = MIN_CHUNK_SIZE))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -84,6 +84,7 @@ impl PySplitter {
         window: Option<usize>,
         sha256: bool,
         max_file_size: u64,
+        min_chunk_size: u64,
     ) -> PyResult<Self> {
         let codec = Codec::from_name(codec, level)?;
         let threads = threads.unwrap_or_else(default_threads);
@@ -95,6 +96,7 @@ impl PySplitter {
             sha256,
             limits: Limits {
                 max_file_size,
+                min_chunk_size,
                 ..Limits::default()
             },
         };

@@ -1,0 +1,97 @@
+"""The zero-copy handoff: chunk payloads are read-only buffers from a bounded pool."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import pytest
+
+import meshpipe
+from tests.engine.helpers import csv_bytes
+
+MiB = meshpipe.MiB
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    path = tmp_path / "extract.csv"
+    path.write_bytes(csv_bytes(11 * MiB))
+    return path
+
+
+def test_payload_is_a_read_only_view_without_copy(source: Path) -> None:
+    splitter = meshpipe.Splitter(source, chunk_size=5 * MiB)
+    chunk = next(splitter)
+    view = memoryview(chunk)
+    assert view.readonly and view.nbytes == len(chunk) == chunk.length == 5 * MiB
+    assert view.format == "B" and view.ndim == 1
+    with pytest.raises(TypeError):
+        view[0] = 1
+    # Two views share the same memory (no copy per export).
+    again = memoryview(chunk)
+    assert again.tobytes()[:100] == source.read_bytes()[:100]
+    with pytest.raises(BufferError, match="still exported"):
+        chunk.release()
+    view.release()
+    again.release()
+    chunk.release()
+    with pytest.raises(BufferError, match="released"):
+        memoryview(chunk)
+    splitter.close()
+
+
+def test_chunks_outlive_the_splitter(source: Path) -> None:
+    with meshpipe.Splitter(source, chunk_size=5 * MiB, codec="gzip") as splitter:
+        first = next(splitter)
+    del splitter
+    gc.collect()
+    assert len(bytes(first)) == first.payload_size > 0
+
+
+def test_window_bounds_chunks_in_flight(source: Path) -> None:
+    """With a window of 1, the next chunk is prepared only after the last one is released."""
+    splitter = meshpipe.Splitter(source, chunk_size=5 * MiB, window=1, threads=1)
+    first = next(splitter)
+    first.release()
+    second = next(splitter)
+    assert second.number == 2
+    del second  # garbage collection returns the buffer too
+    gc.collect()
+    third = next(splitter)
+    assert (third.number, third.length) == (3, MiB)
+    with pytest.raises(StopIteration):
+        next(splitter)
+
+
+def test_strided_input_is_refused(tmp_path: Path) -> None:
+    assembler = meshpipe.Assembler(tmp_path / "out", chunk_count=1)
+    writer = assembler.open_chunk(1)
+    strided = memoryview(b"abcdefgh")[::2]
+    with pytest.raises(ValueError, match="contiguous"):
+        writer.write(strided)
+    writer.write(bytearray(b"ok"))
+    writer.write(memoryview(b"!"))
+    writer.finish()
+    assembler.finish()
+    assert (tmp_path / "out").read_bytes() == b"ok!"
+
+
+def test_digest_only_after_the_last_chunk(source: Path) -> None:
+    splitter = meshpipe.Splitter(source, chunk_size=5 * MiB)
+    next(splitter)
+    with pytest.raises(meshpipe.StateError, match="after the last chunk"):
+        splitter.digest()
+    splitter.close()
+    with pytest.raises(meshpipe.StateError, match="closed"):
+        next(splitter)
+
+
+def test_reprs_and_plan(source: Path) -> None:
+    splitter = meshpipe.Splitter(source, chunk_size=5 * MiB, codec="zstd")
+    assert splitter.codec == "zstd"
+    assert splitter.plan.chunk_count == 3
+    assert "chunk_count=3" in repr(splitter.plan)
+    chunk = next(splitter)
+    assert "number=1" in repr(chunk)
+    splitter.close()
