@@ -9,7 +9,13 @@ import mesh_sandbox
 import pytest
 
 from meshpipe.server.cli import build_parser, config_from_args, main
-from meshpipe.server.config import DEFAULT_MAILBOXES, DEFAULT_WORKFLOWS, ConfigError, load_mailboxes, load_workflows
+from meshpipe.server.config import (
+    DEFAULT_MAILBOXES,
+    DEFAULT_WORKFLOWS,
+    ConfigError,
+    load_mailboxes,
+    load_workflows,
+)
 
 SANDBOX_DATA = Path(mesh_sandbox.__file__).parent / "store" / "data"
 
@@ -24,9 +30,19 @@ def test_defaults_match_the_sandbox_data_files() -> None:
 
 
 def test_sandbox_environment_variables_and_flag_precedence(tmp_path: Path) -> None:
-    env = {"SHARED_KEY": "FromEnv", "AUTH_MODE": "none", "STORE_MODE": "file", "MAILBOXES_DATA_DIR": str(tmp_path)}
+    env = {
+        "SHARED_KEY": "FromEnv",
+        "AUTH_MODE": "none",
+        "STORE_MODE": "file",
+        "MAILBOXES_DATA_DIR": str(tmp_path),
+    }
     config = parse(env=env)
-    assert (config.shared_key, config.auth_mode, config.store, config.data_dir) == ("FromEnv", "none", "dir", tmp_path)
+    assert (config.shared_key, config.auth_mode, config.store, config.data_dir) == (
+        "FromEnv",
+        "none",
+        "dir",
+        tmp_path,
+    )
     assert "FromEnv" not in repr(config)
     config = parse("--shared-key", "FromFlag", "--store", "discard", "--port", "0", env=env)
     assert (config.shared_key, config.store, config.port) == ("FromFlag", "discard", 0)
@@ -41,10 +57,15 @@ def test_sandbox_environment_variables_and_flag_precedence(tmp_path: Path) -> No
 def test_custom_data_files(tmp_path: Path) -> None:
     mailboxes = tmp_path / "mailboxes.jsonl"
     mailboxes.write_text(
-        json.dumps({"mailbox_id": "a1b2", "mailbox_name": "Mine", "ods_code": "a1", "password": "secret"}) + "\n"
+        json.dumps(
+            {"mailbox_id": "a1b2", "mailbox_name": "Mine", "ods_code": "a1", "password": "secret"}
+        )
+        + "\n"
     )
     workflows = tmp_path / "workflows.jsonl"
-    workflows.write_text(json.dumps({"workflow_id": "MINE", "senders": ["A1B2"], "receivers": ["a1b2"]}))
+    workflows.write_text(
+        json.dumps({"workflow_id": "MINE", "senders": ["A1B2"], "receivers": ["a1b2"]})
+    )
     config = parse("--mailboxes", str(mailboxes), "--workflows", str(workflows))
     assert [m.mailbox_id for m in config.mailboxes] == ["A1B2"]
     assert "secret" not in repr(config.mailboxes)

@@ -102,7 +102,9 @@ def test_chunked_message_round_trip(
     peer: Peer, sender: MeshClient, receiver: MeshClient, compress: bool
 ) -> None:
     data = bytes(range(256)) * 13 + b"tail"  # 3332 bytes: 4 chunks of ≤ 1000
-    message_id = sender.send_message("X26ABC2", data, workflow_id="TEST_WORKFLOW", compress=compress)
+    message_id = sender.send_message(
+        "X26ABC2", data, workflow_id="TEST_WORKFLOW", compress=compress
+    )
     message = receiver.retrieve_message(message_id)
     assert message.mex_header("total-chunks") == "4"
     assert message.mex_header("chunk-range") == "1:4"
@@ -115,7 +117,9 @@ def test_chunked_message_round_trip(
 
 def test_gzip_single_message(peer: Peer, receiver: MeshClient) -> None:
     with client(peer, "X26ABC1") as mesh:
-        message_id = mesh.send_message("X26ABC2", b"x" * 5000, workflow_id="TEST_WORKFLOW", compress=True)
+        message_id = mesh.send_message(
+            "X26ABC2", b"x" * 5000, workflow_id="TEST_WORKFLOW", compress=True
+        )
     message = receiver.retrieve_message(message_id)
     assert message.read() == b"x" * 5000
     message.close()
@@ -128,11 +132,17 @@ def test_endpoint_lookup_and_workflow_search(peer: Peer, sender: MeshClient) -> 
     assert sender.lookup_endpoint("X99", "TEST_WORKFLOW")["results"] == []
     ids = {r["mailbox_id"] for r in sender.lookup_endpoint("X26", "TEST_WORKFLOW2")["results"]}
     assert ids == {"X26ABC1", "X26ABC2"}
-    search = requests.get(f"{peer.url}/messageexchange/workflowsearch/TEST_WORKFLOW_ACK", timeout=10)
+    search = requests.get(
+        f"{peer.url}/messageexchange/workflowsearch/TEST_WORKFLOW_ACK", timeout=10
+    )
     assert search.status_code == 200
     assert {r["mailbox_id"] for r in search.json()["results"]} == {"X26ABC1", "X26ABC3"}
-    v1 = requests.get(f"{peer.url}/messageexchange/endpointlookup/X26/TEST_WORKFLOW", timeout=10).json()
-    assert v1["results"] == [{"address": "X26ABC2", "description": "TESTMB2", "endpoint_type": "MESH"}]
+    v1 = requests.get(
+        f"{peer.url}/messageexchange/endpointlookup/X26/TEST_WORKFLOW", timeout=10
+    ).json()
+    assert v1["results"] == [
+        {"address": "X26ABC2", "description": "TESTMB2", "endpoint_type": "MESH"}
+    ]
     assert len(v1["query_id"]) == 32
 
 
@@ -151,11 +161,17 @@ def test_inbox_paging_and_workflow_filter(peer: Peer, receiver: MeshClient) -> N
     ).json()
     assert len(first["messages"]) == 10
     assert first["links"]["self"] == "/messageexchange/X26ABC2/inbox?max_results=10"
-    assert first["links"]["next"].startswith("/messageexchange/X26ABC2/inbox?max_results=10&continue_from=")
+    assert first["links"]["next"].startswith(
+        "/messageexchange/X26ABC2/inbox?max_results=10&continue_from="
+    )
     assert first["approx_inbox_count"] == 12
     assert receiver.list_messages(workflow_filter="OTHER_WF") == sent[::3]
-    assert receiver.list_messages(workflow_filter="!OTHER_WF") == [m for i, m in enumerate(sent) if i % 3]
-    assert receiver.list_messages(workflow_filter="PAGE*") == [m for i, m in enumerate(sent) if i % 3]
+    assert receiver.list_messages(workflow_filter="!OTHER_WF") == [
+        m for i, m in enumerate(sent) if i % 3
+    ]
+    assert receiver.list_messages(workflow_filter="PAGE*") == [
+        m for i, m in enumerate(sent) if i % 3
+    ]
     assert receiver.list_messages(workflow_filter="*HER*") == sent[::3]
     v1 = requests.get(
         f"{peer.url}/messageexchange/X26ABC2/inbox?max_results=10",
@@ -175,7 +191,9 @@ def test_inbox_paging_and_workflow_filter(peer: Peer, receiver: MeshClient) -> N
 def test_v1_and_v2_send_and_ack_shapes(peer: Peer, receiver: MeshClient) -> None:
     url = f"{peer.url}/messageexchange/X26ABC1/outbox"
     send = {"mex-To": "X26ABC2", "mex-WorkflowID": "TEST_WORKFLOW"}
-    v1 = requests.post(url, headers=headers(peer, "X26ABC1", v2=False, **send), data=b"a", timeout=10)
+    v1 = requests.post(
+        url, headers=headers(peer, "X26ABC1", v2=False, **send), data=b"a", timeout=10
+    )
     v2 = requests.post(url, headers=headers(peer, "X26ABC1", **send), data=b"b", timeout=10)
     assert (v1.status_code, v2.status_code) == (202, 202)
     first, second = v1.json()["messageID"], v2.json()["message_id"]
@@ -187,23 +205,43 @@ def test_v1_and_v2_send_and_ack_shapes(peer: Peer, receiver: MeshClient) -> None
     assert answer.status_code == 200  # acknowledging twice is fine
     handshake = requests.post(
         f"{peer.url}/messageexchange/X26ABC1",
-        headers=headers(peer, "X26ABC1", v2=False, **{"mex-ClientVersion": "t", "mex-OSName": "l", "mex-OSVersion": "1"}),
+        headers=headers(
+            peer,
+            "X26ABC1",
+            v2=False,
+            **{"mex-ClientVersion": "t", "mex-OSName": "l", "mex-OSVersion": "1"},
+        ),
         timeout=10,
     )
     assert handshake.json() == {"mailboxId": "X26ABC1"}
-    count = requests.get(f"{peer.url}/messageexchange/X26ABC2/count", headers=headers(peer, "X26ABC2", v2=False), timeout=10)
+    count = requests.get(
+        f"{peer.url}/messageexchange/X26ABC2/count",
+        headers=headers(peer, "X26ABC2", v2=False),
+        timeout=10,
+    )
     assert set(count.json()) == {"count", "internalID", "allResultsIncluded"}
     drain(receiver)
 
 
-def test_chunk_download_status_codes_and_headers(peer: Peer, sender: MeshClient, receiver: MeshClient) -> None:
-    message_id = sender.send_message("X26ABC2", b"z" * 2500, workflow_id="TEST_WORKFLOW", compress=True)
+def test_chunk_download_status_codes_and_headers(
+    peer: Peer, sender: MeshClient, receiver: MeshClient
+) -> None:
+    message_id = sender.send_message(
+        "X26ABC2", b"z" * 2500, workflow_id="TEST_WORKFLOW", compress=True
+    )
     base = f"{peer.url}/messageexchange/X26ABC2/inbox/{message_id}"
-    first = requests.get(base, headers=headers(peer, "X26ABC2", **{"Accept-Encoding": "gzip"}), timeout=10, stream=True)
+    first = requests.get(
+        base,
+        headers=headers(peer, "X26ABC2", **{"Accept-Encoding": "gzip"}),
+        timeout=10,
+        stream=True,
+    )
     assert first.status_code == 206
     assert first.headers["Content-Encoding"] == "gzip"
     assert gzip.decompress(first.raw.read()) == b"z" * 1000
-    middle = requests.get(f"{base}/2", headers=headers(peer, "X26ABC2", **{"Accept-Encoding": "identity"}), timeout=10)
+    middle = requests.get(
+        f"{base}/2", headers=headers(peer, "X26ABC2", **{"Accept-Encoding": "identity"}), timeout=10
+    )
     assert middle.status_code == 206 and middle.content == b"z" * 1000
     assert "Content-Encoding" not in middle.headers
     last = requests.get(f"{base}/3", headers=headers(peer, "X26ABC2"), timeout=10)
@@ -214,7 +252,9 @@ def test_chunk_download_status_codes_and_headers(peer: Peer, sender: MeshClient,
     assert too_far.json()["detail"][0]["code"] == "20"
     head = requests.head(base, headers=headers(peer, "X26ABC2"), timeout=10)
     assert head.status_code == 200 and head.headers["mex-MessageID"] == message_id
-    not_yours = requests.get(base.replace("X26ABC2", "X26ABC3"), headers=headers(peer, "X26ABC3"), timeout=10)
+    not_yours = requests.get(
+        base.replace("X26ABC2", "X26ABC3"), headers=headers(peer, "X26ABC3"), timeout=10
+    )
     assert not_yours.status_code == 403
     drain(receiver)
 
@@ -223,7 +263,9 @@ def test_send_refusals(peer: Peer) -> None:
     url = f"{peer.url}/messageexchange/X26ABC1/outbox"
 
     def post(data: bytes = b"x", v2: bool = True, **extra: str) -> requests.Response:
-        return requests.post(url, headers=headers(peer, "X26ABC1", v2=v2, **extra), data=data, timeout=10)
+        return requests.post(
+            url, headers=headers(peer, "X26ABC1", v2=v2, **extra), data=data, timeout=10
+        )
 
     base = {"mex-To": "X26ABC2", "mex-WorkflowID": "TEST_WORKFLOW"}
     missing_to = post(**{"mex-WorkflowID": "W"})
@@ -233,7 +275,11 @@ def test_send_refusals(peer: Peer) -> None:
     assert unknown.status_code == 417
     assert unknown.json()["detail"][0]["code"] == "12"
     unknown_v1 = post(v2=False, **{**base, "mex-To": "NOBODY1"})
-    assert unknown_v1.json() == {"errorEvent": "SEND", "errorCode": "12", "errorDescription": "Unregistered to address"}
+    assert unknown_v1.json() == {
+        "errorEvent": "SEND",
+        "errorCode": "12",
+        "errorDescription": "Unregistered to address",
+    }
     empty = post(b"", **base)
     assert empty.status_code == 417 and empty.json()["detail"][0]["code"] == "02"
     deflate = post(**{**base, "Content-Encoding": "deflate"})
@@ -254,14 +300,25 @@ def test_chunk_refusals(peer: Peer) -> None:
     outbox = f"{peer.url}/messageexchange/X26ABC1/outbox"
     created = requests.post(
         outbox,
-        headers=headers(peer, "X26ABC1", **{"mex-To": "X26ABC2", "mex-WorkflowID": "TEST_WORKFLOW", "mex-Chunk-Range": "1:3", "Content-Encoding": "gzip"}),
+        headers=headers(
+            peer,
+            "X26ABC1",
+            **{
+                "mex-To": "X26ABC2",
+                "mex-WorkflowID": "TEST_WORKFLOW",
+                "mex-Chunk-Range": "1:3",
+                "Content-Encoding": "gzip",
+            },
+        ),
         data=gzip.compress(b"one"),
         timeout=10,
     )
     assert created.status_code == 202
     message_id = created.json()["message_id"]
 
-    def chunk(number: int, v2: bool = True, mailbox: str = "X26ABC1", **extra: str) -> requests.Response:
+    def chunk(
+        number: int, v2: bool = True, mailbox: str = "X26ABC1", **extra: str
+    ) -> requests.Response:
         return requests.post(
             f"{peer.url}/messageexchange/{mailbox}/outbox/{message_id}/{number}",
             headers=headers(peer, mailbox, v2=v2, **extra),
@@ -272,10 +329,23 @@ def test_chunk_refusals(peer: Peer) -> None:
     assert chunk(2, **{"Content-Encoding": "gzip"}).status_code == 417  # no range
     assert chunk(2, **{"mex-Chunk-Range": "2:3"}).status_code == 417  # encoding changed
     assert chunk(4, **{"mex-Chunk-Range": "4:3", "Content-Encoding": "gzip"}).status_code == 417
-    assert chunk(2, mailbox="X26ABC2", **{"mex-Chunk-Range": "2:3", "Content-Encoding": "gzip"}).status_code == 403
-    download = requests.get(f"{peer.url}/messageexchange/X26ABC2/inbox/{message_id}", headers=headers(peer, "X26ABC2"), timeout=10)
+    assert (
+        chunk(
+            2, mailbox="X26ABC2", **{"mex-Chunk-Range": "2:3", "Content-Encoding": "gzip"}
+        ).status_code
+        == 403
+    )
+    download = requests.get(
+        f"{peer.url}/messageexchange/X26ABC2/inbox/{message_id}",
+        headers=headers(peer, "X26ABC2"),
+        timeout=10,
+    )
     assert download.status_code == 410  # still uploading
-    rich = requests.get(f"{peer.url}/messageexchange/X26ABC1/outbox/rich", headers=headers(peer, "X26ABC1"), timeout=10)
+    rich = requests.get(
+        f"{peer.url}/messageexchange/X26ABC1/outbox/rich",
+        headers=headers(peer, "X26ABC1"),
+        timeout=10,
+    )
     uploading = [m for m in rich.json()["messages"] if m["message_id"] == message_id]
     assert uploading and uploading[0]["status"] == "uploading" and uploading[0]["total_chunks"] == 3
     second = chunk(2, v2=False, **{"mex-Chunk-Range": "2:3", "Content-Encoding": "gzip"})
@@ -294,10 +364,16 @@ def test_auth_refusals(peer: Peer) -> None:
     none = requests.get(inbox, timeout=10)
     assert none.status_code == 403
     assert none.json()["errorDescription"] == "Error reading from Authorization header"
-    wrong_key = requests.get(inbox, headers={"Authorization": make_token("X26ABC1", PASSWORD, "wrong")}, timeout=10)
+    wrong_key = requests.get(
+        inbox, headers={"Authorization": make_token("X26ABC1", PASSWORD, "wrong")}, timeout=10
+    )
     assert wrong_key.status_code == 403
     assert wrong_key.json()["errorDescription"] == "Invalid Authentication Token"
-    other = requests.get(inbox, headers={"Authorization": make_token("X26ABC2", PASSWORD, peer.shared_key)}, timeout=10)
+    other = requests.get(
+        inbox,
+        headers={"Authorization": make_token("X26ABC2", PASSWORD, peer.shared_key)},
+        timeout=10,
+    )
     assert other.json()["errorDescription"] == "Mailbox id does not match token"
     unknown = requests.get(
         f"{peer.url}/messageexchange/NOBODY1/inbox",
@@ -306,7 +382,9 @@ def test_auth_refusals(peer: Peer) -> None:
     )
     assert unknown.status_code == 403 and unknown.json()["detail"][0]["code"] == "EPL-151"
     upper_hex = make_token("X26ABC1", PASSWORD, peer.shared_key)
-    upper_hex = upper_hex[: upper_hex.rindex(":") + 1] + upper_hex[upper_hex.rindex(":") + 1 :].upper()
+    upper_hex = (
+        upper_hex[: upper_hex.rindex(":") + 1] + upper_hex[upper_hex.rindex(":") + 1 :].upper()
+    )
     assert requests.get(inbox, headers={"Authorization": upper_hex}, timeout=10).status_code == 200
     bad_accept = requests.get(
         inbox,
@@ -321,19 +399,42 @@ def test_admin_api(peer: Peer, sender: MeshClient, receiver: MeshClient) -> None
     mailbox = requests.get(f"{admin}/mailbox/X26ABC3", timeout=10)
     assert mailbox.status_code == 200
     assert mailbox.json()["ods_code"] == "X27" and "password" not in mailbox.json()
-    assert requests.get(f"{peer.url}/messageexchange/mailbox/X26ABC1", timeout=10).json()["mailbox_name"] == "TESTMB1"
-    message_id = sender.send_message("X26ABC2", b"data", workflow_id="TEST_WORKFLOW", subject="subj", local_id="loc")
+    assert (
+        requests.get(f"{peer.url}/messageexchange/mailbox/X26ABC1", timeout=10).json()[
+            "mailbox_name"
+        ]
+        == "TESTMB1"
+    )
+    message_id = sender.send_message(
+        "X26ABC2", b"data", workflow_id="TEST_WORKFLOW", subject="subj", local_id="loc"
+    )
     details = requests.get(f"{admin}/message/{message_id}", timeout=10).json()
-    assert details["status"] == "Accepted" and details["file_size"] == 4 and details["sender"] == "X26ABC1"
+    assert (
+        details["status"] == "Accepted"
+        and details["file_size"] == 4
+        and details["sender"] == "X26ABC1"
+    )
     # an NDR put into the sender's inbox
     created = requests.post(
         f"{admin}/report",
-        json={"mailbox_id": "X26ABC1", "code": "14", "description": "x", "workflow_id": "TEST_WORKFLOW", "subject": "subj", "local_id": "loc", "linked_message_id": message_id},
+        json={
+            "mailbox_id": "X26ABC1",
+            "code": "14",
+            "description": "x",
+            "workflow_id": "TEST_WORKFLOW",
+            "subject": "subj",
+            "local_id": "loc",
+            "linked_message_id": message_id,
+        },
         timeout=10,
     )
     assert created.status_code == 200
     report_id = created.json()["message_id"]
-    report = requests.get(f"{peer.url}/messageexchange/X26ABC1/inbox/{report_id}", headers=headers(peer, "X26ABC1"), timeout=10)
+    report = requests.get(
+        f"{peer.url}/messageexchange/X26ABC1/inbox/{report_id}",
+        headers=headers(peer, "X26ABC1"),
+        timeout=10,
+    )
     assert report.status_code == 200 and report.content == b""
     assert report.headers["mex-MessageType"] == "REPORT"
     assert report.headers["mex-StatusCode"] == "14"
@@ -350,7 +451,11 @@ def test_admin_api(peer: Peer, sender: MeshClient, receiver: MeshClient) -> None
     )
     assert event.status_code == 200
     assert sender.track_message(message_id)["status"] == "error"
-    gone = requests.get(f"{peer.url}/messageexchange/X26ABC2/inbox/{message_id}", headers=headers(peer, "X26ABC2"), timeout=10)
+    gone = requests.get(
+        f"{peer.url}/messageexchange/X26ABC2/inbox/{message_id}",
+        headers=headers(peer, "X26ABC2"),
+        timeout=10,
+    )
     assert gone.status_code == 410
     assert requests.delete(f"{admin}/reset/NOBODY1", timeout=10).status_code == 404
     another = sender.send_message("X26ABC3", b"data", workflow_id="TEST_WORKFLOW2")

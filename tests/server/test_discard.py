@@ -20,19 +20,29 @@ Start = Callable[..., LocalMeshServer]
 
 
 def head(mailbox: str, **extra: str) -> dict[str, str]:
-    return {"Authorization": make_token(mailbox, "password", KEY), "Accept": "application/vnd.mesh.v2+json", **extra}
+    return {
+        "Authorization": make_token(mailbox, "password", KEY),
+        "Accept": "application/vnd.mesh.v2+json",
+        **extra,
+    }
 
 
 def test_discard_checks_each_chunk_and_keeps_only_metadata(threaded_server: Start) -> None:
     server = threaded_server(store="discard", rules="sandbox")
     data = b"".join(f"{i},SMITH,01/02/1990\n".encode() for i in range(200))
     pieces = [data[i : i + 1000] for i in range(0, len(data), 1000)]
-    with MeshClient(server.url, "X26ABC1", "password", shared_key=KEY.encode(), max_chunk_size=1000) as mesh:
+    with MeshClient(
+        server.url, "X26ABC1", "password", shared_key=KEY.encode(), max_chunk_size=1000
+    ) as mesh:
         message_id = mesh.send_message("X26ABC2", data, workflow_id="TEST_WORKFLOW", compress=True)
-    details = requests.get(f"{server.url}/messageexchange/admin/message/{message_id}", timeout=10).json()
+    details = requests.get(
+        f"{server.url}/messageexchange/admin/message/{message_id}", timeout=10
+    ).json()
     assert details["discarded"] is True
     assert [c["size"] for c in details["chunks"]] == [len(p) for p in pieces]
-    assert [c["xxh3_128"] for c in details["chunks"]] == [xxhash.xxh3_128_hexdigest(p) for p in pieces]
+    assert [c["xxh3_128"] for c in details["chunks"]] == [
+        xxhash.xxh3_128_hexdigest(p) for p in pieces
+    ]
     assert all(c["stored_size"] < c["size"] for c in details["chunks"])  # gzip was decoded
     # the download is synthetic, with the same chunk sizes
     with MeshClient(server.url, "X26ABC2", "password", shared_key=KEY.encode()) as mesh:
@@ -48,7 +58,9 @@ def test_discard_decodes_zstd_payloads(threaded_server: Start) -> None:
     frame = zstandard.ZstdCompressor(level=3).compress(payload)
     answer = requests.post(
         f"{server.url}/messageexchange/X26ABC1/outbox",
-        headers=head("X26ABC1", **{"mex-To": "X26ABC2", "mex-WorkflowID": "W", "mex-Content-Compressed": "Y"}),
+        headers=head(
+            "X26ABC1", **{"mex-To": "X26ABC2", "mex-WorkflowID": "W", "mex-Content-Compressed": "Y"}
+        ),
         data=frame,
         timeout=10,
     )
@@ -91,7 +103,9 @@ def test_synthetic_messages_download_deterministically(threaded_server: Start, s
     digest = xxhash.xxh3_128()
     for number in range(1, 5):
         answer = requests.get(
-            f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}/{number}", headers=head("X26ABC2"), timeout=30
+            f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}/{number}",
+            headers=head("X26ABC2"),
+            timeout=30,
         )
         statuses.append(answer.status_code)
         digest.update(answer.content)

@@ -16,7 +16,10 @@ Start = Callable[..., LocalMeshServer]
 
 
 def head(mailbox: str) -> dict[str, str]:
-    return {"Authorization": make_token(mailbox, "password", KEY), "Accept": "application/vnd.mesh.v2+json"}
+    return {
+        "Authorization": make_token(mailbox, "password", KEY),
+        "Accept": "application/vnd.mesh.v2+json",
+    }
 
 
 def test_unacknowledged_message_expires_into_an_ndr(threaded_server: Start) -> None:
@@ -29,7 +32,9 @@ def test_unacknowledged_message_expires_into_an_ndr(threaded_server: Start) -> N
     with MeshClient(server.url, "X26ABC2", "password", shared_key=KEY.encode()) as receiver:
         receiver.acknowledge_message(collected)
     # four days: nothing happens
-    advanced = requests.post(f"{server.url}/messageexchange/admin/clock", json={"seconds": 4 * 86400}, timeout=10)
+    advanced = requests.post(
+        f"{server.url}/messageexchange/admin/clock", json={"seconds": 4 * 86400}, timeout=10
+    )
     assert advanced.json()["reports"] == []
     # past five days: an NDR for the uncollected message only
     reports = server.advance_clock(timedelta(days=1, minutes=1))
@@ -41,16 +46,24 @@ def test_unacknowledged_message_expires_into_an_ndr(threaded_server: Start) -> N
         assert ndr.message_type == "REPORT"
         assert ndr.mex_header("statuscode") == "14"
         assert ndr.mex_header("statusevent") == "SEND"
-        assert ndr.mex_header("statusdescription") == "Message not collected by recipient after 5 days"
+        assert (
+            ndr.mex_header("statusdescription") == "Message not collected by recipient after 5 days"
+        )
         assert ndr.mex_header("linkedmsgid") == message_id
         assert ndr.subject == "NDR: weekly"
         assert ndr.local_id == "run-7"
         assert ndr.workflow_id == "TEST_WORKFLOW"
         ndr.close()
         assert sender.track_message(message_id)["status"] == "undeliverable"
-    gone = requests.get(f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}", headers=head("X26ABC2"), timeout=10)
+    gone = requests.get(
+        f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}",
+        headers=head("X26ABC2"),
+        timeout=10,
+    )
     assert gone.status_code == 410
-    inbox = requests.get(f"{server.url}/messageexchange/X26ABC2/inbox", headers=head("X26ABC2"), timeout=10)
+    inbox = requests.get(
+        f"{server.url}/messageexchange/X26ABC2/inbox", headers=head("X26ABC2"), timeout=10
+    )
     assert inbox.json()["messages"] == []
     # after the 30-day retention everything is deleted
     server.advance_clock(timedelta(days=30))

@@ -20,7 +20,11 @@ Start = Callable[..., LocalMeshServer]
 
 
 def head(mailbox: str, **extra: str) -> dict[str, str]:
-    return {"Authorization": make_token(mailbox, "password", KEY), "Accept": "application/vnd.mesh.v2+json", **extra}
+    return {
+        "Authorization": make_token(mailbox, "password", KEY),
+        "Accept": "application/vnd.mesh.v2+json",
+        **extra,
+    }
 
 
 def send(server: LocalMeshServer, data: bytes = b"payload") -> str:
@@ -54,11 +58,19 @@ def test_mesh_client_retries_a_503_on_a_later_chunk(threaded_server: Start) -> N
     plan = FaultPlan((Fault("status", route="send_chunk", chunk=2, status=503, retry_after=0),))
     server = threaded_server(rules="sandbox", faults=plan)
     data = b"0123456789" * 250
-    with MeshClient(server.url, "X26ABC1", "password", shared_key=KEY.encode(), max_chunk_size=1000) as mesh:
+    with MeshClient(
+        server.url, "X26ABC1", "password", shared_key=KEY.encode(), max_chunk_size=1000
+    ) as mesh:
         message_id = mesh.send_message("X26ABC2", data, workflow_id="TEST_WORKFLOW")
     assert server.fault_log == [
-        {"fault": "status", "rule": 0, "route": "send_chunk", "chunk": 2, "status": 503,
-         "path": f"/messageexchange/X26ABC1/outbox/{message_id}/2"}
+        {
+            "fault": "status",
+            "rule": 0,
+            "route": "send_chunk",
+            "chunk": 2,
+            "status": 503,
+            "path": f"/messageexchange/X26ABC1/outbox/{message_id}/2",
+        }
     ]
     with MeshClient(server.url, "X26ABC2", "password", shared_key=KEY.encode()) as mesh:
         message = mesh.retrieve_message(message_id)
@@ -72,7 +84,9 @@ def test_reset_during_upload_stores_nothing(threaded_server: Start) -> None:
     with pytest.raises(requests.ConnectionError):
         send(server, b"x" * 1_000_000)
     assert server.fault_log[0]["after_bytes"] == 100_000
-    inbox = requests.get(f"{server.url}/messageexchange/X26ABC2/inbox", headers=head("X26ABC2"), timeout=10)
+    inbox = requests.get(
+        f"{server.url}/messageexchange/X26ABC2/inbox", headers=head("X26ABC2"), timeout=10
+    )
     assert inbox.json()["messages"] == []
     message_id = send(server, b"x" * 1_000_000)  # the rule fired once; the retry goes through
     assert server.message(message_id) is not None
@@ -110,16 +124,26 @@ def test_reset_during_download_and_flipped_byte(threaded_server: Start) -> None:
 
 @pytest.mark.parametrize("applied", [False, True])
 def test_lost_acknowledgement(threaded_server: Start, applied: bool) -> None:
-    server = threaded_server(rules="sandbox", faults=FaultPlan((Fault("lost_ack", route="ack", applied=applied),)))
+    server = threaded_server(
+        rules="sandbox", faults=FaultPlan((Fault("lost_ack", route="ack", applied=applied),))
+    )
     message_id = send(server)
     ack = f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}/status/acknowledged"
     with pytest.raises(requests.ConnectionError):
         requests.put(ack, headers=head("X26ABC2"), timeout=10)
-    inbox = requests.get(f"{server.url}/messageexchange/X26ABC2/inbox", headers=head("X26ABC2"), timeout=10)
+    inbox = requests.get(
+        f"{server.url}/messageexchange/X26ABC2/inbox", headers=head("X26ABC2"), timeout=10
+    )
     assert (message_id in inbox.json()["messages"]) is not applied
     assert requests.put(ack, headers=head("X26ABC2"), timeout=10).status_code == 200
     assert server.fault_log == [
-        {"fault": "lost_ack", "rule": 0, "route": "ack", "message_id": message_id, "applied": applied}
+        {
+            "fault": "lost_ack",
+            "rule": 0,
+            "route": "ack",
+            "message_id": message_id,
+            "applied": applied,
+        }
     ]
 
 
@@ -133,25 +157,40 @@ def test_stall_before_a_request_and_mid_download(threaded_server: Start) -> None
     server = threaded_server(rules="sandbox", faults=plan)
     handshake = requests.post(
         f"{server.url}/messageexchange/X26ABC1",
-        headers=head("X26ABC1", **{"mex-ClientVersion": "t", "mex-OSName": "l", "mex-OSVersion": "1"}),
+        headers=head(
+            "X26ABC1", **{"mex-ClientVersion": "t", "mex-OSName": "l", "mex-OSVersion": "1"}
+        ),
         timeout=10,
     )
     assert handshake.status_code == 200
     message_id = send(server, b"stalled data")
-    download = requests.get(f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}", headers=head("X26ABC2"), timeout=10)
+    download = requests.get(
+        f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}",
+        headers=head("X26ABC2"),
+        timeout=10,
+    )
     assert download.content == b"stalled data"
-    assert [(e["fault"], e["route"]) for e in server.fault_log] == [("stall", "handshake"), ("stall", "download")]
+    assert [(e["fault"], e["route"]) for e in server.fault_log] == [
+        ("stall", "handshake"),
+        ("stall", "download"),
+    ]
 
 
 def test_plan_from_json_file_and_admin_api(threaded_server: Start, tmp_path: Path) -> None:
     path = tmp_path / "plan.json"
-    path.write_text(json.dumps({"seed": 3, "faults": [{"kind": "status", "route": "inbox", "status": 500}]}))
+    path.write_text(
+        json.dumps({"seed": 3, "faults": [{"kind": "status", "route": "inbox", "status": 500}]})
+    )
     plan = FaultPlan.load(path)
     assert plan.seed == 3 and plan.faults[0].status == 500
     server = threaded_server(rules="sandbox")
-    put = requests.put(f"{server.url}/messageexchange/admin/faults", json=plan.to_json(), timeout=10)
+    put = requests.put(
+        f"{server.url}/messageexchange/admin/faults", json=plan.to_json(), timeout=10
+    )
     assert put.status_code == 200
-    inbox = requests.get(f"{server.url}/messageexchange/X26ABC2/inbox", headers=head("X26ABC2"), timeout=10)
+    inbox = requests.get(
+        f"{server.url}/messageexchange/X26ABC2/inbox", headers=head("X26ABC2"), timeout=10
+    )
     assert inbox.status_code == 500
     state = requests.get(f"{server.url}/messageexchange/admin/faults", timeout=10).json()
     assert state["log"][0]["status"] == 500
@@ -159,5 +198,9 @@ def test_plan_from_json_file_and_admin_api(threaded_server: Start, tmp_path: Pat
         FaultPlan.from_json({"faults": [{"kind": "explode"}]})
     with pytest.raises(FaultPlanError):
         FaultPlan.from_json({"faults": [{"kind": "flip", "route": "send"}]})
-    bad = requests.put(f"{server.url}/messageexchange/admin/faults", json={"faults": [{"kind": "nope"}]}, timeout=10)
+    bad = requests.put(
+        f"{server.url}/messageexchange/admin/faults",
+        json={"faults": [{"kind": "nope"}]},
+        timeout=10,
+    )
     assert bad.status_code == 400

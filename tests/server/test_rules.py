@@ -25,7 +25,9 @@ def auth(mailbox: str, **kwargs: Any) -> str:
     return make_token(mailbox, "password", KEY, **kwargs)
 
 
-def send(server: LocalMeshServer, data: bytes, *, sender: str = "X26ABC1", **extra: str) -> requests.Response:
+def send(
+    server: LocalMeshServer, data: bytes, *, sender: str = "X26ABC1", **extra: str
+) -> requests.Response:
     head = {
         "Authorization": auth(sender),
         "Accept": V2,
@@ -33,20 +35,34 @@ def send(server: LocalMeshServer, data: bytes, *, sender: str = "X26ABC1", **ext
         "mex-WorkflowID": "TEST_WORKFLOW",
         **extra,
     }
-    return requests.post(f"{server.url}/messageexchange/{sender}/outbox", headers=head, data=data, timeout=10)
-
-
-def chunk(server: LocalMeshServer, message_id: str, number: int, total: int, data: bytes, **extra: str) -> requests.Response:
-    head = {"Authorization": auth("X26ABC1"), "Accept": V2, "mex-Chunk-Range": f"{number}:{total}", **extra}
     return requests.post(
-        f"{server.url}/messageexchange/X26ABC1/outbox/{message_id}/{number}", headers=head, data=data, timeout=10
+        f"{server.url}/messageexchange/{sender}/outbox", headers=head, data=data, timeout=10
+    )
+
+
+def chunk(
+    server: LocalMeshServer, message_id: str, number: int, total: int, data: bytes, **extra: str
+) -> requests.Response:
+    head = {
+        "Authorization": auth("X26ABC1"),
+        "Accept": V2,
+        "mex-Chunk-Range": f"{number}:{total}",
+        **extra,
+    }
+    return requests.post(
+        f"{server.url}/messageexchange/X26ABC1/outbox/{message_id}/{number}",
+        headers=head,
+        data=data,
+        timeout=10,
     )
 
 
 Start = Callable[..., LocalMeshServer]
 
 
-def test_every_chunk_but_the_last_must_reach_the_minimum_decompressed(threaded_server: Start) -> None:
+def test_every_chunk_but_the_last_must_reach_the_minimum_decompressed(
+    threaded_server: Start,
+) -> None:
     server = threaded_server(rules="strict", min_chunk_size=1024)
     small = send(server, b"a" * 1023, **{"mex-Chunk-Range": "1:2"})
     assert small.status_code == 417
@@ -69,7 +85,9 @@ def test_sandbox_rules_accept_tiny_chunks(threaded_server: Start) -> None:
 
 
 def test_request_and_message_size_limits(threaded_server: Start) -> None:
-    server = threaded_server(rules="strict", max_request_size=10_000, max_message_size=15_000, min_chunk_size=1)
+    server = threaded_server(
+        rules="strict", max_request_size=10_000, max_message_size=15_000, min_chunk_size=1
+    )
     too_big = send(server, b"x" * 10_000)
     assert too_big.status_code == 413
     assert too_big.json()["detail"][0]["code"] == "RequestTooLarge"
@@ -107,22 +125,37 @@ def test_tokens_are_single_use_and_timely_under_strict_rules(threaded_server: St
     assert requests.get(inbox, headers={"Authorization": old}, timeout=10).status_code == 403
     nonce = str(uuid.uuid4())
     fresh = [auth("X26ABC1", nonce=nonce, nonce_count=n) for n in range(3)]
-    assert all(requests.get(inbox, headers={"Authorization": t}, timeout=10).status_code == 200 for t in fresh)
+    assert all(
+        requests.get(inbox, headers={"Authorization": t}, timeout=10).status_code == 200
+        for t in fresh
+    )
     lenient = threaded_server(rules="sandbox")
     lenient_inbox = f"{lenient.url}/messageexchange/X26ABC1/inbox"
-    assert requests.get(lenient_inbox, headers={"Authorization": token}, timeout=10).status_code == 200
-    assert requests.get(lenient_inbox, headers={"Authorization": token}, timeout=10).status_code == 200
-    assert requests.get(lenient_inbox, headers={"Authorization": old}, timeout=10).status_code == 200
+    assert (
+        requests.get(lenient_inbox, headers={"Authorization": token}, timeout=10).status_code == 200
+    )
+    assert (
+        requests.get(lenient_inbox, headers={"Authorization": token}, timeout=10).status_code == 200
+    )
+    assert (
+        requests.get(lenient_inbox, headers={"Authorization": old}, timeout=10).status_code == 200
+    )
 
 
 def test_auth_modes(threaded_server: Start) -> None:
     open_server = threaded_server(auth_mode="none")
-    assert requests.get(f"{open_server.url}/messageexchange/X26ABC1/inbox", timeout=10).status_code == 200
+    assert (
+        requests.get(f"{open_server.url}/messageexchange/X26ABC1/inbox", timeout=10).status_code
+        == 200
+    )
     canned = threaded_server(auth_mode="canned")
     inbox = f"{canned.url}/messageexchange/X26ABC1/inbox"
     good = auth("X26ABC1", nonce="VALID")
     assert requests.get(inbox, headers={"Authorization": good}, timeout=10).status_code == 200
-    assert requests.get(inbox, headers={"Authorization": auth("X26ABC1")}, timeout=10).status_code == 403
+    assert (
+        requests.get(inbox, headers={"Authorization": auth("X26ABC1")}, timeout=10).status_code
+        == 403
+    )
 
 
 def test_corrupt_gzip_is_refused_and_nothing_is_stored(threaded_server: Start) -> None:
@@ -131,7 +164,9 @@ def test_corrupt_gzip_is_refused_and_nothing_is_stored(threaded_server: Start) -
     answer = send(server, broken, **{"Content-Encoding": "gzip"})
     assert answer.status_code == 400
     inbox = requests.get(
-        f"{server.url}/messageexchange/X26ABC2/inbox", headers={"Authorization": auth("X26ABC2")}, timeout=10
+        f"{server.url}/messageexchange/X26ABC2/inbox",
+        headers={"Authorization": auth("X26ABC2")},
+        timeout=10,
     )
     assert inbox.json() == {"messages": []}
 

@@ -26,8 +26,23 @@ def serve(data_dir: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """``python -m meshpipe.server`` on a free port, as a child process we can SIGKILL."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "meshpipe.server", "--port", "0", "--store", "dir", "--data-dir", str(data_dir),
-         "--rules", "sandbox", "--shared-key", KEY, "--log-level", "WARNING"],
+        [
+            sys.executable,
+            "-m",
+            "meshpipe.server",
+            "--port",
+            "0",
+            "--store",
+            "dir",
+            "--data-dir",
+            str(data_dir),
+            "--rules",
+            "sandbox",
+            "--shared-key",
+            KEY,
+            "--log-level",
+            "WARNING",
+        ],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
@@ -44,15 +59,23 @@ def serve(data_dir: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
 
 
 def head(mailbox: str, **extra: str) -> dict[str, str]:
-    return {"Authorization": make_token(mailbox, "password", KEY), "Accept": "application/vnd.mesh.v2+json", **extra}
+    return {
+        "Authorization": make_token(mailbox, "password", KEY),
+        "Accept": "application/vnd.mesh.v2+json",
+        **extra,
+    }
 
 
 def inbox(url: str) -> list[str]:
-    answer = requests.get(f"{url}/messageexchange/X26ABC2/inbox", headers=head("X26ABC2"), timeout=10)
+    answer = requests.get(
+        f"{url}/messageexchange/X26ABC2/inbox", headers=head("X26ABC2"), timeout=10
+    )
     return list(answer.json()["messages"])
 
 
-def start_partial_upload(url: str, path: str, headers: dict[str, str], declared: int, sent: int) -> socket.socket:
+def start_partial_upload(
+    url: str, path: str, headers: dict[str, str], declared: int, sent: int
+) -> socket.socket:
     """Send the headers and the first ``sent`` of ``declared`` body bytes, then stop."""
     parsed = urlparse(url)
     sock = socket.create_connection((parsed.hostname, parsed.port))
@@ -80,7 +103,9 @@ def test_sigkill_mid_upload_and_after_acceptance(tmp_path: Path) -> None:
     data_dir = tmp_path / "store"
     send_headers = head("X26ABC1", **{"mex-To": "X26ABC2", "mex-WorkflowID": "TEST_WORKFLOW"})
     with serve(data_dir) as (url, process):
-        accepted = requests.post(f"{url}/messageexchange/X26ABC1/outbox", headers=send_headers, data=b"kept", timeout=10)
+        accepted = requests.post(
+            f"{url}/messageexchange/X26ABC1/outbox", headers=send_headers, data=b"kept", timeout=10
+        )
         accepted_id = accepted.json()["message_id"]
         # a two-chunk message: chunk 1 accepted, chunk 2 killed halfway
         first = requests.post(
@@ -102,11 +127,17 @@ def test_sigkill_mid_upload_and_after_acceptance(tmp_path: Path) -> None:
         sock.close()
     with serve(data_dir) as (url, process):
         assert inbox(url) == [accepted_id]
-        download = requests.get(f"{url}/messageexchange/X26ABC2/inbox/{accepted_id}", headers=head("X26ABC2"), timeout=10)
+        download = requests.get(
+            f"{url}/messageexchange/X26ABC2/inbox/{accepted_id}",
+            headers=head("X26ABC2"),
+            timeout=10,
+        )
         assert download.content == b"kept"
         assert not list(data_dir.glob("*/in/*/.*.part"))  # leftovers removed on load
         tracking = requests.get(
-            f"{url}/messageexchange/X26ABC1/outbox/tracking?messageID={chunked_id}", headers=head("X26ABC1"), timeout=10
+            f"{url}/messageexchange/X26ABC1/outbox/tracking?messageID={chunked_id}",
+            headers=head("X26ABC1"),
+            timeout=10,
         )
         assert tracking.json()["status"] == "uploading"
         # the client resumes: chunk 2 again, then the message is complete
@@ -122,7 +153,11 @@ def test_sigkill_mid_upload_and_after_acceptance(tmp_path: Path) -> None:
     with serve(data_dir) as (url, _):
         assert inbox(url) == [accepted_id, chunked_id]
         parts = [
-            requests.get(f"{url}/messageexchange/X26ABC2/inbox/{chunked_id}/{n}", headers=head("X26ABC2"), timeout=10).content
+            requests.get(
+                f"{url}/messageexchange/X26ABC2/inbox/{chunked_id}/{n}",
+                headers=head("X26ABC2"),
+                timeout=10,
+            ).content
             for n in (1, 2)
         ]
         assert parts == [b"first", b"second"]
@@ -143,5 +178,7 @@ def test_sigkill_during_a_single_chunk_message_leaves_nothing(tmp_path: Path) ->
         sock.close()
     with serve(data_dir) as (url, _):
         assert inbox(url) == []
-        rich = requests.get(f"{url}/messageexchange/X26ABC1/outbox/rich", headers=head("X26ABC1"), timeout=10)
+        rich = requests.get(
+            f"{url}/messageexchange/X26ABC1/outbox/rich", headers=head("X26ABC1"), timeout=10
+        )
         assert rich.json()["messages"] == []

@@ -49,8 +49,12 @@ def test_mesh_client_over_mutual_tls(threaded_server: Start, pki: dict[str, Path
     options = {"shared_key": KEY.encode(), "cert": cert, "verify": str(pki["ca"])}
     with MeshClient(server.url, "X26ABC1", "password", max_chunk_size=1000, **options) as sender:  # type: ignore[arg-type]
         sender.handshake()
-        message_id = sender.send_message("X26ABC2", b"t" * 2500, workflow_id="TEST_WORKFLOW", compress=True)
-        assert sender.lookup_endpoint("X26", "TEST_WORKFLOW")["results"][0]["mailbox_id"] == "X26ABC2"
+        message_id = sender.send_message(
+            "X26ABC2", b"t" * 2500, workflow_id="TEST_WORKFLOW", compress=True
+        )
+        assert (
+            sender.lookup_endpoint("X26", "TEST_WORKFLOW")["results"][0]["mailbox_id"] == "X26ABC2"
+        )
     with MeshClient(server.url, "X26ABC2", "password", **options) as receiver:  # type: ignore[arg-type]
         assert message_id in list(receiver.iterate_message_ids(batch_size=10))
         message = receiver.retrieve_message(message_id)
@@ -64,12 +68,17 @@ def test_mesh_client_over_mutual_tls(threaded_server: Start, pki: dict[str, Path
         requests.get(f"{server.url}/messageexchange/_ping", verify=str(pki["ca"]), timeout=10)
     with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
         requests.get(
-            f"{server.url}/messageexchange/_ping", verify=str(pki["ca"]), cert=str(pki["stranger"]), timeout=10
+            f"{server.url}/messageexchange/_ping",
+            verify=str(pki["ca"]),
+            cert=str(pki["stranger"]),
+            timeout=10,
         )
 
 
 def test_optional_client_certificate(threaded_server: Start, pki: dict[str, Path]) -> None:
-    server = threaded_server(tls=TLSSettings(pki["server"], pki["server_key"], pki["ca"], "optional"))
+    server = threaded_server(
+        tls=TLSSettings(pki["server"], pki["server_key"], pki["ca"], "optional")
+    )
     answer = requests.get(f"{server.url}/messageexchange/_ping", verify=str(pki["ca"]), timeout=10)
     assert answer.status_code == 200
     context = ssl.create_default_context(cafile=str(pki["ca"]))

@@ -52,13 +52,29 @@ class AdminRoutes:
         r = app.router
         for prefix, tag in (("", ""), ("/messageexchange", "-mx")):
             r.add_delete(f"{prefix}/admin/reset", self.reset, name=f"admin:reset{tag}")
-            r.add_delete(f"{prefix}/admin/reset/{{mailbox}}", self.reset_mailbox, name=f"admin:reset_mb{tag}")
-            r.add_post(f"{prefix}/admin/message/{{message_id}}/event", self.add_event, name=f"admin:event{tag}")
-            r.add_get(f"{prefix}/admin/mailbox/{{mailbox}}", self.get_mailbox, name=f"admin:mailbox{tag}")
-            r.add_get(f"{prefix}/admin/message/{{message_id}}", self.get_message, name=f"admin:message{tag}")
-        r.add_get("/messageexchange/mailbox/{mailbox}", self.get_mailbox, name="admin:mailbox_public")
+            r.add_delete(
+                f"{prefix}/admin/reset/{{mailbox}}", self.reset_mailbox, name=f"admin:reset_mb{tag}"
+            )
+            r.add_post(
+                f"{prefix}/admin/message/{{message_id}}/event",
+                self.add_event,
+                name=f"admin:event{tag}",
+            )
+            r.add_get(
+                f"{prefix}/admin/mailbox/{{mailbox}}", self.get_mailbox, name=f"admin:mailbox{tag}"
+            )
+            r.add_get(
+                f"{prefix}/admin/message/{{message_id}}",
+                self.get_message,
+                name=f"admin:message{tag}",
+            )
+        r.add_get(
+            "/messageexchange/mailbox/{mailbox}", self.get_mailbox, name="admin:mailbox_public"
+        )
         r.add_post("/messageexchange/admin/report", self.create_report, name="admin:report")
-        r.add_post("/messageexchange/admin/synthetic", self.create_synthetic, name="admin:synthetic")
+        r.add_post(
+            "/messageexchange/admin/synthetic", self.create_synthetic, name="admin:synthetic"
+        )
         r.add_get("/messageexchange/admin/faults", self.get_faults, name="admin:faults")
         r.add_put("/messageexchange/admin/faults", self.put_faults, name="admin:faults_put")
         r.add_post("/messageexchange/admin/clock", self.advance_clock, name="admin:clock")
@@ -143,8 +159,8 @@ class AdminRoutes:
     # -- meshpipe's own hooks ---------------------------------------------------------------------
 
     async def create_synthetic(self, request: web.Request) -> web.StreamResponse:
-        """``{"mailbox_id": recipient, "size": bytes, "chunk_size"?: bytes (20 MiB),
-        "seed"?: int, "sender"?: mailbox, "workflow_id"?, "subject"?, "local_id"?, "file_name"?}``"""
+        """``{"mailbox_id": recipient, "size": bytes, "chunk_size"?: bytes (20 MiB), "seed"?,
+        "sender"?: mailbox, "workflow_id"?, "subject"?, "local_id"?, "file_name"?}``"""
         data = await _json_body(request)
         _required(data, "mailbox_id", "size")
         recipient = self.state.directory.get(str(data["mailbox_id"]))
@@ -169,7 +185,9 @@ class AdminRoutes:
             local_id=str(data.get("local_id") or ""),
             file_name=str(data.get("file_name") or ""),
         )
-        return json_response({"message_id": message.message_id, "total_chunks": message.total_chunks})
+        return json_response(
+            {"message_id": message.message_id, "total_chunks": message.total_chunks}
+        )
 
     async def get_faults(self, request: web.Request) -> web.StreamResponse:
         injector = self.state.faults

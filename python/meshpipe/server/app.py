@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from meshpipe.server.admin import AdminRoutes
 from meshpipe.server.responses import internal_error, json_response
@@ -33,7 +34,7 @@ def _fault_route(request: web.Request) -> tuple[str, int | None]:
     return route, chunk
 
 
-def make_middleware(state: ServerState) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def make_middleware(state: ServerState) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         route, chunk = _fault_route(request)
@@ -44,16 +45,26 @@ def make_middleware(state: ServerState) -> Callable[[web.Request, Handler], Awai
             for firing in fired:
                 fault = firing.fault
                 if fault.kind == "stall" and not fault.after_bytes:
-                    state.faults.record(firing, route, chunk=chunk, seconds=fault.seconds, path=request.path)
+                    state.faults.record(
+                        firing, route, chunk=chunk, seconds=fault.seconds, path=request.path
+                    )
                     await asyncio.sleep(fault.seconds)
             for firing in fired:
                 fault = firing.fault
                 if fault.kind == "status":
-                    headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
-                    state.faults.record(firing, route, chunk=chunk, status=fault.status, path=request.path)
+                    headers = (
+                        {"Retry-After": str(fault.retry_after)}
+                        if fault.retry_after is not None
+                        else None
+                    )
+                    state.faults.record(
+                        firing, route, chunk=chunk, status=fault.status, path=request.path
+                    )
                     return internal_error(fault.status, headers=headers)
                 if fault.kind == "reset" and (route not in BODY_ROUTES or not fault.after_bytes):
-                    state.faults.record(firing, route, chunk=chunk, after_bytes=0, path=request.path)
+                    state.faults.record(
+                        firing, route, chunk=chunk, after_bytes=0, path=request.path
+                    )
                     if request.transport is not None:
                         request.transport.abort()
                     return web.Response(status=499)

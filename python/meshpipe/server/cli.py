@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a local MESH server (a drop-in replacement for NHS's mesh-sandbox).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT}; 0 = any free port)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT}; 0 = any free port)"
+    )
     parser.add_argument("--shared-key", help="NHSMESH shared key (env SHARED_KEY)")
     parser.add_argument("--auth-mode", choices=("full", "none", "canned"), help="env AUTH_MODE")
     parser.add_argument(
@@ -48,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="dir (durable, needs --data-dir), memory, or discard (check and drop bodies); "
         "env STORE_MODE (file = dir). Default: dir with a data directory, else memory",
     )
-    parser.add_argument("--data-dir", type=Path, help="directory for the dir store (env MAILBOXES_DATA_DIR)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="directory for the dir store (env MAILBOXES_DATA_DIR)"
+    )
     parser.add_argument("--mailboxes", type=Path, help="mailboxes JSON-lines file (sandbox format)")
     parser.add_argument("--workflows", type=Path, help="workflows JSON-lines file (sandbox format)")
     parser.add_argument(
@@ -66,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> ServerConfig:
+def config_from_args(
+    args: argparse.Namespace, environ: dict[str, str] | None = None
+) -> ServerConfig:
     values: dict[str, Any] = env_defaults(environ)
     values["host"] = args.host
     values["port"] = args.port
@@ -88,7 +94,9 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
-        values["tls"] = TLSSettings(args.tls_cert, args.tls_key, args.tls_client_ca, args.tls_client_cert)
+        values["tls"] = TLSSettings(
+            args.tls_cert, args.tls_key, args.tls_client_ca, args.tls_client_cert
+        )
     elif args.tls_client_ca:
         raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
     return ServerConfig(**values)
@@ -108,7 +116,9 @@ async def _serve(server: LocalMeshServer) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     try:
         config = config_from_args(args)
         plan = FaultPlan.load(args.faults) if args.faults else None
@@ -119,7 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(_serve(server))
     except OSError as exc:
-        print(f"meshpipe serve: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        print(
+            f"meshpipe serve: cannot listen on {args.host}:{args.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         pass

@@ -163,7 +163,9 @@ class Directory:
 
     def may_send(self, sender: str, recipient: str, workflow_id: str) -> bool:
         workflow = self.workflows.get(workflow_id)
-        return workflow is not None and sender in workflow.senders and recipient in workflow.receivers
+        return (
+            workflow is not None and sender in workflow.senders and recipient in workflow.receivers
+        )
 
     def receivers(self, workflow_id: str) -> list[Mailbox]:
         workflow = self.workflows.get(workflow_id)
@@ -216,7 +218,9 @@ class ServerConfig:
         if self.auth_mode not in AUTH_MODES:
             raise ConfigError(f"auth mode must be one of {', '.join(AUTH_MODES)}")
         if self.store == "dir" and self.data_dir is None:
-            raise ConfigError("store 'dir' needs a data directory (--data-dir or MAILBOXES_DATA_DIR)")
+            raise ConfigError(
+                "store 'dir' needs a data directory (--data-dir or MAILBOXES_DATA_DIR)"
+            )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, not {self.port}")
         if not self.shared_key:

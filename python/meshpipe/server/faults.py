@@ -176,7 +176,9 @@ class FaultInjector:
                     continue
                 flip = None
                 if fault.kind == "flip":
-                    flip = fault.offset if fault.offset is not None else self._random.getrandbits(62)
+                    flip = (
+                        fault.offset if fault.offset is not None else self._random.getrandbits(62)
+                    )
                 fired.append(Firing(fault, index, flip))
         return fired
 

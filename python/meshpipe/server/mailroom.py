@@ -96,7 +96,9 @@ class Mailroom:
         return [m for m in reversed(self.messages.values()) if m.sender == mailbox_id]
 
     def inbox_count(self, mailbox_id: str) -> int:
-        return sum(1 for m in self.messages.values() if m.recipient == mailbox_id and m.status == ACCEPTED)
+        return sum(
+            1 for m in self.messages.values() if m.recipient == mailbox_id and m.status == ACCEPTED
+        )
 
     # -- changes ------------------------------------------------------------------------------
 
@@ -271,7 +273,12 @@ class Mailroom:
                 local_id=message.local_id,
                 linked_message_id=message.message_id,
             )
-            log.info("message %s expired; NDR %s sent to %s", message.message_id, report.message_id, sender.mailbox_id)
+            log.info(
+                "message %s expired; NDR %s sent to %s",
+                message.message_id,
+                report.message_id,
+                sender.mailbox_id,
+            )
             reports.append(report)
         return reports
 

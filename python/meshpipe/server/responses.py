@@ -49,7 +49,11 @@ ERRORS: dict[str, tuple[str, str, str]] = {
     "not_registered_for_workflow": ("SEND", "17", "Workflow ID not registered for mailbox"),
     "missing_data_file": ("COLLECT", "02", "Data file is missing or inaccessible."),
     "no_mailbox": ("SEND", "EPL-151", "No mailbox matched"),
-    "message_gone": ("SEND", "Message already accepted", "Message no longer available for download"),
+    "message_gone": (
+        "SEND",
+        "Message already accepted",
+        "Message no longer available for download",
+    ),
     "does_not_exist": ("RECEIVE", "20", "Message does not exist"),
     "invalid_chunks": (
         "SEND",
@@ -57,9 +61,17 @@ ERRORS: dict[str, tuple[str, str, str]] = {
         "Invalid chunk values sent in mex-Chunk-Range header",
     ),
     "unsupported_encoding": ("SEND", "UnsupportedContentEncoding", "Unsupported content encoding"),
-    "encoding_changed": ("SEND", "cannot change content encoding", "cannot change content encoding"),
+    "encoding_changed": (
+        "SEND",
+        "cannot change content encoding",
+        "cannot change content encoding",
+    ),
     "invalid_checksum": ("SEND", "Invalid checksum", "Invalid checksum"),
-    "invalid_file_format": ("SEND", "Invalid file format", "File Level Error (file not formed correctly)"),
+    "invalid_file_format": (
+        "SEND",
+        "Invalid file format",
+        "File Level Error (file not formed correctly)",
+    ),
     "chunk_too_small": (
         "SEND",
         "ChunkTooSmall",
@@ -420,6 +432,7 @@ def rich_item(message: Message, directory: Directory, *, outbox: bool) -> dict[s
     recipient = _party(directory, message.recipient)
     sender = _party(directory, message.sender)
     error = message.error_event
+    sent: datetime | None
     if outbox:
         sent = message.created
         status_code: str | None = message.last_event.code or ""
@@ -479,9 +492,7 @@ def admin_message_body(message: Message, directory: Directory) -> dict[str, Any]
         "status_code": failure["status_code"],
         "status_description": failure["status_description"],
         "status_event": failure["status_event"],
-        "status_success": "SUCCESS"
-        if message.message_type == DATA and error is None
-        else "ERROR",
+        "status_success": "SUCCESS" if message.message_type == DATA and error is None else "ERROR",
         "status_timestamp": iso_time(failure["status_timestamp"]),
         "subject": message.subject,
         "upload_timestamp": iso_time(message.created),

@@ -35,12 +35,12 @@ from meshpipe.server.responses import (
     json_response,
     mesh_error,
     message_headers,
-    rich_item,
-    tracking_body,
     missing,
     out_of_range,
+    rich_item,
     too_long,
     too_short,
+    tracking_body,
     validation_error,
 )
 from meshpipe.server.state import Refusal, ServerState, firings
@@ -88,7 +88,9 @@ def decode_cursor(cursor: str) -> str | None:
     return str(value) if value else None
 
 
-def page_after(messages: list[Message], last_id: str | None, limit: int) -> tuple[list[Message], str | None]:
+def page_after(
+    messages: list[Message], last_id: str | None, limit: int
+) -> tuple[list[Message], str | None]:
     if last_id:
         ids = [m.message_id for m in messages]
         if last_id in ids:
@@ -149,10 +151,19 @@ class MeshRoutes:
     def register(self, app: web.Application) -> None:
         r = app.router
         base = "/messageexchange"
-        paths = ("/_ping", "/health", "/_status", "/healthcheck", f"{base}/_ping", f"{base}/deepping")
+        paths = (
+            "/_ping",
+            "/health",
+            "/_status",
+            "/healthcheck",
+            f"{base}/_ping",
+            f"{base}/deepping",
+        )
         for index, path in enumerate(paths):
             r.add_get(path, self.ping, name=f"ping:p{index}")
-        r.add_get(f"{base}/endpointlookup/{{ods}}/{{workflow}}", self.endpoint_lookup, name="lookup")
+        r.add_get(
+            f"{base}/endpointlookup/{{ods}}/{{workflow}}", self.endpoint_lookup, name="lookup"
+        )
         r.add_get(f"{base}/workflowsearch/{{workflow}}", self.workflow_search, name="lookup:search")
 
     def register_mailbox_routes(self, app: web.Application) -> None:
@@ -165,13 +176,25 @@ class MeshRoutes:
         r.add_post(f"{mb}/outbox", self.send, name="send")
         r.add_get(f"{mb}/outbox/rich", self.rich_outbox, name="rich:outbox", allow_head=False)
         r.add_get(f"{mb}/outbox/tracking", self.tracking, name="tracking", allow_head=False)
-        r.add_get(f"{mb}/outbox/tracking/{{local_id}}", self.tracking_local, name="tracking:local", allow_head=False)
-        r.add_post(f"{mb}/outbox/{{message_id}}/{{number:\\d+}}", self.send_chunk, name="send_chunk")
+        r.add_get(
+            f"{mb}/outbox/tracking/{{local_id}}",
+            self.tracking_local,
+            name="tracking:local",
+            allow_head=False,
+        )
+        r.add_post(
+            f"{mb}/outbox/{{message_id}}/{{number:\\d+}}", self.send_chunk, name="send_chunk"
+        )
         r.add_get(f"{mb}/inbox", self.inbox, name="inbox", allow_head=False)
         r.add_get(f"{mb}/inbox/rich", self.rich_inbox, name="rich:inbox", allow_head=False)
         r.add_head(f"{mb}/inbox/{{message_id}}", self.head, name="head")
         r.add_get(f"{mb}/inbox/{{message_id}}", self.download, name="download", allow_head=False)
-        r.add_get(f"{mb}/inbox/{{message_id}}/{{number:-?\\d+}}", self.download, name="download:chunk", allow_head=False)
+        r.add_get(
+            f"{mb}/inbox/{{message_id}}/{{number:-?\\d+}}",
+            self.download,
+            name="download:chunk",
+            allow_head=False,
+        )
         r.add_put(f"{mb}/inbox/{{message_id}}/status/acknowledged", self.acknowledge, name="ack")
 
     # -- helpers ------------------------------------------------------------------------------
@@ -183,7 +206,9 @@ class MeshRoutes:
         if isinstance(result, AuthFailure):
             if result.reason == "no_mailbox":
                 raise Refusal(mesh_error(403, "no_mailbox", self.version_or_1(request)))
-            raise Refusal(description_error(403, AUTH_ERRORS[result.reason], self.version_or_1(request)))
+            raise Refusal(
+                description_error(403, AUTH_ERRORS[result.reason], self.version_or_1(request))
+            )
         return result
 
     @staticmethod
@@ -206,7 +231,12 @@ class MeshRoutes:
     # -- no-auth endpoints --------------------------------------------------------------------
 
     async def ping(self, request: web.Request) -> web.StreamResponse:
-        body = {"env": self.config.env, "build_label": self.config.build_label, "status": "running", "outcome": "Yes"}
+        body = {
+            "env": self.config.env,
+            "build_label": self.config.build_label,
+            "status": "running",
+            "outcome": "Yes",
+        }
         return json_response(body)
 
     async def endpoint_lookup(self, request: web.Request) -> web.StreamResponse:
@@ -218,12 +248,24 @@ class MeshRoutes:
                 for m in found
             ]
             return json_response({"query_id": uuid.uuid4().hex, "results": results})
-        return json_response({"results": [{"mailbox_id": m.mailbox_id, "mailbox_name": m.mailbox_name} for m in found]})
+        return json_response(
+            {
+                "results": [
+                    {"mailbox_id": m.mailbox_id, "mailbox_name": m.mailbox_name} for m in found
+                ]
+            }
+        )
 
     async def workflow_search(self, request: web.Request) -> web.StreamResponse:
         self.version(request)
         found = self.directory.receivers(request.match_info["workflow"])
-        return json_response({"results": [{"mailbox_id": m.mailbox_id, "mailbox_name": m.mailbox_name} for m in found]})
+        return json_response(
+            {
+                "results": [
+                    {"mailbox_id": m.mailbox_id, "mailbox_name": m.mailbox_name} for m in found
+                ]
+            }
+        )
 
     # -- handshake, count ---------------------------------------------------------------------
 
@@ -249,7 +291,9 @@ class MeshRoutes:
         version = self.version(request)
         count = self.mailroom.inbox_count(mailbox.mailbox_id)
         if version < 2:
-            return json_response({"count": count, "internalID": uuid.uuid4().hex, "allResultsIncluded": True})
+            return json_response(
+                {"count": count, "internalID": uuid.uuid4().hex, "allResultsIncluded": True}
+            )
         return json_response({"count": count})
 
     # -- send -----------------------------------------------------------------------------------
@@ -271,12 +315,20 @@ class MeshRoutes:
         values["to"] = values["to"].strip().upper()
         values["workflow_id"] = values["workflow_id"].strip()
         values["chunk_range"] = values["chunk_range"].strip()
-        bad = [k for k, v in values.items() if k not in ("encrypted", "compressed") and _CONTROL.search(v)]
+        bad = [
+            k
+            for k, v in values.items()
+            if k not in ("encrypted", "compressed") and _CONTROL.search(v)
+        ]
         for key in ("to", "workflow_id", "checksum"):
             if values[key] and _URL.match(values[key]):
                 bad.append(key)
         if bad:
-            raise Refusal(error_body(400, "TRANSFER", "06", "MalformedControlFile", self.version_or_1(request)))
+            raise Refusal(
+                error_body(
+                    400, "TRANSFER", "06", "MalformedControlFile", self.version_or_1(request)
+                )
+            )
         checksum = values["checksum"].strip()
         if checksum and not all(c in _CHECKSUM_CHARS for c in checksum):
             raise Refusal(mesh_error(400, "invalid_checksum", self.version_or_1(request)))
@@ -303,7 +355,9 @@ class MeshRoutes:
         ):
             raise Refusal(mesh_error(417, "not_registered_for_workflow", version))
         self._check_request_size(request, version)
-        content_type = headers["content_type"] or request.headers.get("Content-Type", "").strip().lower()
+        content_type = (
+            headers["content_type"] or request.headers.get("Content-Type", "").strip().lower()
+        )
         message = self.mailroom.new_data_message(
             sender=sender.mailbox_id,
             recipient=recipient.mailbox_id,
@@ -327,7 +381,11 @@ class MeshRoutes:
             self.mailroom.register(message)
         log.info(
             "created message %s from %s to %s workflow %s chunks %d",
-            message.message_id, message.sender, message.recipient, message.workflow_id, total,
+            message.message_id,
+            message.sender,
+            message.recipient,
+            message.workflow_id,
+            total,
         )
         if version < 2:
             return json_response({"messageID": message.message_id}, status=202)
@@ -381,12 +439,14 @@ class MeshRoutes:
     def _check_request_size(self, request: web.Request, version: int) -> None:
         length = request.content_length
         if self.config.strict and length is not None and length >= self.config.max_request_size:
-            raise Refusal(mesh_error(413, "request_too_large", version, maximum=self.config.max_request_size))
+            raise Refusal(
+                mesh_error(413, "request_too_large", version, maximum=self.config.max_request_size)
+            )
 
     async def _receive_chunk(
         self, request: web.Request, message: Message, number: int, version: int
     ) -> ChunkRecord | None:
-        """Stream the body to the store through the checker. None if a fault reset the connection."""
+        """Stream the body to the store through the checker; None if a fault reset the link."""
         resets = firings(request, "reset")
         reset_at = min((f.fault.after_bytes for f in resets), default=None)
         writer = self.mailroom.store.chunk_writer(message, number)
@@ -403,7 +463,11 @@ class MeshRoutes:
                     piece = piece[: reset_at - received]
                     received += len(piece)
                     self.state.faults.record(
-                        resets[0], "upload", message_id=message.message_id, chunk=number, after_bytes=received
+                        resets[0],
+                        "upload",
+                        message_id=message.message_id,
+                        chunk=number,
+                        after_bytes=received,
                     )
                     if request.transport is not None:
                         request.transport.abort()
@@ -416,32 +480,47 @@ class MeshRoutes:
                 except ChunkCheckError as exc:
                     log.warning("chunk %d of %s refused: %s", number, message.message_id, exc)
                     raise Refusal(
-                        mesh_error(400, "invalid_file_format", version, message_id=message.message_id)
+                        mesh_error(
+                            400, "invalid_file_format", version, message_id=message.message_id
+                        )
                     ) from None
                 writer.write(piece)
             try:
                 result = checker.finish()
             except ChunkCheckError as exc:
                 log.warning("chunk %d of %s refused: %s", number, message.message_id, exc)
-                raise Refusal(mesh_error(400, "invalid_file_format", version, message_id=message.message_id)) from None
+                raise Refusal(
+                    mesh_error(400, "invalid_file_format", version, message_id=message.message_id)
+                ) from None
             if self.config.strict:
                 if number < message.total_chunks and result.size < self.config.min_chunk_size:
                     raise Refusal(
                         mesh_error(
-                            417, "chunk_too_small", version, message_id=message.message_id,
-                            minimum=self.config.min_chunk_size, number=number, size=result.size,
+                            417,
+                            "chunk_too_small",
+                            version,
+                            message_id=message.message_id,
+                            minimum=self.config.min_chunk_size,
+                            number=number,
+                            size=result.size,
                         )
                     )
-                earlier = sum(c.size or c.stored_size for n, c in message.chunks.items() if n != number)
+                earlier = sum(
+                    c.size or c.stored_size for n, c in message.chunks.items() if n != number
+                )
                 if earlier + result.size > self.config.max_message_size:
                     raise Refusal(
-                        mesh_error(413, "message_too_large", version, maximum=self.config.max_message_size)
+                        mesh_error(
+                            413, "message_too_large", version, maximum=self.config.max_message_size
+                        )
                     )
             if result.stored_size == 0 and number == 1:
                 return ChunkRecord(number, 0, 0, result.xxh3_128, message.content_encoding)
             writer.commit()
             committed = True
-            return ChunkRecord(number, result.stored_size, result.size, result.xxh3_128, message.content_encoding)
+            return ChunkRecord(
+                number, result.stored_size, result.size, result.xxh3_128, message.content_encoding
+            )
         finally:
             if not committed:
                 writer.abort()
@@ -476,9 +555,13 @@ class MeshRoutes:
         continue_from = self._continue_from(request)
         workflow_filter = request.query.get("workflow_filter")
         if workflow_filter is not None and len(workflow_filter) < 2:
-            raise Refusal(validation_error(too_short("query", "workflow_filter", workflow_filter, 2)))
+            raise Refusal(
+                validation_error(too_short("query", "workflow_filter", workflow_filter, 2))
+            )
         if workflow_filter is not None and len(workflow_filter) > 255:
-            raise Refusal(validation_error(too_long("query", "workflow_filter", workflow_filter, 255)))
+            raise Refusal(
+                validation_error(too_long("query", "workflow_filter", workflow_filter, 255))
+            )
         version = self.version(request)
         last_id: str | None = None
         if continue_from:
@@ -501,7 +584,9 @@ class MeshRoutes:
         base = f"/messageexchange/{mailbox.mailbox_id}/inbox"
         links = {"self": f"{base}?{urlencode(query)}" if query else base}
         if next_id:
-            links["next"] = f"{base}?{urlencode({**query, 'continue_from': encode_cursor(next_id)})}"
+            links["next"] = (
+                f"{base}?{urlencode({**query, 'continue_from': encode_cursor(next_id)})}"
+            )
         body = {
             "messages": ids,
             "links": links,
@@ -519,17 +604,24 @@ class MeshRoutes:
             raise Refusal(internal_error(500)) from None
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
-    def _rich(self, request: web.Request, mailbox: Mailbox, messages: list[Message], kind: str, limit: int) -> web.StreamResponse:
+    def _rich(
+        self, request: web.Request, mailbox: Mailbox, messages: list[Message], kind: str, limit: int
+    ) -> web.StreamResponse:
         start = self._start_time(request)
         cursor = self._continue_from(request)
         last_id = decode_cursor(cursor) if cursor else None
         messages = [m for m in messages if m.created > start]
         page, next_id = page_after(messages, last_id, limit)
         base = f"/messageexchange/{mailbox.mailbox_id}/{kind}/rich"
-        query = {"start_time": str(start.astimezone(UTC).replace(tzinfo=None)), "max_results": limit}
+        query = {
+            "start_time": str(start.astimezone(UTC).replace(tzinfo=None)),
+            "max_results": limit,
+        }
         links = {"self": f"{base}?{urlencode(query)}"}
         if next_id:
-            links["next"] = f"{base}?{urlencode({**query, 'continue_from': encode_cursor(next_id)})}"
+            links["next"] = (
+                f"{base}?{urlencode({**query, 'continue_from': encode_cursor(next_id)})}"
+            )
         body = {
             "valid_at": self.now().replace(tzinfo=None).isoformat(),
             "messages": [rich_item(m, self.directory, outbox=kind == "outbox") for m in page],
@@ -540,14 +632,20 @@ class MeshRoutes:
     async def rich_inbox(self, request: web.Request) -> web.StreamResponse:
         mailbox = self.authorise(request)
         limit = self._int_query(request, "max_results", 100, 1, 2000)
-        messages = [m for m in self.mailroom.inbox(mailbox.mailbox_id, all_statuses=True) if m.status != UPLOADING]
+        messages = [
+            m
+            for m in self.mailroom.inbox(mailbox.mailbox_id, all_statuses=True)
+            if m.status != UPLOADING
+        ]
         messages.sort(key=lambda m: m.created, reverse=True)
         return self._rich(request, mailbox, messages, "inbox", limit)
 
     async def rich_outbox(self, request: web.Request) -> web.StreamResponse:
         mailbox = self.authorise(request)
         limit = min(self._int_query(request, "max_results", 100, 10, 5000), 100)
-        return self._rich(request, mailbox, self.mailroom.outbox(mailbox.mailbox_id), "outbox", limit)
+        return self._rich(
+            request, mailbox, self.mailroom.outbox(mailbox.mailbox_id), "outbox", limit
+        )
 
     # -- tracking -------------------------------------------------------------------------------
 
@@ -669,20 +767,32 @@ class MeshRoutes:
                     mutable[position - sent] ^= 0xFF
                     piece = bytes(mutable)
                     self.state.faults.record(
-                        firing, "download", message_id=message.message_id, chunk=number, offset=position
+                        firing,
+                        "download",
+                        message_id=message.message_id,
+                        chunk=number,
+                        offset=position,
                     )
                 for stall in list(stalls):
                     if sent + len(piece) >= stall.fault.after_bytes:
                         stalls.remove(stall)
                         self.state.faults.record(
-                            stall, "download", message_id=message.message_id, chunk=number,
-                            seconds=stall.fault.seconds, after_bytes=stall.fault.after_bytes,
+                            stall,
+                            "download",
+                            message_id=message.message_id,
+                            chunk=number,
+                            seconds=stall.fault.seconds,
+                            after_bytes=stall.fault.after_bytes,
                         )
                         await asyncio.sleep(stall.fault.seconds)
                 if reset_at is not None and sent + len(piece) >= reset_at:
                     await response.write(piece[: reset_at - sent])
                     self.state.faults.record(
-                        resets[0], "download", message_id=message.message_id, chunk=number, after_bytes=reset_at
+                        resets[0],
+                        "download",
+                        message_id=message.message_id,
+                        chunk=number,
+                        after_bytes=reset_at,
                     )
                     if request.transport is not None:
                         request.transport.abort()

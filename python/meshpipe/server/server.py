@@ -1,7 +1,7 @@
 """LocalMeshServer: the server as an async context manager that starts on a free port.
 
-    async with LocalMeshServer(store="dir", data_dir=path, rules="sandbox") as server:
-        server.url          # http://127.0.0.1:<port>
+async with LocalMeshServer(store="dir", data_dir=path, rules="sandbox") as server:
+    server.url          # http://127.0.0.1:<port>
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ class LocalMeshServer:
         self.port: int = self.config.port
 
     def __repr__(self) -> str:
-        return f"LocalMeshServer(url={self.url!r}, store={self.config.store!r}, rules={self.config.rules!r})"
+        config = self.config
+        return f"LocalMeshServer(url={self.url!r}, store={config.store!r}, rules={config.rules!r})"
 
     @property
     def url(self) -> str:
@@ -88,7 +89,12 @@ class LocalMeshServer:
         if addresses:
             self.port = int(addresses[0][1])
         self._expiry_task = asyncio.create_task(self._expire_periodically())
-        log.info("meshpipe MESH server on %s (store %s, rules %s)", self.url, self.config.store, self.config.rules)
+        log.info(
+            "meshpipe MESH server on %s (store %s, rules %s)",
+            self.url,
+            self.config.store,
+            self.config.rules,
+        )
 
     async def close(self) -> None:
         if self._expiry_task is not None:

@@ -139,7 +139,7 @@ class MessageStore(ABC):
         """Upper-case mailbox directories found in the store (the sandbox adds such mailboxes)."""
         return []
 
-    def clear(self) -> None:
+    def clear(self) -> None:  # noqa: B027 - optional hook, a no-op unless overridden
         """Remove everything (non-durable stores only)."""
 
     def close(self) -> None:

@@ -22,7 +22,9 @@ class ServerThread:
     def __init__(self, server: LocalMeshServer) -> None:
         self.server = server
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="meshpipe-serve", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="meshpipe-serve", daemon=True
+        )
 
     def start(self) -> LocalMeshServer:
         self._thread.start()
@@ -51,7 +53,9 @@ class ServerThread:
 
 
 @contextlib.contextmanager
-def run_in_thread(server: LocalMeshServer | None = None, **settings: Any) -> Iterator[LocalMeshServer]:
+def run_in_thread(
+    server: LocalMeshServer | None = None, **settings: Any
+) -> Iterator[LocalMeshServer]:
     thread = ServerThread(server or LocalMeshServer(**settings))
     running = thread.start()
     try:
