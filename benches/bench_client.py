@@ -1,0 +1,266 @@
+"""meshpipe vs NHS's mesh-client, same file, same mesh-sandbox, one run.
+
+Each case runs in a fresh subprocess, so its peak RSS (``resource.getrusage``) is its own; the
+subprocess times only the transfer itself (not interpreter start-up) and reports MB/s.
+Cases: send uncompressed and gzip at mesh-client's settings (75 MiB chunks) and at meshpipe's
+defaults; receive an uncompressed and a gzip message. Ratios are printed at the end and stored
+in the benchmark's extra_info.
+
+    make bench PYTEST_ARGS="-k bench_client"          # 128 MiB by default
+    MESHPIPE_BENCH_MB=512 make bench PYTEST_ARGS="-k bench_client"
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.peers import SANDBOX_PASSWORD, Sandbox, run_sandbox
+
+MiB = 1024 * 1024
+SIZE_MB = int(os.environ.get("MESHPIPE_BENCH_MB", "128"))
+SENDER, RECIPIENT = "X26ABC1", "X26ABC2"
+WORKFLOW = "BENCH_WORKFLOW"
+MESH_CLIENT_CHUNK = 75 * MiB
+
+RESULTS: dict[str, dict[str, Any]] = {}
+
+
+def write_csv(path: Path, size: int) -> None:
+    """CSV-like text, as in perf-notes.md: number, surname, date, code, float."""
+    block_lines = [
+        b"%010d,SURNAME%03d,%02d%02d19%02d,A%05d,%.6f\n"
+        % (n * 7919, n % 997, n % 28 + 1, n % 12 + 1, n % 100, n % 99_991, n / 13)
+        for n in range(100_000)
+    ]
+    block = b"".join(block_lines)
+    with path.open("wb") as handle:
+        written = 0
+        salt = 0
+        while written < size:
+            piece = block[: size - written]
+            handle.write(piece.replace(b"SURNAME", b"SURN%03d" % (salt % 1000), 50))
+            written += len(piece)
+            salt += 1
+
+
+# --- the worker: one case in a fresh process ------------------------------------------------
+
+
+def _worker(spec: dict[str, Any]) -> dict[str, Any]:
+    import asyncio
+
+    import mesh_client
+
+    from meshpipe.client import MeshClient
+    from meshpipe.config import MeshConfig
+    from meshpipe.transfer import receive_message, send_file
+
+    url, tool, action = spec["url"], spec["tool"], spec["action"]
+    path = Path(spec["path"])
+    baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result: dict[str, Any] = {}
+    started = time.perf_counter()
+    if tool == "mesh-client":
+        mailbox = SENDER if action == "send" else RECIPIENT
+        client = mesh_client.MeshClient(
+            url,
+            mailbox,
+            SANDBOX_PASSWORD,
+            shared_key=spec["shared_key"].encode(),
+            max_chunk_size=spec.get("chunk_size", MESH_CLIENT_CHUNK),
+        )
+        with client:
+            if action == "send":
+                with path.open("rb") as handle:
+                    result["message_id"] = client.send_message(
+                        RECIPIENT, handle, workflow_id=WORKFLOW, compress=spec["codec"] == "gzip"
+                    )
+            else:
+                message = client.retrieve_message(spec["message_id"])
+                with path.open("wb") as out:
+                    while piece := message.read(MiB):
+                        out.write(piece)
+                message.close()
+                client.acknowledge_message(spec["message_id"])
+    else:
+
+        async def run() -> None:
+            mailbox = SENDER if action == "send" else RECIPIENT
+            config = MeshConfig(url, mailbox, SANDBOX_PASSWORD, spec["shared_key"])  # type: ignore[arg-type]
+            async with MeshClient(config) as client:
+                if action == "send":
+                    sent = await send_file(
+                        client,
+                        path,
+                        to=RECIPIENT,
+                        workflow_id=WORKFLOW,
+                        codec=spec["codec"],
+                        chunk_size=spec["chunk_size"],
+                        concurrency=spec.get("concurrency", 4),
+                    )
+                    result["message_id"] = sent.message_id
+                else:
+                    await receive_message(client, spec["message_id"], path, overwrite=True)
+
+        asyncio.run(run())
+    result["seconds"] = time.perf_counter() - started
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["baseline_rss_mib"] = baseline_kib / 1024
+    return result
+
+
+def run_case(spec: dict[str, Any]) -> dict[str, Any]:
+    completed = subprocess.run(
+        [sys.executable, "-m", "benches.bench_client", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"case {spec['name']} failed:\n{completed.stderr[-3000:]}")
+    return dict(json.loads(completed.stdout.strip().splitlines()[-1]))
+
+
+# --- the benchmarks --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    with run_sandbox(tmp_path_factory.mktemp("bench-sandbox")) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bench-data") / "extract.csv"
+    write_csv(path, SIZE_MB * MiB)
+    return path
+
+
+SEND_CASES = [
+    ("send none: mesh-client 75MiB", "mesh-client", "none", MESH_CLIENT_CHUNK),
+    ("send none: meshpipe 75MiB", "meshpipe", "none", MESH_CLIENT_CHUNK),
+    ("send none: meshpipe defaults", "meshpipe", "none", None),
+    ("send gzip: mesh-client 75MiB", "mesh-client", "gzip", MESH_CLIENT_CHUNK),
+    ("send gzip: meshpipe 75MiB", "meshpipe", "gzip", MESH_CLIENT_CHUNK),
+    ("send gzip: meshpipe defaults", "meshpipe", "gzip", None),
+]
+
+
+def _record(benchmark: Any, name: str, outcome: dict[str, Any], size: int) -> None:
+    outcome["mb_per_s"] = size / 1e6 / outcome["seconds"]
+    RESULTS[name] = outcome
+    benchmark.extra_info.update(
+        {key: outcome[key] for key in ("seconds", "mb_per_s", "peak_rss_mib", "baseline_rss_mib")}
+    )
+
+
+@pytest.mark.parametrize(("name", "tool", "codec", "chunk_size"), SEND_CASES)
+def test_bench_send(
+    benchmark: Any,
+    bench_sandbox: Sandbox,
+    source: Path,
+    name: str,
+    tool: str,
+    codec: str,
+    chunk_size: int | None,
+) -> None:
+    from meshpipe import DEFAULT_CHUNK_SIZE
+
+    spec = {
+        "name": name,
+        "url": bench_sandbox.url,
+        "shared_key": bench_sandbox.shared_key,
+        "tool": tool,
+        "action": "send",
+        "codec": codec,
+        "chunk_size": chunk_size or DEFAULT_CHUNK_SIZE,
+        "path": str(source),
+    }
+    outcome = benchmark.pedantic(run_case, args=(spec,), rounds=1, iterations=1)
+    _record(benchmark, name, outcome, source.stat().st_size)
+
+
+RECEIVE_CASES = [
+    ("receive none: mesh-client", "mesh-client", "none"),
+    ("receive none: meshpipe", "meshpipe", "none"),
+    ("receive gzip: mesh-client", "mesh-client", "gzip"),
+    ("receive gzip: meshpipe", "meshpipe", "gzip"),
+]
+
+
+@pytest.mark.parametrize(("name", "tool", "codec"), RECEIVE_CASES)
+def test_bench_receive(
+    benchmark: Any,
+    bench_sandbox: Sandbox,
+    source: Path,
+    tmp_path: Path,
+    name: str,
+    tool: str,
+    codec: str,
+) -> None:
+    # The message to receive: sent by meshpipe at mesh-client's chunk size (not timed).
+    sent = run_case(
+        {
+            "name": f"prepare {name}",
+            "url": bench_sandbox.url,
+            "shared_key": bench_sandbox.shared_key,
+            "tool": "meshpipe",
+            "action": "send",
+            "codec": codec,
+            "chunk_size": MESH_CLIENT_CHUNK,
+            "path": str(source),
+        }
+    )
+    destination = tmp_path / "received.csv"
+    spec = {
+        "name": name,
+        "url": bench_sandbox.url,
+        "shared_key": bench_sandbox.shared_key,
+        "tool": tool,
+        "action": "receive",
+        "message_id": sent["message_id"],
+        "path": str(destination),
+    }
+    outcome = benchmark.pedantic(run_case, args=(spec,), rounds=1, iterations=1)
+    assert destination.stat().st_size == source.stat().st_size
+    _record(benchmark, name, outcome, source.stat().st_size)
+
+
+def test_bench_report() -> None:
+    """Print the table and ratios (runs last in the module)."""
+    if not RESULTS:
+        pytest.skip("no benchmark ran")
+    print(f"\nmeshpipe vs mesh-client, {SIZE_MB} MiB CSV, mesh-sandbox on loopback")
+    print(f"{'case':40} {'MB/s':>9} {'seconds':>9} {'peak RSS MiB':>13}")
+    for name, outcome in RESULTS.items():
+        print(
+            f"{name:40} {outcome['mb_per_s']:9.1f} {outcome['seconds']:9.2f} "
+            f"{outcome['peak_rss_mib']:13.1f}"
+        )
+    pairs = [
+        ("send none: meshpipe 75MiB", "send none: mesh-client 75MiB"),
+        ("send none: meshpipe defaults", "send none: mesh-client 75MiB"),
+        ("send gzip: meshpipe 75MiB", "send gzip: mesh-client 75MiB"),
+        ("send gzip: meshpipe defaults", "send gzip: mesh-client 75MiB"),
+        ("receive none: meshpipe", "receive none: mesh-client"),
+        ("receive gzip: meshpipe", "receive gzip: mesh-client"),
+    ]
+    for ours, theirs in pairs:
+        if ours in RESULTS and theirs in RESULTS:
+            ratio = RESULTS[ours]["mb_per_s"] / RESULTS[theirs]["mb_per_s"]
+            print(f"ratio  {ours}  /  {theirs}: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    print(json.dumps(_worker(json.loads(sys.argv[1]))))
