@@ -199,6 +199,8 @@ class MeshConfig:
             cafile=str(self.ca_cert) if self.ca_cert is not None else None
         )
         context.minimum_version = ssl.TLSVersion.TLSv1_2
+        # As mesh-client does for internet endpoints: the host name must be in the SAN.
+        context.hostname_checks_common_name = False
         if not self.verify_tls:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
