@@ -73,7 +73,7 @@ async def test_mutual_tls(tls_server: TLSServer) -> None:
     )
     async with MeshClient(config, SETTINGS) as client:
         assert (await client.ping())["status"] == "running"
-    assert "meshpipe.X26.api.mesh-client.nhs.uk" in tls_server.seen_subjects[0]
+    assert "meshpipe.x26.api.mesh-client.nhs.uk" in tls_server.seen_subjects[0].lower()
 
 
 async def test_no_client_certificate_is_refused(tls_server: TLSServer) -> None:
