@@ -1,0 +1,255 @@
+"""The chunk engine against the machine's ceiling, measured side by side in the same run.
+
+Split = read + per-chunk xxh3-128 + whole-file xxh3-128 + compress, in order.
+Ceiling = the same codec work done by the reference packages on two threads over chunks already
+in memory (no file reads, no whole-file hash): python-isal (ISA-L) for gzip, zstandard for zstd,
+xxhash for the checksums; for `none`, reading the file and hashing it once per chunk and once
+whole, on one thread, which is the least any splitter must do.
+
+Assemble = decode + verify + write at offset, fed in 1 MiB pieces from two Python threads, then
+the whole-file check, fsync and rename. Ceiling = the reference packages decompressing the same
+payloads on two threads into memory, plus xxh3 of the output.
+
+Run: make bench   (or .venv/bin/python -m pytest benches/bench_engine.py -s)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import xxhash
+import zstandard
+from isal import isal_zlib
+from pytest_benchmark.fixture import BenchmarkFixture
+
+import meshpipe
+
+MiB = meshpipe.MiB
+CHUNK = 20 * MiB
+MODES: list[tuple[str, meshpipe.Codec, int | None]] = [
+    ("none", "none", None),
+    ("gzip-1", "gzip", 1),
+    ("zstd-1", "zstd", 1),
+    ("zstd-3", "zstd", 3),
+]
+
+
+def best_seconds(function: Callable[[], object], rounds: int = 3) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def read_chunks(path: Path) -> list[bytes]:
+    data = path.read_bytes()
+    return [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
+
+
+def compress_reference(codec: str, level: int | None) -> Callable[[bytes], bytes]:
+    if codec == "gzip":
+        return lambda chunk: isal_zlib.compress(chunk, level or 1, wbits=31)
+    if codec == "zstd":
+        compressor = zstandard.ZstdCompressor(level=level or 1, write_checksum=True)
+        return compressor.compress
+    return lambda chunk: chunk
+
+
+def decompress_reference(codec: str) -> Callable[[bytes], bytes]:
+    if codec == "gzip":
+        return lambda payload: isal_zlib.decompress(payload, wbits=31)
+    if codec == "zstd":
+        return lambda payload: zstandard.ZstdDecompressor().decompress(payload)
+    return lambda payload: payload
+
+
+def split_ceiling(path: Path, codec: str, level: int | None) -> float:
+    size = path.stat().st_size
+    if codec == "none":
+        buffer = bytearray(CHUNK)
+
+        def read_and_hash() -> None:
+            whole = xxhash.xxh3_128()
+            with path.open("rb", buffering=0) as handle:
+                while n := handle.readinto(buffer):
+                    view = memoryview(buffer)[:n]
+                    whole.update(view)
+                    xxhash.xxh3_128_digest(view)
+
+        return size / best_seconds(read_and_hash) / 1e6
+    chunks = read_chunks(path)
+    compress = compress_reference(codec, level)
+
+    def work(chunk: bytes) -> None:
+        xxhash.xxh3_128_digest(chunk)
+        compress(chunk)
+
+    with ThreadPoolExecutor(2) as pool:
+        return size / best_seconds(lambda: list(pool.map(work, chunks))) / 1e6
+
+
+def meshpipe_split(path: Path, codec: meshpipe.Codec, level: int | None) -> None:
+    with meshpipe.Splitter(path, codec=codec, level=level, chunk_size=CHUNK) as splitter:
+        for chunk in splitter:
+            chunk.release()
+        splitter.digest()
+
+
+@pytest.mark.parametrize("data", ["csv", "random"])
+@pytest.mark.parametrize(("name", "codec", "level"), MODES, ids=[m[0] for m in MODES])
+def test_split(
+    benchmark: BenchmarkFixture,
+    request: pytest.FixtureRequest,
+    figures: list[str],
+    data: str,
+    name: str,
+    codec: meshpipe.Codec,
+    level: int | None,
+) -> None:
+    path: Path = request.getfixturevalue(f"{data}_file")
+    size = path.stat().st_size
+    ceiling = split_ceiling(path, codec, level)
+    benchmark.pedantic(meshpipe_split, args=(path, codec, level), rounds=3, iterations=1)
+    rate = size / benchmark.stats.stats.min / 1e6
+    figures.append(
+        f"split    {name:7} {data:6}: meshpipe {rate:7.0f} MB/s, ceiling {ceiling:7.0f} MB/s, "
+        f"ratio {rate / ceiling:.2f}"
+    )
+
+
+def split_payloads(
+    path: Path, codec: meshpipe.Codec, level: int | None
+) -> tuple[list[bytes], meshpipe.FileDigest]:
+    with meshpipe.Splitter(path, codec=codec, level=level, chunk_size=CHUNK) as splitter:
+        payloads = [bytes(chunk) for chunk in splitter]
+        return payloads, splitter.digest()
+
+
+def meshpipe_assemble(
+    destination: Path, codec: meshpipe.Codec, payloads: list[bytes], digest: meshpipe.FileDigest
+) -> None:
+    if destination.exists():
+        destination.unlink()
+    assembler = meshpipe.Assembler(
+        destination,
+        chunk_count=len(payloads),
+        codec=codec,
+        chunk_size=CHUNK,
+        file_size=digest.size,
+        xxh3_128=digest.xxh3_128,
+    )
+
+    def receive(number: int) -> None:
+        writer = assembler.open_chunk(number)
+        view = memoryview(payloads[number - 1])
+        for start in range(0, len(view), MiB):
+            writer.write(view[start : start + MiB])
+        writer.finish()
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(receive, range(1, len(payloads) + 1)))
+    assembler.finish()
+
+
+@pytest.mark.parametrize(("name", "codec", "level"), MODES, ids=[m[0] for m in MODES])
+def test_assemble(
+    benchmark: BenchmarkFixture,
+    csv_file: Path,
+    fixture_dir: Path,
+    figures: list[str],
+    name: str,
+    codec: meshpipe.Codec,
+    level: int | None,
+) -> None:
+    payloads, digest = split_payloads(csv_file, codec, level)
+    decompress = decompress_reference(codec)
+
+    def reference(payload: bytes) -> None:
+        xxhash.xxh3_128_digest(decompress(payload))
+
+    with ThreadPoolExecutor(2) as pool:
+        ceiling = digest.size / best_seconds(lambda: list(pool.map(reference, payloads))) / 1e6
+    destination = fixture_dir / f"assembled-{name}"
+    benchmark.pedantic(
+        meshpipe_assemble, args=(destination, codec, payloads, digest), rounds=3, iterations=1
+    )
+    rate = digest.size / benchmark.stats.stats.min / 1e6
+    figures.append(
+        f"assemble {name:7} csv   : meshpipe {rate:7.0f} MB/s, ceiling {ceiling:7.0f} MB/s, "
+        f"ratio {rate / ceiling:.2f}"
+    )
+    destination.unlink()
+
+
+RSS_SCRIPT = """
+import resource, sys, meshpipe
+path, codec, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+payload_dir = sys.argv[4]
+if mode == "split":
+    with meshpipe.Splitter(path, codec=codec, chunk_size=20 * meshpipe.MiB) as s:
+        for c in s:
+            c.release()
+        s.digest()
+else:
+    import os
+    plan = meshpipe.ChunkPlan(os.path.getsize(path), 20 * meshpipe.MiB)
+    out = os.path.join(payload_dir, "assembled")
+    a = meshpipe.Assembler(out, chunk_count=plan.chunk_count, chunk_size=plan.chunk_size,
+                           file_size=plan.file_size)
+    with open(path, "rb", buffering=0) as f:
+        buffer = bytearray(meshpipe.MiB)
+        for n in range(1, plan.chunk_count + 1):
+            w = a.open_chunk(n)
+            left = plan.chunk_length(n)
+            while left:
+                got = f.readinto(memoryview(buffer)[: min(left, len(buffer))])
+                w.write(memoryview(buffer)[:got])
+                left -= got
+            w.finish()
+    a.finish()
+    os.remove(out)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def peak_rss(path: Path, codec: str, mode: str, workdir: Path) -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", RSS_SCRIPT, str(path), codec, mode, str(workdir)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip"])
+def test_peak_rss_is_flat_in_file_size(fixture_dir: Path, figures: list[str], codec: str) -> None:
+    """Peak RSS (from the OS) of a split and an assemble of 1 GiB and 4 GiB files."""
+    from meshpipe.synthetic import write_csv
+
+    results = {}
+    for gib in (1, 4):
+        path = fixture_dir / f"rss-{gib}g.csv"
+        if not path.exists():
+            write_csv(path, gib << 30)
+        for mode in ("split", "assemble"):
+            results[(gib, mode)] = peak_rss(path, codec, mode, fixture_dir)
+    baseline = peak_rss(Path(os.devnull), "none", "split", fixture_dir)
+    window = 4  # default window on 2 cores
+    for mode in ("split", "assemble"):
+        small, large = results[(1, mode)], results[(4, mode)]
+        figures.append(
+            f"peak RSS {mode:8} {codec:5}: 1 GiB {small / MiB:6.0f} MiB, "
+            f"4 GiB {large / MiB:6.0f} MiB "
+            f"(x{large / small:.2f}); interpreter alone {baseline / MiB:.0f} MiB; "
+            f"bound 64 MiB + window x chunk = {64 + window * 20} MiB above it"
+        )
