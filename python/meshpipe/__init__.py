@@ -4,6 +4,8 @@ The chunk engine (planning, splitting, compression, checksums, reassembly) is na
 the MESH protocol, transfers and the local server are asyncio Python on aiohttp.
 """
 
+from typing import Literal
+
 from meshpipe._meshpipe import (
     DEFAULT_CHUNK_SIZE,
     MAX_FILE_SIZE,
@@ -24,69 +26,31 @@ from meshpipe._meshpipe import (
     sha256_file,
     xxh3_128_file,
 )
-from meshpipe.errors import (
+from meshpipe.client import ClientSettings, MeshClient, SyncMeshClient
+from meshpipe.config import MeshConfig, Secret, load_config
+from meshpipe.errors import (  # the MESH protocol errors
     ChecksumMismatchError,
     ChunkLengthError,
     ChunkNumberError,
     ChunkOrderError,
     ChunkSizeError,
+    ChunkTransferError,
     CodecError,
+    ConfigError,
     DuplicateChunkError,
     FileTooLargeError,
-    MeshpipeError,
-    MissingChunksError,
-    PlanError,
-    SourceChangedError,
-    StateError,
-)
-
-__all__ = [
-    "DEFAULT_CHUNK_SIZE",
-    "MAX_FILE_SIZE",
-    "MAX_REQUEST_SIZE",
-    "MIN_CHUNK_SIZE",
-    "Assembler",
-    "AssemblyReport",
-    "ChecksumMismatchError",
-    "Chunk",
-    "ChunkLengthError",
-    "ChunkNumberError",
-    "ChunkOrderError",
-    "ChunkPlan",
-    "ChunkReport",
-    "ChunkSizeError",
-    "ChunkWriter",
-    "CodecError",
-    "DuplicateChunkError",
-    "FileDigest",
-    "FileTooLargeError",
-    "GiB",
-    "KiB",
-    "MeshpipeError",
-    "MiB",
-    "MissingChunksError",
-    "PlanError",
-    "SourceChangedError",
-    "Splitter",
-    "StateError",
-    "__version__",
-    "sha256_file",
-    "xxh3_128_file",
-]
-
-# --- the MESH client (python/meshpipe/client.py and friends) ------------------------------------
-from meshpipe.client import ClientSettings, MeshClient, SyncMeshClient
-from meshpipe.config import MeshConfig, Secret, load_config
-from meshpipe.errors import (
-    ChunkTransferError,
-    ConfigError,
     MeshAuthenticationError,
     MeshConnectionError,
     MeshDuplicateRiskError,
     MeshHTTPError,
+    MeshpipeError,
     MeshReportError,
     MeshUnknownRecipientError,
     MessageHeaderError,
+    MissingChunksError,
+    PlanError,
+    SourceChangedError,
+    StateError,
 )
 from meshpipe.models import (
     ContentChecksum,
@@ -105,12 +69,37 @@ from meshpipe.transfer import (
     send_file,
 )
 
-__all__ += [
+Codec = Literal["none", "gzip", "zstd"]
+"""A chunk codec: "none", "gzip" (one gzip member per chunk) or "zstd" (one frame per chunk)."""
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "MAX_FILE_SIZE",
+    "MAX_REQUEST_SIZE",
+    "MIN_CHUNK_SIZE",
+    "Assembler",
+    "AssemblyReport",
+    "ChecksumMismatchError",
+    "Chunk",
+    "ChunkLengthError",
+    "ChunkNumberError",
+    "ChunkOrderError",
+    "ChunkPlan",
+    "ChunkReport",
+    "ChunkSizeError",
     "ChunkTransferError",
+    "ChunkWriter",
     "ClientSettings",
+    "Codec",
+    "CodecError",
     "ConfigError",
     "ContentChecksum",
+    "DuplicateChunkError",
     "Endpoint",
+    "FileDigest",
+    "FileTooLargeError",
+    "GiB",
+    "KiB",
     "MeshAuthenticationError",
     "MeshClient",
     "MeshConfig",
@@ -119,18 +108,28 @@ __all__ += [
     "MeshHTTPError",
     "MeshReportError",
     "MeshUnknownRecipientError",
+    "MeshpipeError",
     "MessageHeaderError",
     "MessageMetadata",
+    "MiB",
+    "MissingChunksError",
+    "PlanError",
     "ReceiveResult",
     "ReportMessage",
     "RetryPolicy",
     "Secret",
     "SendResult",
+    "SourceChangedError",
+    "Splitter",
+    "StateError",
     "SyncMeshClient",
     "TrackingInfo",
+    "__version__",
     "load_config",
     "receive_all",
     "receive_message",
     "receive_report",
     "send_file",
+    "sha256_file",
+    "xxh3_128_file",
 ]
