@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import urllib.request
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,20 @@ def test_sync_facade(sandbox: Sandbox, workflow: str) -> None:
         assert recipient.download(message_id)[1] == b"sync"
         recipient.acknowledge(message_id)
         assert sender.track(message_id).status == "acknowledged"
+
+
+async def test_outbox_rich_pages_and_local_ids(sender: MeshClient, workflow: str) -> None:
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    sent = {
+        await sender.send_message(RECIPIENT, workflow, b"r%d" % n, local_id=f"{workflow}-{n}"): n
+        for n in range(12)
+    }
+    listed = await sender.outbox_rich(start_time=since, max_results=10)
+    ours = [item for item in listed if item.message_id in sent]
+    assert len(ours) == 12
+    assert {item.local_id for item in ours} == {f"{workflow}-{n}" for n in range(12)}
+    assert all(item.status == "accepted" and item.workflow_id == workflow for item in ours)
+    first_page = await sender.outbox_rich(start_time=since, max_results=10, max_pages=1)
+    assert len(first_page) == 10
+    assert await sender.find_sent_message(f"{workflow}-3", since=since) in sent
+    assert await sender.find_sent_message(f"{workflow}-absent", since=since) is None

@@ -16,7 +16,7 @@ import zstandard
 from meshpipe.client import MeshClient
 from meshpipe.models import ContentChecksum
 from meshpipe.transfer import receive_message, send_file
-from tests.client.conftest import RECIPIENT, SENDER, MiB
+from tests.client.conftest import RECIPIENT, SENDER, MiB, write_csv
 
 MeshClientFactory = Callable[..., mesh_client.MeshClient]
 
@@ -164,3 +164,40 @@ async def test_meshpipe_to_meshpipe_gzip_random_data(
     received = await receive_message(recipient, result.message_id, destination)
     assert destination.read_bytes() == source.read_bytes()
     assert received.verified[0] == "file xxh3-128"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("codec", ["none", "gzip"])
+async def test_many_chunks_both_ways(
+    sender: MeshClient,
+    recipient: MeshClient,
+    mesh_client_for: MeshClientFactory,
+    workflow: str,
+    tmp_path: Path,
+    codec: str,
+) -> None:
+    """101 MiB in 5 MiB chunks (21 chunks) each way, at meshpipe's concurrency."""
+    source = write_csv(tmp_path / "large.csv", 101 * MiB, seed=7)
+    result = await send_file(
+        sender,
+        source,
+        to=RECIPIENT,
+        workflow_id=workflow,
+        codec=codec,  # type: ignore[arg-type]
+        chunk_size=5 * MiB,
+        concurrency=8,
+    )
+    assert result.chunk_count == 21
+    peer = mesh_client_for(RECIPIENT)
+    _, data = await asyncio.to_thread(read_with_mesh_client, peer, result.message_id)
+    assert data == content(source)
+    await asyncio.to_thread(peer.acknowledge_message, result.message_id)
+
+    nhs_sender = mesh_client_for(SENDER, max_chunk_size=5 * MiB)
+    message_id = await asyncio.to_thread(
+        nhs_sender.send_message, RECIPIENT, data, workflow_id=workflow, compress=codec == "gzip"
+    )
+    destination = tmp_path / "back.csv"
+    received = await receive_message(recipient, message_id, destination, concurrency=8)
+    assert received.chunk_count == 21
+    assert content(destination) == data
