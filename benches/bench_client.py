@@ -6,7 +6,7 @@ Cases: send uncompressed and gzip at mesh-client's settings (75 MiB chunks) and 
 defaults; receive an uncompressed and a gzip message. Ratios are printed at the end and stored
 in the benchmark's extra_info.
 
-    make bench PYTEST_ARGS="-k bench_client"          # 128 MiB by default
+    make bench PYTEST_ARGS="-k bench_client"          # 256 MiB by default
     MESHPIPE_BENCH_MB=512 make bench PYTEST_ARGS="-k bench_client"
 """
 
@@ -26,7 +26,7 @@ import pytest
 from tests.peers import SANDBOX_PASSWORD, Sandbox, run_sandbox
 
 MiB = 1024 * 1024
-SIZE_MB = int(os.environ.get("MESHPIPE_BENCH_MB", "128"))
+SIZE_MB = int(os.environ.get("MESHPIPE_BENCH_MB", "256"))
 SENDER, RECIPIENT = "X26ABC1", "X26ABC2"
 WORKFLOW = "BENCH_WORKFLOW"
 MESH_CLIENT_CHUNK = 75 * MiB
@@ -235,6 +235,42 @@ def test_bench_receive(
     outcome = benchmark.pedantic(run_case, args=(spec,), rounds=1, iterations=1)
     assert destination.stat().st_size == source.stat().st_size
     _record(benchmark, name, outcome, source.stat().st_size)
+
+
+@pytest.mark.parametrize("action", ["send", "receive"])
+def test_bench_rss_flat_in_file_size(
+    benchmark: Any,
+    bench_sandbox: Sandbox,
+    tmp_path: Path,
+    action: str,
+) -> None:
+    """meshpipe at its defaults on a file a quarter of the size: peak RSS should not change."""
+    from meshpipe import DEFAULT_CHUNK_SIZE
+
+    small = tmp_path / "quarter.csv"
+    write_csv(small, SIZE_MB * MiB // 4)
+    common = {"url": bench_sandbox.url, "shared_key": bench_sandbox.shared_key, "tool": "meshpipe"}
+    send_spec = {
+        **common,
+        "name": f"{action} none: meshpipe defaults, 1/4 size",
+        "action": "send",
+        "codec": "none",
+        "chunk_size": DEFAULT_CHUNK_SIZE,
+        "path": str(small),
+    }
+    if action == "send":
+        spec = send_spec
+    else:
+        sent = run_case(send_spec)
+        spec = {
+            **common,
+            "name": "receive none: meshpipe, 1/4 size",
+            "action": "receive",
+            "message_id": sent["message_id"],
+            "path": str(tmp_path / "received.csv"),
+        }
+    outcome = benchmark.pedantic(run_case, args=(spec,), rounds=1, iterations=1)
+    _record(benchmark, str(spec["name"]), outcome, small.stat().st_size)
 
 
 def test_bench_report() -> None:

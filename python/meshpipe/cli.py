@@ -262,6 +262,7 @@ async def _receive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 _print_json(result, out)
             else:
                 out.write(f"{result.path}\n")
+                err.write(f"{PROGRAM}: {result.message_id}: {_verified_text(result)}\n")
             return 0
         if not args.out_dir:
             raise MessageHeaderError("give --out-dir DIR with --all")
@@ -285,6 +286,12 @@ async def _receive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.json:
         _print_json([item for item in results if not isinstance(item, ReceiveFailure)], out)
     return 1 if failures else 0
+
+
+def _verified_text(result: ReceiveResult) -> str:
+    if result.verified:
+        return "verified " + ", ".join(result.verified)
+    return "received; nothing to verify it against (the sender gave no checksum or compression)"
 
 
 async def _inbox(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -230,6 +230,9 @@ async def send_file(
     source_path = Path(source)
     if filename is None:
         filename = source_path.name + (".zst" if codec == "zstd" else "")
+    if codec == "zstd" and content_type is None:
+        # Said in every header a plain recipient can read: .zst name, this type, compressed=Y.
+        content_type = "application/zstd"
     local_id = local_id or new_local_id()
     validate_send_headers(
         to=to,

@@ -133,6 +133,7 @@ async def test_zstd_between_meshpipe_peers(
     assert result.bytes_sent < len(content(multi_file))
     info = await recipient.head(result.message_id)
     assert info.compressed is True and info.filename == "multi.csv.zst"
+    assert info.content_type == "application/zstd"
     # a plain MESH recipient gets a standard .zst that any zstd tool restores
     peer = mesh_client_for(RECIPIENT)
     _, stream = await asyncio.to_thread(read_with_mesh_client, peer, result.message_id)
