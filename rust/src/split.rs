@@ -92,8 +92,7 @@ impl Pool {
     fn new(count: usize, capacity: usize) -> Self {
         let (give, take) = bounded(count);
         for _ in 0..count {
-            give.send(Vec::with_capacity(capacity))
-                .expect("pool has room");
+            give.send(large_buffer(capacity)).expect("pool has room");
         }
         Pool { give, take }
     }
@@ -116,6 +115,25 @@ impl Pool {
             }
         }
     }
+}
+
+/// A buffer for a whole chunk. Chunk buffers are tens of MiB: ask the kernel for transparent
+/// huge pages, so first use faults 2 MiB pages instead of 4 KiB ones (512× fewer faults).
+fn large_buffer(capacity: usize) -> Vec<u8> {
+    const HUGE: usize = 2 << 20;
+    let buffer = Vec::<u8>::with_capacity(capacity);
+    if capacity >= 2 * HUGE {
+        let start = (buffer.as_ptr() as usize).next_multiple_of(HUGE);
+        let end = (buffer.as_ptr() as usize + capacity) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: [start, end) lies inside this Vec's allocation; MADV_HUGEPAGE changes only
+            // how the kernel backs the pages, never their contents. Failure is harmless.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    buffer
 }
 
 /// One chunk, ready to send.
