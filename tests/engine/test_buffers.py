@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,45 @@ def test_reprs_and_plan(source: Path) -> None:
     chunk = next(splitter)
     assert "number=1" in repr(chunk)
     splitter.close()
+
+
+def test_next_releases_the_gil_while_it_waits(source: Path) -> None:
+    """next() blocks until a buffer comes back; only another Python thread can give it back.
+    If next() held the GIL while waiting, this would deadlock."""
+    splitter = meshpipe.Splitter(source, chunk_size=5 * MiB, window=1, threads=1)
+    first = next(splitter)
+    got: list[meshpipe.Chunk] = []
+    waiter = threading.Thread(target=lambda: got.append(next(splitter)))
+    waiter.start()
+    waiter.join(timeout=0.2)
+    assert waiter.is_alive() and not got  # waiting for the only buffer
+    first.release()
+    waiter.join(timeout=30)
+    assert not waiter.is_alive() and got[0].number == 2
+    splitter.close()
+
+
+def test_chunks_assemble_concurrently_from_threads(tmp_path: Path, source: Path) -> None:
+    with meshpipe.Splitter(source, chunk_size=5 * MiB, codec="zstd") as splitter:
+        payloads = [(chunk.number, bytes(chunk), chunk.xxh3_128) for chunk in splitter]
+        digest = splitter.digest()
+    assembler = meshpipe.Assembler(
+        tmp_path / "out",
+        chunk_count=len(payloads),
+        codec="zstd",
+        chunk_size=5 * MiB,
+        file_size=digest.size,
+        xxh3_128=digest.xxh3_128,
+    )
+
+    def receive(item: tuple[int, bytes, str]) -> str:
+        number, payload, checksum = item
+        writer = assembler.open_chunk(number, xxh3_128=checksum)
+        for start in range(0, len(payload), 100_000):
+            writer.write(payload[start : start + 100_000])
+        return writer.finish().verified_by
+
+    with ThreadPoolExecutor(3) as pool:
+        assert set(pool.map(receive, payloads)) == {"xxh3-128"}
+    assert assembler.finish().size == source.stat().st_size
+    assert (tmp_path / "out").read_bytes() == source.read_bytes()
