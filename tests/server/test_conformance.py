@@ -92,6 +92,27 @@ def test_single_message_round_trip(peer: Peer, sender: MeshClient, receiver: Mes
     tracking = sender.track_message(message_id)
     assert tracking["message_id"] == message_id
     assert tracking["status"] == "acknowledged"
+    by_local_id = requests.get(
+        f"{peer.url}/messageexchange/X26ABC1/outbox/tracking/{local_id}",
+        headers=headers(peer, "X26ABC1", v2=False),
+        timeout=10,
+    ).json()
+    assert by_local_id["messageId"] == message_id and by_local_id["status"] == "Acknowledged"
+    assert by_local_id["statusSuccess"] == "SUCCESS" and by_local_id["fileName"] == "extract.csv"
+    v1 = requests.get(
+        f"{peer.url}/messageexchange/X26ABC1/outbox/tracking?messageID={message_id}",
+        headers=headers(peer, "X26ABC1", v2=False),
+        timeout=10,
+    ).json()
+    assert v1["dtsId"] == message_id and v1["recipientName"] == "TESTMB2" and v1["chunkCount"] == 1
+    rich = requests.get(
+        f"{peer.url}/messageexchange/X26ABC2/inbox/rich",
+        headers=headers(peer, "X26ABC2"),
+        timeout=10,
+    ).json()
+    mine = [m for m in rich["messages"] if m["message_id"] == message_id]
+    assert mine and mine[0]["status"] == "acknowledged" and mine[0]["local_id"] == local_id
+    assert rich["links"]["self"].startswith("/messageexchange/X26ABC2/inbox/rich?start_time=")
     assert tracking["local_id"] == local_id
     assert tracking["recipient"] == "X26ABC2"
     assert tracking["status_success"] is True
@@ -252,6 +273,13 @@ def test_chunk_download_status_codes_and_headers(
     assert too_far.json()["detail"][0]["code"] == "20"
     head = requests.head(base, headers=headers(peer, "X26ABC2"), timeout=10)
     assert head.status_code == 200 and head.headers["mex-MessageID"] == message_id
+    assert head.headers["mex-Total-Chunks"] == "3" and head.headers["mex-StatusCode"] == "00"
+    by_sender = requests.head(
+        base.replace("X26ABC2", "X26ABC1"), headers=headers(peer, "X26ABC1"), timeout=10
+    )
+    assert by_sender.status_code == 200  # the sandbox lets the sender HEAD its own message
+    unknown = requests.head(base[:-32] + "F" * 32, headers=headers(peer, "X26ABC2"), timeout=10)
+    assert unknown.status_code == 404
     not_yours = requests.get(
         base.replace("X26ABC2", "X26ABC3"), headers=headers(peer, "X26ABC3"), timeout=10
     )
@@ -291,6 +319,8 @@ def test_send_refusals(peer: Peer) -> None:
     assert checksum.status_code == 400
     url_to = post(**{**base, "mex-To": "https://example.org"})
     assert url_to.status_code == 400 and url_to.json()["detail"][0]["code"] == "06"
+    tab = post(**{**base, "mex-Subject": "a\tb"})
+    assert tab.status_code == 400 and tab.json()["detail"][0]["code"] == "06"
     long_subject = post(**{**base, "mex-Subject": "s" * 501})
     assert long_subject.status_code == 400
     assert long_subject.json()["detail"][0]["type"] == "string_too_long"

@@ -186,3 +186,31 @@ def test_last_chunk_before_the_others_keeps_the_message_uploading(threaded_serve
         timeout=10,
     )
     assert download.status_code == 200 and download.content == b"3"
+
+
+def test_mesh_client_works_under_strict_rules(threaded_server: Start) -> None:
+    """NHS's mesh-client uses a fresh (nonce, count) per request, so one-use tokens suit it."""
+    from mesh_client import MeshClient
+
+    server = threaded_server(rules="strict")
+    with MeshClient(server.url, "X26ABC1", "password", shared_key=KEY.encode()) as sender:
+        sender.handshake()
+        message_id = sender.send_message("X26ABC2", b"strict" * 100, workflow_id="TEST_WORKFLOW")
+        assert (
+            sender.lookup_endpoint("X26", "TEST_WORKFLOW")["results"][0]["mailbox_id"] == "X26ABC2"
+        )
+    with MeshClient(server.url, "X26ABC2", "password", shared_key=KEY.encode()) as receiver:
+        assert receiver.list_messages() == [message_id]
+        with receiver.retrieve_message(message_id) as message:
+            assert message.read() == b"strict" * 100
+        assert receiver.list_messages() == []
+
+
+def test_memory_store_reset_clears_everything(threaded_server: Start) -> None:
+    server = threaded_server(store="memory", rules="sandbox")
+    message_id = send(server, b"gone soon").json()["message_id"]
+    assert server.message(message_id) is not None
+    assert requests.delete(f"{server.url}/admin/reset", timeout=10).json() == {
+        "message": "all mailboxes reset"
+    }
+    assert server.message(message_id) is None

@@ -23,26 +23,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @contextmanager
 def serve(data_dir: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    with serve_with("--store", "dir", "--data-dir", str(data_dir)) as running:
+        yield running
+
+
+@contextmanager
+def serve_with(*args: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """``python -m meshpipe.server`` on a free port, as a child process we can SIGKILL."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
+    common = ["--port", "0", "--rules", "sandbox", "--shared-key", KEY, "--log-level", "WARNING"]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "meshpipe.server",
-            "--port",
-            "0",
-            "--store",
-            "dir",
-            "--data-dir",
-            str(data_dir),
-            "--rules",
-            "sandbox",
-            "--shared-key",
-            KEY,
-            "--log-level",
-            "WARNING",
-        ],
+        [sys.executable, "-m", "meshpipe.server", *common, *args],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
