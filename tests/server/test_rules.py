@@ -7,9 +7,11 @@ the tests move kilobytes, not gigabytes; the code paths are the ones the real li
 from __future__ import annotations
 
 import gzip
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -214,3 +216,49 @@ def test_memory_store_reset_clears_everything(threaded_server: Start) -> None:
         "message": "all mailboxes reset"
     }
     assert server.message(message_id) is None
+
+
+def test_middle_chunks_concurrently_and_out_of_order(threaded_server: Start) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = threaded_server(rules="strict", min_chunk_size=1000)
+    parts = [bytes([65 + n]) * 1000 for n in range(10)]
+    message_id = send(server, parts[0], **{"mex-Chunk-Range": "1:10"}).json()["message_id"]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda n: chunk(server, message_id, n, 10, parts[n - 1]), range(9, 1, -1))
+        )
+    assert [a.status_code for a in answers] == [202] * 8
+    assert chunk(server, message_id, 10, 10, parts[9]).status_code == 202
+    got = [
+        requests.get(
+            f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}/{n}",
+            headers={"Authorization": auth("X26ABC2")},
+            timeout=10,
+        ).content
+        for n in range(1, 11)
+    ]
+    assert got == parts
+
+
+def test_client_disconnect_mid_chunk_leaves_nothing(threaded_server: Start, tmp_path: Path) -> None:
+    import socket
+    from urllib.parse import urlparse
+
+    server = threaded_server(rules="sandbox", store="dir", data_dir=tmp_path)
+    address = urlparse(server.url)
+    with socket.create_connection((address.hostname, address.port)) as sock:
+        head = (
+            "POST /messageexchange/X26ABC1/outbox HTTP/1.1\r\nHost: t\r\n"
+            "Content-Length: 5000000\r\n"
+            f"Authorization: {auth('X26ABC1')}\r\nmex-To: X26ABC2\r\nmex-WorkflowID: W\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b"x" * 100_000)
+    # the server is still answering, and nothing of the upload was kept
+    for _ in range(100):
+        if not list(tmp_path.rglob("*.part")):
+            break
+        time.sleep(0.02)
+    assert not list(tmp_path.rglob("*.part"))
+    assert not list(tmp_path.rglob("*.msg"))
+    assert send(server, b"after").status_code == 202
