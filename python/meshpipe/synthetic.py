@@ -6,6 +6,7 @@ come from a seeded pool, so the same (size, seed) always gives the same bytes, f
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ _POOL_LINES = 1 << 18
 _BLOCK = 4 << 20
 
 
+@functools.lru_cache(maxsize=4)
 def _line_pool(seed: int) -> tuple[bytes, list[int]]:
     """A blob of distinct lines and the offset where each line starts (plus the end)."""
     rng = random.Random(seed)

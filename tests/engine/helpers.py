@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import meshpipe
+from meshpipe import synthetic
 
 
 @dataclass(frozen=True)
@@ -20,19 +20,7 @@ class SplitResult:
 
 def csv_bytes(size: int, seed: int = 1) -> bytes:
     """CSV-like text of exactly ``size`` bytes (an NHS extract's shape)."""
-    rng = random.Random(seed)
-    surnames = ["SMITH", "JONES", "TAYLOR", "BROWN", "WILLIAMS", "PATEL", "KHAN", "EVANS"]
-    lines = []
-    total = 0
-    while total < size:
-        line = (
-            f"{rng.randrange(10**9, 10**10)},{rng.choice(surnames)},"
-            f"{rng.randrange(1920, 2024)}{rng.randrange(1, 13):02d}{rng.randrange(1, 29):02d},"
-            f"A{rng.randrange(10**4, 10**5)},{rng.random():.6f}\n"
-        )
-        lines.append(line)
-        total += len(line)
-    return "".join(lines).encode()[:size]
+    return synthetic.csv_bytes(size, seed)
 
 
 def split_file(
