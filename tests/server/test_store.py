@@ -173,3 +173,69 @@ def test_sigkill_during_a_single_chunk_message_leaves_nothing(tmp_path: Path) ->
             f"{url}/messageexchange/X26ABC1/outbox/rich", headers=head("X26ABC1"), timeout=10
         )
         assert rich.json()["messages"] == []
+
+
+def test_takes_over_a_mesh_sandbox_data_directory(tmp_path: Path) -> None:
+    """Messages mesh-sandbox's file store wrote are served by meshpipe serve on the same dir."""
+    import gzip
+
+    from tests.peers import run_sandbox
+
+    data_dir = tmp_path / "shared"
+    with run_sandbox(data_dir, shared_key=KEY) as sandbox:
+        url = f"{sandbox.url}/messageexchange"
+        send = {"mex-To": "X26ABC2", "mex-WorkflowID": "TEST_WORKFLOW"}
+        gz = {**send, "mex-Chunk-Range": "1:2", "Content-Encoding": "gzip", "mex-Subject": "S"}
+        chunked = requests.post(
+            f"{url}/X26ABC1/outbox",
+            headers=head("X26ABC1", **gz),
+            data=gzip.compress(b"one"),
+            timeout=10,
+        )
+        chunked_id = chunked.json()["message_id"]
+        requests.post(
+            f"{url}/X26ABC1/outbox/{chunked_id}/2",
+            headers=head("X26ABC1", **{"mex-Chunk-Range": "2:2", "Content-Encoding": "gzip"}),
+            data=gzip.compress(b"two"),
+            timeout=10,
+        )
+        acked = requests.post(
+            f"{url}/X26ABC1/outbox", headers=head("X26ABC1", **send), data=b"done", timeout=10
+        )
+        acked_id = acked.json()["message_id"]
+        requests.put(
+            f"{url}/X26ABC2/inbox/{acked_id}/status/acknowledged",
+            headers=head("X26ABC2"),
+            timeout=10,
+        )
+        partial = requests.post(
+            f"{url}/X26ABC1/outbox",
+            headers=head("X26ABC1", **send, **{"mex-Chunk-Range": "1:2"}),
+            data=b"half",
+            timeout=10,
+        )
+        partial_id = partial.json()["message_id"]
+    with serve(data_dir) as (url, _):
+        assert inbox(url) == [chunked_id]
+        first = requests.get(
+            f"{url}/messageexchange/X26ABC2/inbox/{chunked_id}",
+            headers=head("X26ABC2", **{"Accept-Encoding": "identity"}),
+            timeout=10,
+        )
+        assert first.status_code == 206 and first.content == b"one"
+        assert first.headers["mex-Subject"] == "S"
+        tracking = requests.get(
+            f"{url}/messageexchange/X26ABC1/outbox/tracking?messageID={acked_id}",
+            headers=head("X26ABC1"),
+            timeout=10,
+        )
+        assert tracking.json()["status"] == "acknowledged"
+        # an upload the sandbox left half done is finished against meshpipe
+        rest = requests.post(
+            f"{url}/messageexchange/X26ABC1/outbox/{partial_id}/2",
+            headers=head("X26ABC1", **{"mex-Chunk-Range": "2:2"}),
+            data=b" and half",
+            timeout=10,
+        )
+        assert rest.status_code == 202
+        assert inbox(url) == [chunked_id, partial_id]

@@ -1,7 +1,8 @@
 """Where chunk bytes and message metadata live.
 
 * ``dir``: durable. ``<root>/<RECIPIENT>/in/<ID>/<n>`` holds chunk n as received and
-  ``<root>/<RECIPIENT>/in/<ID>.msg`` the message's metadata (JSON). A chunk is written to a
+  ``<root>/<RECIPIENT>/in/<ID>.msg`` the message's metadata (JSON). Messages mesh-sandbox's file
+  store left there (``<ID>.json``, same chunk layout) are read too. A chunk is written to a
   temporary file and renamed into place after fsync; metadata is written the same way, so a
   crash leaves either the old or the new state, never a torn one. The message status in the
   metadata only becomes ``accepted`` after every chunk file is in place.
@@ -24,6 +25,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from meshpipe.server.models import Message
+from meshpipe.server.sandbox_import import message_from_sandbox
 
 log = logging.getLogger("meshpipe.server")
 
@@ -168,6 +170,15 @@ class DirStore(MessageStore):
                 messages.append(Message.from_json(json.loads(path.read_bytes())))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("skipping unreadable message metadata %s: %s", path, exc)
+        known = {m.message_id for m in messages}
+        for path in sorted(self.root.glob("*/in/*.json")):
+            if path.stem.upper() in known:
+                continue
+            try:
+                data = json.loads(path.read_bytes())
+                messages.append(message_from_sandbox(data, path.with_suffix("")))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("skipping unreadable mesh-sandbox message %s: %s", path, exc)
         for stale in self.root.glob("*/in/*/.*.part"):
             with contextlib.suppress(OSError):
                 stale.unlink()
