@@ -83,3 +83,24 @@ def test_optional_client_certificate(threaded_server: Start, pki: dict[str, Path
     assert answer.status_code == 200
     context = ssl.create_default_context(cafile=str(pki["ca"]))
     assert context.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_cli_serves_mutual_tls_and_mesh_client_pages(pki: dict[str, Path]) -> None:
+    from tests.server.test_store import serve_with
+
+    args = ["--tls-cert", str(pki["server"]), "--tls-key", str(pki["server_key"])]
+    args += ["--tls-client-ca", str(pki["ca"]), "--tls-client-cert", "required"]
+    with serve_with(*args) as (url, _):
+        assert url.startswith("https://")
+        cert = (str(pki["client"]), str(pki["client_key"]))
+        options = {"shared_key": KEY.encode(), "cert": cert, "verify": str(pki["ca"])}
+        with MeshClient(url, "X26ABC1", "password", **options) as sender:  # type: ignore[arg-type]
+            sent = [
+                sender.send_message("X26ABC2", b"%d" % i, workflow_id="TEST_WORKFLOW")
+                for i in range(12)
+            ]
+        with MeshClient(url, "X26ABC2", "password", **options) as receiver:  # type: ignore[arg-type]
+            assert list(receiver.iterate_message_ids(batch_size=10)) == sent
+            for message_id in sent:
+                receiver.acknowledge_message(message_id)
+            assert receiver.list_messages() == []
