@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from meshpipe.auth import make_token
@@ -206,6 +207,11 @@ def test_mesh_client_works_under_strict_rules(threaded_server: Start) -> None:
         with receiver.retrieve_message(message_id) as message:
             assert message.read() == b"strict" * 100
         assert receiver.list_messages() == []
+        with pytest.raises(requests.HTTPError) as gone:
+            receiver.retrieve_message(
+                message_id
+            )  # acknowledged: not downloadable under strict rules
+        assert gone.value.response.status_code == 410
 
 
 def test_memory_store_reset_clears_everything(threaded_server: Start) -> None:
