@@ -256,12 +256,25 @@ async def send_file(
     try:
         plan = splitter.plan
         count = plan.chunk_count
-        expected = await asyncio.to_thread(xxh3_128_file, source_path)
+        chunks = iter(splitter)
+        first: Chunk | None
+        if count == 1:
+            # The only chunk has been read, so the Splitter's digest is already the file's.
+            first = await _next_chunk(chunks)
+            expected = splitter.digest().xxh3_128
+        else:
+            # The checksum goes in chunk 1's headers: hash the file (a fast pass over the page
+            # cache) while the engine reads chunk 1; the Splitter's own digest is compared with
+            # it before the last chunk, so a file that changes meanwhile is never completed.
+            expected, first = await asyncio.gather(
+                asyncio.to_thread(xxh3_128_file, source_path), _next_chunk(chunks)
+            )
+        if first is None:
+            raise MeshpipeError("the engine yielded no chunk for the file")
         checksum = ContentChecksum(
             xxh3_128=expected, size=plan.file_size, chunk_size=plan.chunk_size, codec=codec
         ).header_value()
         encoding = "gzip" if codec == "gzip" else None
-        chunks = iter(splitter)
         sent_bytes = 0
         done = 0
 
@@ -279,13 +292,8 @@ async def send_file(
                     f"{actual} now); the message was not completed: send it again"
                 )
 
-        first = await _next_chunk(chunks)
-        if first is None:
-            raise MeshpipeError("the engine yielded no chunk for the file")
         try:
             _check_request_size(first)
-            if count == 1:
-                check_source()
             started = datetime.now(UTC)
             message_id = await post_first_chunk_safely(
                 lambda: client.send_message(
