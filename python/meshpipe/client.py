@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import platform
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -41,6 +42,9 @@ from meshpipe.errors import (
 )
 from meshpipe.models import Endpoint, MessageMetadata, ReportMessage, RichMessage, TrackingInfo
 from meshpipe.retry import RetryPolicy, call_with_retry
+
+if TYPE_CHECKING:
+    from meshpipe.transfer import ReceiveResult, SendResult
 
 log = logging.getLogger("meshpipe.client")
 
@@ -761,3 +765,17 @@ class SyncMeshClient:
 
     def lookup(self, ods_code: str, workflow_id: str) -> list[Endpoint]:
         return self.run(lambda client: client.lookup(ods_code, workflow_id))
+
+    def send_file(self, source: str | os.PathLike[str], **options: Any) -> SendResult:
+        """transfer.send_file, blocking: ``to=``, ``workflow_id=`` and its other options."""
+        from meshpipe.transfer import send_file
+
+        return self.run(lambda client: send_file(client, source, **options))
+
+    def receive_message(
+        self, message_id: str, destination: str | os.PathLike[str], **options: Any
+    ) -> ReceiveResult:
+        """transfer.receive_message, blocking."""
+        from meshpipe.transfer import receive_message
+
+        return self.run(lambda client: receive_message(client, message_id, destination, **options))

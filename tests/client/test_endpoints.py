@@ -4,6 +4,7 @@ exception for each refusal."""
 from __future__ import annotations
 
 import json
+import logging
 import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -259,3 +260,37 @@ async def test_outbox_rich_pages_and_local_ids(sender: MeshClient, workflow: str
     assert len(first_page) == 10
     assert await sender.find_sent_message(f"{workflow}-3", since=since) in sent
     assert await sender.find_sent_message(f"{workflow}-absent", since=since) is None
+
+
+def test_sync_facade_transfers(sandbox: Sandbox, workflow: str, multi_file: Path) -> None:
+    destination = multi_file.with_name("sync-received.csv")
+    with (
+        SyncMeshClient(make_config(sandbox.url, SENDER)) as sender,
+        SyncMeshClient(make_config(sandbox.url, RECIPIENT)) as recipient,
+    ):
+        sent = sender.send_file(
+            multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * 1024 * 1024
+        )
+        received = recipient.receive_message(sent.message_id, destination)
+    assert received.size == multi_file.stat().st_size
+    assert destination.read_bytes() == multi_file.read_bytes()
+
+
+async def test_no_secret_or_token_in_logs(
+    sender: MeshClient,
+    recipient: MeshClient,
+    multi_file: Path,
+    workflow: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    result = await send_file(
+        sender, multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * 1024 * 1024
+    )
+    await receive_message(recipient, result.message_id, tmp_path / "out.csv")
+    with pytest.raises(errors.MeshUnknownRecipientError) as caught:
+        await sender.send_message("X26NOBODY", workflow, b"x")
+    text = caplog.text + str(caught.value) + repr(caught.value) + repr(sender)
+    assert "TestKey" not in text
+    assert "NHSMESH" not in text
