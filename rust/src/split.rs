@@ -1,12 +1,13 @@
 //! Split: read → checksum → compress, over a bounded window of chunks on worker threads.
 //!
-//! One reader thread reads the file in order with positioned reads and feeds the whole-file
-//! hashers; worker threads hash each chunk and compress it; the consumer takes chunks in order.
+//! One reader thread reads the file in order with positioned reads; one hasher thread feeds the
+//! whole-file hashers in order; worker threads hash each chunk and compress it; the consumer
+//! takes chunks in order.
 //! Buffers come from two fixed pools, and a chunk's buffers are taken *before* it is read, in
 //! chunk order, so memory is bounded and out-of-order completion can never starve the chunk the
 //! consumer is waiting for:
 //! - codec none: `window` buffers of `chunk_size` (the payload is the read buffer itself);
-//! - gzip/zstd: `window` payload buffers, plus `threads + 1` read buffers.
+//! - gzip/zstd: `window` payload buffers, plus `threads + 2` read buffers.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -221,18 +222,17 @@ impl Splitter {
         });
 
         let cancel = Arc::new(AtomicBool::new(false));
+        let (read_tx, read_rx) = bounded::<Stage>(1);
         let (job_tx, job_rx) = bounded::<Job>(threads);
         let (result_tx, result_rx) = unbounded::<Result<ReadyChunk>>();
         let (digest_tx, digest_rx) = bounded::<Result<FileDigest>>(1);
         let file = Arc::new(file);
 
-        let mut handles = Vec::with_capacity(threads + 1);
+        let mut handles = Vec::with_capacity(threads + 2);
         {
             let cancel = cancel.clone();
             let result_tx = result_tx.clone();
-            let file = file.clone();
             let input_pool = input_pool.clone();
-            let sha256 = options.sha256;
             handles.push(
                 std::thread::Builder::new()
                     .name("meshpipe-read".into())
@@ -241,24 +241,44 @@ impl Splitter {
                             &file,
                             &name,
                             plan,
-                            sha256,
                             &input_pool,
                             output_pool.as_ref(),
-                            &job_tx,
+                            &read_tx,
                             &cancel,
                         );
-                        match outcome {
-                            Ok(Some(digest)) => {
-                                let _ = digest_tx.send(Ok(digest));
-                            }
-                            Ok(None) => {}
-                            Err(e) => {
-                                cancel.store(true, Ordering::Relaxed);
-                                let _ = result_tx.send(Err(e));
-                            }
+                        if let Err(e) = outcome {
+                            cancel.store(true, Ordering::Relaxed);
+                            let _ = result_tx.send(Err(e));
                         }
                     })
                     .map_err(|e| Error::io("starting the reader thread", e))?,
+            );
+        }
+        {
+            // The whole-file hashers run on their own thread, so hashing chunk i overlaps
+            // reading chunk i + 1.
+            let sha256 = options.sha256;
+            handles.push(
+                std::thread::Builder::new()
+                    .name("meshpipe-hash".into())
+                    .spawn(move || {
+                        let mut hasher = FileHasher::new(sha256);
+                        for stage in read_rx {
+                            match stage {
+                                Stage::Chunk(job) => {
+                                    hasher.update(job.input.as_slice());
+                                    if job_tx.send(job).is_err() {
+                                        return;
+                                    }
+                                }
+                                Stage::End => {
+                                    let _ = digest_tx.send(Ok(hasher.finish()));
+                                    return;
+                                }
+                            }
+                        }
+                    })
+                    .map_err(|e| Error::io("starting the hasher thread", e))?,
             );
         }
         for worker in 0..threads {
@@ -378,29 +398,32 @@ impl Drop for Splitter {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the reader hands to the hasher: a chunk, or the end of a file read in full.
+enum Stage {
+    Chunk(Job),
+    End,
+}
+
 fn read_loop(
     file: &File,
     name: &str,
     plan: ChunkPlan,
-    sha256: bool,
     input_pool: &Pool,
     output_pool: Option<&Pool>,
-    jobs: &Sender<Job>,
+    stages: &Sender<Stage>,
     cancel: &AtomicBool,
-) -> Result<Option<FileDigest>> {
-    let mut hasher = FileHasher::new(sha256);
+) -> Result<()> {
     for index in 0..plan.chunk_count() {
         // Take this chunk's buffers before reading it: back-pressure, in chunk order.
         let output = match output_pool {
             Some(pool) => match pool.acquire(cancel) {
                 Some(buffer) => Some(buffer),
-                None => return Ok(None),
+                None => return Ok(()),
             },
             None => None,
         };
         let Some(mut input) = input_pool.acquire(cancel) else {
-            return Ok(None);
+            return Ok(());
         };
         let offset = plan.chunk_offset(index);
         let length = plan.chunk_length(index) as usize;
@@ -417,15 +440,14 @@ fn read_loop(
                 Error::io(format!("reading {name} at offset {offset}"), e)
             }
         })?;
-        hasher.update(&input.data);
         let job = Job {
             index,
             offset,
             input,
             output,
         };
-        if jobs.send(job).is_err() {
-            return Ok(None);
+        if stages.send(Stage::Chunk(job)).is_err() {
+            return Ok(());
         }
     }
     let now = file
@@ -439,7 +461,8 @@ fn read_loop(
             plan.file_size()
         )));
     }
-    Ok(Some(hasher.finish()))
+    let _ = stages.send(Stage::End);
+    Ok(())
 }
 
 fn work_loop(
