@@ -202,3 +202,23 @@ async def test_many_chunks_both_ways(
     received = await receive_message(recipient, message_id, destination, concurrency=8)
     assert received.chunk_count == 21
     assert content(destination) == data
+
+
+async def test_empty_file_both_ways(
+    sender: MeshClient,
+    recipient: MeshClient,
+    mesh_client_for: MeshClientFactory,
+    workflow: str,
+    tmp_path: Path,
+) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    first = await send_file(sender, empty, to=RECIPIENT, workflow_id=workflow)
+    assert first.codec == "gzip" and first.file_size == 0
+    peer = mesh_client_for(RECIPIENT)
+    _, data = await asyncio.to_thread(read_with_mesh_client, peer, first.message_id)
+    assert data == b""
+    second = await send_file(sender, empty, to=RECIPIENT, workflow_id=workflow)
+    received = await receive_message(recipient, second.message_id, tmp_path / "got.csv")
+    assert received.size == 0 and content(tmp_path / "got.csv") == b""
+    await asyncio.to_thread(peer.acknowledge_message, first.message_id)
