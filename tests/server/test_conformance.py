@@ -493,3 +493,41 @@ def test_admin_api(peer: Peer, sender: MeshClient, receiver: MeshClient) -> None
     assert reset.status_code == 200 and reset.json() == {"message": "mailbox X26ABC3 reset"}
     with client(peer, "X26ABC3") as third:
         assert another not in third.list_messages()
+
+
+def test_remaining_endpoints(peer: Peer) -> None:
+    for path in ("/_ping", "/health", "/messageexchange/_ping"):
+        assert requests.get(f"{peer.url}{path}", timeout=10).json()["status"] == "running"
+    client_info = {"mex-ClientVersion": "t", "mex-OSName": "l", "mex-OSVersion": "1"}
+    as_get = requests.get(
+        f"{peer.url}/messageexchange/X26ABC1",
+        headers=headers(peer, "X26ABC1", **client_info),
+        timeout=10,
+    )
+    assert as_get.status_code == 200 and as_get.content == b""  # v2 handshake: empty body
+    update = requests.post(
+        f"{peer.url}/messageexchange/X26ABC1/update", headers=headers(peer, "X26ABC1"), timeout=10
+    )
+    assert update.status_code == 200
+    count = requests.get(
+        f"{peer.url}/messageexchange/X26ABC1/count", headers=headers(peer, "X26ABC1"), timeout=10
+    )
+    assert set(count.json()) == {"count"}
+    missing = requests.get(
+        f"{peer.url}/messageexchange/X26ABC1/outbox/tracking",
+        headers=headers(peer, "X26ABC1"),
+        timeout=10,
+    )
+    assert missing.status_code == 400
+    lower = requests.get(
+        f"{peer.url}/messageexchange/x26abc1/inbox", headers=headers(peer, "X26ABC1"), timeout=10
+    )
+    assert lower.status_code == 200  # the path's mailbox id is upper-cased
+    too_short = requests.get(
+        f"{peer.url}/messageexchange/X26ABC1/inbox?continue_from=short",
+        headers=headers(peer, "X26ABC1"),
+        timeout=10,
+    )
+    assert too_short.status_code == 400
+    reset = requests.delete(f"{peer.url}/messageexchange/admin/reset", timeout=10)
+    assert reset.status_code == 200 and reset.json() == {"message": "all mailboxes reset"}
