@@ -570,9 +570,13 @@ class MeshClient:
         sink: Callable[[bytes], Awaitable[None]],
         *,
         accept_encoding: str = "identity",
+        expect_encoding: str | None = None,
         piece_size: int = WRITE_PIECE_SIZE,
     ) -> DownloadedChunk:
-        """Stream chunk ``number`` into ``sink`` in pieces of up to ``piece_size`` bytes."""
+        """Stream chunk ``number`` into ``sink`` in pieces of up to ``piece_size`` bytes.
+
+        ``expect_encoding`` (``"gzip"`` or ``"identity"``): MeshProtocolError, before any byte
+        reaches the sink, if the response's Content-Encoding is another."""
         received = 0
         path = f"GET message {message_id} chunk {number}"
         try:
@@ -580,6 +584,12 @@ class MeshClient:
                 async with self.open_download(
                     message_id, number, accept_encoding=accept_encoding
                 ) as (metadata, response):
+                    encoding = (metadata.content_encoding or "identity").lower()
+                    if expect_encoding is not None and encoding != expect_encoding:
+                        raise MeshProtocolError(
+                            f"chunk {number} of {message_id} came with Content-Encoding "
+                            f"{encoding}, not {expect_encoding} like the message's other chunks"
+                        )
                     async for piece in response.content.iter_chunked(piece_size):
                         received += len(piece)
                         await sink(piece)

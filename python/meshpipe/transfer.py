@@ -478,7 +478,13 @@ async def _fetch_chunk(
         writer = assembler.open_chunk(number)
         sink = _ChunkSink(writer, offload=codec != "none")
         try:
-            await client.download_chunk(message_id, number, sink, accept_encoding=accept_encoding)
+            await client.download_chunk(
+                message_id,
+                number,
+                sink,
+                accept_encoding=accept_encoding,
+                expect_encoding="gzip" if codec == "gzip" else "identity",
+            )
             await sink.flush()
             await asyncio.to_thread(writer.finish)
             return
