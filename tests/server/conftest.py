@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +15,8 @@ import pytest
 from meshpipe.server import LocalMeshServer
 from meshpipe.server.threaded import ServerThread
 from tests.peers import SANDBOX_SHARED_KEY, Sandbox
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -41,11 +46,41 @@ def meshpipe_sandbox_mode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         thread.stop()
 
 
-@pytest.fixture(params=["sandbox", "meshpipe"])
+@pytest.fixture(scope="session")
+def meshpipe_started_like_the_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
+    """``python -m meshpipe.server --rules sandbox`` configured only by the sandbox's environment
+    variables (SHARED_KEY, AUTH_MODE, STORE_MODE=file, MAILBOXES_DATA_DIR)."""
+    data_dir = tmp_path_factory.mktemp("meshpipe-env-store")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "python"),
+        "SHARED_KEY": SANDBOX_SHARED_KEY,
+        "AUTH_MODE": "full",
+        "STORE_MODE": "file",
+        "MAILBOXES_DATA_DIR": str(data_dir),
+    }
+    command = [sys.executable, "-m", "meshpipe.server", "--rules", "sandbox", "--port", "0"]
+    process = subprocess.Popen(
+        [*command, "--log-level", "WARNING"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert "listening on" in line, line
+        yield Peer("meshpipe-env", line.rsplit(" ", 1)[1].strip(), SANDBOX_SHARED_KEY)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(params=["sandbox", "meshpipe", "meshpipe-env"])
 def peer(request: pytest.FixtureRequest) -> Peer:
     if request.param == "sandbox":
         sandbox: Sandbox = request.getfixturevalue("sandbox")
         return Peer("sandbox", sandbox.url, sandbox.shared_key)
+    if request.param == "meshpipe-env":
+        started: Peer = request.getfixturevalue("meshpipe_started_like_the_sandbox")
+        return started
     running: Peer = request.getfixturevalue("meshpipe_sandbox_mode")
     return running
 

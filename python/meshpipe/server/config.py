@@ -261,6 +261,15 @@ def env_defaults(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     data_dir = env.get("MAILBOXES_DATA_DIR") or env.get("FILE_STORE_DIR")
     if data_dir:
         values["data_dir"] = Path(data_dir)
+    for name, key in (
+        ("INBOX_EXPIRY_DAYS", "inbox_expiry_days"),
+        ("MESSAGE_EXPIRY_DAYS", "retention_days"),
+    ):
+        if env.get(name):
+            try:
+                values[key] = int(env[name])
+            except ValueError:
+                raise ConfigError(f"{name} must be a whole number of days") from None
     if env.get("ENV"):
         values["env"] = env["ENV"]
     if env.get("BUILD_LABEL"):
