@@ -7,7 +7,12 @@ fn main() {
     let path = std::env::args().nth(1).expect("file");
     let data = std::fs::read(path).expect("read");
     let chunk = 20 << 20;
-    for codec in [Codec::gzip(1).unwrap(), Codec::gzip(0).unwrap(), Codec::zstd(1).unwrap(), Codec::zstd(3).unwrap()] {
+    for codec in [
+        Codec::gzip(1).unwrap(),
+        Codec::gzip(0).unwrap(),
+        Codec::zstd(1).unwrap(),
+        Codec::zstd(3).unwrap(),
+    ] {
         let mut compressor = Compressor::new(codec).unwrap();
         let mut out = Vec::new();
         let mut total = 0usize;
@@ -19,6 +24,12 @@ fn main() {
             packed += out.len();
         }
         let secs = start.elapsed().as_secs_f64();
-        println!("{:?} level {}: {:.0} MB/s, ratio {:.2}", codec.kind(), codec.level(), total as f64 / secs / 1e6, total as f64 / packed as f64);
+        println!(
+            "{:?} level {}: {:.0} MB/s, ratio {:.2}",
+            codec.kind(),
+            codec.level(),
+            total as f64 / secs / 1e6,
+            total as f64 / packed as f64
+        );
     }
 }
