@@ -123,3 +123,25 @@ def test_synthetic_bytes_are_csv_and_seeded() -> None:
     assert one != synthetic_bytes(2, 0, 4096)
     assert one.count(b"\n") > 50 and b"," in one
     assert synthetic_bytes(1, 100, 50) == one[100:150]
+
+
+@pytest.mark.parametrize("inflate", ["default", "stdlib"])
+def test_checker_gzip_with_either_inflater(monkeypatch: pytest.MonkeyPatch, inflate: str) -> None:
+    import zlib
+
+    from meshpipe.server import checker as checker_module
+
+    if inflate == "stdlib":
+        monkeypatch.setattr(checker_module, "_INFLATE", zlib)
+    data = synthetic_bytes(4, 0, 3 * 1024 * 1024)
+    packed = gzip.compress(data, 1)
+    checker = ChunkChecker("gzip")
+    for start in range(0, len(packed), 65536):
+        checker.update(packed[start : start + 65536])
+    result = checker.finish()
+    assert (result.stored_size, result.size) == (len(packed), len(data))
+    assert result.xxh3_128 == xxhash.xxh3_128_hexdigest(data)
+    broken = ChunkChecker("gzip")
+    with pytest.raises(ChunkCheckError):
+        broken.update(b"\x1f\x8b\x08\x00" + b"\xff" * 100)
+        broken.finish()

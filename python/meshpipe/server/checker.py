@@ -2,16 +2,36 @@
 bytes and records their xxh3-128. Nothing is kept but the running digest.
 
 ``xxhash`` and ``zstandard`` are imported when first needed, so the server starts without them
-until a chunk has to be checked.
+until a chunk has to be checked. gzip is inflated with ISA-L (the ``isal`` package) when it is
+installed, about 1.4× stdlib zlib here, else with zlib.
 """
 
 from __future__ import annotations
 
+import importlib
 import zlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from meshpipe.server.config import MiB
+
+
+def _inflate_module() -> Any:
+    """ISA-L's zlib-compatible module when installed (faster inflate), else zlib."""
+    try:
+        return importlib.import_module("isal.isal_zlib")
+    except ImportError:
+        return zlib
+
+
+_INFLATE: Any = _inflate_module()
+_INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _INFLATE.error)
+
+
+def new_inflater() -> Any:
+    """A decompressobj for one gzip member."""
+    return _INFLATE.decompressobj(wbits=31)
+
 
 PIECE_SIZE = 1 * MiB
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -38,7 +58,7 @@ class _Gzip:
     """Standalone gzip members (one or several, concatenated), decoded ≤ PIECE_SIZE at a time."""
 
     def __init__(self) -> None:
-        self._inflater = zlib.decompressobj(wbits=31)
+        self._inflater = new_inflater()
         self._started = False
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -48,13 +68,13 @@ class _Gzip:
             self._started = True
             try:
                 piece = self._inflater.decompress(pending, PIECE_SIZE)
-            except zlib.error as exc:
+            except _INFLATE_ERRORS as exc:
                 raise ChunkCheckError(f"gzip body does not decode: {exc}") from None
             if piece:
                 out.append(piece)
             if self._inflater.eof:
                 pending = self._inflater.unused_data
-                self._inflater = zlib.decompressobj(wbits=31)
+                self._inflater = new_inflater()
                 self._started = bool(pending)
             else:
                 pending = self._inflater.unconsumed_tail
@@ -65,7 +85,7 @@ class _Gzip:
         if self._started:
             try:
                 piece = self._inflater.flush()
-            except zlib.error as exc:
+            except _INFLATE_ERRORS as exc:
                 raise ChunkCheckError(f"gzip body does not decode: {exc}") from None
             if piece:
                 out.append(piece)

@@ -10,7 +10,6 @@ import logging
 import re
 import string
 import uuid
-import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +19,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from meshpipe.server.authorize import AuthFailure
-from meshpipe.server.checker import ChunkChecker, ChunkCheckError
+from meshpipe.server.checker import ChunkChecker, ChunkCheckError, new_inflater
 from meshpipe.server.config import Mailbox, MiB
 from meshpipe.server.faults import Firing
 from meshpipe.server.models import ACCEPTED, ACKNOWLEDGED, DATA, UPLOADING, ChunkRecord, Message
@@ -876,7 +875,7 @@ def _read_file(path: Path) -> Iterator[bytes]:
 
 
 def _gunzip_file(path: Path) -> Iterator[bytes]:
-    inflater = zlib.decompressobj(wbits=31)
+    inflater = new_inflater()
     for piece in _read_file(path):
         pending = piece
         while pending:
@@ -885,7 +884,7 @@ def _gunzip_file(path: Path) -> Iterator[bytes]:
                 yield out
             if inflater.eof:
                 pending = inflater.unused_data
-                inflater = zlib.decompressobj(wbits=31)
+                inflater = new_inflater()
             else:
                 pending = inflater.unconsumed_tail
     tail = inflater.flush()
