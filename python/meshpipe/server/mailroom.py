@@ -140,7 +140,10 @@ class Mailroom:
             discarded=not self.store.keeps_bodies,
         )
 
-    def register(self, message: Message) -> None:
+    def register(self, message: Message, *, accepted: bool = False) -> None:
+        """Make the message known (and durable); ``accepted`` when chunk 1 was the only one."""
+        if accepted and message.status != ACCEPTED:
+            message.add_event(Event(ACCEPTED, self.clock.now()))
         self.messages[message.message_id] = message
         self.store.save(message)
 

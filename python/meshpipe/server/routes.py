@@ -373,11 +373,7 @@ class MeshRoutes:
         if record.stored_size == 0:
             raise Refusal(mesh_error(417, "missing_data_file", version))
         self.mailroom.add_chunk(message, record)
-        if total == 1:
-            self.mailroom.register(message)
-            self.mailroom.accept(message)
-        else:
-            self.mailroom.register(message)
+        self.mailroom.register(message, accepted=total == 1)
         log.info(
             "created message %s from %s to %s workflow %s chunks %d",
             message.message_id,
@@ -516,7 +512,10 @@ class MeshRoutes:
                     )
             if result.stored_size == 0 and number == 1:
                 return ChunkRecord(number, 0, 0, result.xxh3_128, message.content_encoding)
-            writer.commit()
+            if number > 1 and message.status != UPLOADING:
+                raise Refusal(internal_error(423))  # completed while this chunk streamed in
+            # fsync of a large chunk can take a while: keep the event loop serving meanwhile.
+            await asyncio.to_thread(writer.commit)
             committed = True
             return ChunkRecord(
                 number, result.stored_size, result.size, result.xxh3_128, message.content_encoding
