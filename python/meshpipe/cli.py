@@ -22,7 +22,6 @@ import json
 import logging
 import re
 import sys
-import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, TextIO
 
@@ -31,11 +30,11 @@ from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.config import load_config
 from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
 from meshpipe.models import ReportMessage
+from meshpipe.progress import Progress
 from meshpipe.transfer import (
     DEFAULT_CONCURRENCY,
     ReceiveFailure,
     ReceiveResult,
-    rate_text,
     receive_all,
     receive_message,
     send_file,
@@ -160,25 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Progress:
-    """A one-line progress display (bytes, rate, ETA) on a terminal; nothing otherwise."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._enabled = stream.isatty()
-        self._started = time.monotonic()
-
-    def __call__(self, done: int, total: int) -> None:
-        if self._enabled:
-            self._stream.write(f"\r{rate_text(done, total, self._started)}\x1b[K")
-            self._stream.flush()
-
-    def close(self) -> None:
-        if self._enabled:
-            self._stream.write("\n")
-            self._stream.flush()
-
-
 def _client(args: argparse.Namespace) -> MeshClient:
     config = load_config(
         profile=args.profile,
@@ -217,7 +197,7 @@ def _print_json(value: Any, out: TextIO) -> None:
 
 
 async def _send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    progress = _Progress(err)
+    progress = Progress(err, label="send")
     async with _client(args) as client:
         try:
             result = await send_file(
@@ -249,15 +229,20 @@ async def _receive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if not args.all:
             if not args.out:
                 raise MessageHeaderError("give --out PATH for the received file")
-            result = await receive_message(
-                client,
-                args.message_id,
-                args.out,
-                acknowledge=not args.no_ack,
-                concurrency=args.concurrency,
-                overwrite=args.overwrite,
-                decode_payload=not args.keep_zstd,
-            )
+            progress = Progress(err, label="receive")
+            try:
+                result = await receive_message(
+                    client,
+                    args.message_id,
+                    args.out,
+                    acknowledge=not args.no_ack,
+                    concurrency=args.concurrency,
+                    overwrite=args.overwrite,
+                    decode_payload=not args.keep_zstd,
+                    progress=progress,
+                )
+            finally:
+                progress.close()
             if args.json:
                 _print_json(result, out)
             else:

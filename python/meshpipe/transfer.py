@@ -33,7 +33,6 @@ import contextlib
 import logging
 import os
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -472,6 +471,7 @@ async def _fetch_chunk(
     codec: Codec,
     accept_encoding: str,
     attempts: int,
+    report: Callable[[int], None] | None = None,
 ) -> None:
     last_error: BaseException | None = None
     for attempt in range(1, attempts + 1):
@@ -486,7 +486,9 @@ async def _fetch_chunk(
                 expect_encoding="gzip" if codec == "gzip" else "identity",
             )
             await sink.flush()
-            await asyncio.to_thread(writer.finish)
+            chunk_report = await asyncio.to_thread(writer.finish)
+            if report is not None:
+                report(chunk_report.length)
             return
         except _VERIFICATION_ERRORS as error:
             writer.abort()
@@ -526,6 +528,7 @@ async def receive_message(
     chunk_attempts: int = 3,
     message_attempts: int = 2,
     metadata: MessageMetadata | None = None,
+    progress: ProgressCallback | None = None,
 ) -> ReceiveResult:
     """Download a message to ``destination``, verified, and acknowledge it (unless told not to).
 
@@ -533,6 +536,8 @@ async def receive_message(
     :func:`receive_report`). ``decode_payload`` restores the original of a meshpipe zstd send
     (False keeps the ``.zst`` stream). A whole-file checksum failure downloads the message again
     (``message_attempts`` in all); nothing is ever left at ``destination`` unless verified.
+    ``progress(done, total)`` is called per chunk written (total: the size a meshpipe sender
+    declared, else the bytes written so far).
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
@@ -557,7 +562,17 @@ async def receive_message(
     # A kept zstd stream has chunks of varying size: they can only be written in order.
     in_order = kept_zstd
     destination_path = Path(destination)
+    declared_size = checksum.size if checksum is not None else None
+    done = 0
+
+    def count_written(length: int) -> None:
+        nonlocal done
+        done += length
+        if progress is not None:
+            progress(done, max(done, declared_size or 0))
+
     for message_attempt in range(1, message_attempts + 1):
+        done = 0
         assembler = Assembler(
             destination_path,
             chunk_count=count,
@@ -581,6 +596,7 @@ async def receive_message(
                         codec=codec,
                         accept_encoding=accept_encoding,
                         attempts=chunk_attempts,
+                        report=count_written,
                     )
 
             numbers = range(1, count + 1)
@@ -705,11 +721,3 @@ async def receive_all(
             log.error("message %s not received: %s", message_id, error)
             results.append(ReceiveFailure(message_id, error))
     return results
-
-
-def rate_text(done: int, total: int, started: float) -> str:
-    """``12.3/45.6 MiB 78.9 MiB/s ETA 3s`` for a progress line."""
-    elapsed = max(time.monotonic() - started, 1e-6)
-    rate = done / elapsed
-    eta = (total - done) / rate if rate > 0 else 0.0
-    return f"{done / MiB:.1f}/{total / MiB:.1f} MiB  {rate / MiB:.1f} MiB/s  ETA {eta:.0f}s"

@@ -198,3 +198,33 @@ def test_python_dash_m(env: Sandbox) -> None:
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith("X26ABC2")
+
+
+@pytest.mark.parametrize(("command", "expected"), [("serve", "serve"), ("demo", "demo")])
+def test_serve_and_demo_are_delegated(command: str, expected: str) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "meshpipe", command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert f"meshpipe {expected}" in completed.stdout
+
+
+def test_profile_flag(
+    env: Sandbox,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MESH_URL")
+    config_file = tmp_path / "meshpipe.toml"
+    config_file.write_text(
+        f'[profiles.sbx]\nurl = "{env.url}"\nmailbox = "{SENDER}"\n'
+        'password_env = "MESH_PASSWORD"\nshared_key_env = "MESH_SHARED_KEY"\n'
+    )
+    status, out, err = run(capsys, "handshake", "--config", str(config_file), "--profile", "sbx")
+    assert status == 0, err
+    assert out.startswith(f"{SENDER}: handshake ok")

@@ -234,3 +234,29 @@ async def test_persistently_corrupt_chunk_is_named_and_not_acknowledged(
     assert caught.value.chunk == 2
     assert leftovers(tmp_path, "out.csv") == []
     assert await recipient.list_inbox(workflow_filter=workflow) == [result.message_id]
+
+
+async def test_progress_is_reported_per_chunk(
+    sender: MeshClient, recipient: MeshClient, multi_file: Path, workflow: str, tmp_path: Path
+) -> None:
+    sent_progress: list[tuple[int, int]] = []
+    received_progress: list[tuple[int, int]] = []
+    size = len(content(multi_file))
+    result = await send_file(
+        sender,
+        multi_file,
+        to=RECIPIENT,
+        workflow_id=workflow,
+        chunk_size=5 * MiB,
+        progress=lambda done, total: sent_progress.append((done, total)),
+    )
+    await receive_message(
+        recipient,
+        result.message_id,
+        tmp_path / "out.csv",
+        progress=lambda done, total: received_progress.append((done, total)),
+    )
+    for calls in (sent_progress, received_progress):
+        assert len(calls) == 3
+        assert calls[-1] == (size, size)
+        assert [done for done, _ in calls] == sorted(done for done, _ in calls)
