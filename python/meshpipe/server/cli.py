@@ -109,6 +109,11 @@ async def _serve(server: LocalMeshServer) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     async with server:
+        if server.config.store == "memory":
+            logging.getLogger("meshpipe.server").info(
+                "store 'memory': messages live in a temporary directory until exit "
+                "(give --data-dir for the durable dir store)"
+            )
         print(f"meshpipe serve: listening on {server.url}", flush=True)
         await stop.wait()
 
