@@ -144,6 +144,10 @@ def _translate(error: BaseException, method: str, path: str) -> MeshConnectionEr
 _CONNECTION_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
 
 
+class _SinkError(Exception):
+    """Carries an error raised by a download's sink past the network-error translation."""
+
+
 @dataclass(frozen=True, slots=True)
 class DownloadedChunk:
     """What a chunk download said: its metadata (headers) and the bytes received."""
@@ -552,6 +556,7 @@ class MeshClient:
         """
         suffix = f"/inbox/{quote(message_id)}" + (f"/{number}" if number > 1 else "")
         path = self._mailbox_path(suffix)
+        opened = False
         try:
             async with self.session.get(
                 self._url(path),
@@ -559,8 +564,11 @@ class MeshClient:
             ) as response:
                 if response.status not in (200, 206):
                     raise await self._raise_for(response, "GET", path, message_id)
+                opened = True
                 yield MessageMetadata.from_headers(message_id, response.headers), response
         except _CONNECTION_ERRORS as error:
+            if opened:
+                raise  # raised by the caller's body: it is the caller's to translate
             raise _translate(error, "GET", path) from error
 
     async def download_chunk(
@@ -592,8 +600,16 @@ class MeshClient:
                         )
                     async for piece in response.content.iter_chunked(piece_size):
                         received += len(piece)
-                        await sink(piece)
+                        try:
+                            await sink(piece)
+                        except Exception as error:
+                            # e.g. a full disk: not a network failure, never retried as one
+                            raise _SinkError() from error
                     status = response.status
+        except _SinkError as wrapped:
+            cause = wrapped.__cause__
+            assert cause is not None
+            raise cause from cause.__cause__
         except TimeoutError as error:
             raise _translate(error, "GET", path) from error
         except (aiohttp.ClientError, OSError) as error:

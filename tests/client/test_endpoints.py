@@ -294,3 +294,17 @@ async def test_no_secret_or_token_in_logs(
     text = caplog.text + str(caught.value) + repr(caught.value) + repr(sender)
     assert "TestKey" not in text
     assert "NHSMESH" not in text
+
+
+async def test_sink_errors_are_not_network_errors(
+    sender: MeshClient, recipient: MeshClient, workflow: str
+) -> None:
+    message_id = await sender.send_message(RECIPIENT, workflow, b"x" * 100_000)
+
+    async def full_disk(piece: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left") as caught:
+        await recipient.download_chunk(message_id, 1, full_disk)
+    assert not isinstance(caught.value, errors.MeshConnectionError)
+    await recipient.acknowledge(message_id)
