@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import requests
@@ -145,3 +146,42 @@ def test_checker_gzip_with_either_inflater(monkeypatch: pytest.MonkeyPatch, infl
     with pytest.raises(ChunkCheckError):
         broken.update(b"\x1f\x8b\x08\x00" + b"\xff" * 100)
         broken.finish()
+
+
+async def test_meshpipe_client_verifies_a_synthetic_message(tmp_path: Path) -> None:
+    from meshpipe.client import MeshClient as AsyncMeshClient
+    from meshpipe.config import MeshConfig
+    from meshpipe.transfer import receive_message
+
+    size = 11 * 1024 * 1024 + 7
+    async with LocalMeshServer(store="discard", shared_key=KEY) as server:
+        message_id = server.add_synthetic_message(
+            "X26ABC2", size, chunk_size=5 * 1024 * 1024, seed=3
+        )
+        checksum = server.message(message_id).checksum  # type: ignore[union-attr]
+        assert checksum.startswith("meshpipe/1 xxh3-128:") and f"size:{size}" in checksum
+        async with AsyncMeshClient(MeshConfig(server.url, "X26ABC2", "password", KEY)) as client:
+            result = await receive_message(client, message_id, tmp_path / "synthetic.csv")
+        assert result.verified and result.acknowledged
+        assert result.size == size
+
+
+def test_discarded_message_downloads_carry_no_sender_checksum(threaded_server: Start) -> None:
+    server = threaded_server(store="discard", rules="sandbox")
+    answer = requests.post(
+        f"{server.url}/messageexchange/X26ABC1/outbox",
+        headers=head(
+            "X26ABC1",
+            **{"mex-To": "X26ABC2", "mex-WorkflowID": "W", "mex-Content-Checksum": "md5:abc"},
+        ),
+        data=b"real data",
+        timeout=10,
+    )
+    message_id = answer.json()["message_id"]
+    download = requests.get(
+        f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}",
+        headers=head("X26ABC2"),
+        timeout=10,
+    )
+    assert download.content == synthetic_bytes(0, 0, 9)
+    assert "mex-Content-Checksum" not in download.headers

@@ -3,6 +3,7 @@ synthetic messages, the fault plan and log, and the clock."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 from typing import Any
@@ -20,6 +21,7 @@ from meshpipe.server.responses import (
     validation_error,
 )
 from meshpipe.server.state import Refusal, ServerState
+from meshpipe.server.synthetic import synthetic_checksum
 
 NDR_DAYS_TEXT = "Message not collected by recipient after {days} days"
 
@@ -160,7 +162,8 @@ class AdminRoutes:
 
     async def create_synthetic(self, request: web.Request) -> web.StreamResponse:
         """``{"mailbox_id": recipient, "size": bytes, "chunk_size"?: bytes (20 MiB), "seed"?,
-        "sender"?: mailbox, "workflow_id"?, "subject"?, "local_id"?, "file_name"?}``"""
+        "sender"?: mailbox, "workflow_id"?, "subject"?, "local_id"?, "file_name"?,
+        "checksum"?: bool (true: carry meshpipe's whole-file checksum header)}``"""
         data = await _json_body(request)
         _required(data, "mailbox_id", "size")
         recipient = self.state.directory.get(str(data["mailbox_id"]))
@@ -176,7 +179,13 @@ class AdminRoutes:
             raise Refusal(_invalid("size", "size, chunk_size and seed are integers")) from None
         if spec.size < 0 or spec.chunk_size <= 0:
             raise Refusal(_invalid("size", "size must be ≥ 0 and chunk_size > 0"))
+        checksum = ""
+        if data.get("checksum", True):
+            checksum = await asyncio.to_thread(
+                synthetic_checksum, spec.seed, spec.size, spec.chunk_size
+            )
         message = self.state.mailroom.create_synthetic(
+            checksum=checksum,
             sender=str(data.get("sender") or "").upper(),
             recipient=recipient.mailbox_id,
             workflow_id=str(data.get("workflow_id") or "SYNTHETIC"),

@@ -223,15 +223,22 @@ class Mailroom:
         subject: str = "",
         local_id: str = "",
         file_name: str = "",
+        checksum: str = "",
     ) -> Message:
-        """An accepted DATA message whose bytes are generated on download."""
+        """An accepted DATA message whose bytes are generated on download (``checksum``: the
+        mex-Content-Checksum it carries, see synthetic.synthetic_checksum)."""
         sizes = spec.chunk_sizes()
         message = self.new_data_message(
             sender=sender,
             recipient=recipient,
             workflow_id=workflow_id,
             total_chunks=len(sizes),
-            headers={"subject": subject, "local_id": local_id, "file_name": file_name},
+            headers={
+                "subject": subject,
+                "local_id": local_id,
+                "file_name": file_name,
+                "checksum": checksum,
+            },
             content_encoding="",
             compressed=False,
             encrypted=False,

@@ -305,7 +305,8 @@ def message_headers(message: Message, chunk_number: int, now: datetime) -> dict[
         **status_headers(message, now),
         "mex-Content-Compressed": "Y" if message.compressed else None,
         "mex-Content-Encrypted": "Y" if message.encrypted else None,
-        "mex-Content-Checksum": message.checksum,
+        # A discarded message downloads as synthetic bytes: the sender's checksum would not hold.
+        "mex-Content-Checksum": "" if message.discarded else message.checksum,
         "mex-Content-Type": message.content_type,
         "Last-Modified": http_time(message.last_event.timestamp),
     }

@@ -24,6 +24,7 @@ from meshpipe.server.mailroom import Mailroom
 from meshpipe.server.models import Clock, Message, SyntheticSpec
 from meshpipe.server.state import ServerState
 from meshpipe.server.store import make_store
+from meshpipe.server.synthetic import synthetic_checksum
 from meshpipe.server.tls import server_ssl_context
 
 log = logging.getLogger("meshpipe.server")
@@ -162,8 +163,10 @@ class LocalMeshServer:
         workflow_id: str = "SYNTHETIC",
         subject: str = "",
         local_id: str = "",
+        checksum: bool = True,
     ) -> str:
-        """An accepted message of ``size`` bytes generated on download; returns its id."""
+        """An accepted message of ``size`` bytes generated on download; returns its id. With
+        ``checksum`` it carries meshpipe's whole-file checksum header (one pass to compute)."""
         mailbox = self.directory.get(recipient)
         if mailbox is None:
             raise ValueError(f"no mailbox {recipient!r} on this server")
@@ -174,6 +177,7 @@ class LocalMeshServer:
             spec=SyntheticSpec(size, chunk_size, seed),
             subject=subject,
             local_id=local_id,
+            checksum=synthetic_checksum(seed, size, chunk_size) if checksum else "",
         )
         return message.message_id
 

@@ -58,3 +58,11 @@ def synthetic_xxh3_128(seed: int, size: int) -> str:
     for piece in synthetic_pieces(seed, 0, size):
         digest.update(piece)
     return str(digest.hexdigest())
+
+
+def synthetic_checksum(seed: int, size: int, chunk_size: int) -> str:
+    """The ``mex-Content-Checksum`` a synthetic message carries, in meshpipe's own form
+    (``meshpipe/1 xxh3-128:<hex> size:<n> chunk:<n> codec:none``), so meshpipe's client verifies
+    the download like any other. Costs one pass over the stream (xxh3: many GB/s)."""
+    digest = synthetic_xxh3_128(seed, size)
+    return f"meshpipe/1 xxh3-128:{digest} size:{size} chunk:{chunk_size} codec:none"
