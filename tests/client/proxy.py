@@ -72,6 +72,17 @@ class FaultProxy:
         self.url = f"http://127.0.0.1:{self.port}"
         self._gathers: dict[int, asyncio.Event] = {}
         self._waiting: dict[int, int] = {}
+        self._changed = asyncio.Event()
+
+    def _note(self, event: Event) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds (checked after every request starts or ends)."""
+        while not predicate():
+            self._changed.clear()
+            await self._changed.wait()
 
     def add(self, rule: Rule) -> Rule:
         self.rules.append(rule)
@@ -93,6 +104,8 @@ class FaultProxy:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        for event in self._gathers.values():  # release held requests
+            event.set()
         await self._runner.cleanup()
         await self._session.close()
 
@@ -119,14 +132,14 @@ class FaultProxy:
         else:
             kind = f"{request.method} {re.sub(r'/[0-9A-F]{32}', '/{id}', request.path)}"
         chunk_range = request.headers.get("mex-Chunk-Range")
-        self.events.append(Event("start", request.method, request.path, chunk_range))
+        self._note(Event("start", request.method, request.path, chunk_range))
         self.in_flight[kind] = self.in_flight.get(kind, 0) + 1
         self.max_in_flight[kind] = max(self.max_in_flight.get(kind, 0), self.in_flight[kind])
         try:
             return await self._forward(request)
         finally:
             self.in_flight[kind] -= 1
-            self.events.append(Event("end", request.method, request.path, chunk_range))
+            self._note(Event("end", request.method, request.path, chunk_range))
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         rule = self._take(request)

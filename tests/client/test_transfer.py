@@ -4,6 +4,7 @@ chunk that fails verification, nothing acknowledged unless verified."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,44 @@ async def test_progress_is_reported_per_chunk(
         assert len(calls) == 3
         assert calls[-1] == (size, size)
         assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+
+
+async def test_cancellation_propagates_and_never_completes_the_message(
+    proxy: FaultProxy,
+    proxied_sender: MeshClient,
+    sender: MeshClient,
+    four_chunk_file: Path,
+    workflow: str,
+) -> None:
+    # Hold every middle chunk at the proxy, then cancel the send while they are in flight.
+    proxy.add(
+        Rule(
+            "POST",
+            r"/messageexchange/X26ABC1/outbox/[0-9A-F]+/[23]",
+            "gather",
+            times=2,
+            gather=99,
+            gather_timeout=30,
+        )
+    )
+    task = asyncio.create_task(
+        send_file(
+            proxied_sender,
+            four_chunk_file,
+            to=RECIPIENT,
+            workflow_id=workflow,
+            chunk_size=5 * MiB,
+            local_id=f"{workflow}-cancelled",
+        )
+    )
+    async with asyncio.timeout(30):
+        await proxy.wait_until(
+            lambda: sum(1 for e in proxy.events if e.kind == "start" and e.chunk_range) >= 3
+        )
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    message_id = await sender.find_sent_message(f"{workflow}-cancelled")
+    assert message_id is not None
+    assert (await sender.track(message_id)).status == "uploading"
+    assert not any(e.chunk_range == "4:4" for e in proxy.events)
