@@ -268,3 +268,28 @@ def test_client_disconnect_mid_chunk_leaves_nothing(threaded_server: Start, tmp_
     assert not list(tmp_path.rglob("*.part"))
     assert not list(tmp_path.rglob("*.msg"))
     assert send(server, b"after").status_code == 202
+
+
+def test_mesh_client_retries_reuse_the_token_so_strict_rules_refuse_them(
+    threaded_server: Start,
+) -> None:
+    """A fact about NHS's mesh-client 5.0.2: urllib3 re-sends a failed chunk with the same
+    Authorization header. Single-use tokens (live, per the spec; --rules strict) refuse the
+    retry with 403; the sandbox accepts it."""
+    from mesh_client import MeshClient
+
+    from meshpipe.server import Fault, FaultPlan
+
+    outcomes = {}
+    for rules in ("sandbox", "strict"):
+        plan = FaultPlan((Fault("reset", route="send_chunk", chunk=2, after_bytes=100),))
+        server = threaded_server(rules=rules, faults=plan, min_chunk_size=1000)
+        with MeshClient(
+            server.url, "X26ABC1", "password", shared_key=KEY.encode(), max_chunk_size=1000
+        ) as mesh:
+            try:
+                mesh.send_message("X26ABC2", b"x" * 2500, workflow_id="TEST_WORKFLOW")
+                outcomes[rules] = 202
+            except requests.HTTPError as error:
+                outcomes[rules] = error.response.status_code
+    assert outcomes == {"sandbox": 202, "strict": 403}
