@@ -115,6 +115,8 @@ async def test_mesh_client_to_meshpipe(
     # a plain sender carries no meshpipe checksum: the result says what was verified
     if compress:
         assert any("gzip" in item for item in result.verified)
+    else:
+        assert result.verified == []
     assert not any("xxh3" in item and "file" in item for item in result.verified)
     assert message_id not in await recipient.list_inbox(workflow_filter=workflow)
 
