@@ -1,8 +1,9 @@
 """NHSMESH authorization tokens: made by the client, checked by the local server.
 
-``Authorization: NHSMESH <MAILBOX>:<nonce>:<nonce_count>:<timestamp>:<hmac>`` where the HMAC is
-SHA-256, keyed by the environment's shared key, over ``MAILBOX:nonce:nonce_count:PASSWORD:timestamp``
-and written as lowercase hex. The timestamp is UTC ``yyyyMMddHHmm``.
+``Authorization: NHSMESH <MAILBOX>:<nonce>:<nonce_count>:<timestamp>:<hmac>`` where the HMAC
+is SHA-256, keyed by the environment's shared key, over
+``MAILBOX:nonce:nonce_count:PASSWORD:timestamp`` and written as lowercase hex. The timestamp is
+UTC ``yyyyMMddHHmm``.
 """
 
 from __future__ import annotations
