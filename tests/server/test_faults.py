@@ -204,3 +204,13 @@ def test_plan_from_json_file_and_admin_api(threaded_server: Start, tmp_path: Pat
         timeout=10,
     )
     assert bad.status_code == 400
+
+
+def test_stall_mid_upload(threaded_server: Start) -> None:
+    server = threaded_server(
+        rules="sandbox",
+        faults=FaultPlan((Fault("stall", route="send", seconds=0.05, after_bytes=1000),)),
+    )
+    message_id = send(server, b"s" * 5000)
+    assert server.message(message_id) is not None
+    assert server.fault_log[0]["route"] == "upload" and server.fault_log[0]["after_bytes"] == 1000

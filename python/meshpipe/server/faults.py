@@ -19,7 +19,7 @@ given); it fires on match number ``nth`` (1-based) and the ``times - 1`` matches
 * ``reset``: abort the connection after ``after_bytes`` bytes of the request body (uploads) or
   of the response body (downloads).
 * ``stall``: wait ``seconds`` before handling the request (or, with ``after_bytes``, after that
-  many body bytes of a download).
+  many body bytes of an upload or a download).
 * ``flip``: on a download, invert one byte of the body as sent: at ``offset`` if given, else at
   a position drawn from the plan's seed.
 * ``lost_ack``: on an acknowledgement, drop the connection without answering; with

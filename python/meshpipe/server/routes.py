@@ -444,6 +444,7 @@ class MeshRoutes:
         """Stream the body to the store through the checker; None if a fault reset the link."""
         resets = firings(request, "reset")
         reset_at = min((f.fault.after_bytes for f in resets), default=None)
+        stalls = [f for f in firings(request, "stall") if f.fault.after_bytes]
         _read_larger_pieces(request)
         writer = self.mailroom.store.chunk_writer(message, number)
         checker = ChunkChecker(message.content_encoding, payload_compressed=message.compressed)
@@ -469,6 +470,17 @@ class MeshRoutes:
                         request.transport.abort()
                     return None
                 received += len(piece)
+                for stall in [f for f in stalls if received >= f.fault.after_bytes]:
+                    stalls.remove(stall)
+                    self.state.faults.record(
+                        stall,
+                        "upload",
+                        message_id=message.message_id,
+                        chunk=number,
+                        seconds=stall.fault.seconds,
+                        after_bytes=stall.fault.after_bytes,
+                    )
+                    await asyncio.sleep(stall.fault.seconds)
                 if limit is not None and received >= limit:
                     raise Refusal(mesh_error(413, "request_too_large", version, maximum=limit))
                 try:
