@@ -224,3 +224,43 @@ async def test_empty_file_both_ways(
     received = await receive_message(recipient, second.message_id, tmp_path / "got.csv")
     assert received.size == 0 and content(tmp_path / "got.csv") == b""
     await asyncio.to_thread(peer.acknowledge_message, first.message_id)
+
+
+@pytest.mark.parametrize(
+    ("size", "codec"),
+    [
+        (1, "none"),
+        (5 * MiB - 1, "none"),
+        (5 * MiB, "none"),
+        (5 * MiB + 1, "none"),
+        (5 * MiB + 1, "gzip"),
+        (5 * MiB + 1, "zstd"),
+        (10 * MiB, "none"),
+        (10 * MiB + 1, "gzip"),
+        (10 * MiB + 1, "zstd"),
+    ],
+)
+async def test_awkward_sizes_round_trip(
+    sender: MeshClient,
+    recipient: MeshClient,
+    workflow: str,
+    tmp_path: Path,
+    size: int,
+    codec: str,
+) -> None:
+    """Around the chunk boundary: 1 chunk, exactly 1, 2 with a 1-byte last chunk, 3."""
+    source = write_csv(tmp_path / "edge.csv", size, seed=size)
+    result = await send_file(
+        sender,
+        source,
+        to=RECIPIENT,
+        workflow_id=workflow,
+        codec=codec,  # type: ignore[arg-type]
+        chunk_size=5 * MiB,
+    )
+    assert result.chunk_count == max(1, -(-size // (5 * MiB)))
+    destination = tmp_path / "out.csv"
+    received = await receive_message(recipient, result.message_id, destination)
+    assert content(destination) == content(source)
+    assert received.chunk_count == result.chunk_count
+    assert "file xxh3-128" in received.verified
