@@ -308,3 +308,20 @@ async def test_sink_errors_are_not_network_errors(
         await recipient.download_chunk(message_id, 1, full_disk)
     assert not isinstance(caught.value, errors.MeshConnectionError)
     await recipient.acknowledge(message_id)
+
+
+async def test_last_chunk_must_come_last(sender: MeshClient, workflow: str) -> None:
+    """Why send_file sends chunk N only after every other chunk was accepted: the sandbox's
+    file store answers 500 to a last chunk that overtakes a missing one, and the message stays
+    uploading; sent again after the rest, it completes. Middle chunks may come in any order."""
+    message_id = await sender.send_message(RECIPIENT, workflow, b"1" * 100, chunk_count=4)
+    with pytest.raises(errors.MeshServerError):
+        await sender.send_chunk(message_id, 4, 4, b"4")
+    assert (await sender.track(message_id)).status == "uploading"
+    await sender.send_chunk(message_id, 3, 4, b"3")
+    await sender.send_chunk(message_id, 2, 4, b"2")
+    await sender.send_chunk(message_id, 2, 4, b"2")  # re-sending a middle chunk overwrites
+    await sender.send_chunk(message_id, 4, 4, b"4")
+    assert (await sender.track(message_id)).status == "accepted"
+    with pytest.raises(errors.MeshMessageLockedError):
+        await sender.send_chunk(message_id, 3, 4, b"3")
