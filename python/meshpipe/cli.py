@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, TextIO
 
-from meshpipe._meshpipe import DEFAULT_CHUNK_SIZE
+from meshpipe._meshpipe import DEFAULT_CHUNK_SIZE, MAX_FILE_SIZE
 from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.config import load_config
 from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     send.add_argument("--concurrency", type=_positive, default=DEFAULT_CONCURRENCY)
     send.add_argument("--sequential", action="store_true", help="one chunk at a time")
+    send.add_argument("--partner-id")
+    send.add_argument(
+        "--max-file-size",
+        type=parse_size,
+        default=MAX_FILE_SIZE,
+        help="refuse larger files (default %(default)s bytes, NHS's advertised 50 GB)",
+    )
     _connection_flags(send)
 
     receive = commands.add_parser("receive", help="download, verify and acknowledge")
@@ -208,7 +215,9 @@ async def _send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 local_id=args.local_id,
                 subject=args.subject,
                 filename=args.filename,
+                partner_id=args.partner_id,
                 content_type=args.content_type,
+                max_file_size=args.max_file_size,
                 codec=args.compress,
                 level=args.level,
                 chunk_size=args.chunk_size,

@@ -184,6 +184,20 @@ def test_errors_are_one_line(
     )
     assert status == 2
     assert err.startswith("meshpipe: error:") and len(err.strip().splitlines()) == 1
+    status, _, err = run(
+        capsys,
+        "send",
+        str(multi_file),
+        "--mailbox",
+        SENDER,
+        "--to",
+        RECIPIENT,
+        "--workflow-id",
+        workflow,
+        "--max-file-size",
+        "10MiB",
+    )
+    assert status == 2 and "meshpipe: error:" in err
     status, _, err = run(capsys, "inbox", "--url", "local", "--mailbox", "bad mailbox!")
     assert status == 2 and "mailbox id" in err
 
