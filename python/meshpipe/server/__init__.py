@@ -18,7 +18,13 @@ from meshpipe.server.config import (
 from meshpipe.server.faults import Fault, FaultPlan, FaultPlanError
 from meshpipe.server.models import Clock
 from meshpipe.server.server import LocalMeshServer
-from meshpipe.server.synthetic import synthetic_bytes, synthetic_pieces, synthetic_xxh3_128
+from meshpipe.server.synthetic import (
+    synthetic_bytes,
+    synthetic_checksum,
+    synthetic_pieces,
+    synthetic_xxh3_128,
+)
+from meshpipe.server.threaded import ServerThread, run_in_thread
 
 __all__ = [
     "DEFAULT_MAILBOXES",
@@ -31,11 +37,14 @@ __all__ = [
     "LocalMeshServer",
     "Mailbox",
     "ServerConfig",
+    "ServerThread",
     "TLSSettings",
     "Workflow",
     "load_mailboxes",
     "load_workflows",
+    "run_in_thread",
     "synthetic_bytes",
+    "synthetic_checksum",
     "synthetic_pieces",
     "synthetic_xxh3_128",
 ]
