@@ -199,6 +199,11 @@ class MeshClient:
             raise_for_status=False,
             headers={"User-Agent": self.settings.user_agent, "Accept-Encoding": "identity"},
         )
+        # aiohttp silently re-sends an idempotent request once when a kept-alive connection
+        # drops, with the same headers: the same NHSMESH token, which live MESH refuses (403,
+        # one token per request). Our own retries (retry.py) make a fresh token every time.
+        if hasattr(self._session, "_retry_connection"):
+            self._session._retry_connection = False
 
     async def close(self) -> None:
         if self._session is not None:

@@ -55,6 +55,7 @@ class Event:
     method: str
     path: str
     chunk_range: str | None
+    authorization: str | None = None
 
 
 @dataclass
@@ -132,7 +133,15 @@ class FaultProxy:
         else:
             kind = f"{request.method} {re.sub(r'/[0-9A-F]{32}', '/{id}', request.path)}"
         chunk_range = request.headers.get("mex-Chunk-Range")
-        self._note(Event("start", request.method, request.path, chunk_range))
+        self._note(
+            Event(
+                "start",
+                request.method,
+                request.path,
+                chunk_range,
+                request.headers.get("Authorization"),
+            )
+        )
         self.in_flight[kind] = self.in_flight.get(kind, 0) + 1
         self.max_in_flight[kind] = max(self.max_in_flight.get(kind, 0), self.in_flight[kind])
         try:

@@ -302,3 +302,23 @@ async def test_cancellation_propagates_and_never_completes_the_message(
     assert message_id is not None
     assert (await sender.track(message_id)).status == "uploading"
     assert not any(e.chunk_range == "4:4" for e in proxy.events)
+
+
+async def test_lost_acknowledgement_is_retried_with_a_fresh_token(
+    proxy: FaultProxy,
+    sender: MeshClient,
+    proxied_recipient: MeshClient,
+    workflow: str,
+) -> None:
+    """A dropped connection on a kept-alive PUT: aiohttp would silently re-send it with the
+    same token (live refuses a re-used token with 403); meshpipe retries with a fresh one."""
+    message_id = await sender.send_message(RECIPIENT, workflow, b"data")
+    await proxied_recipient.head(message_id)  # a kept-alive connection to the proxy
+    proxy.add(
+        Rule("PUT", r"/messageexchange/X26ABC2/inbox/[0-9A-F]+/status/acknowledged", "drop_after")
+    )
+    await proxied_recipient.acknowledge(message_id)
+    tokens = [e.authorization for e in proxy.events if e.kind == "start" and e.method == "PUT"]
+    assert len(tokens) == 2
+    assert tokens[0] != tokens[1]
+    assert (await sender.track(message_id)).status == "acknowledged"
