@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 from urllib.parse import quote, urlsplit
@@ -144,6 +145,22 @@ def _translate(error: BaseException, method: str, path: str) -> MeshConnectionEr
 _CONNECTION_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
 
 
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
 class _SinkError(Exception):
     """Carries an error raised by a download's sink past the network-error translation."""
 
@@ -255,7 +272,12 @@ class MeshClient:
         except _CONNECTION_ERRORS:
             body = b""
         return mesh_error_from_response(
-            response.status, body, method=method, path=path, message_id=message_id
+            response.status,
+            body,
+            method=method,
+            path=path,
+            message_id=message_id,
+            retry_after=_retry_after(response.headers.get("Retry-After")),
         )
 
     async def request(

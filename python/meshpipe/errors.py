@@ -147,8 +147,10 @@ class MeshHTTPError(MeshpipeError):
         internal_id: str | None = None,
         method: str = "",
         path: str = "",
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
+        self.retry_after = retry_after
         self.status = status
         self.code = code
         self.event = event
@@ -398,8 +400,10 @@ def mesh_error_from_response(
     method: str,
     path: str,
     message_id: str | None = None,
+    retry_after: float | None = None,
 ) -> MeshHTTPError:
-    """The specific MeshHTTPError for an error response (``path`` must hold no secret)."""
+    """The specific MeshHTTPError for an error response (``path`` must hold no secret);
+    ``retry_after`` is the server's Retry-After, in seconds, if it sent one."""
     fields = parse_error_body(body)
     description = fields["description"] or ""
     cls = _error_class(status, fields["code"], description)
@@ -424,6 +428,7 @@ def mesh_error_from_response(
         internal_id=fields["internal_id"],
         method=method,
         path=path,
+        retry_after=retry_after,
     )
 
 

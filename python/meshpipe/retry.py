@@ -38,6 +38,8 @@ class RetryPolicy:
     attempts: int = 4
     base_delay: float = 0.5
     max_delay: float = 20.0
+    #: The longest Retry-After (from a 429 or 503) that is honoured; longer ones fail.
+    max_retry_after: float = 120.0
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -49,6 +51,17 @@ class RetryPolicy:
         """Seconds to wait before try ``attempt`` (2, 3, ...)."""
         ceiling = min(self.max_delay, self.base_delay * (2 ** max(0, attempt - 2)))
         return (rng or random).uniform(0, ceiling)
+
+    def delay_after(self, attempt: int, error: BaseException) -> float | None:
+        """The wait before try ``attempt`` after ``error``: the backoff, or the server's
+        Retry-After if longer; None when that is longer than ``max_retry_after``."""
+        wait = self.delay(attempt)
+        retry_after = getattr(error, "retry_after", None)
+        if isinstance(retry_after, int | float):
+            if retry_after > self.max_retry_after:
+                return None
+            wait = max(wait, float(retry_after))
+        return wait
 
 
 NO_RETRY = RetryPolicy(attempts=1)
@@ -85,7 +98,9 @@ async def call_with_retry(
             if attempt >= policy.attempts or not is_retryable(error, idempotent=idempotent):
                 raise
             attempt += 1
-            wait = policy.delay(attempt)
+            wait = policy.delay_after(attempt, error)
+            if wait is None:
+                raise
             log.warning("%s failed (%s); try %d in %.2fs", what, error, attempt, wait)
             if on_retry is not None:
                 on_retry(attempt, error)
@@ -125,7 +140,10 @@ async def post_first_chunk_safely(
             if not is_ambiguous(error) or attempt >= policy.attempts:
                 raise
             attempt += 1
-            await asyncio.sleep(policy.delay(attempt))
+            wait = policy.delay_after(attempt, error)
+            if wait is None:
+                raise
+            await asyncio.sleep(wait)
             refused = isinstance(error, MeshHTTPError) and error.status in (425, 429)
             if refused:
                 continue

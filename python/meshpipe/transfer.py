@@ -507,7 +507,10 @@ async def _fetch_chunk(
             writer.abort()
             raise
         if attempt < attempts:
-            await asyncio.sleep(client.settings.retry.delay(attempt + 1))
+            wait = client.settings.retry.delay_after(attempt + 1, last_error)
+            if wait is None:  # the server asks for a longer pause than we wait
+                break
+            await asyncio.sleep(wait)
     raise ChunkTransferError(
         f"chunk {number} of message {message_id} failed {attempts} times (last: {last_error}); "
         "the message was not acknowledged: try again later, or ask the sender to resend",

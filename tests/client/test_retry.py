@@ -172,3 +172,44 @@ async def test_first_chunk_validation_error_is_final() -> None:
 
     with pytest.raises(MeshHTTPError):
         await post_first_chunk_safely(post, find, QUICK, local_id="L")
+
+
+def test_retry_after_is_honoured_within_limits() -> None:
+    policy = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02, max_retry_after=10)
+    busy = mesh_error_from_response(503, b"", method="GET", path="/x", retry_after=5)
+    assert busy.retry_after == 5
+    assert policy.delay_after(2, busy) == 5
+    too_long = mesh_error_from_response(429, b"", method="GET", path="/x", retry_after=3600)
+    assert policy.delay_after(2, too_long) is None
+    plain = http(503)
+    delay = policy.delay_after(2, plain)
+    assert delay is not None and 0 <= delay <= 0.01
+
+
+def test_retry_after_header_forms() -> None:
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    from meshpipe.client import _retry_after
+
+    assert _retry_after("7") == 7.0
+    assert _retry_after(None) is None
+    assert _retry_after("soon") is None
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    seconds = _retry_after(later)
+    assert seconds is not None and 20 < seconds <= 30
+
+
+async def test_retry_waits_for_retry_after() -> None:
+    policy = RetryPolicy(attempts=2, base_delay=0.0, max_delay=0.0)
+    calls = 0
+
+    async def operation() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise mesh_error_from_response(429, b"", method="GET", path="/x", retry_after=0)
+        return "ok"
+
+    assert await call_with_retry(operation, policy, idempotent=True, what="t") == "ok"
+    assert calls == 2
