@@ -531,3 +531,38 @@ def test_remaining_endpoints(peer: Peer) -> None:
     assert too_short.status_code == 400
     reset = requests.delete(f"{peer.url}/messageexchange/admin/reset", timeout=10)
     assert reset.status_code == 200 and reset.json() == {"message": "all mailboxes reset"}
+
+
+def test_download_of_an_uncompressed_message_to_a_gzip_client(peer: Peer) -> None:
+    """Named difference: mesh-sandbox gzips a stored uncompressed body at level 9 on the request
+    path (v2 Accept + gzip in Accept-Encoding); meshpipe serve sends it as stored (an HTTP server
+    may decline to compress). Clients see the same bytes either way."""
+    send = {"mex-To": "X26ABC2", "mex-WorkflowID": "TEST_WORKFLOW", "Content-Type": "text/csv"}
+    created = requests.post(
+        f"{peer.url}/messageexchange/X26ABC1/outbox",
+        headers=headers(peer, "X26ABC1", **send),
+        data=b"a,b\n1,2\n",
+        timeout=10,
+    )
+    message_id = created.json()["message_id"]
+    url = f"{peer.url}/messageexchange/X26ABC2/inbox/{message_id}"
+    answer = requests.get(
+        url,
+        headers=headers(peer, "X26ABC2", **{"Accept-Encoding": "gzip"}),
+        timeout=10,
+        stream=True,
+    )
+    raw = answer.raw.read()
+    assert answer.headers["Content-Type"] == "text/csv; charset=utf-8"  # v2, single chunk
+    if peer.kind == "sandbox":
+        assert (
+            answer.headers["Content-Encoding"] == "gzip" and gzip.decompress(raw) == b"a,b\n1,2\n"
+        )
+        assert answer.headers["mex-Content-Compressed"] == "Y"  # the sandbox's quirk
+    else:
+        assert "Content-Encoding" not in answer.headers and raw == b"a,b\n1,2\n"
+    v1 = requests.get(
+        url, headers=headers(peer, "X26ABC2", v2=False, **{"Accept-Encoding": "gzip"}), timeout=10
+    )
+    assert v1.headers["Content-Type"] == "application/octet-stream" and v1.content == b"a,b\n1,2\n"
+    requests.put(f"{url}/status/acknowledged", headers=headers(peer, "X26ABC2"), timeout=10)
