@@ -151,17 +151,14 @@ async def test_persistent_corruption_is_never_acknowledged(
     assert not acknowledged(server, message_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiohttp transparently retries an idempotent request (the PUT acknowledgement) once "
-    "when a kept-alive connection drops, re-sending the same Authorization token; live (and "
-    "--rules strict) refuse a repeated token with 403, so meshpipe's client gives up",
-)
 @pytest.mark.parametrize("server", [RECEIVE_FAULTS["lost-ack"]], indirect=True)
 @pytest.mark.parametrize("rules", ["strict"], indirect=True)
 async def test_lost_ack_is_retried_with_a_fresh_token(
     server: LocalMeshServer, source: Path, tmp_path: Path
 ) -> None:
+    """Under single-use tokens a retried acknowledgement needs a fresh token: aiohttp's silent
+    re-send of an idempotent request on a dropped kept-alive connection re-used the old one (403);
+    meshpipe's client now turns that off and retries itself."""
     message_id = await send(server, source)
     assert message_id is not None
     assert await receive(server, message_id, tmp_path / "received.bin")

@@ -77,8 +77,10 @@ def make_middleware(state: ServerState) -> Middleware:
                 # Like the sandbox (Starlette) for paths and methods it has no route for.
                 return json_response({"detail": exc.reason}, status=exc.status)
             raise
-        except (asyncio.CancelledError, ConnectionResetError):
-            raise
+        except ConnectionResetError:
+            # The client went away mid-request (its upload was discarded); nothing to answer.
+            log.info("client disconnected during %s %s", request.method, request.path)
+            return web.Response(status=499)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             return internal_error(500)
