@@ -11,7 +11,13 @@ import pytest
 
 from meshpipe import errors
 from meshpipe.client import MeshClient
-from meshpipe.transfer import receive_message, send_file
+from meshpipe.transfer import (
+    ReceiveFailure,
+    ReceiveResult,
+    receive_all,
+    receive_message,
+    send_file,
+)
 from tests.client.conftest import RECIPIENT, MiB, write_csv
 from tests.client.proxy import FaultProxy, Rule
 
@@ -322,3 +328,30 @@ async def test_lost_acknowledgement_is_retried_with_a_fresh_token(
     assert len(tokens) == 2
     assert tokens[0] != tokens[1]
     assert (await sender.track(message_id)).status == "acknowledged"
+
+
+async def test_receive_all_keeps_going_past_a_failed_message(
+    proxy: FaultProxy,
+    sender: MeshClient,
+    proxied_recipient: MeshClient,
+    recipient: MeshClient,
+    multi_file: Path,
+    small_file: Path,
+    workflow: str,
+    tmp_path: Path,
+) -> None:
+    bad = await send_file(
+        sender, multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * MiB, codec="gzip"
+    )
+    good = await send_file(sender, small_file, to=RECIPIENT, workflow_id=workflow)
+    proxy.add(
+        Rule("GET", rf"/messageexchange/X26ABC2/inbox/{bad.message_id}/2", "corrupt", times=99)
+    )
+    results = await receive_all(proxied_recipient, tmp_path / "in", workflow_filter=workflow)
+    failures = [item for item in results if isinstance(item, ReceiveFailure)]
+    received = [item for item in results if isinstance(item, ReceiveResult)]
+    assert [item.message_id for item in failures] == [bad.message_id]
+    assert isinstance(failures[0].error, errors.ChunkTransferError)
+    assert [item.message_id for item in received] == [good.message_id]
+    assert content(received[0].path) == content(small_file)
+    assert await recipient.list_inbox(workflow_filter=workflow) == [bad.message_id]
