@@ -11,7 +11,7 @@ import xxhash
 
 from meshpipe.auth import make_token
 from meshpipe.server import synthetic_xxh3_128
-from tests.server.test_store import serve_with
+from tests.server.processes import serve_with
 
 MiB = 1024 * 1024
 KEY = "TestKey"

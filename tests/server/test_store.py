@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,37 +14,13 @@ from urllib.parse import urlparse
 import requests
 
 from meshpipe.auth import make_token
-
-KEY = "TestKey"
-ROOT = Path(__file__).resolve().parents[2]
+from tests.server.processes import KEY, serve_with
 
 
 @contextmanager
 def serve(data_dir: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     with serve_with("--store", "dir", "--data-dir", str(data_dir)) as running:
         yield running
-
-
-@contextmanager
-def serve_with(*args: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """``python -m meshpipe.server`` on a free port, as a child process we can SIGKILL."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
-    common = ["--port", "0", "--rules", "sandbox", "--shared-key", KEY, "--log-level", "WARNING"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "meshpipe.server", *common, *args],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert "listening on" in line, line
-        yield line.rsplit(" ", 1)[1].strip(), process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=10)
 
 
 def head(mailbox: str, **extra: str) -> dict[str, str]:

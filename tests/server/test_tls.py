@@ -86,7 +86,7 @@ def test_optional_client_certificate(threaded_server: Start, pki: dict[str, Path
 
 
 def test_cli_serves_mutual_tls_and_mesh_client_pages(pki: dict[str, Path]) -> None:
-    from tests.server.test_store import serve_with
+    from tests.server.processes import serve_with
 
     args = ["--tls-cert", str(pki["server"]), "--tls-key", str(pki["server_key"])]
     args += ["--tls-client-ca", str(pki["ca"]), "--tls-client-cert", "required"]
