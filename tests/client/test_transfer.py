@@ -355,3 +355,27 @@ async def test_receive_all_keeps_going_past_a_failed_message(
     assert [item.message_id for item in received] == [good.message_id]
     assert content(received[0].path) == content(small_file)
     assert await recipient.list_inbox(workflow_filter=workflow) == [bad.message_id]
+
+
+async def test_duplicate_check_falls_back_to_tracking_by_local_id(
+    proxy: FaultProxy,
+    proxied_sender: MeshClient,
+    recipient: MeshClient,
+    multi_file: Path,
+    workflow: str,
+) -> None:
+    """Where the rich outbox is not offered (it is not in the public spec), the ambiguous
+    chunk 1 is looked up by local id through the (deprecated) tracking endpoint."""
+    proxy.add(Rule("GET", r"/messageexchange/X26ABC1/outbox/rich", "status", times=9, status=404))
+    proxy.add(Rule("POST", FIRST_CHUNK, "drop_after", times=1))
+    result = await send_file(
+        proxied_sender,
+        multi_file,
+        to=RECIPIENT,
+        workflow_id=workflow,
+        chunk_size=5 * MiB,
+        local_id=f"{workflow}-fallback",
+    )
+    looked_up = [e.path for e in proxy.events if e.kind == "start" and "tracking" in e.path]
+    assert looked_up == [f"/messageexchange/X26ABC1/outbox/tracking/{workflow}-fallback"]
+    assert await recipient.list_inbox(workflow_filter=workflow) == [result.message_id]
