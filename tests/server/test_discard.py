@@ -185,3 +185,73 @@ def test_discarded_message_downloads_carry_no_sender_checksum(threaded_server: S
     )
     assert download.content == synthetic_bytes(0, 0, 9)
     assert "mex-Content-Checksum" not in download.headers
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip", "zstd"])
+async def test_discard_checks_meshpipe_client_chunks(tmp_path: Path, codec: str) -> None:
+    """meshpipe's client in each codec: the server's per-chunk decoded digests match the source."""
+    from meshpipe.client import MeshClient as AsyncMeshClient
+    from meshpipe.config import MeshConfig
+    from meshpipe.transfer import send_file
+
+    chunk_size = 5 * 1024 * 1024
+    data = synthetic_bytes(8, 0, 2 * chunk_size + 4321)
+    source = tmp_path / "extract.csv"
+    source.write_bytes(data)
+    # sandbox rules: a zstd payload is opaque to MESH, so strict rules measure its compressed
+    # body against the 5 MiB minimum (see the next test)
+    async with LocalMeshServer(store="discard", shared_key=KEY, rules="sandbox") as server:
+        async with AsyncMeshClient(MeshConfig(server.url, "X26ABC1", "password", KEY)) as client:
+            sent = await send_file(
+                client,
+                source,
+                to="X26ABC2",
+                workflow_id="TEST_WORKFLOW",
+                codec=codec,
+                chunk_size=chunk_size,
+            )
+        message = server.message(sent.message_id)
+        assert message is not None and message.status == "accepted" and message.discarded
+        records = [message.chunks[n] for n in sorted(message.chunks)]
+    slices = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
+    assert [r.xxh3_128 for r in records] == [xxhash.xxh3_128_hexdigest(s) for s in slices]
+    if codec == "gzip":
+        assert [r.size for r in records] == [len(s) for s in slices]
+    else:
+        assert all(r.stored_size == r.size for r in records)
+    if codec != "none":
+        assert all(r.stored_size < len(s) for r, s in zip(records, slices, strict=True))
+
+
+async def test_strict_rules_measure_an_opaque_zstd_payload_by_its_body(tmp_path: Path) -> None:
+    """MESH cannot decode a zstd payload (it travels as opaque bytes flagged
+    mex-Content-Compressed), so its "decompressed" size is the body size: under strict rules
+    every chunk but the last must carry ≥ 5 MiB of compressed bytes. meshpipe's client either
+    plans for that or is refused before any message is accepted."""
+    from meshpipe.client import MeshClient as AsyncMeshClient
+    from meshpipe.config import MeshConfig
+    from meshpipe.errors import MeshHTTPError
+    from meshpipe.transfer import send_file
+
+    chunk_size = 5 * 1024 * 1024
+    source = tmp_path / "extract.csv"
+    source.write_bytes(synthetic_bytes(9, 0, 3 * chunk_size))
+    async with LocalMeshServer(store="discard", shared_key=KEY, rules="strict") as server:
+        async with AsyncMeshClient(MeshConfig(server.url, "X26ABC1", "password", KEY)) as client:
+            try:
+                sent = await send_file(
+                    client,
+                    source,
+                    to="X26ABC2",
+                    workflow_id="TEST_WORKFLOW",
+                    codec="zstd",
+                    chunk_size=chunk_size,
+                )
+            except MeshHTTPError as error:
+                assert error.status == 417 and "ChunkTooSmall" in str(error)
+                assert not [m for m in server.mailroom.all() if m.status == "accepted"]
+                return
+        message = server.message(sent.message_id)
+        assert message is not None and message.status == "accepted"
+        records = [message.chunks[n] for n in sorted(message.chunks)]
+        assert all(r.stored_size >= 5 * 1024 * 1024 for r in records[:-1])
