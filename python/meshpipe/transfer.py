@@ -190,9 +190,9 @@ async def _next_chunk(chunks: Iterator[Chunk]) -> Chunk | None:
 
 
 def _check_request_size(chunk: Chunk) -> None:
-    if chunk.payload_size > MAX_REQUEST_SIZE:
+    if chunk.payload_size >= MAX_REQUEST_SIZE:
         raise ChunkSizeError(
-            f"chunk {chunk.number} is {chunk.payload_size} bytes as sent; MESH accepts at most "
+            f"chunk {chunk.number} is {chunk.payload_size} bytes as sent; MESH accepts less than "
             f"{MAX_REQUEST_SIZE} per request: use a smaller --chunk-size"
         )
 

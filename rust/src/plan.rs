@@ -10,7 +10,7 @@ pub const GIB: u64 = 1024 * MIB;
 
 /// MESH rejects a chunk other than the last whose *decompressed* size is below 5 MiB.
 pub const MIN_CHUNK_SIZE: u64 = 5 * MIB;
-/// MESH's per-request body maximum (compressed bytes as sent): 100 MB.
+/// MESH's per-request body limit (compressed bytes as sent): a body must be *below* 100 MB.
 pub const MAX_REQUEST_SIZE: u64 = 100_000_000;
 /// Default maximum message size: 50 GB, as NHS advertises for the API.
 pub const MAX_FILE_SIZE: u64 = 50_000_000_000;
@@ -81,12 +81,12 @@ impl ChunkPlan {
         }
         let largest = chunk_size.min(file_size);
         let worst_case = codec.max_payload_size(largest);
-        if worst_case > limits.max_request_size {
+        if worst_case >= limits.max_request_size {
             let fits = largest_fitting(codec, limits.max_request_size);
             return Err(Error::ChunkSize(format!(
                 "a {largest}-byte chunk can be up to {worst_case} bytes as sent with codec {}, \
-                 above MESH's per-request maximum of {} bytes; use a chunk size of at most {fits} \
-                 bytes",
+                 not below MESH's per-request limit of {} bytes; use a chunk size of at most \
+                 {fits} bytes",
                 codec.name(),
                 limits.max_request_size,
             )));
@@ -122,12 +122,12 @@ impl ChunkPlan {
     }
 }
 
-/// The largest chunk size whose worst-case payload fits `max_request_size`.
+/// The largest chunk size whose worst-case payload stays below `max_request_size`.
 fn largest_fitting(codec: Codec, max_request_size: u64) -> u64 {
     let (mut low, mut high) = (0u64, max_request_size);
     while low < high {
         let mid = (low + high).div_ceil(2);
-        if codec.max_payload_size(mid) <= max_request_size {
+        if codec.max_payload_size(mid) < max_request_size {
             low = mid;
         } else {
             high = mid - 1;
@@ -185,8 +185,9 @@ mod tests {
 
     #[test]
     fn oversized_chunks_refused_with_a_size_that_fits() {
-        let err = plan(200_000_000, 100_000_001).unwrap_err();
-        assert!(err.to_string().contains("at most 100000000"), "{err}");
+        let err = plan(200_000_000, 100_000_000).unwrap_err();
+        assert!(err.to_string().contains("at most 99999999"), "{err}");
+        assert!(plan(200_000_000, 99_999_999).is_ok());
         let err = ChunkPlan::new(
             200_000_000,
             100_000_000,
@@ -205,8 +206,8 @@ mod tests {
             .parse()
             .unwrap();
         let codec = Codec::gzip(1).unwrap();
-        assert!(codec.max_payload_size(fits) <= MAX_REQUEST_SIZE);
-        assert!(codec.max_payload_size(fits + 1) > MAX_REQUEST_SIZE);
+        assert!(codec.max_payload_size(fits) < MAX_REQUEST_SIZE);
+        assert!(codec.max_payload_size(fits + 1) >= MAX_REQUEST_SIZE);
     }
 
     #[test]
