@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -59,8 +60,16 @@ def compress_reference(codec: str, level: int | None) -> Callable[[bytes], bytes
     if codec == "gzip":
         return lambda chunk: isal_zlib.compress(chunk, level or 1, wbits=31)
     if codec == "zstd":
-        compressor = zstandard.ZstdCompressor(level=level or 1, write_checksum=True)
-        return compressor.compress
+        # A zstandard compressor is not thread-safe: one per thread.
+        local = threading.local()
+
+        def compress(chunk: bytes) -> bytes:
+            if not hasattr(local, "compressor"):
+                local.compressor = zstandard.ZstdCompressor(level=level or 1, write_checksum=True)
+            result: bytes = local.compressor.compress(chunk)
+            return result
+
+        return compress
     return lambda chunk: chunk
 
 
@@ -68,7 +77,7 @@ def decompress_reference(codec: str) -> Callable[[bytes], bytes]:
     if codec == "gzip":
         return lambda payload: isal_zlib.decompress(payload, wbits=31)
     if codec == "zstd":
-        return lambda payload: zstandard.ZstdDecompressor().decompress(payload)
+        return lambda payload: zstandard.ZstdDecompressor().decompress(payload)  # one per call
     return lambda payload: payload
 
 
