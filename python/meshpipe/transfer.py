@@ -44,6 +44,7 @@ from meshpipe._meshpipe import (
     DEFAULT_CHUNK_SIZE,
     MAX_FILE_SIZE,
     MAX_REQUEST_SIZE,
+    MIN_CHUNK_SIZE,
     Assembler,
     Chunk,
     ChunkWriter,
@@ -189,7 +190,15 @@ async def _next_chunk(chunks: Iterator[Chunk]) -> Chunk | None:
     return await asyncio.to_thread(next, chunks, None)
 
 
-def _check_request_size(chunk: Chunk) -> None:
+def _check_request_size(chunk: Chunk, codec: Codec, min_payload_size: int) -> None:
+    """MESH's per-request rules, checked on each chunk as it comes out of the engine."""
+    if codec == "zstd" and chunk.number < chunk.count and chunk.payload_size < min_payload_size:
+        # MESH cannot decode a zstd payload, so its 5 MiB minimum applies to the bytes sent.
+        raise ChunkSizeError(
+            f"chunk {chunk.number} compresses to {chunk.payload_size} bytes with zstd, below "
+            f"MESH's {min_payload_size}-byte minimum for every chunk but the last (MESH sees "
+            "the compressed bytes of a zstd payload): use a larger --chunk-size, or gzip"
+        )
     if chunk.payload_size >= MAX_REQUEST_SIZE:
         raise ChunkSizeError(
             f"chunk {chunk.number} is {chunk.payload_size} bytes as sent; MESH accepts less than "
@@ -214,6 +223,7 @@ async def send_file(
     concurrency: int = DEFAULT_CONCURRENCY,
     sequential: bool = False,
     max_file_size: int = MAX_FILE_SIZE,
+    min_payload_size: int = MIN_CHUNK_SIZE,
     progress: ProgressCallback | None = None,
 ) -> SendResult:
     """Send a file as one MESH message (chunked when larger than ``chunk_size``).
@@ -222,7 +232,10 @@ async def send_file(
     the original file); ``zstd`` (the recipient gets a standard ``.zst`` file, flagged with
     ``mex-Content-Compressed: Y``; a meshpipe recipient restores the original). ``sequential``
     sends one chunk at a time, for servers that want strict order. ChunkSizeError, before
-    anything is sent, when the plan breaks MESH's chunk rules.
+    anything is sent, when the plan breaks MESH's chunk rules. ``min_payload_size``: MESH sees
+    only the compressed bytes of a zstd payload, so every chunk but the last must compress to
+    at least this (MESH's 5 MiB; 0 for a server that does not check, such as mesh-sandbox); a
+    chunk that does not is refused before it is sent.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
@@ -297,7 +310,7 @@ async def send_file(
                 )
 
         try:
-            _check_request_size(first)
+            _check_request_size(first, codec, min_payload_size)
             started = datetime.now(UTC)
             message_id = await post_first_chunk_safely(
                 lambda: client.send_message(
@@ -328,7 +341,7 @@ async def send_file(
             nonlocal sent_bytes
             number = chunk.number
             try:
-                _check_request_size(chunk)
+                _check_request_size(chunk, codec, min_payload_size)
                 await _send_chunk_with_retry(client, message_id, chunk, count, encoding)
                 sent_bytes += chunk.payload_size
                 report(chunk.length)

@@ -209,6 +209,7 @@ async def test_discard_checks_meshpipe_client_chunks(tmp_path: Path, codec: str)
                 workflow_id="TEST_WORKFLOW",
                 codec=codec,
                 chunk_size=chunk_size,
+                min_payload_size=0,
             )
         message = server.message(sent.message_id)
         assert message is not None and message.status == "accepted" and message.discarded
@@ -226,32 +227,39 @@ async def test_discard_checks_meshpipe_client_chunks(tmp_path: Path, codec: str)
 async def test_strict_rules_measure_an_opaque_zstd_payload_by_its_body(tmp_path: Path) -> None:
     """MESH cannot decode a zstd payload (it travels as opaque bytes flagged
     mex-Content-Compressed), so its "decompressed" size is the body size: under strict rules
-    every chunk but the last must carry ≥ 5 MiB of compressed bytes. meshpipe's client either
-    plans for that or is refused before any message is accepted."""
+    every chunk but the last must carry ≥ 5 MiB of compressed bytes. meshpipe's client refuses
+    such a chunk before sending it; sent anyway, the server refuses it as MESH would."""
     from meshpipe.client import MeshClient as AsyncMeshClient
     from meshpipe.config import MeshConfig
-    from meshpipe.errors import MeshHTTPError
+    from meshpipe.errors import ChunkSizeError, MeshHTTPError
     from meshpipe.transfer import send_file
 
     chunk_size = 5 * 1024 * 1024
     source = tmp_path / "extract.csv"
     source.write_bytes(synthetic_bytes(9, 0, 3 * chunk_size))
-    async with LocalMeshServer(store="discard", shared_key=KEY, rules="strict") as server:
-        async with AsyncMeshClient(MeshConfig(server.url, "X26ABC1", "password", KEY)) as client:
-            try:
-                sent = await send_file(
-                    client,
-                    source,
-                    to="X26ABC2",
-                    workflow_id="TEST_WORKFLOW",
-                    codec="zstd",
-                    chunk_size=chunk_size,
-                )
-            except MeshHTTPError as error:
-                assert error.status == 417 and "ChunkTooSmall" in str(error)
-                assert not [m for m in server.mailroom.all() if m.status == "accepted"]
-                return
-        message = server.message(sent.message_id)
-        assert message is not None and message.status == "accepted"
-        records = [message.chunks[n] for n in sorted(message.chunks)]
-        assert all(r.stored_size >= 5 * 1024 * 1024 for r in records[:-1])
+    async with (
+        LocalMeshServer(store="discard", shared_key=KEY, rules="strict") as server,
+        AsyncMeshClient(MeshConfig(server.url, "X26ABC1", "password", KEY)) as client,
+    ):
+        with pytest.raises(ChunkSizeError, match="zstd"):
+            await send_file(
+                client,
+                source,
+                to="X26ABC2",
+                workflow_id="TEST_WORKFLOW",
+                codec="zstd",
+                chunk_size=chunk_size,
+            )
+        assert not server.mailroom.all()
+        with pytest.raises(MeshHTTPError) as refused:
+            await send_file(
+                client,
+                source,
+                to="X26ABC2",
+                workflow_id="TEST_WORKFLOW",
+                codec="zstd",
+                chunk_size=chunk_size,
+                min_payload_size=0,
+            )
+        assert refused.value.status == 417 and "ChunkTooSmall" in str(refused.value)
+        assert not [m for m in server.mailroom.all() if m.status == "accepted"]
