@@ -258,10 +258,7 @@ impl Integrity {
 /// Incremental decoder with an output cap.
 pub struct Decoder {
     inner: Inner,
-    limit: u64,
-    produced: u64,
-    exact: bool,
-    output: Vec<u8>,
+    output: Output,
 }
 
 enum Inner {
@@ -270,8 +267,73 @@ enum Inner {
     Zstd(ZstdInflater),
 }
 
+/// Decoded bytes on their way to the sink, counted against the cap.
+struct Output {
+    buffer: Vec<u8>,
+    limit: u64,
+    produced: u64,
+    exact: bool,
+}
+
 /// The sink receives decoded bytes in order.
 pub type Sink<'a> = dyn FnMut(&[u8]) -> Result<()> + 'a;
+
+/// One step of a streaming decompressor: (bytes consumed, bytes written).
+trait Inflate {
+    fn step(&mut self, input: &[u8], output: &mut [u8]) -> Result<(usize, usize)>;
+    fn stalled(&self) -> Error;
+}
+
+impl Output {
+    /// Count `bytes` against the cap, then pass them on.
+    fn emit(&mut self, bytes: &[u8], sink: &mut Sink<'_>) -> Result<()> {
+        let total = self.produced + bytes.len() as u64;
+        if total > self.limit {
+            return Err(Error::ChunkLength {
+                chunk: None,
+                expected: self.limit,
+                actual: total,
+                problem: LengthProblem::Over,
+                exact: self.exact,
+            });
+        }
+        self.produced = total;
+        sink(bytes)
+    }
+
+    /// Run `inflater` over `input`. Output is asked for at most one byte past the cap, so a
+    /// bomb is caught after at most one buffer of work.
+    fn pump(
+        &mut self,
+        inflater: &mut dyn Inflate,
+        mut input: &[u8],
+        sink: &mut Sink<'_>,
+    ) -> Result<()> {
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let result = loop {
+            let room = usize::try_from(self.limit - self.produced + 1).unwrap_or(usize::MAX);
+            let window = buffer.len().min(room);
+            let (consumed, written) = match inflater.step(input, &mut buffer[..window]) {
+                Ok(step) => step,
+                Err(e) => break Err(e),
+            };
+            input = &input[consumed..];
+            if written > 0 {
+                if let Err(e) = self.emit(&buffer[..written], sink) {
+                    break Err(e);
+                }
+            }
+            if input.is_empty() && written < window {
+                break Ok(());
+            }
+            if consumed == 0 && written == 0 {
+                break Err(inflater.stalled());
+            }
+        };
+        self.buffer = buffer;
+        result
+    }
+}
 
 impl Decoder {
     /// A decoder that refuses to produce more than `limit` bytes. `exact` says whether `limit` is
@@ -282,99 +344,32 @@ impl Decoder {
             CodecKind::Gzip => Inner::Gzip(Box::new(GzipInflater::new())),
             CodecKind::Zstd => Inner::Zstd(ZstdInflater::new()?),
         };
-        let output = match kind {
+        let buffer = match kind {
             CodecKind::None => Vec::new(),
             _ => vec![0u8; DECODE_BUFFER],
         };
         Ok(Decoder {
             inner,
-            limit,
-            produced: 0,
-            exact,
-            output,
+            output: Output {
+                buffer,
+                limit,
+                produced: 0,
+                exact,
+            },
         })
     }
 
     /// Uncompressed bytes produced so far.
     pub fn produced(&self) -> u64 {
-        self.produced
-    }
-
-    fn over_limit(&self, actual: u64) -> Error {
-        Error::ChunkLength {
-            chunk: None,
-            expected: self.limit,
-            actual,
-            problem: LengthProblem::Over,
-            exact: self.exact,
-        }
+        self.output.produced
     }
 
     /// Feed compressed bytes; decoded bytes go to `sink` in order.
     pub fn feed(&mut self, input: &[u8], sink: &mut Sink<'_>) -> Result<()> {
         match &mut self.inner {
-            Inner::Raw => {
-                let total = self.produced + input.len() as u64;
-                if total > self.limit {
-                    return Err(self.over_limit(total));
-                }
-                self.produced = total;
-                sink(input)
-            }
-            Inner::Gzip(inflater) => {
-                let mut input = input;
-                loop {
-                    let room = self.limit - self.produced;
-                    let window = self
-                        .output
-                        .len()
-                        .min(usize::try_from(room + 1).unwrap_or(usize::MAX));
-                    let (consumed, written) = inflater.step(input, &mut self.output[..window])?;
-                    input = &input[consumed..];
-                    if written > 0 {
-                        let total = self.produced + written as u64;
-                        if total > self.limit {
-                            return Err(self.over_limit(total));
-                        }
-                        self.produced = total;
-                        sink(&self.output[..written])?;
-                    }
-                    if input.is_empty() && written < window {
-                        return Ok(());
-                    }
-                    if consumed == 0 && written == 0 {
-                        if inflater.finished && !input.is_empty() {
-                            inflater.start_member();
-                            continue;
-                        }
-                        return Err(gzip_error("the stream makes no progress"));
-                    }
-                }
-            }
-            Inner::Zstd(inflater) => {
-                let mut position = 0;
-                loop {
-                    let room = self.limit - self.produced;
-                    let window = self
-                        .output
-                        .len()
-                        .min(usize::try_from(room + 1).unwrap_or(usize::MAX));
-                    let (consumed, written) =
-                        inflater.step(&input[position..], &mut self.output[..window])?;
-                    position += consumed;
-                    if written > 0 {
-                        let total = self.produced + written as u64;
-                        if total > self.limit {
-                            return Err(self.over_limit(total));
-                        }
-                        self.produced = total;
-                        sink(&self.output[..written])?;
-                    }
-                    if position == input.len() && written < window {
-                        return Ok(());
-                    }
-                }
-            }
+            Inner::Raw => self.output.emit(input, sink),
+            Inner::Gzip(inflater) => self.output.pump(inflater.as_mut(), input, sink),
+            Inner::Zstd(inflater) => self.output.pump(inflater, input, sink),
         }
     }
 
@@ -503,6 +498,12 @@ impl GzipInflater {
         self.finished = false;
         self.started = false;
     }
+}
+
+impl Inflate for GzipInflater {
+    fn stalled(&self) -> Error {
+        gzip_error("the stream makes no progress")
+    }
 
     /// Inflate from `input` into `output`; returns (bytes consumed, bytes written).
     fn step(&mut self, input: &[u8], output: &mut [u8]) -> Result<(usize, usize)> {
@@ -601,6 +602,26 @@ impl ZstdInflater {
         })
     }
 
+    fn finish(&mut self) -> Result<Integrity> {
+        if self.frames == 0 && self.frame_done {
+            return Err(zstd_error("no data"));
+        }
+        if !self.frame_done {
+            return Err(zstd_error("truncated: the stream ends inside a frame"));
+        }
+        Ok(if self.all_checksummed {
+            Integrity::ZstdChecksum
+        } else {
+            Integrity::Unverified
+        })
+    }
+}
+
+impl Inflate for ZstdInflater {
+    fn stalled(&self) -> Error {
+        zstd_error("the stream makes no progress")
+    }
+
     fn step(&mut self, input: &[u8], output: &mut [u8]) -> Result<(usize, usize)> {
         if self.frame_done && !input.is_empty() {
             self.frame_done = false;
@@ -633,20 +654,6 @@ impl ZstdInflater {
             self.frames += 1;
         }
         Ok((consumed, written))
-    }
-
-    fn finish(&mut self) -> Result<Integrity> {
-        if self.frames == 0 && self.frame_done {
-            return Err(zstd_error("no data"));
-        }
-        if !self.frame_done {
-            return Err(zstd_error("truncated: the stream ends inside a frame"));
-        }
-        Ok(if self.all_checksummed {
-            Integrity::ZstdChecksum
-        } else {
-            Integrity::Unverified
-        })
     }
 }
 
