@@ -1,7 +1,8 @@
 """meshpipe vs NHS's mesh-client, same file, same mesh-sandbox, one run.
 
-Each case runs in a fresh subprocess, so its peak RSS (``resource.getrusage``) is its own; the
-subprocess times only the transfer itself (not interpreter start-up) and reports MB/s.
+Each case runs in a fresh subprocess, so its peak RSS (VmHWM from /proc: ru_maxrss would carry
+the parent's over) is its own; the subprocess times only the transfer itself (not interpreter
+start-up) and reports MB/s.
 Cases: send uncompressed and gzip at mesh-client's settings (75 MiB chunks) and at meshpipe's
 defaults; receive an uncompressed and a gzip message. Ratios are printed at the end and stored
 in the benchmark's extra_info.
@@ -16,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 from tests.peers import SANDBOX_PASSWORD, Sandbox, free_port, run_sandbox
+
+from meshpipe.demo import peak_rss
 
 MiB = 1024 * 1024
 SIZE_MB = int(os.environ.get("MESHPIPE_BENCH_MB", "256"))
@@ -69,7 +71,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     url, tool, action = spec["url"], spec["tool"], spec["action"]
     path = Path(spec["path"])
-    baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline_mib = peak_rss() / MiB
     result: dict[str, Any] = {}
     started = time.perf_counter()
     if tool == "mesh-client":
@@ -116,8 +118,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
 
         asyncio.run(run())
     result["seconds"] = time.perf_counter() - started
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["baseline_rss_mib"] = baseline_kib / 1024
+    result["peak_rss_mib"] = peak_rss() / MiB
+    result["baseline_rss_mib"] = baseline_mib
     return result
 
 

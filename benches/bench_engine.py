@@ -43,13 +43,23 @@ MODES: list[tuple[str, meshpipe.Codec, int | None]] = [
 ]
 
 
-def best_seconds(function: Callable[[], object], rounds: int = 3) -> float:
-    best = float("inf")
-    for _ in range(rounds):
+ROUNDS = 5
+
+
+def side_by_side(
+    benchmark: BenchmarkFixture, measured: Callable[[], object], reference: Callable[[], object]
+) -> float:
+    """Time ``measured`` with pytest-benchmark and ``reference`` just before each of its
+    rounds, so both see the same machine; returns the reference's best time in seconds."""
+    reference_times: list[float] = []
+
+    def run_reference() -> None:
         start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return best
+        reference()
+        reference_times.append(time.perf_counter() - start)
+
+    benchmark.pedantic(measured, setup=run_reference, rounds=ROUNDS, iterations=1)
+    return min(reference_times)
 
 
 def read_chunks(path: Path) -> list[bytes]:
@@ -82,8 +92,7 @@ def decompress_reference(codec: str) -> Callable[[bytes], bytes]:
     return lambda payload: payload
 
 
-def split_ceiling(path: Path, codec: str, level: int | None) -> float:
-    size = path.stat().st_size
+def split_reference(path: Path, codec: str, level: int | None) -> Callable[[], object]:
     if codec == "none":
         buffer = bytearray(CHUNK)
 
@@ -95,7 +104,7 @@ def split_ceiling(path: Path, codec: str, level: int | None) -> float:
                     whole.update(view)
                     xxhash.xxh3_128_digest(view)
 
-        return size / best_seconds(read_and_hash) / 1e6
+        return read_and_hash
     chunks = read_chunks(path)
     compress = compress_reference(codec, level)
 
@@ -103,8 +112,8 @@ def split_ceiling(path: Path, codec: str, level: int | None) -> float:
         xxhash.xxh3_128_digest(chunk)
         compress(chunk)
 
-    with ThreadPoolExecutor(2) as pool:
-        return size / best_seconds(lambda: list(pool.map(work, chunks))) / 1e6
+    pool = ThreadPoolExecutor(2)
+    return lambda: list(pool.map(work, chunks))
 
 
 def meshpipe_split(path: Path, codec: meshpipe.Codec, level: int | None) -> None:
@@ -127,8 +136,10 @@ def test_split(
 ) -> None:
     path: Path = request.getfixturevalue(f"{data}_file")
     size = path.stat().st_size
-    ceiling = split_ceiling(path, codec, level)
-    benchmark.pedantic(meshpipe_split, args=(path, codec, level), rounds=3, iterations=1)
+    reference = split_reference(path, codec, level)
+    ceiling = (
+        size / side_by_side(benchmark, lambda: meshpipe_split(path, codec, level), reference) / 1e6
+    )
     rate = size / benchmark.stats.stats.min / 1e6
     figures.append(
         f"split    {name:7} {data:6}: meshpipe {rate:7.0f} MB/s, ceiling {ceiling:7.0f} MB/s, "
@@ -209,15 +220,13 @@ def test_assemble(
     payloads, digest = split_payloads(csv_file, codec, level)
     directory = fixture_dir if target == "disk" else Path("/dev/shm")
     reference_path = directory / f"meshpipe-bench-reference-{os.getpid()}"
-    ceiling = (
-        digest.size
-        / best_seconds(lambda: reference_assemble(reference_path, codec, payloads, digest.size))
-        / 1e6
-    )
     destination = directory / f"meshpipe-bench-assembled-{os.getpid()}"
-    benchmark.pedantic(
-        meshpipe_assemble, args=(destination, codec, payloads, digest), rounds=3, iterations=1
+    best_reference = side_by_side(
+        benchmark,
+        lambda: meshpipe_assemble(destination, codec, payloads, digest),
+        lambda: reference_assemble(reference_path, codec, payloads, digest.size),
     )
+    ceiling = digest.size / best_reference / 1e6
     rate = digest.size / benchmark.stats.stats.min / 1e6
     figures.append(
         f"assemble {name:7} {target:6}: meshpipe {rate:7.0f} MB/s, ceiling {ceiling:7.0f} MB/s, "
@@ -227,7 +236,7 @@ def test_assemble(
 
 
 RSS_SCRIPT = """
-import resource, sys, meshpipe
+import sys, meshpipe
 path, codec, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 payload_dir = sys.argv[4]
 if mode == "split":
@@ -253,7 +262,9 @@ else:
             w.finish()
     a.finish()
     os.remove(out)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec.
+with open("/proc/self/status") as status:
+    print(next(int(l.split()[1]) * 1024 for l in status if l.startswith("VmHWM:")))
 """
 
 

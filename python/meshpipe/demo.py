@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import re
-import resource
 import secrets
 import subprocess
 import sys
@@ -140,17 +139,14 @@ def local_server(store: str, data_dir: Path, shared_key: str) -> Iterator[tuple[
         log.close()
 
 
-def _peak_rss_of(pid: int) -> int:
-    """Peak resident set (VmHWM) of a running process, from the OS."""
+def peak_rss(pid: int | str = "self") -> int:
+    """Peak resident set (VmHWM) of a process, from the OS. Not ru_maxrss: Linux carries that
+    over from the parent across exec."""
     with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-def _own_peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _synthetic_message(url: str, size: int, chunk_size: int) -> str:
@@ -240,7 +236,7 @@ def run(args: argparse.Namespace) -> DemoResult:
         send_s, receive_s, message_id, verification, chunks, verified = asyncio.run(
             _run(args, workdir, url)
         )
-        server_rss = _peak_rss_of(server_pid)
+        server_rss = peak_rss(server_pid)
     return DemoResult(
         bytes=args.size,
         compress=args.compress,
@@ -251,7 +247,7 @@ def run(args: argparse.Namespace) -> DemoResult:
         send_mb_s=round(args.size / send_s / 1e6, 1),
         receive_seconds=round(receive_s, 3),
         receive_mb_s=round(args.size / receive_s / 1e6, 1),
-        peak_rss_client_bytes=_own_peak_rss(),
+        peak_rss_client_bytes=peak_rss(),
         peak_rss_server_bytes=server_rss,
         verified=verified,
         verification=verification,
