@@ -267,18 +267,12 @@ impl Assembler {
                         }
                     }
                 }
-                match (last, options.file_size) {
-                    (true, Some(file)) => {
-                        let rest = file.checked_sub(offset).ok_or_else(|| Error::ChunkLength {
-                            chunk: Some(number - 1),
-                            expected: file,
-                            actual: offset,
-                            problem: LengthProblem::Over,
-                            exact: true,
-                        })?;
-                        (offset, rest, true)
-                    }
-                    _ => (offset, options.max_chunk_size, false),
+                // Earlier chunks were capped at what the file size leaves, so this cannot wrap.
+                let remaining = options.file_size.map(|file| file.saturating_sub(offset));
+                match (last, remaining) {
+                    (true, Some(rest)) => (offset, rest, true),
+                    (false, Some(rest)) => (offset, rest.min(options.max_chunk_size), false),
+                    (_, None) => (offset, options.max_chunk_size, false),
                 }
             }
         };
