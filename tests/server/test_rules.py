@@ -7,6 +7,7 @@ the tests move kilobytes, not gigabytes; the code paths are the ones the real li
 from __future__ import annotations
 
 import gzip
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -247,10 +248,13 @@ def test_middle_chunks_concurrently_and_out_of_order(threaded_server: Start) -> 
     assert got == parts
 
 
-def test_client_disconnect_mid_chunk_leaves_nothing(threaded_server: Start, tmp_path: Path) -> None:
+def test_client_disconnect_mid_chunk_leaves_nothing(
+    threaded_server: Start, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     import socket
     from urllib.parse import urlparse
 
+    caplog.set_level(logging.INFO, logger="meshpipe.server")
     server = threaded_server(rules="sandbox", store="dir", data_dir=tmp_path)
     address = urlparse(server.url)
     with socket.create_connection((address.hostname, address.port)) as sock:
@@ -260,11 +264,14 @@ def test_client_disconnect_mid_chunk_leaves_nothing(threaded_server: Start, tmp_
             f"Authorization: {auth('X26ABC1')}\r\nmex-To: X26ABC2\r\nmex-WorkflowID: W\r\n\r\n"
         )
         sock.sendall(head.encode() + b"x" * 100_000)
-    # the server is still answering, and nothing of the upload was kept
-    for _ in range(100):
-        if not list(tmp_path.rglob("*.part")):
+    # The server logs the client's going once it has cleaned up; wait for that, not a timer.
+    for _ in range(1000):
+        if any("client disconnected" in r.getMessage() for r in caplog.records):
             break
-        time.sleep(0.02)
+        time.sleep(0.01)
+    else:
+        pytest.fail("the server never noticed that the client went away")
+    # the server is still answering, and nothing of the upload was kept
     assert not list(tmp_path.rglob("*.part"))
     assert not list(tmp_path.rglob("*.msg"))
     assert send(server, b"after").status_code == 202
