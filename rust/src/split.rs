@@ -205,14 +205,8 @@ impl Splitter {
         let buffer_size = plan.chunk_length(0) as usize;
         let compressed = options.codec.kind() != CodecKind::None;
 
-        let input_pool = Arc::new(Pool::new(
-            if compressed {
-                (threads + 1).min(window + threads)
-            } else {
-                window
-            },
-            buffer_size,
-        ));
+        // Read buffers: for gzip/zstd, one per worker plus one at the hasher and one being read.
+        let input_pool = Pool::new(if compressed { threads + 2 } else { window }, buffer_size);
         let output_pool = compressed.then(|| {
             Pool::new(
                 window,
@@ -231,7 +225,6 @@ impl Splitter {
         {
             let cancel = cancel.clone();
             let result_tx = result_tx.clone();
-            let input_pool = input_pool.clone();
             handles.push(
                 std::thread::Builder::new()
                     .name("meshpipe-read".into())
@@ -361,10 +354,17 @@ impl Splitter {
                 self.plan.chunk_count()
             )));
         }
-        let digest = self
-            .digest_rx
-            .recv()
-            .map_err(|_| Error::State("the reader thread stopped without a digest".into()))??;
+        let digest = match self.digest_rx.recv() {
+            Ok(digest) => digest?,
+            // The reader failed after the last chunk (the file changed size): its error is
+            // queued before the hasher gives up.
+            Err(_) => {
+                let error = std::iter::from_fn(|| self.results.try_recv().ok())
+                    .find_map(Result::err)
+                    .unwrap_or_else(|| Error::State("the reader stopped without a digest".into()));
+                return Err(self.fail(error));
+            }
+        };
         self.digest = Some(digest.clone());
         Ok(digest)
     }

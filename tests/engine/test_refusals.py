@@ -301,3 +301,18 @@ def test_bombs_are_stopped_at_the_limit_with_bounded_memory(tmp_path: Path, code
     assert peak_rss() - before < 64 * MiB
     assembler.abort()
     assert leftovers(tmp_path) == []
+
+
+def test_source_growing_mid_split(tmp_path: Path) -> None:
+    source = tmp_path / "growing.csv"
+    source.write_bytes(csv_bytes(6 * MiB))
+    splitter = meshpipe.Splitter(source, chunk_size=5 * MiB, window=1, threads=1)
+    first = next(splitter)
+    with source.open("ab") as handle:
+        handle.write(b"late rows\n")
+    first.release()
+    # The reader notices after the last chunk: next() or digest() says so, never a digest.
+    with pytest.raises(meshpipe.SourceChangedError, match="changed size"):
+        for chunk in splitter:
+            chunk.release()
+        splitter.digest()
