@@ -106,7 +106,8 @@ async def _serve(server: LocalMeshServer) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        # RuntimeError outside the main thread: then the caller stops the server instead.
+        with contextlib.suppress(RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     async with server:
         if server.config.store == "memory":
