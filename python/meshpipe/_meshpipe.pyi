@@ -114,7 +114,9 @@ class Splitter:
     """Reads a file in Rust and yields its chunks in order; compression on worker threads.
 
     ``source`` is a path or an open file descriptor (read with pread; the descriptor is
-    duplicated, the caller keeps ownership). Memory is bounded by ``window`` chunk buffers.
+    duplicated, the caller keeps ownership). Memory is bounded by ``window`` chunk buffers:
+    while the caller holds ``window`` chunks, ``next()`` waits (GIL released) until one is
+    released or garbage-collected, so a single thread must not hold more than ``window - 1``.
     """
 
     def __new__(
