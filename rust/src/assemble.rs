@@ -92,6 +92,9 @@ struct State {
     /// Chunks 0..hashed have been fed to `whole` (in file order).
     hashed: u32,
     whole: FileHasher,
+    /// The chunk being hashed as it is written (the first one not yet hashed), with the
+    /// whole-file hashers as they were at its start, to go back to if it is aborted.
+    streaming: Option<(u32, FileHasher)>,
     closed: Option<&'static str>,
 }
 
@@ -200,6 +203,7 @@ impl Assembler {
             chunk_size: options.chunk_size,
             hashed: 0,
             whole: FileHasher::new(with_sha),
+            streaming: None,
             closed: None,
         };
         Ok(Assembler {
@@ -516,31 +520,53 @@ fn place(temporary: &Path, destination: &Path, overwrite: bool) -> Result<()> {
 }
 
 /// Feed every complete chunk at the front of the file to the whole-file hashers, reading back
-/// what was written (it is in the page cache: it was just written).
+/// what was written (it is in the page cache: it was just written). Chunks that were hashed as
+/// they were written (see `stream_whole`) need no reading back.
 fn advance_whole_hash(shared: &Shared, state: &mut State) -> Result<()> {
-    let mut buffer = Vec::new();
     while (state.hashed as usize) < state.slots.len() {
         let Slot::Done { length, .. } = state.slots[state.hashed as usize] else {
             break;
         };
         let offset = state.whole.size();
-        if buffer.is_empty() {
-            buffer = vec![0u8; 1 << 20];
-        }
-        let mut done = 0u64;
-        while done < length {
-            let n = (length - done).min(buffer.len() as u64) as usize;
-            shared
-                .file
-                .read_exact_at(&mut buffer[..n], offset + done)
-                .map_err(|e| {
-                    Error::io(format!("reading back {}", shared.temporary.display()), e)
-                })?;
-            state.whole.update(&buffer[..n]);
-            done += n as u64;
-        }
+        hash_back(shared, &mut state.whole, offset, length)?;
         state.hashed += 1;
     }
+    Ok(())
+}
+
+/// Hash `length` bytes of the temporary file from `offset` into `whole`.
+fn hash_back(shared: &Shared, whole: &mut FileHasher, offset: u64, length: u64) -> Result<()> {
+    let mut buffer = vec![0u8; length.min(1 << 20) as usize];
+    let mut done = 0u64;
+    while done < length {
+        let n = (length - done).min(buffer.len() as u64) as usize;
+        shared
+            .file
+            .read_exact_at(&mut buffer[..n], offset + done)
+            .map_err(|e| Error::io(format!("reading back {}", shared.temporary.display()), e))?;
+        whole.update(&buffer[..n]);
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// Bytes of chunk `index` just written at `at`: if every earlier chunk is hashed, hash them
+/// now (after reading back any of this chunk written before the earlier ones were done), so the
+/// whole-file check needs no second read of them.
+fn stream_whole(shared: &Shared, index: u32, at: u64, bytes: &[u8]) -> Result<()> {
+    let mut state = shared.lock();
+    if state.hashed != index {
+        return Ok(());
+    }
+    if state.streaming.as_ref().map(|(i, _)| *i) != Some(index) {
+        let snapshot = state.whole.clone();
+        state.streaming = Some((index, snapshot));
+    }
+    let hashed_to = state.whole.size();
+    if hashed_to < at {
+        hash_back(shared, &mut state.whole, hashed_to, at - hashed_to)?;
+    }
+    state.whole.update(bytes);
     Ok(())
 }
 
@@ -587,12 +613,14 @@ impl ChunkWriter {
         let file = &self.shared.file;
         let hasher = &mut self.hasher;
         let repeat = self.previous.is_some();
-        let temporary = &self.shared.temporary;
+        let shared = &self.shared;
+        let index = self.number - 1;
         let result = self.decoder.feed(data, &mut |bytes| {
             hasher.update(bytes);
             if !repeat {
                 file.write_all_at(bytes, position)
-                    .map_err(|e| Error::io(format!("writing {}", temporary.display()), e))?;
+                    .map_err(|e| Error::io(format!("writing {}", shared.temporary.display()), e))?;
+                stream_whole(shared, index, position, bytes)?;
             }
             position += bytes.len() as u64;
             Ok(())
@@ -612,12 +640,18 @@ impl ChunkWriter {
             Ok(report) => {
                 self.open = false;
                 if self.previous.is_none() {
+                    let index = self.number - 1;
                     let mut state = self.shared.lock();
-                    state.slots[self.number as usize - 1] = Slot::Done {
+                    state.slots[index as usize] = Slot::Done {
                         length: report.length,
                         xxh3_128: report.xxh3_128,
                         verified_by: report.verified_by,
                     };
+                    if state.streaming.take_if(|(i, _)| *i == index).is_some() {
+                        // Every byte of it went to the whole-file hashers as it was written.
+                        debug_assert_eq!(state.whole.size(), self.offset + report.length);
+                        state.hashed += 1;
+                    }
                     advance_whole_hash(&self.shared, &mut state)?;
                 }
                 Ok(report)
@@ -685,9 +719,14 @@ impl ChunkWriter {
         }
         self.open = false;
         if self.previous.is_none() {
+            let index = self.number - 1;
             let mut state = self.shared.lock();
-            if matches!(state.slots[self.number as usize - 1], Slot::Writing) {
-                state.slots[self.number as usize - 1] = Slot::Missing;
+            if matches!(state.slots[index as usize], Slot::Writing) {
+                state.slots[index as usize] = Slot::Missing;
+            }
+            // Bytes of this attempt may have reached the whole-file hashers: take them back.
+            if let Some((_, snapshot)) = state.streaming.take_if(|(i, _)| *i == index) {
+                state.whole = snapshot;
             }
         }
     }

@@ -133,3 +133,64 @@ fn nothing_is_left_behind_when_a_chunk_is_corrupt() {
     assert!(!destination.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn a_failed_attempt_never_reaches_the_whole_file_checksum() {
+    // Chunk 1 is hashed into the whole-file digest as it is written; a failed or abandoned
+    // attempt must be taken back out, or the retried file would fail its whole-file check.
+    let dir = tempfile::tempdir().unwrap();
+    let destination = dir.path().join("out.bin");
+    let (first, second) = (vec![b'a'; 4096], vec![b'b'; 100]);
+    let whole: Vec<u8> = [first.clone(), second.clone()].concat();
+    let mut options = AssembleOptions::new(2, Codec::none().kind());
+    options.chunk_size = Some(first.len() as u64);
+    options.file_size = Some(whole.len() as u64);
+    options.xxh3_128 = Some(xxh3_128(&whole));
+    let assembler = Assembler::create(&destination, options).unwrap();
+    // A corrupt attempt, refused at finish.
+    let mut writer = assembler.open_chunk(1, Some(xxh3_128(&first))).unwrap();
+    writer.write(&vec![b'x'; 4096]).unwrap();
+    assert!(matches!(
+        writer.finish(),
+        Err(Error::ChecksumMismatch { chunk: Some(1), .. })
+    ));
+    // An attempt abandoned half-way.
+    let mut writer = assembler.open_chunk(1, None).unwrap();
+    writer.write(&first[..1000]).unwrap();
+    drop(writer);
+    // The good attempt, in two pieces, then chunk 2.
+    let mut writer = assembler.open_chunk(1, Some(xxh3_128(&first))).unwrap();
+    writer.write(&first[..2000]).unwrap();
+    writer.write(&first[2000..]).unwrap();
+    writer.finish().unwrap();
+    let mut writer = assembler.open_chunk(2, None).unwrap();
+    writer.write(&second).unwrap();
+    writer.finish().unwrap();
+    let report = assembler.finish().unwrap();
+    assert_eq!(report.xxh3_128, xxh3_128(&whole));
+    assert_eq!(std::fs::read(&destination).unwrap(), whole);
+}
+
+#[test]
+fn a_chunk_started_before_its_predecessor_finished_is_still_hashed_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let destination = dir.path().join("out.bin");
+    let chunks: Vec<Vec<u8>> = (0..3u8).map(|i| vec![b'0' + i; 1000]).collect();
+    let whole = chunks.concat();
+    let mut options = AssembleOptions::new(3, Codec::none().kind());
+    options.chunk_size = Some(1000);
+    options.file_size = Some(3000);
+    options.xxh3_128 = Some(xxh3_128(&whole));
+    let assembler = Assembler::create(&destination, options).unwrap();
+    let mut one = assembler.open_chunk(1, None).unwrap();
+    let mut two = assembler.open_chunk(2, None).unwrap();
+    let mut three = assembler.open_chunk(3, None).unwrap();
+    two.write(&chunks[1][..300]).unwrap(); // before chunk 1 is done: not hashed yet
+    one.write(&chunks[0]).unwrap();
+    three.write(&chunks[2]).unwrap();
+    one.finish().unwrap();
+    two.write(&chunks[1][300..]).unwrap(); // now first in line: reads back 300, hashes on
+    three.finish().unwrap();
+    two.finish().unwrap();
+    assert_eq!(assembler.finish().unwrap().xxh3_128, xxh3_128(&whole));
+}
