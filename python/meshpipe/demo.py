@@ -164,9 +164,8 @@ def _synthetic_message(url: str, size: int, chunk_size: int) -> str:
 
 
 async def _run(
-    args: argparse.Namespace, workdir: Path, url: str
+    args: argparse.Namespace, workdir: Path, url: str, shared_key: str
 ) -> tuple[float, float, str, list[str], int, bool]:
-    shared_key = os.environ["MESHPIPE_DEMO_KEY"]
     source = workdir / "extract.csv"
     received = workdir / "received.csv"
     password, key = Secret(PASSWORD), Secret(shared_key)
@@ -230,11 +229,10 @@ def run(args: argparse.Namespace) -> DemoResult:
             print(f"demo: generating a {args.size:,}-byte CSV extract", file=sys.stderr)
             write_csv(source, args.size)
         shared_key = secrets.token_hex(16)
-        os.environ["MESHPIPE_DEMO_KEY"] = shared_key
         url, server_pid = stack.enter_context(local_server(args.store, data_dir, shared_key))
         print(f"demo: local MESH server at {url} (store: {args.store})", file=sys.stderr)
         send_s, receive_s, message_id, verification, chunks, verified = asyncio.run(
-            _run(args, workdir, url)
+            _run(args, workdir, url, shared_key)
         )
         server_rss = peak_rss(server_pid)
     return DemoResult(
