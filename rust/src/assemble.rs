@@ -1,5 +1,7 @@
 //! Assemble: chunks arrive in any order, as byte feeds; each is decoded (capped at its planned
 //! length), verified and written at its offset into a temporary file beside the destination.
+//! The whole-file digest is fed in file order: the first chunk not yet hashed is hashed as it is
+//! written, chunks completed ahead of it are read back (from the page cache) when it completes.
 //! `finish` verifies the whole file, fsyncs it and renames it into place. Until then nothing is
 //! at the destination; an assembler dropped before `finish` deletes its temporary file.
 
