@@ -1,6 +1,6 @@
 //! meshpipe's chunk engine: plan, split, compress, checksum and reassemble files for NHS MESH.
 //!
-//! Pure Rust; the Python bindings live in [`py`] behind the `python` feature.
+//! Pure Rust; the Python bindings live in `rust/src/py/` behind the `python` feature.
 //!
 //! - [`plan`]: fixed uncompressed chunk boundaries, checked against MESH's limits.
 //! - [`codec`]: none / gzip (ISA-L) / zstd; one-shot compression, incremental capped decoding.
