@@ -27,7 +27,7 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/python -m mypy.stubtest meshpipe._meshpipe --allowlist python/stubtest-allowlist.txt
 
-rust-test:
+rust-test: setup
 	cargo test --quiet
 
 py-test: build
