@@ -93,41 +93,20 @@ class DemoResult:
     message_id: str
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def local_server(store: str, data_dir: Path, shared_key: str) -> Iterator[tuple[str, int]]:
-    """``meshpipe serve`` in its own process; yields (url, pid)."""
-    port = _free_port()
-    command = [sys.executable, "-m", "meshpipe.server", "--port", str(port), "--store", store]
+    """``meshpipe serve`` in its own process on a free port; yields (url, pid)."""
+    command = [sys.executable, "-m", "meshpipe.server", "--port", "0", "--store", store]
     command += ["--log-level", "WARNING"]
     if store == "dir":
         command += ["--data-dir", str(data_dir)]
-    log = (data_dir.parent / "server.log").open("wb")
-    process = subprocess.Popen(
-        command, env={**os.environ, "SHARED_KEY": shared_key}, stdout=log, stderr=log
-    )
-    url = f"http://127.0.0.1:{port}"
+    log_path = data_dir.parent / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, env={**os.environ, "SHARED_KEY": shared_key}, stdout=log, stderr=log
+        )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise MeshpipeError(
-                    f"the local MESH server exited ({process.returncode}); see {log.name}"
-                )
-            try:
-                with urllib.request.urlopen(f"{url}/messageexchange/_ping", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise MeshpipeError("the local MESH server did not start in 30 s") from None
-                time.sleep(0.05)
+        url = _wait_until_listening(process, log_path)
         yield url, process.pid
     finally:
         process.terminate()
@@ -136,7 +115,21 @@ def local_server(store: str, data_dir: Path, shared_key: str) -> Iterator[tuple[
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        log.close()
+
+
+def _wait_until_listening(process: subprocess.Popen[bytes], log_path: Path) -> str:
+    """The URL the server prints once it listens (it chose the port itself)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        match = re.search(rb"listening on (\S+)", log_path.read_bytes())
+        if match:
+            return match.group(1).decode()
+        if process.poll() is not None:
+            raise MeshpipeError(
+                f"the local MESH server exited ({process.returncode}); see {log_path}"
+            )
+        time.sleep(0.05)
+    raise MeshpipeError(f"the local MESH server did not start in 30 s; see {log_path}")
 
 
 def peak_rss(pid: int | str = "self") -> int:
