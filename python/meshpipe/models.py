@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from meshpipe.errors import MeshProtocolError
+from meshpipe.headers import checksum_is_valid
 
 #: The version token that opens meshpipe's mex-Content-Checksum value.
 CHECKSUM_VERSION: Final = "meshpipe/1"
-_CHECKSUM_ALLOWED: Final = re.compile(r"^[A-Za-z0-9\s:/-]*$")
 _HEX: Final = re.compile(r"^[0-9a-f]+$")
 
 
@@ -49,7 +49,7 @@ class ContentChecksum:
         if self.codec:
             parts.append(f"codec:{self.codec}")
         value = " ".join(parts)
-        if len(value) > 100 or not _CHECKSUM_ALLOWED.match(value):
+        if not checksum_is_valid(value):
             raise ValueError(f"checksum header {value!r} breaks MESH's rules")
         return value
 

@@ -66,6 +66,7 @@ from meshpipe.errors import (
     MessageHeaderError,
     SourceChangedError,
 )
+from meshpipe.headers import CONTROL_CHARACTERS, SEND_HEADER_LIMITS
 from meshpipe.models import ContentChecksum, MessageMetadata, ReportMessage
 from meshpipe.retry import call_with_retry, is_retryable, post_first_chunk_safely
 
@@ -81,16 +82,15 @@ RECEIVE_PIECE_SIZE: Final = 1 * MiB
 ProgressCallback = Callable[[int, int], None]
 """``progress(done, total)`` in uncompressed bytes, called once per finished chunk."""
 
-_HEADER_LIMITS: Final = {
-    "recipient (mex-To)": 100,
-    "workflow id (mex-WorkflowID)": 300,
-    "local id (mex-LocalID)": 300,
-    "subject (mex-Subject)": 500,
-    "file name (mex-FileName)": 300,
-    "partner id (mex-PartnerID)": 500,
-    "content type (mex-Content-Type)": 100,
+_SEND_HEADERS: Final = {
+    "recipient": "mex-To",
+    "workflow id": "mex-WorkflowID",
+    "local id": "mex-LocalID",
+    "subject": "mex-Subject",
+    "file name": "mex-FileName",
+    "partner id": "mex-PartnerID",
+    "content type": "mex-Content-Type",
 }
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def new_local_id() -> str:
@@ -118,23 +118,19 @@ def validate_send_headers(
             "no workflow id: every MESH message needs one (--workflow-id); ask the recipient "
             "which workflow they are registered for"
         )
-    values = dict(
-        zip(
-            _HEADER_LIMITS,
-            (to, workflow_id, local_id, subject, filename, partner_id, content_type),
-            strict=True,
-        )
-    )
-    for name, value in values.items():
+    values = (to, workflow_id, local_id, subject, filename, partner_id, content_type)
+    for (name, header), value in zip(_SEND_HEADERS.items(), values, strict=True):
         if value is None:
             continue
-        if len(value) > _HEADER_LIMITS[name]:
+        limit = SEND_HEADER_LIMITS[header]
+        if len(value) > limit:
             raise MessageHeaderError(
-                f"{name} is {len(value)} characters; MESH allows {_HEADER_LIMITS[name]}"
+                f"{name} ({header}) is {len(value)} characters; MESH allows {limit}"
             )
-        if _CONTROL.search(value):
+        if CONTROL_CHARACTERS.search(value):
             raise MessageHeaderError(
-                f"{name} contains a control character (tab, newline, ...); MESH refuses them"
+                f"{name} ({header}) contains a control character (tab, newline, ...); "
+                "MESH refuses them"
             )
 
 

@@ -7,7 +7,6 @@ import binascii
 import json
 import logging
 import re
-import string
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -16,6 +15,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from meshpipe.headers import CONTROL_CHARACTERS, SEND_HEADER_LIMITS, checksum_is_valid
 from meshpipe.server.authorize import AuthFailure
 from meshpipe.server.bodies import chunk_source, receive_chunk, send_file, stream_body
 from meshpipe.server.config import Mailbox
@@ -44,23 +44,21 @@ from meshpipe.server.state import Refusal, ServerState, firings
 log = logging.getLogger("meshpipe.server")
 
 DEFAULT_INBOX_PAGE = 500
-_CONTROL = re.compile(r"[\x00-\x1f]")
 _URL = re.compile(r"^https?://", re.IGNORECASE)
-_CHECKSUM_CHARS = set(string.ascii_letters + string.digits + string.whitespace + ":-/")
 
-# (header, longest value the sandbox accepts)
-SEND_HEADERS: dict[str, tuple[str, int]] = {
-    "to": ("mex-To", 100),
-    "workflow_id": ("mex-WorkflowID", 300),
-    "chunk_range": ("mex-Chunk-Range", 20),
-    "subject": ("mex-Subject", 500),
-    "local_id": ("mex-LocalID", 300),
-    "partner_id": ("mex-PartnerID", 500),
-    "file_name": ("mex-FileName", 300),
-    "encrypted": ("mex-Content-Encrypted", 20),
-    "compressed": ("mex-Content-Compressed", 20),
-    "checksum": ("mex-Content-Checksum", 100),
-    "content_type": ("mex-Content-Type", 100),
+# The send headers by the names the handlers use (limits: meshpipe.headers).
+SEND_HEADERS: dict[str, str] = {
+    "to": "mex-To",
+    "workflow_id": "mex-WorkflowID",
+    "chunk_range": "mex-Chunk-Range",
+    "subject": "mex-Subject",
+    "local_id": "mex-LocalID",
+    "partner_id": "mex-PartnerID",
+    "file_name": "mex-FileName",
+    "encrypted": "mex-Content-Encrypted",
+    "compressed": "mex-Content-Compressed",
+    "checksum": "mex-Content-Checksum",
+    "content_type": "mex-Content-Type",
 }
 
 
@@ -295,7 +293,8 @@ class MeshRoutes:
     def _send_headers(self, request: web.Request) -> dict[str, str]:
         values: dict[str, str] = {}
         problems: list[dict[str, Any]] = []
-        for key, (name, longest) in SEND_HEADERS.items():
+        for key, name in SEND_HEADERS.items():
+            longest = SEND_HEADER_LIMITS[name]
             value = request.headers.get(name)
             if value is None:
                 if key in ("to", "workflow_id"):
@@ -312,7 +311,7 @@ class MeshRoutes:
         bad = [
             k
             for k, v in values.items()
-            if k not in ("encrypted", "compressed") and _CONTROL.search(v)
+            if k not in ("encrypted", "compressed") and CONTROL_CHARACTERS.search(v)
         ]
         for key in ("to", "workflow_id", "checksum"):
             if values[key] and _URL.match(values[key]):
@@ -324,7 +323,7 @@ class MeshRoutes:
                 )
             )
         checksum = values["checksum"].strip()
-        if checksum and not all(c in _CHECKSUM_CHARS for c in checksum):
+        if checksum and not checksum_is_valid(checksum):
             raise Refusal(mesh_error(400, "invalid_checksum", self.version_or_1(request)))
         return values
 
