@@ -465,10 +465,13 @@ class _ChunkSink:
     async def flush(self) -> None:
         if not self._pending:
             return
-        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-        self._pending = []
-        self._pending_size = 0
-        await asyncio.to_thread(self._writer.write, data)
+        pieces, self._pending, self._pending_size = self._pending, [], 0
+        await asyncio.to_thread(self._write_all, pieces)
+
+    def _write_all(self, pieces: list[bytes]) -> None:
+        # One thread hop per ~1 MiB, but no joined copy of the pieces.
+        for piece in pieces:
+            self._writer.write(piece)
 
 
 async def _fetch_chunk(
