@@ -22,19 +22,33 @@ _POOL_LINES = 1 << 18
 _BLOCK = 4 << 20
 
 
+def _line(rng: random.Random) -> bytes:
+    """One extract line: NHS number, surname, date of birth, practice code, score."""
+    return (
+        f"{rng.randrange(10**9, 10**10)},{rng.choice(_SURNAMES)},"
+        f"{rng.randrange(1920, 2024)}{rng.randrange(1, 13):02d}{rng.randrange(1, 29):02d},"
+        f"{rng.choice('ABCDEFGHJKLMNPY')}{rng.randrange(10**4, 10**5)},"
+        f"{rng.random() * 100:.4f}\n"
+    ).encode()
+
+
+def csv_block(size: int, seed: int) -> bytes:
+    """``size`` bytes of distinct lines straight from the generator (no pool: cheap for a few
+    MiB, e.g. the repeating block of the server's synthetic messages)."""
+    rng = random.Random(seed)
+    lines: list[bytes] = []
+    length = 0
+    while length < size:
+        lines.append(_line(rng))
+        length += len(lines[-1])
+    return b"".join(lines)[:size]
+
+
 @functools.lru_cache(maxsize=4)
 def _line_pool(seed: int) -> tuple[bytes, list[int]]:
     """A blob of distinct lines and the offset where each line starts (plus the end)."""
     rng = random.Random(seed)
-    lines = [
-        (
-            f"{rng.randrange(10**9, 10**10)},{rng.choice(_SURNAMES)},"
-            f"{rng.randrange(1920, 2024)}{rng.randrange(1, 13):02d}{rng.randrange(1, 29):02d},"
-            f"{rng.choice('ABCDEFGHJKLMNPY')}{rng.randrange(10**4, 10**5)},"
-            f"{rng.random() * 100:.4f}\n"
-        ).encode()
-        for _ in range(_POOL_LINES)
-    ]
+    lines = [_line(rng) for _ in range(_POOL_LINES)]
     offsets = [0]
     for line in lines:
         offsets.append(offsets[-1] + len(line))

@@ -1,36 +1,25 @@
 """Deterministic synthetic message bodies: CSV-like text of any size, generated on download.
 
-The bytes at offset ``o`` of a message with seed ``s`` are ``block(s)[o % len(block(s))]``, where
-the block is a little over 1 MiB of CSV lines from a seeded generator. Serving is slicing a
-doubled block, so it costs no more than copying; anyone can regenerate the same bytes to verify.
+The bytes at offset ``o`` of a message with seed ``s`` are ``block(s)[o % len(block(s))]``,
+where the block is a little over 1 MiB of lines from meshpipe's seeded extract generator
+(``meshpipe.synthetic``). Serving is slicing a doubled block, so it costs no more than copying;
+anyone can regenerate the same bytes to verify.
 """
 
 from __future__ import annotations
 
 import functools
-import random
 from collections.abc import Iterator
 
 from meshpipe.server.config import MiB
+from meshpipe.synthetic import csv_block
 
 BLOCK_SIZE = 1 * MiB + 4093  # not a multiple of the write size, so writes do not line up
-SURNAMES = ("SMITH", "JONES", "TAYLOR", "BROWN", "WILLIAMS", "WILSON", "JOHNSON", "DAVIES")
 
 
 @functools.lru_cache(maxsize=8)
 def _doubled_block(seed: int) -> bytes:
-    rng = random.Random(seed)
-    lines: list[str] = []
-    size = 0
-    while size < BLOCK_SIZE:
-        line = (
-            f"{rng.randrange(10**9, 10**10)},{rng.choice(SURNAMES)},"
-            f"{rng.randrange(1, 29):02d}/{rng.randrange(1, 13):02d}/{rng.randrange(1930, 2024)},"
-            f"A{rng.randrange(10**5):05d},{rng.random() * 1000:.3f}\n"
-        )
-        lines.append(line)
-        size += len(line)
-    block = "".join(lines).encode("ascii")[:BLOCK_SIZE]
+    block = csv_block(BLOCK_SIZE, seed)
     return block + block
 
 
