@@ -28,22 +28,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 
 from meshpipe.auth import make_token
+from meshpipe.server.process import peak_rss, server_process
 
 MiB = 1024 * 1024
 KEY = "BenchKey"
-ROOT = Path(__file__).resolve().parents[1]
 TOTAL_MIB = int(os.environ.get("MESHPIPE_BENCH_MIB", "1024"))
 CHUNK_MIB = 64
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def process_figures(pid: int) -> dict[str, float]:
@@ -51,28 +46,16 @@ def process_figures(pid: int) -> dict[str, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     cpu = (int(fields[11]) + int(fields[12])) / ticks
-    peak = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            peak = int(line.split()[1]) / 1024
-    return {"cpu_seconds": cpu, "peak_rss_mib": peak}
+    return {"cpu_seconds": cpu, "peak_rss_mib": peak_rss(pid) / MiB}
 
 
 @contextmanager
 def meshpipe_serve(*args: str) -> Iterator[tuple[int, subprocess.Popen[str]]]:
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
-    command = [sys.executable, "-m", "meshpipe.server", "--port", str(port), "--shared-key", KEY]
-    process = subprocess.Popen(
-        [*command, "--log-level", "WARNING", *args], stdout=subprocess.PIPE, text=True, env=env
-    )
-    try:
-        assert process.stdout is not None
-        assert "listening on" in process.stdout.readline()
+    common = ["--shared-key", KEY, "--log-level", "WARNING"]
+    with server_process(*common, *args) as (url, process):
+        port = urlparse(url).port
+        assert port is not None
         yield port, process
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 SINK = """

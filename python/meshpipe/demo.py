@@ -16,15 +16,13 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import re
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from meshpipe.client import MeshClient
 from meshpipe.config import MeshConfig, Secret
 from meshpipe.errors import MeshpipeError
 from meshpipe.progress import Progress
+from meshpipe.server.process import peak_rss, server_process
 from meshpipe.synthetic import write_csv
 from meshpipe.transfer import receive_message, send_file
 
@@ -91,55 +90,6 @@ class DemoResult:
     verified: bool
     verification: list[str]
     message_id: str
-
-
-@contextlib.contextmanager
-def local_server(store: str, data_dir: Path, shared_key: str) -> Iterator[tuple[str, int]]:
-    """``meshpipe serve`` in its own process on a free port; yields (url, pid)."""
-    command = [sys.executable, "-m", "meshpipe.server", "--port", "0", "--store", store]
-    command += ["--log-level", "WARNING"]
-    if store == "dir":
-        command += ["--data-dir", str(data_dir)]
-    log_path = data_dir.parent / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, env={**os.environ, "SHARED_KEY": shared_key}, stdout=log, stderr=log
-        )
-    try:
-        url = _wait_until_listening(process, log_path)
-        yield url, process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_until_listening(process: subprocess.Popen[bytes], log_path: Path) -> str:
-    """The URL the server prints once it listens (it chose the port itself)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        match = re.search(rb"listening on (\S+)", log_path.read_bytes())
-        if match:
-            return match.group(1).decode()
-        if process.poll() is not None:
-            raise MeshpipeError(
-                f"the local MESH server exited ({process.returncode}); see {log_path}"
-            )
-        time.sleep(0.05)
-    raise MeshpipeError(f"the local MESH server did not start in 30 s; see {log_path}")
-
-
-def peak_rss(pid: int | str = "self") -> int:
-    """Peak resident set (VmHWM) of a process, from the OS. Not ru_maxrss: Linux carries that
-    over from the parent across exec."""
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def _synthetic_message(url: str, size: int, chunk_size: int) -> str:
@@ -222,12 +172,18 @@ def run(args: argparse.Namespace) -> DemoResult:
             print(f"demo: generating a {args.size:,}-byte CSV extract", file=sys.stderr)
             write_csv(source, args.size)
         shared_key = secrets.token_hex(16)
-        url, server_pid = stack.enter_context(local_server(args.store, data_dir, shared_key))
+        server_args = ["--store", args.store, "--log-level", "WARNING"]
+        if args.store == "dir":
+            server_args += ["--data-dir", str(data_dir)]
+        log = stack.enter_context((workdir / "server.log").open("wb"))
+        url, server = stack.enter_context(
+            server_process(*server_args, env={"SHARED_KEY": shared_key}, stderr=log)
+        )
         print(f"demo: local MESH server at {url} (store: {args.store})", file=sys.stderr)
         send_s, receive_s, message_id, verification, chunks, verified = asyncio.run(
             _run(args, workdir, url, shared_key)
         )
-        server_rss = peak_rss(server_pid)
+        server_rss = peak_rss(server.pid)
     return DemoResult(
         bytes=args.size,
         compress=args.compress,

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +10,9 @@ from typing import Any
 import pytest
 
 from meshpipe.server import LocalMeshServer
+from meshpipe.server.process import server_process
 from meshpipe.server.threaded import ServerThread
 from tests.peers import SANDBOX_SHARED_KEY, Sandbox
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -52,25 +48,14 @@ def meshpipe_started_like_the_sandbox(tmp_path_factory: pytest.TempPathFactory) 
     variables (SHARED_KEY, AUTH_MODE, STORE_MODE=file, MAILBOXES_DATA_DIR)."""
     data_dir = tmp_path_factory.mktemp("meshpipe-env-store")
     env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT / "python"),
         "SHARED_KEY": SANDBOX_SHARED_KEY,
         "AUTH_MODE": "full",
         "STORE_MODE": "file",
         "MAILBOXES_DATA_DIR": str(data_dir),
     }
-    command = [sys.executable, "-m", "meshpipe.server", "--rules", "sandbox", "--port", "0"]
-    process = subprocess.Popen(
-        [*command, "--log-level", "WARNING"], stdout=subprocess.PIPE, text=True, env=env
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert "listening on" in line, line
-        yield Peer("meshpipe-env", line.rsplit(" ", 1)[1].strip(), SANDBOX_SHARED_KEY)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    command = ["--rules", "sandbox", "--log-level", "WARNING"]
+    with server_process(*command, env=env) as (url, _):
+        yield Peer("meshpipe-env", url, SANDBOX_SHARED_KEY)
 
 
 @pytest.fixture(params=["sandbox", "meshpipe", "meshpipe-env"])

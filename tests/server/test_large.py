@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 
 import pytest
 import xxhash
 
 from meshpipe.auth import make_token
 from meshpipe.server import synthetic_xxh3_128
+from meshpipe.server.process import peak_rss
 from tests.server.processes import serve_with
 
 MiB = 1024 * 1024
@@ -18,10 +18,7 @@ KEY = "TestKey"
 
 
 def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
+    return peak_rss(pid) / MiB
 
 
 def post(port: int, path: str, headers: dict[str, str], body: memoryview) -> bytes:
