@@ -262,9 +262,8 @@ else:
             w.finish()
     a.finish()
     os.remove(out)
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec.
-with open("/proc/self/status") as status:
-    print(next(int(l.split()[1]) * 1024 for l in status if l.startswith("VmHWM:")))
+from meshpipe.server.process import peak_rss
+print(peak_rss())
 """
 
 
