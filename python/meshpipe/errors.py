@@ -112,7 +112,13 @@ class ConfigError(MeshpipeError, ValueError):
 
 class MessageHeaderError(MeshpipeError, ValueError):
     """A message header (recipient, workflow id, local id, ...) breaks MESH's rules; nothing was
-    sent. The message names the header and the rule."""
+    sent. ``header`` (e.g. ``mex-To``) and ``rule`` (a :data:`meshpipe.headers.ProblemRule`)
+    say which, when known; the message says what to do."""
+
+    def __init__(self, message: str, *, header: str | None = None, rule: str | None = None):
+        super().__init__(message)
+        self.header = header
+        self.rule = rule
 
 
 class MeshConnectionError(MeshpipeError, ConnectionError):
