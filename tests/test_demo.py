@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from meshpipe.demo import parse_size
+from meshpipe.units import size_argument
 
 MiB = 1 << 20
 
@@ -61,9 +61,9 @@ def test_demo_refuses_a_bad_plan_before_sending(tmp_path: Path) -> None:
 
 
 def test_sizes() -> None:
-    assert parse_size("1GiB") == 1 << 30
-    assert parse_size("500MB") == 500_000_000
-    assert parse_size("20MiB") == 20 * MiB
-    assert parse_size("1048576") == MiB
+    assert size_argument("1GiB") == 1 << 30
+    assert size_argument("500MB") == 500_000_000
+    assert size_argument("20MiB") == 20 * MiB
+    assert size_argument("1048576") == MiB
     with pytest.raises(argparse.ArgumentTypeError, match="not a size"):
-        parse_size("lots")
+        size_argument("lots")

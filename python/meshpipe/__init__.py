@@ -4,8 +4,6 @@ The chunk engine (planning, splitting, compression, checksums, reassembly) is na
 the MESH protocol, transfers and the local server are asyncio Python on aiohttp.
 """
 
-from typing import Literal
-
 from meshpipe._meshpipe import (
     DEFAULT_CHUNK_SIZE,
     MAX_FILE_SIZE,
@@ -26,9 +24,9 @@ from meshpipe._meshpipe import (
     sha256_file,
     xxh3_128_file,
 )
-from meshpipe.client import ClientSettings, MeshClient, SyncMeshClient
+from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.config import MeshConfig, Secret, load_config
-from meshpipe.errors import (  # the MESH protocol errors
+from meshpipe.errors import (
     ChecksumMismatchError,
     ChunkLengthError,
     ChunkNumberError,
@@ -52,6 +50,7 @@ from meshpipe.errors import (  # the MESH protocol errors
     SourceChangedError,
     StateError,
 )
+from meshpipe.headers import SendHeaders
 from meshpipe.models import (
     ContentChecksum,
     Endpoint,
@@ -60,17 +59,18 @@ from meshpipe.models import (
     TrackingInfo,
 )
 from meshpipe.retry import RetryPolicy
+from meshpipe.sync import SyncMeshClient
 from meshpipe.transfer import (
+    ReceiveJournal,
     ReceiveResult,
+    SendJournal,
     SendResult,
     receive_all,
     receive_message,
     receive_report,
     send_file,
 )
-
-Codec = Literal["none", "gzip", "zstd"]
-"""A chunk codec: "none", "gzip" (one gzip member per chunk) or "zstd" (one frame per chunk)."""
+from meshpipe.units import Codec
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -114,10 +114,13 @@ __all__ = [
     "MiB",
     "MissingChunksError",
     "PlanError",
+    "ReceiveJournal",
     "ReceiveResult",
     "ReportMessage",
     "RetryPolicy",
     "Secret",
+    "SendHeaders",
+    "SendJournal",
     "SendResult",
     "SourceChangedError",
     "Splitter",

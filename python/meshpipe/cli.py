@@ -20,17 +20,17 @@ import dataclasses
 import importlib
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, TextIO
 
-from meshpipe._meshpipe import DEFAULT_CHUNK_SIZE, MAX_FILE_SIZE
+from meshpipe import units
 from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.config import load_config
 from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
 from meshpipe.models import ReportMessage
 from meshpipe.progress import Progress
+from meshpipe.retry import RetryingClient
 from meshpipe.transfer import (
     DEFAULT_CONCURRENCY,
     ReceiveFailure,
@@ -41,29 +41,6 @@ from meshpipe.transfer import (
 )
 
 PROGRAM: Final = "meshpipe"
-_SIZE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
-_UNITS: Final = {
-    "": 1,
-    "B": 1,
-    "K": 1024,
-    "KIB": 1024,
-    "KB": 1000,
-    "M": 1024**2,
-    "MIB": 1024**2,
-    "MB": 1000**2,
-    "G": 1024**3,
-    "GIB": 1024**3,
-    "GB": 1000**3,
-}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from ``67108864``, ``64MiB``, ``64M`` (binary) or ``75MB`` (decimal)."""
-    match = _SIZE.match(text)
-    unit = (match.group(2) or "").upper() if match else None
-    if match is None or unit not in _UNITS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 64MiB, 75MB, 5242880)")
-    return int(float(match.group(1)) * _UNITS[unit])
 
 
 def _positive(text: str) -> int:
@@ -103,12 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--subject")
     send.add_argument("--filename", help="name the recipient sees (default: the file's)")
     send.add_argument("--content-type")
-    send.add_argument("--compress", choices=("none", "gzip", "zstd"), default="none")
+    send.add_argument("--compress", choices=units.CODECS, default="none")
     send.add_argument("--level", type=int, help="compression level")
     send.add_argument(
         "--chunk-size",
-        type=parse_size,
-        default=DEFAULT_CHUNK_SIZE,
+        type=units.size_argument,
+        default=units.DEFAULT_CHUNK_SIZE,
         help="uncompressed chunk size (default %(default)s bytes; at least 5MiB)",
     )
     send.add_argument("--concurrency", type=_positive, default=DEFAULT_CONCURRENCY)
@@ -116,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--partner-id")
     send.add_argument(
         "--max-file-size",
-        type=parse_size,
-        default=MAX_FILE_SIZE,
+        type=units.size_argument,
+        default=units.MAX_FILE_SIZE,
         help="refuse larger files (default %(default)s bytes, NHS's advertised 50 GB)",
     )
     _connection_flags(send)
@@ -290,28 +267,31 @@ def _verified_text(result: ReceiveResult) -> str:
 
 async def _inbox(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     async with _client(args) as client:
-        ids = await client.list_inbox(workflow_filter=args.workflow_filter)
+        endpoints = RetryingClient(client)
+        ids = await endpoints.list_inbox(workflow_filter=args.workflow_filter)
         if not args.json:
             out.writelines(f"{message_id}\n" for message_id in ids)
             return 0
-        infos = [await client.message_info(message_id) for message_id in ids]
+        infos = [await endpoints.message_info(message_id) for message_id in ids]
     _print_json(infos, out)
     return 0
 
 
 async def _ack(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     async with _client(args) as client:
+        endpoints = RetryingClient(client)
         for message_id in args.message_ids:
-            await client.acknowledge(message_id)
+            await endpoints.acknowledge(message_id)
     return 0
 
 
 async def _track(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     async with _client(args) as client:
+        endpoints = RetryingClient(client)
         if args.local_id:
-            info = await client.track_local_id(args.message_id)
+            info = await endpoints.track_local_id(args.message_id)
         else:
-            info = await client.track(args.message_id)
+            info = await endpoints.track(args.message_id)
     if args.json:
         _print_json(info.raw, out)
     else:
@@ -323,7 +303,7 @@ async def _track(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 async def _lookup(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     async with _client(args) as client:
-        endpoints = await client.lookup(args.ods_code, args.workflow_id)
+        endpoints = await RetryingClient(client).lookup(args.ods_code, args.workflow_id)
     if args.json:
         _print_json(endpoints, out)
     else:
@@ -333,7 +313,7 @@ async def _lookup(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 async def _handshake(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     async with _client(args) as client:
-        await client.handshake()
+        await RetryingClient(client).handshake()
     out.write(f"{client.mailbox}: handshake ok\n")
     return 0
 

@@ -1,4 +1,4 @@
-"""An asyncio MESH client on aiohttp: every endpoint a mailbox uses, and a synchronous facade.
+"""An asyncio MESH client on aiohttp: every endpoint a mailbox uses, each one request.
 
 One :class:`MeshClient` owns one ``aiohttp.ClientSession``, created inside the running event
 loop (``async with MeshClient(config) as client``), with explicit connector limits and timeouts.
@@ -7,6 +7,10 @@ Errors become :class:`meshpipe.errors.MeshHTTPError` subclasses (HTTP status, ME
 message id) or :class:`meshpipe.errors.MeshConnectionError`; ``CancelledError`` passes through.
 Bodies are sent from any buffer in pieces of at most 1 MiB (one large write costs asyncio on
 Python 3.11 about 8x the CPU) and downloads are streamed to a sink, never held whole.
+
+Nothing here retries or orchestrates: :mod:`meshpipe.retry` decides what is tried again
+(``RetryingClient`` for the endpoints safe to repeat), :mod:`meshpipe.transfer` sends and
+receives whole files, :mod:`meshpipe.sync` offers all of it without an event loop.
 """
 
 from __future__ import annotations
@@ -14,15 +18,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import platform
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
+from typing import Any, Final, Self
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -33,25 +36,15 @@ from typing_extensions import Buffer
 
 from meshpipe._meshpipe import __version__
 from meshpipe.auth import TokenSource
-from meshpipe.config import MeshConfig
-from meshpipe.errors import (
-    MeshConnectionError,
-    MeshHTTPError,
-    MeshNotFoundError,
-    MeshProtocolError,
-    mesh_error_from_response,
-)
+from meshpipe.config import MeshConfig, RetryPolicy
+from meshpipe.error_body import mesh_error_from_response
+from meshpipe.errors import MeshConnectionError, MeshHTTPError, MeshProtocolError
+from meshpipe.headers import SendHeaders, format_chunk_range
 from meshpipe.models import Endpoint, MessageMetadata, ReportMessage, RichMessage, TrackingInfo
-from meshpipe.retry import RetryPolicy, call_with_retry
-
-if TYPE_CHECKING:
-    from meshpipe.transfer import ReceiveResult, SendResult
+from meshpipe.units import MiB
 
 log = logging.getLogger("meshpipe.client")
 
-T = TypeVar("T")
-
-MiB: Final = 1024 * 1024
 #: Largest single write handed to the socket.
 WRITE_PIECE_SIZE: Final = 1 * MiB
 ACCEPT_V2: Final = "application/vnd.mesh.v2+json"
@@ -62,7 +55,8 @@ _ERROR_BODY_LIMIT: Final = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class ClientSettings:
-    """Connection pool, timeouts (seconds) and retry policy of one client.
+    """Connection pool, timeouts (seconds) and retry policy of one client (the policy is
+    applied by meshpipe.retry and meshpipe.transfer; the client itself never retries).
 
     ``request_timeout`` bounds a whole small request (JSON calls, HEAD, acknowledge);
     ``transfer_timeout`` bounds a whole chunk upload or download; ``read_timeout`` bounds any
@@ -313,29 +307,17 @@ class MeshClient:
         except _CONNECTION_ERRORS as error:
             raise _translate(error, method, path) from error
 
-    async def _json(
-        self,
-        method: str,
-        path: str,
-        *,
-        idempotent: bool = True,
-        what: str | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        async def once() -> Any:
-            _, _, body = await self.request(method, path, **kwargs)
-            if not body.strip():
-                return None
-            try:
-                return json.loads(body)
-            except ValueError:
-                raise MeshProtocolError(
-                    f"{method} {path} answered with a body that is not JSON"
-                ) from None
-
-        return await call_with_retry(
-            once, self.settings.retry, idempotent=idempotent, what=what or f"{method} {path}"
-        )
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One request whose answer is JSON (None for an empty body)."""
+        _, _, body = await self.request(method, path, **kwargs)
+        if not body.strip():
+            return None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise MeshProtocolError(
+                f"{method} {path} answered with a body that is not JSON"
+            ) from None
 
     def _next_path(self, link: str) -> str:
         """A ``links.next`` value as a path: MESH gives it relative (mesh-client bug #60)."""
@@ -363,57 +345,33 @@ class MeshClient:
             "mex-OSArchitecture": platform.machine() or "unknown",
             "mex-JavaVersion": "N/A",
         }
-        await self._json("POST", self._mailbox_path(), headers=headers, what="handshake")
+        await self._json("POST", self._mailbox_path(), headers=headers)
 
     async def send_message(
         self,
-        to: str,
-        workflow_id: str,
+        headers: SendHeaders,
         body: Buffer,
         *,
         chunk_count: int = 1,
-        local_id: str | None = None,
-        subject: str | None = None,
-        filename: str | None = None,
-        partner_id: str | None = None,
-        content_type: str | None = None,
         content_encoding: str | None = None,
-        checksum: str | None = None,
-        compressed: bool | None = None,
-        encrypted: bool | None = None,
         extra_headers: Mapping[str, str] | None = None,
     ) -> str:
-        """``POST /outbox``: a whole message, or chunk 1 of ``chunk_count``; returns the message
-        id. Not retried: re-posting could duplicate the message (see transfer.send_file)."""
-        headers: dict[str, str] = {
-            "mex-To": to.upper(),
-            "mex-WorkflowID": workflow_id,
-            "Content-Type": content_type or "application/octet-stream",
-        }
+        """``POST /outbox``: a whole message, or chunk 1 of ``chunk_count``, with ``headers``
+        as given (check them first with ``headers.validate()``); returns the message id. Never
+        retried here: re-posting could duplicate the message (retry.post_first_chunk_safely)."""
+        request_headers = headers.to_request()
         if chunk_count > 1:
-            headers["mex-Chunk-Range"] = f"1:{chunk_count}"
-        optional = {
-            "mex-LocalID": local_id,
-            "mex-Subject": subject,
-            "mex-FileName": filename,
-            "mex-PartnerID": partner_id,
-            "mex-Content-Checksum": checksum,
-            "mex-Content-Type": content_type,
-            "Content-Encoding": content_encoding,
-        }
-        headers.update({key: value for key, value in optional.items() if value})
-        if compressed is not None:
-            headers["mex-Content-Compressed"] = "Y" if compressed else "N"
-        if encrypted is not None:
-            headers["mex-Content-Encrypted"] = "Y" if encrypted else "N"
+            request_headers["mex-Chunk-Range"] = format_chunk_range(1, chunk_count)
+        if content_encoding:
+            request_headers["Content-Encoding"] = content_encoding
         if extra_headers:
-            headers.update(extra_headers)
-        payload = BufferPayload(body, content_type=headers["Content-Type"])
+            request_headers.update(extra_headers)
+        payload = BufferPayload(body, content_type=request_headers["Content-Type"])
         try:
             _, _, response = await self.request(
                 "POST",
                 self._mailbox_path("/outbox"),
-                headers=headers,
+                headers=request_headers,
                 data=payload,
                 expect=(200, 202),
                 time_limit=self.settings.transfer_timeout,
@@ -443,7 +401,7 @@ class MeshClient:
         if number < 2:
             raise ValueError("chunk 1 is sent by send_message")
         headers = {
-            "mex-Chunk-Range": f"{number}:{chunk_count}",
+            "mex-Chunk-Range": format_chunk_range(number, chunk_count),
             "Content-Type": "application/octet-stream",
         }
         if content_encoding:
@@ -557,14 +515,8 @@ class MeshClient:
     async def head(self, message_id: str) -> MessageMetadata:
         """``HEAD /inbox/{id}``: the headers chunk 1 would carry."""
         path = self._mailbox_path(f"/inbox/{quote(message_id)}")
-
-        async def once() -> MessageMetadata:
-            _, headers, _ = await self.request("HEAD", path, message_id=message_id)
-            return MessageMetadata.from_headers(message_id, headers)
-
-        return await call_with_retry(
-            once, self.settings.retry, idempotent=True, what=f"HEAD message {message_id}"
-        )
+        _, headers, _ = await self.request("HEAD", path, message_id=message_id)
+        return MessageMetadata.from_headers(message_id, headers)
 
     async def message_info(self, message_id: str) -> MessageMetadata | ReportMessage:
         """Metadata of a message, as a ReportMessage when MESH says it is a REPORT."""
@@ -579,7 +531,7 @@ class MeshClient:
 
         ``accept_encoding="identity"`` gets raw bytes (MESH decompresses a gzip-stored message);
         ``"gzip"`` gets a gzip-stored message as stored (and makes a server compress an
-        uncompressed one on the fly). No retry here: see transfer.receive_message.
+        uncompressed one on the fly). No retry here: see meshpipe.transfer.
         """
         suffix = f"/inbox/{quote(message_id)}" + (f"/{number}" if number > 1 else "")
         path = self._mailbox_path(suffix)
@@ -648,39 +600,12 @@ class MeshClient:
             )
         return DownloadedChunk(metadata=metadata, status=status, bytes_received=received)
 
-    async def download(self, message_id: str) -> tuple[MessageMetadata, bytes]:
-        """A whole (small) message in memory, every chunk, decompressed by MESH. For large
-        messages use transfer.receive_message, which streams to disk and verifies."""
-        parts: list[bytes] = []
-
-        async def sink(piece: bytes) -> None:
-            parts.append(piece)
-
-        async def chunk(number: int) -> DownloadedChunk:
-            del parts[start_of[number] :]
-            return await self.download_chunk(message_id, number, sink)
-
-        start_of: dict[int, int] = {1: 0}
-        first = await call_with_retry(
-            lambda: chunk(1), self.settings.retry, idempotent=True, what="download"
-        )
-        for number in range(2, first.metadata.chunk_count + 1):
-            start_of[number] = len(parts)
-            await call_with_retry(
-                lambda n=number: chunk(n),  # type: ignore[misc]
-                self.settings.retry,
-                idempotent=True,
-                what="download",
-            )
-        return first.metadata, b"".join(parts)
-
     async def acknowledge(self, message_id: str) -> None:
         """``PUT /inbox/{id}/status/acknowledged``: removes it from the inbox (idempotent)."""
         await self._json(
             "PUT",
             self._mailbox_path(f"/inbox/{quote(message_id)}/status/acknowledged"),
             message_id=message_id,
-            what=f"acknowledge {message_id}",
         )
 
     async def track(self, message_id: str) -> TrackingInfo:
@@ -724,111 +649,3 @@ class MeshClient:
         )
         results = data.get("results") if isinstance(data, dict) else None
         return [Endpoint.from_json(item) for item in results or []]
-
-    async def find_sent_message(
-        self, local_id: str, *, since: datetime | None = None, max_pages: int = 20
-    ) -> str | None:
-        """The id of a message this mailbox sent with ``local_id`` (any state, including
-        ``uploading``), or None when MESH says there is none. Asks the rich outbox, and falls
-        back to tracking by local id where the rich outbox is not offered."""
-        since = since or datetime.now(UTC) - timedelta(days=1)
-        try:
-            sent = await self.outbox_rich(start_time=since, max_pages=max_pages)
-        except MeshHTTPError as error:
-            if error.status not in (404, 405, 501):
-                raise
-        else:
-            matches = [item for item in sent if item.local_id == local_id]
-            if len(matches) > 1:
-                raise MeshProtocolError(
-                    f"{len(matches)} messages carry local id {local_id!r}; check them with "
-                    "`meshpipe track` before sending again"
-                )
-            return matches[0].message_id if matches else None
-        try:
-            return (await self.track_local_id(local_id)).message_id
-        except MeshNotFoundError:
-            return None
-
-
-class SyncMeshClient:
-    """A blocking facade over MeshClient for callers without an event loop.
-
-    It runs its own event loop (``asyncio.Runner``); do not use it inside a running loop.
-    ``run(coroutine_function)`` runs any MeshClient-based coroutine, e.g. transfer.send_file.
-    """
-
-    def __init__(self, config: MeshConfig, settings: ClientSettings | None = None) -> None:
-        self._runner = asyncio.Runner()
-        self.client = MeshClient(config, settings)
-        self._runner.run(self.client.open())
-
-    def __repr__(self) -> str:
-        return f"Sync{self.client!r}"
-
-    def run(self, function: Callable[[MeshClient], Coroutine[Any, Any, T]]) -> T:
-        return self._runner.run(function(self.client))
-
-    def close(self) -> None:
-        try:
-            self._runner.run(self.client.close())
-        finally:
-            self._runner.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def ping(self) -> dict[str, Any]:
-        return self.run(lambda client: client.ping())
-
-    def handshake(self) -> None:
-        self.run(lambda client: client.handshake())
-
-    def send_message(self, to: str, workflow_id: str, body: Buffer, **options: Any) -> str:
-        return self.run(lambda client: client.send_message(to, workflow_id, body, **options))
-
-    def list_inbox(self, *, workflow_filter: str | None = None) -> list[str]:
-        return self.run(lambda client: client.list_inbox(workflow_filter=workflow_filter))
-
-    def inbox_count(self) -> int:
-        return self.run(lambda client: client.inbox_count())
-
-    def message_info(self, message_id: str) -> MessageMetadata | ReportMessage:
-        return self.run(lambda client: client.message_info(message_id))
-
-    def download(self, message_id: str) -> tuple[MessageMetadata, bytes]:
-        return self.run(lambda client: client.download(message_id))
-
-    def acknowledge(self, message_id: str) -> None:
-        self.run(lambda client: client.acknowledge(message_id))
-
-    def track(self, message_id: str) -> TrackingInfo:
-        return self.run(lambda client: client.track(message_id))
-
-    def track_local_id(self, local_id: str) -> TrackingInfo:
-        return self.run(lambda client: client.track_local_id(local_id))
-
-    def lookup(self, ods_code: str, workflow_id: str) -> list[Endpoint]:
-        return self.run(lambda client: client.lookup(ods_code, workflow_id))
-
-    def send_file(self, source: str | os.PathLike[str], **options: Any) -> SendResult:
-        """transfer.send_file, blocking: ``to=``, ``workflow_id=`` and its other options."""
-        from meshpipe.transfer import send_file
-
-        return self.run(lambda client: send_file(client, source, **options))
-
-    def receive_message(
-        self, message_id: str, destination: str | os.PathLike[str], **options: Any
-    ) -> ReceiveResult:
-        """transfer.receive_message, blocking."""
-        from meshpipe.transfer import receive_message
-
-        return self.run(lambda client: receive_message(client, message_id, destination, **options))

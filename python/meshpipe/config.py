@@ -1,4 +1,5 @@
-"""Connection settings for a MESH mailbox: environment, credentials and TLS material.
+"""Connection settings for a MESH mailbox: environment, credentials and TLS material, and the
+numbers of a retry policy (what is retried, and how, is meshpipe.retry's job).
 
 Settings come from, in order of precedence: explicit arguments, environment variables
 (``MESH_URL``, ``MESH_MAILBOX``, ``MESH_PASSWORD``, ``MESH_SHARED_KEY``, ``MESH_CLIENT_CERT``,
@@ -23,6 +24,7 @@ the value, so neither ever reaches a log line, an exception or a repr.
 from __future__ import annotations
 
 import os
+import random
 import re
 import ssl
 import tomllib
@@ -33,7 +35,7 @@ from typing import Any, Final
 
 from meshpipe.errors import ConfigError
 
-#: Named environments and their base URLs (protocol reference §2).
+#: Named environments and their base URLs (NHS England publishes these for the MESH API).
 ENVIRONMENTS: Final[Mapping[str, str]] = {
     "local": "http://localhost:8700",
     "integration": "https://msg.intspineservices.nhs.uk",
@@ -47,6 +49,41 @@ ENVIRONMENT_ALIASES: Final[Mapping[str, str]] = {
     "production": "live",
     "sandbox": "local",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """``attempts`` tries in all (1 = never retry); the delay before try k (k ≥ 2) is a random
+    value in [0, min(max_delay, base_delay · 2^(k-2))] ("full jitter")."""
+
+    attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 20.0
+    #: The longest Retry-After (from a 429 or 503) that is honoured; longer ones fail.
+    max_retry_after: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        if self.base_delay < 0 or self.max_delay < 0:
+            raise ValueError("delays must not be negative")
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before try ``attempt`` (2, 3, ...)."""
+        ceiling = min(self.max_delay, self.base_delay * (2 ** max(0, attempt - 2)))
+        return (rng or random).uniform(0, ceiling)
+
+    def delay_after(self, attempt: int, error: BaseException) -> float | None:
+        """The wait before try ``attempt`` after ``error``: the backoff, or the server's
+        Retry-After if longer; None when that is longer than ``max_retry_after``."""
+        wait = self.delay(attempt)
+        retry_after = getattr(error, "retry_after", None)
+        if isinstance(retry_after, int | float):
+            if retry_after > self.max_retry_after:
+                return None
+            wait = max(wait, float(retry_after))
+        return wait
+
 
 ENV_URL: Final = "MESH_URL"
 ENV_MAILBOX: Final = "MESH_MAILBOX"

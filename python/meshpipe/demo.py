@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import re
 import secrets
 import sys
 import tempfile
@@ -26,7 +25,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from meshpipe import DEFAULT_CHUNK_SIZE, xxh3_128_file
+from meshpipe import units
+from meshpipe._meshpipe import xxh3_128_file
 from meshpipe.client import MeshClient
 from meshpipe.config import MeshConfig, Secret
 from meshpipe.errors import MeshpipeError
@@ -39,18 +39,6 @@ SENDER = "X26ABC1"
 RECIPIENT = "X26ABC2"
 WORKFLOW = "TEST_WORKFLOW"
 PASSWORD = "password"
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 1 << 10}
-_UNITS |= {"MIB": 1 << 20, "GIB": 1 << 30, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-
-
-def parse_size(text: str) -> int:
-    """``1GiB``, ``500MB``, ``20MiB``, ``1048576``: sizes in bytes."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
-    if not match or match.group(2).upper() not in _UNITS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a size: use bytes or a unit, e.g. 1GiB, 500MB, 20MiB"
-        )
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,9 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="meshpipe demo",
         description="Send and receive a generated CSV extract through a local MESH server.",
     )
-    parser.add_argument("--size", type=parse_size, default=1 << 30, help="extract size (1GiB)")
-    parser.add_argument("--compress", choices=("none", "gzip", "zstd"), default="gzip")
-    parser.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_SIZE)
+    parser.add_argument(
+        "--size", type=units.size_argument, default=1 << 30, help="extract size (1GiB)"
+    )
+    parser.add_argument("--compress", choices=units.CODECS, default="gzip")
+    parser.add_argument("--chunk-size", type=units.size_argument, default=units.DEFAULT_CHUNK_SIZE)
     parser.add_argument("--concurrency", type=int, default=4, help="chunks in flight (4)")
     parser.add_argument(
         "--store",
@@ -212,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MeshpipeError, OSError) as exc:
         print(f"meshpipe demo: {exc}", file=sys.stderr)
         return 1
-    mib = 1 << 20
+    mib = units.MiB
     print(
         f"sent     {result.bytes:,} bytes in {result.chunks} chunks ({result.compress}) "
         f"in {result.send_seconds:.2f} s: {result.send_mb_s:,.0f} MB/s"

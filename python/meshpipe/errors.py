@@ -1,8 +1,12 @@
-"""Every exception meshpipe raises, in one hierarchy under MeshpipeError.
+"""Every exception meshpipe raises, in one hierarchy under MeshpipeError: only the classes a
+caller catches, with what went wrong as data (pydantic-core style: few classes, codes as fields).
 
-The engine (rust/src/py/errors.rs) raises the classes defined here, by name, with the attributes
-each one documents; the MESH protocol errors subclass the same MeshpipeError. OS errors stay the
-built-in OSError subclasses (FileNotFoundError, FileExistsError, PermissionError, ...).
+The engine (rust/src/py/errors.rs) raises the engine classes here, by name, with the attributes
+each one documents. A MESH error answer is a :class:`MeshHTTPError` carrying MESH's status, code,
+event, description and a ``kind`` (``"not_found"``, ``"missing_data"``, ...); subclasses exist
+only for the answers callers handle apart (authentication, unknown recipient, not found, locked).
+The bodies are parsed into these by :mod:`meshpipe.error_body`. OS errors stay the built-in
+OSError subclasses (FileNotFoundError, FileExistsError, PermissionError, ...).
 """
 
 from __future__ import annotations
@@ -84,28 +88,6 @@ class StateError(MeshpipeError):
     """An object was used after it was finished, aborted or closed."""
 
 
-__all__ = [
-    "ChecksumMismatchError",
-    "ChunkLengthError",
-    "ChunkNumberError",
-    "ChunkOrderError",
-    "ChunkSizeError",
-    "CodecError",
-    "DuplicateChunkError",
-    "FileTooLargeError",
-    "MeshpipeError",
-    "MissingChunksError",
-    "PlanError",
-    "SourceChangedError",
-    "StateError",
-]
-
-
-# --- MESH protocol errors (python/meshpipe/client.py raises these) ------------------------------
-
-import json as _json  # noqa: E402
-
-
 class ConfigError(MeshpipeError, ValueError):
     """Connection settings are missing or invalid; nothing was sent."""
 
@@ -122,11 +104,19 @@ class MessageHeaderError(MeshpipeError, ValueError):
 
 
 class MeshConnectionError(MeshpipeError, ConnectionError):
-    """MESH could not be reached, or the connection failed or timed out mid-request."""
+    """MESH could not be reached, or the connection failed or timed out mid-request.
+
+    ``retryable`` is True: an idempotent request may be sent again (see meshpipe.retry)."""
+
+    retryable = True
 
 
 class MeshProtocolError(MeshpipeError):
     """MESH answered with something the protocol does not allow (e.g. a missing header)."""
+
+
+#: The statuses that say MESH is busy or a gateway failed: retrying later is safe.
+TRANSIENT_STATUSES = frozenset({425, 429, 502, 503, 504})
 
 
 class MeshHTTPError(MeshpipeError):
@@ -134,18 +124,20 @@ class MeshHTTPError(MeshpipeError):
 
     ``status`` is the HTTP status; ``code``, ``event`` and ``description`` are MESH's error code
     (e.g. "12"), phase (e.g. "SEND") and text when the body carried them (v1 or v2 shape);
-    ``message_id`` is the message concerned, if known. ``retryable`` says whether the same
-    request may safely be sent again later.
+    ``kind`` names the failure (``"bad_request"``, ``"missing_header"``, ``"forbidden"``,
+    ``"authentication"``, ``"not_found"``, ``"chunk_range"``, ``"gone"``, ``"rejected"``,
+    ``"unknown_recipient"``, ``"workflow"``, ``"missing_data"``, ``"unsupported_encoding"``,
+    ``"locked"``, ``"rate_limited"``, ``"transient"``, ``"server_error"`` or ``"other"``);
+    ``message_id`` is the message concerned, if known; ``retry_after`` the server's Retry-After
+    in seconds.
     """
-
-    retryable: bool = False
-    hint: str = ""
 
     def __init__(
         self,
         message: str,
         *,
         status: int,
+        kind: str = "other",
         code: str | None = None,
         event: str | None = None,
         description: str | None = None,
@@ -156,8 +148,8 @@ class MeshHTTPError(MeshpipeError):
         retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
-        self.retry_after = retry_after
         self.status = status
+        self.kind = kind
         self.code = code
         self.event = event
         self.description = description
@@ -165,101 +157,30 @@ class MeshHTTPError(MeshpipeError):
         self.internal_id = internal_id
         self.method = method
         self.path = path
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """Whether an idempotent request may be sent again after this answer: MESH was busy
+        (425, 429), a gateway failed (502, 503, 504) or MESH itself failed (5xx). The one
+        answer to "is this retryable" (meshpipe.retry asks it); never for any other 4xx."""
+        return self.status in TRANSIENT_STATUSES or self.status >= 500
 
 
-class MeshBadRequestError(MeshHTTPError):
-    """400: the request failed validation (missing or malformed header, bad parameter)."""
-
-    hint = "check the mex- headers and parameters named in the error"
+class MeshAuthenticationError(MeshHTTPError):
+    """401/403: authentication failed (wrong mailbox, password or shared key, or a bad token)."""
 
 
-class MeshMissingHeaderError(MeshBadRequestError):
-    """A required header is missing: mex-To (code 08) or mex-WorkflowID."""
-
-    hint = "give the recipient mailbox (--to) and the workflow id (--workflow-id)"
-
-
-class MeshForbiddenError(MeshHTTPError):
-    """403: the mailbox may not do this (not the sender or recipient of this message)."""
-
-    hint = "check the message id belongs to this mailbox"
-
-
-class MeshAuthenticationError(MeshForbiddenError):
-    """403: authentication failed (wrong mailbox, password or shared key, or a bad token)."""
-
-    hint = "check the mailbox id, password and shared key for this environment"
+class MeshUnknownRecipientError(MeshHTTPError):
+    """417 code 12: the recipient mailbox is not registered."""
 
 
 class MeshNotFoundError(MeshHTTPError):
     """404: no such message or chunk (or it is not yours)."""
 
-    hint = "check the message id and chunk number"
-
-
-class MeshChunkRangeError(MeshHTTPError):
-    """406/417 on a chunk: the chunk number or mex-Chunk-Range is not valid for this message."""
-
-    hint = "send chunk numbers 1..N with mex-Chunk-Range n:N"
-
-
-class MeshMessageGoneError(MeshHTTPError):
-    """410: the message cannot be downloaded (still uploading, failed or expired)."""
-
-    hint = "check its status with `meshpipe track`; the sender may need to send it again"
-
-
-class MeshRejectedError(MeshHTTPError):
-    """417: MESH refused the message (the MESH error code says why)."""
-
-    hint = "the MESH error code says what to change"
-
-
-class MeshUnknownRecipientError(MeshRejectedError):
-    """417 code 12: the recipient mailbox is not registered."""
-
-    hint = "check the recipient mailbox id (use `meshpipe lookup ODS WORKFLOW` to find it)"
-
-
-class MeshWorkflowError(MeshRejectedError):
-    """417 code 16/17: the workflow id is not allowed for the sender or recipient."""
-
-    hint = "check the workflow id; the mailbox must be registered for it"
-
-
-class MeshMissingDataError(MeshRejectedError):
-    """417 code 02: the message body (data file) is missing or empty."""
-
-    hint = "send a non-empty body"
-
-
-class MeshUnsupportedEncodingError(MeshHTTPError):
-    """422: Content-Encoding other than gzip."""
-
-    hint = "send gzip or no Content-Encoding"
-
 
 class MeshMessageLockedError(MeshHTTPError):
     """423: a chunk was sent to a message that is already complete."""
-
-    hint = "check the message with `meshpipe track` before sending more chunks"
-
-
-class MeshTransientError(MeshHTTPError):
-    """425/429/502/503/504: MESH is busy or a gateway failed; retrying later is safe."""
-
-    retryable = True
-    hint = "try again later"
-
-
-class MeshRateLimitError(MeshTransientError):
-    """429: too many requests."""
-
-
-class MeshServerError(MeshHTTPError):
-    """500 and other 5xx: MESH failed; only idempotent requests are retried."""
-
-    hint = "try again later; if it persists, contact the MESH service desk with the internal id"
 
 
 class MeshDuplicateRiskError(MeshpipeError):
@@ -293,176 +214,31 @@ class MeshReportError(MeshpipeError):
         self.report = report
 
 
-_AUTH_DESCRIPTIONS = (
-    "authorization",
-    "authentication",
-    "mailbox id does not match token",
-    "no mailbox matched",
-    "inactive mailbox",
-)
-
-
-def _error_class(status: int, code: str | None, description: str) -> type[MeshHTTPError]:
-    low = description.lower()
-    if status == 400:
-        if code == "08" or "workflowid" in low.replace("-", "").replace("_", ""):
-            return MeshMissingHeaderError
-        return MeshBadRequestError
-    if status == 403:
-        if code == "EPL-151" or any(text in low for text in _AUTH_DESCRIPTIONS) or not low:
-            return MeshAuthenticationError
-        return MeshForbiddenError
-    if status == 401:
-        return MeshAuthenticationError
-    if status == 404:
-        return MeshNotFoundError
-    if status == 406:
-        return MeshChunkRangeError
-    if status == 410:
-        return MeshMessageGoneError
-    if status == 417:
-        if code == "12":
-            return MeshUnknownRecipientError
-        if code in ("16", "17"):
-            return MeshWorkflowError
-        if code == "02":
-            return MeshMissingDataError
-        if code == "08":
-            return MeshMissingHeaderError
-        if code == "InvalidHeaderChunks" or "chunk" in low:
-            return MeshChunkRangeError
-        return MeshRejectedError
-    if status == 422:
-        return MeshUnsupportedEncodingError
-    if status == 423:
-        return MeshMessageLockedError
-    if status == 429:
-        return MeshRateLimitError
-    if status in (425, 502, 503, 504):
-        return MeshTransientError
-    if status >= 500:
-        return MeshServerError
-    return MeshHTTPError
-
-
-def _first_text(*values: object) -> str | None:
-    for value in values:
-        if isinstance(value, str) and value:
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-    return None
-
-
-def parse_error_body(body: bytes) -> dict[str, str | None]:
-    """The MESH error fields of a response body, whatever its shape.
-
-    v1 ``{messageID, errorEvent, errorCode, errorDescription}``; v2 ``{message_id, internal_id,
-    detail: [{event, code, msg}]}``; validation ``{detail: [{loc, msg, type}]}``; bare
-    ``{internal_id, message}``; anything else (XML, HTML, text) becomes a short description.
-    """
-    fields: dict[str, str | None] = {
-        "code": None,
-        "event": None,
-        "description": None,
-        "message_id": None,
-        "internal_id": None,
-    }
-    try:
-        data = _json.loads(body) if body else None
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        fields["message_id"] = _first_text(data.get("messageID"), data.get("message_id"))
-        fields["internal_id"] = _first_text(data.get("internal_id"), data.get("internalID"))
-        detail = data.get("detail")
-        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
-            first = detail[0]
-            description = _first_text(first.get("msg"), first.get("message"))
-            loc = first.get("loc")
-            if isinstance(loc, list | tuple) and loc and description:
-                description = f"{description}: {'.'.join(str(part) for part in loc)}"
-            fields["description"] = description
-            fields["code"] = _first_text(first.get("code"))
-            fields["event"] = _first_text(first.get("event"))
-        elif isinstance(detail, str):
-            fields["description"] = detail
-        else:
-            fields["code"] = _first_text(data.get("errorCode"))
-            fields["event"] = _first_text(data.get("errorEvent"))
-            fields["description"] = _first_text(
-                data.get("errorDescription"), data.get("message"), data.get("error")
-            )
-    elif body:
-        text = body[:300].decode("utf-8", "replace").strip()
-        fields["description"] = " ".join(text.split())[:200] or None
-    return fields
-
-
-def mesh_error_from_response(
-    status: int,
-    body: bytes,
-    *,
-    method: str,
-    path: str,
-    message_id: str | None = None,
-    retry_after: float | None = None,
-) -> MeshHTTPError:
-    """The specific MeshHTTPError for an error response (``path`` must hold no secret);
-    ``retry_after`` is the server's Retry-After, in seconds, if it sent one."""
-    fields = parse_error_body(body)
-    description = fields["description"] or ""
-    cls = _error_class(status, fields["code"], description)
-    message_id = fields["message_id"] or message_id
-    parts = [f"MESH answered {status} to {method} {path}"]
-    if fields["code"] or fields["event"]:
-        parts.append(f"(code {fields['code'] or '?'}, {fields['event'] or '?'})")
-    text = " ".join(parts)
-    if description:
-        text += f": {description}"
-    if message_id:
-        text += f" [message {message_id}]"
-    if cls.hint:
-        text += f"; {cls.hint}"
-    return cls(
-        text,
-        status=status,
-        code=fields["code"],
-        event=fields["event"],
-        description=fields["description"],
-        message_id=message_id,
-        internal_id=fields["internal_id"],
-        method=method,
-        path=path,
-        retry_after=retry_after,
-    )
-
-
-__all__ += [
+__all__ = [
+    "TRANSIENT_STATUSES",
+    "ChecksumMismatchError",
+    "ChunkLengthError",
+    "ChunkNumberError",
+    "ChunkOrderError",
+    "ChunkSizeError",
     "ChunkTransferError",
+    "CodecError",
     "ConfigError",
+    "DuplicateChunkError",
+    "FileTooLargeError",
     "MeshAuthenticationError",
-    "MeshBadRequestError",
-    "MeshChunkRangeError",
     "MeshConnectionError",
     "MeshDuplicateRiskError",
-    "MeshForbiddenError",
     "MeshHTTPError",
-    "MeshMessageGoneError",
     "MeshMessageLockedError",
-    "MeshMissingDataError",
-    "MeshMissingHeaderError",
     "MeshNotFoundError",
     "MeshProtocolError",
-    "MeshRateLimitError",
-    "MeshRejectedError",
     "MeshReportError",
-    "MeshServerError",
-    "MeshTransientError",
     "MeshUnknownRecipientError",
-    "MeshUnsupportedEncodingError",
-    "MeshWorkflowError",
+    "MeshpipeError",
     "MessageHeaderError",
-    "mesh_error_from_response",
-    "parse_error_body",
+    "MissingChunksError",
+    "PlanError",
+    "SourceChangedError",
+    "StateError",
 ]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from meshpipe.errors import MeshProtocolError
-from meshpipe.headers import checksum_is_valid
+from meshpipe.headers import checksum_is_valid, parse_chunk_range, parse_flag
 
 #: The version token that opens meshpipe's mex-Content-Checksum value.
 CHECKSUM_VERSION: Final = "meshpipe/1"
@@ -109,21 +109,13 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return value if value not in (None, "") else None
 
 
-def _flag(value: str | None) -> bool | None:
-    if value is None:
-        return None
-    return value.strip().lower() in ("y", "yes", "true", "1", "on")
-
-
-def parse_chunk_range(value: str | None) -> tuple[int, int]:
-    """``n:N`` as (n, N); absent means (1, 1)."""
-    if not value:
-        return 1, 1
-    try:
-        number_text, _, count_text = value.partition(":")
-        return int(number_text), int(count_text)
-    except ValueError:
-        raise MeshProtocolError(f"mex-Chunk-Range {value!r} is not n:N") from None
+def _chunk_range(value: str | None, message_type: str) -> tuple[int, int]:
+    parsed = parse_chunk_range(value)
+    if parsed is not None:
+        return parsed
+    if message_type == "REPORT":
+        return 1, 0  # a report carries no data: MESH labels it "1:0"
+    raise MeshProtocolError(f"mex-Chunk-Range {value!r} is not n:N with 1 <= n <= N")
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +155,8 @@ class MessageMetadata:
     @classmethod
     def from_headers(cls, message_id: str, headers: Mapping[str, str]) -> MessageMetadata:
         plain = {key.lower(): value for key, value in headers.items()}
-        chunk_number, chunk_count = parse_chunk_range(_header(plain, "mex-chunk-range"))
+        message_type = (_header(plain, "mex-messagetype") or "DATA").upper()
+        chunk_number, chunk_count = _chunk_range(_header(plain, "mex-chunk-range"), message_type)
         total = _header(plain, "mex-total-chunks")
         if total and total.isdigit():
             chunk_count = max(chunk_count, int(total))
@@ -171,7 +164,7 @@ class MessageMetadata:
         checksum_header = _header(plain, "mex-content-checksum")
         return cls(
             message_id=_header(plain, "mex-messageid") or message_id,
-            message_type=(_header(plain, "mex-messagetype") or "DATA").upper(),
+            message_type=message_type,
             sender=_header(plain, "mex-from"),
             recipient=_header(plain, "mex-to"),
             workflow_id=_header(plain, "mex-workflowid"),
@@ -186,8 +179,8 @@ class MessageMetadata:
             content_length=int(length) if length and length.isdigit() else None,
             checksum=ContentChecksum.parse(checksum_header),
             checksum_header=checksum_header,
-            compressed=_flag(_header(plain, "mex-content-compressed")),
-            encrypted=_flag(_header(plain, "mex-content-encrypted")),
+            compressed=parse_flag(_header(plain, "mex-content-compressed")),
+            encrypted=parse_flag(_header(plain, "mex-content-encrypted")),
             status_code=_header(plain, "mex-statuscode"),
             status_event=_header(plain, "mex-statusevent"),
             status_description=_header(plain, "mex-statusdescription"),

@@ -4,6 +4,7 @@ people type (``20MiB``, ``75MB``, ``5242880``)."""
 
 from __future__ import annotations
 
+import argparse
 import re
 from typing import Final, Literal
 
@@ -45,6 +46,15 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+def size_argument(text: str) -> int:
+    """:func:`parse_size` for an argparse ``type=``: its ValueError as the error argparse
+    reports (usage and exit status 2)."""
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 __all__ = [
     "CODECS",
     "DEFAULT_CHUNK_SIZE",
@@ -56,4 +66,5 @@ __all__ = [
     "KiB",
     "MiB",
     "parse_size",
+    "size_argument",
 ]

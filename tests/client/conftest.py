@@ -3,7 +3,6 @@ peers, test files, and a fault-injecting proxy in front of the sandbox."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -14,17 +13,20 @@ import pytest
 from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.config import MeshConfig
 from meshpipe.retry import RetryPolicy
+from meshpipe.synthetic import write_csv
+from meshpipe.units import MiB
 from tests.client.proxy import FaultProxy
-from tests.peers import SANDBOX_PASSWORD, Sandbox
+from tests.peers import SANDBOX_PASSWORD, SANDBOX_SHARED_KEY, Sandbox
 
-MiB = 1024 * 1024
+__all__ = ["RECIPIENT", "SENDER", "MiB", "make_config", "write_csv"]
+
 SENDER = "X26ABC1"
 RECIPIENT = "X26ABC2"
 #: Retries quick enough for tests.
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.05, max_delay=0.2)
 
 
-def make_config(url: str, mailbox: str, shared_key: str = "TestKey") -> MeshConfig:
+def make_config(url: str, mailbox: str, shared_key: str = SANDBOX_SHARED_KEY) -> MeshConfig:
     return MeshConfig(url, mailbox, SANDBOX_PASSWORD, shared_key)
 
 
@@ -72,31 +74,6 @@ def workflow() -> str:
     return f"MPTEST_{uuid.uuid4().hex[:12].upper()}"
 
 
-def write_csv(path: Path, size: int, seed: int = 0) -> Path:
-    """``size`` bytes of CSV-like text (compressible, like a real extract)."""
-    line_number = seed * 1_000_003
-    parts: list[bytes] = []
-    total = 0
-    while total < size:
-        line = b"%010d,SMITH%d,%02d011955,A%05d,%.4f\n" % (
-            line_number,
-            line_number % 977,
-            line_number % 28 + 1,
-            line_number % 99_991,
-            (line_number % 10_007) / 7,
-        )
-        parts.append(line)
-        total += len(line)
-        line_number += 1
-    path.write_bytes(b"".join(parts)[:size])
-    return path
-
-
-def write_random(path: Path, size: int) -> Path:
-    path.write_bytes(os.urandom(size))
-    return path
-
-
 @pytest.fixture
 def small_file(tmp_path: Path) -> Path:
     return write_csv(tmp_path / "small.csv", 200_000)
@@ -105,7 +82,7 @@ def small_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def multi_file(tmp_path: Path) -> Path:
     """11 MiB: three chunks of 5 MiB (5, 5, 1)."""
-    return write_csv(tmp_path / "multi.csv", 11 * MiB, seed=1)
+    return write_csv(tmp_path / "multi.csv", 11 * MiB)
 
 
 @pytest.fixture

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from meshpipe import cli
+from meshpipe.units import size_argument
 from tests.client.conftest import RECIPIENT, SENDER, MiB
-from tests.peers import SANDBOX_PASSWORD, Sandbox
+from tests.peers import SANDBOX_PASSWORD, SANDBOX_SHARED_KEY, Sandbox
 
-SECRET_KEY = "TestKey"
+SECRET_KEY = SANDBOX_SHARED_KEY
 
 
 @pytest.fixture
@@ -37,12 +38,12 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def test_parse_size() -> None:
-    assert cli.parse_size("5MiB") == 5 * MiB
-    assert cli.parse_size("5M") == 5 * MiB
-    assert cli.parse_size("75MB") == 75_000_000
-    assert cli.parse_size("1048576") == MiB
+    assert size_argument("5MiB") == 5 * MiB
+    assert size_argument("5M") == 5 * MiB
+    assert size_argument("75MB") == 75_000_000
+    assert size_argument("1048576") == MiB
     with pytest.raises(Exception, match="not a size"):
-        cli.parse_size("lots")
+        size_argument("lots")
 
 
 def test_send_receive_inbox_track_ack(

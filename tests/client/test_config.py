@@ -11,6 +11,7 @@ import pytest
 from meshpipe.client import MeshClient
 from meshpipe.config import ENVIRONMENTS, MeshConfig, Secret, load_config, resolve_url
 from meshpipe.errors import ConfigError
+from tests.peers import SANDBOX_SHARED_KEY
 
 PASSWORD = "hunter2-very-secret"
 SHARED_KEY = "shared-key-very-secret"
@@ -62,7 +63,7 @@ default_profile = "sandbox"
 url = "http://127.0.0.1:8700"
 mailbox = "X26ABC1"
 password = "{PASSWORD}"
-shared_key = "TestKey"
+shared_key = "{SANDBOX_SHARED_KEY}"
 
 [profiles.int]
 url = "integration"

@@ -13,11 +13,20 @@ from pathlib import Path
 import pytest
 
 from meshpipe import errors
-from meshpipe.client import ClientSettings, MeshClient, SyncMeshClient
+from meshpipe.client import ClientSettings, MeshClient
+from meshpipe.headers import SendHeaders
 from meshpipe.models import ReportMessage
-from meshpipe.transfer import receive_all, receive_message, receive_report, send_file
+from meshpipe.sync import SyncMeshClient
+from meshpipe.transfer import (
+    download_message,
+    find_sent_message,
+    receive_all,
+    receive_message,
+    receive_report,
+    send_file,
+)
 from tests.client.conftest import RECIPIENT, SENDER, make_config
-from tests.peers import Sandbox
+from tests.peers import SANDBOX_SHARED_KEY, Sandbox
 
 
 def admin(sandbox: Sandbox, path: str, body: dict[str, object]) -> dict[str, object]:
@@ -43,15 +52,15 @@ async def test_send_list_head_download_ack_track(
 ) -> None:
     local_id = f"local-{uuid.uuid4().hex}"
     body = b"hello, MESH\n" * 1000
-    message_id = await sender.send_message(
+    headers = SendHeaders(
         RECIPIENT,
         workflow,
-        body,
         local_id=local_id,
         subject="greetings",
         filename="hello.txt",
         checksum="sha256:abc",
     )
+    message_id = await sender.send_message(headers, body)
     assert await recipient.list_inbox(workflow_filter=workflow) == [message_id]
     assert message_id in await recipient.list_inbox()
     assert await recipient.inbox_count() >= 1
@@ -60,13 +69,13 @@ async def test_send_list_head_download_ack_track(
     assert (info.sender, info.recipient, info.workflow_id) == (SENDER, RECIPIENT, workflow)
     assert (info.local_id, info.subject, info.filename) == (local_id, "greetings", "hello.txt")
     assert info.checksum_header == "sha256:abc"
-    metadata, data = await recipient.download(message_id)
+    metadata, data = await download_message(recipient, message_id)
     assert data == body and metadata.chunk_count == 1
     tracking = await sender.track(message_id)
     assert tracking.local_id == local_id and tracking.status == "accepted"
     by_local = await sender.track_local_id(local_id)
     assert by_local.message_id == message_id
-    assert await sender.find_sent_message(local_id) == message_id
+    assert await find_sent_message(sender, local_id) == message_id
     rich = await recipient.inbox_rich()
     assert any(item.message_id == message_id for item in rich)
     await recipient.acknowledge(message_id)
@@ -76,7 +85,9 @@ async def test_send_list_head_download_ack_track(
 
 
 async def test_inbox_pages(sender: MeshClient, recipient: MeshClient, workflow: str) -> None:
-    sent = [await sender.send_message(RECIPIENT, workflow, b"x%d" % n) for n in range(12)]
+    sent = [
+        await sender.send_message(SendHeaders(RECIPIENT, workflow), b"x%d" % n) for n in range(12)
+    ]
     pages = [
         page async for page in recipient.iter_inbox_pages(workflow_filter=workflow, max_results=10)
     ]
@@ -121,13 +132,13 @@ async def test_wrong_shared_key_and_unknown_mailbox(
 
 async def test_unknown_recipient(sender: MeshClient, workflow: str) -> None:
     with pytest.raises(errors.MeshUnknownRecipientError) as caught:
-        await sender.send_message("X26NOBODY", workflow, b"data")
+        await sender.send_message(SendHeaders("X26NOBODY", workflow), b"data")
     assert (caught.value.status, caught.value.code) == (417, "12")
 
 
 async def test_missing_workflow(sender: MeshClient, small_file: Path) -> None:
     # MESH itself refuses a message without the header...
-    with pytest.raises(errors.MeshMissingHeaderError) as caught:
+    with pytest.raises(errors.MeshHTTPError) as caught:
         await sender.request(
             "POST",
             f"/messageexchange/{SENDER}/outbox",
@@ -135,7 +146,7 @@ async def test_missing_workflow(sender: MeshClient, small_file: Path) -> None:
             data=b"data",
             expect=(202,),
         )
-    assert caught.value.status == 400
+    assert (caught.value.status, caught.value.kind) == (400, "missing_header")
     # ...and meshpipe refuses an empty one before sending (the sandbox would accept it).
     with pytest.raises(errors.MessageHeaderError, match="workflow id"):
         await send_file(sender, small_file, to=RECIPIENT, workflow_id="")
@@ -149,8 +160,9 @@ async def test_control_characters_refused_before_sending(
 
 
 async def test_empty_body_is_missing_data(sender: MeshClient, workflow: str) -> None:
-    with pytest.raises(errors.MeshMissingDataError):
-        await sender.send_message(RECIPIENT, workflow, b"")
+    with pytest.raises(errors.MeshHTTPError) as caught:
+        await sender.send_message(SendHeaders(RECIPIENT, workflow), b"")
+    assert caught.value.kind == "missing_data"
 
 
 async def test_chunk_size_refused_before_sending(
@@ -166,7 +178,7 @@ async def test_chunk_size_refused_before_sending(
             local_id=local_id,
             chunk_size=1024 * 1024,
         )
-    assert await sender.find_sent_message(local_id) is None
+    assert await find_sent_message(sender, local_id) is None
 
 
 async def test_not_found_gone_and_forbidden(
@@ -174,13 +186,15 @@ async def test_not_found_gone_and_forbidden(
 ) -> None:
     with pytest.raises(errors.MeshNotFoundError):
         await recipient.head("0" * 32)
-    message_id = await sender.send_message(RECIPIENT, workflow, b"data")
+    message_id = await sender.send_message(SendHeaders(RECIPIENT, workflow), b"data")
     async with MeshClient(make_config(sandbox.url, "X26ABC3")) as third:
-        with pytest.raises(errors.MeshForbiddenError):
-            await third.download(message_id)
+        with pytest.raises(errors.MeshHTTPError) as forbidden:
+            await download_message(third, message_id)
+    assert forbidden.value.kind == "forbidden"
     admin(sandbox, f"message/{message_id}/event", {"status": "error", "code": "99"})
-    with pytest.raises(errors.MeshMessageGoneError):
-        await recipient.download(message_id)
+    with pytest.raises(errors.MeshHTTPError) as gone:
+        await download_message(recipient, message_id)
+    assert gone.value.kind == "gone"
     tracking = await sender.track(message_id)
     assert tracking.status == "error"
 
@@ -238,7 +252,7 @@ def test_sync_facade(sandbox: Sandbox, workflow: str) -> None:
     ):
         assert sender.ping()["status"] == "running"
         sender.handshake()
-        message_id = sender.send_message(RECIPIENT, workflow, b"sync")
+        message_id = sender.send_message(SendHeaders(RECIPIENT, workflow), b"sync")
         assert recipient.list_inbox(workflow_filter=workflow) == [message_id]
         assert recipient.download(message_id)[1] == b"sync"
         recipient.acknowledge(message_id)
@@ -248,7 +262,9 @@ def test_sync_facade(sandbox: Sandbox, workflow: str) -> None:
 async def test_outbox_rich_pages_and_local_ids(sender: MeshClient, workflow: str) -> None:
     since = datetime.now(UTC) - timedelta(seconds=1)
     sent = {
-        await sender.send_message(RECIPIENT, workflow, b"r%d" % n, local_id=f"{workflow}-{n}"): n
+        await sender.send_message(
+            SendHeaders(RECIPIENT, workflow, local_id=f"{workflow}-{n}"), b"r%d" % n
+        ): n
         for n in range(12)
     }
     listed = await sender.outbox_rich(start_time=since, max_results=10)
@@ -258,8 +274,8 @@ async def test_outbox_rich_pages_and_local_ids(sender: MeshClient, workflow: str
     assert all(item.status == "accepted" and item.workflow_id == workflow for item in ours)
     first_page = await sender.outbox_rich(start_time=since, max_results=10, max_pages=1)
     assert len(first_page) == 10
-    assert await sender.find_sent_message(f"{workflow}-3", since=since) in sent
-    assert await sender.find_sent_message(f"{workflow}-absent", since=since) is None
+    assert await find_sent_message(sender, f"{workflow}-3", since=since) in sent
+    assert await find_sent_message(sender, f"{workflow}-absent", since=since) is None
 
 
 def test_sync_facade_transfers(sandbox: Sandbox, workflow: str, multi_file: Path) -> None:
@@ -290,16 +306,16 @@ async def test_no_secret_or_token_in_logs(
     )
     await receive_message(recipient, result.message_id, tmp_path / "out.csv")
     with pytest.raises(errors.MeshUnknownRecipientError) as caught:
-        await sender.send_message("X26NOBODY", workflow, b"x")
+        await sender.send_message(SendHeaders("X26NOBODY", workflow), b"x")
     text = caplog.text + str(caught.value) + repr(caught.value) + repr(sender)
-    assert "TestKey" not in text
+    assert SANDBOX_SHARED_KEY not in text
     assert "NHSMESH" not in text
 
 
 async def test_sink_errors_are_not_network_errors(
     sender: MeshClient, recipient: MeshClient, workflow: str
 ) -> None:
-    message_id = await sender.send_message(RECIPIENT, workflow, b"x" * 100_000)
+    message_id = await sender.send_message(SendHeaders(RECIPIENT, workflow), b"x" * 100_000)
 
     async def full_disk(piece: bytes) -> None:
         raise OSError(28, "No space left on device")
@@ -314,9 +330,11 @@ async def test_last_chunk_must_come_last(sender: MeshClient, workflow: str) -> N
     """Why send_file sends chunk N only after every other chunk was accepted: the sandbox's
     file store answers 500 to a last chunk that overtakes a missing one, and the message stays
     uploading; sent again after the rest, it completes. Middle chunks may come in any order."""
-    message_id = await sender.send_message(RECIPIENT, workflow, b"1" * 100, chunk_count=4)
-    with pytest.raises(errors.MeshServerError):
+    headers = SendHeaders(RECIPIENT, workflow)
+    message_id = await sender.send_message(headers, b"1" * 100, chunk_count=4)
+    with pytest.raises(errors.MeshHTTPError) as caught:
         await sender.send_chunk(message_id, 4, 4, b"4")
+    assert caught.value.kind == "server_error"
     assert (await sender.track(message_id)).status == "uploading"
     await sender.send_chunk(message_id, 3, 4, b"3")
     await sender.send_chunk(message_id, 2, 4, b"2")

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from meshpipe import errors
-from meshpipe.errors import MeshHTTPError, MeshpipeError, mesh_error_from_response
+from meshpipe.error_body import mesh_error_from_response
+from meshpipe.errors import MeshHTTPError, MeshpipeError
 
 
 def error_for(status: int, body: object) -> MeshHTTPError:
@@ -41,7 +42,7 @@ def test_v2_body() -> None:
             "detail": [{"event": "SEND", "code": "17", "msg": "Workflow ID not registered"}],
         },
     )
-    assert isinstance(error, errors.MeshWorkflowError)
+    assert error.kind == "workflow"
     assert (error.code, error.description, error.internal_id) == (
         "17",
         "Workflow ID not registered",
@@ -56,7 +57,7 @@ def test_validation_body() -> None:
         ]
     }
     error = error_for(400, body)
-    assert isinstance(error, errors.MeshMissingHeaderError)
+    assert error.kind == "missing_header"
     assert "header.mex-workflowid" in str(error)
 
 
@@ -77,31 +78,35 @@ def test_bare_internal_error() -> None:
 )
 def test_non_json_bodies(body: bytes) -> None:
     error = error_for(502, body)
-    assert isinstance(error, errors.MeshTransientError)
+    assert error.kind == "transient"
     assert error.retryable
     assert error.status == 502
 
 
 @pytest.mark.parametrize(
-    ("status", "code", "cls"),
+    ("status", "code", "kind", "cls"),
     [
-        (400, None, errors.MeshBadRequestError),
-        (403, None, errors.MeshAuthenticationError),
-        (404, "20", errors.MeshNotFoundError),
-        (406, None, errors.MeshChunkRangeError),
-        (410, None, errors.MeshMessageGoneError),
-        (417, "02", errors.MeshMissingDataError),
-        (417, "InvalidHeaderChunks", errors.MeshChunkRangeError),
-        (422, None, errors.MeshUnsupportedEncodingError),
-        (429, None, errors.MeshRateLimitError),
-        (500, None, errors.MeshServerError),
-        (503, None, errors.MeshTransientError),
+        (400, None, "bad_request", MeshHTTPError),
+        (403, None, "authentication", errors.MeshAuthenticationError),
+        (404, "20", "not_found", errors.MeshNotFoundError),
+        (406, None, "chunk_range", MeshHTTPError),
+        (410, None, "gone", MeshHTTPError),
+        (417, "02", "missing_data", MeshHTTPError),
+        (417, "12", "unknown_recipient", errors.MeshUnknownRecipientError),
+        (417, "InvalidHeaderChunks", "chunk_range", MeshHTTPError),
+        (422, None, "unsupported_encoding", MeshHTTPError),
+        (423, None, "locked", errors.MeshMessageLockedError),
+        (429, None, "rate_limited", MeshHTTPError),
+        (500, None, "server_error", MeshHTTPError),
+        (503, None, "transient", MeshHTTPError),
     ],
 )
-def test_status_mapping(status: int, code: str | None, cls: type[MeshHTTPError]) -> None:
+def test_status_mapping(status: int, code: str | None, kind: str, cls: type[MeshHTTPError]) -> None:
     body = {"detail": [{"event": "SEND", "code": code, "msg": "x"}]} if code else {}
     error = error_for(status, body)
     assert type(error) is cls
+    assert error.kind == kind
+    assert error.retryable is (status >= 500 or status == 429)
 
 
 def test_auth_descriptions() -> None:
@@ -109,4 +114,4 @@ def test_auth_descriptions() -> None:
     assert isinstance(auth, errors.MeshAuthenticationError)
     assert "password and shared key" in str(auth)
     other = error_for(403, {"errorDescription": "not your message"})
-    assert type(other) is errors.MeshForbiddenError
+    assert type(other) is MeshHTTPError and other.kind == "forbidden"

@@ -192,7 +192,7 @@ async def test_many_chunks_both_ways(
     codec: str,
 ) -> None:
     """101 MiB in 5 MiB chunks (21 chunks) each way, at meshpipe's concurrency."""
-    source = write_csv(tmp_path / "large.csv", 101 * MiB, seed=7)
+    source = write_csv(tmp_path / "large.csv", 101 * MiB)
     result = await send_file(
         sender,
         source,
@@ -261,7 +261,7 @@ async def test_awkward_sizes_round_trip(
     codec: str,
 ) -> None:
     """Around the chunk boundary: 1 chunk, exactly 1, 2 with a 1-byte last chunk, 3."""
-    source = write_csv(tmp_path / "edge.csv", size, seed=size)
+    source = write_csv(tmp_path / "edge.csv", size)
     result = await send_file(
         sender,
         source,

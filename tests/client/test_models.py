@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshpipe.errors import MeshProtocolError
-from meshpipe.models import ContentChecksum, MessageMetadata, ReportMessage, parse_chunk_range
+from meshpipe.headers import parse_chunk_range
+from meshpipe.models import ContentChecksum, MessageMetadata, ReportMessage
 
 SANDBOX_RULE = re.compile(r"^[A-Za-z0-9\s:/-]*$")
 
@@ -49,8 +50,10 @@ def test_foreign_checksums() -> None:
 def test_chunk_range() -> None:
     assert parse_chunk_range(None) == (1, 1)
     assert parse_chunk_range("2:7") == (2, 7)
+    assert parse_chunk_range("x") is None
+    assert MessageMetadata.from_headers("M", {"mex-Chunk-Range": "2:7"}).chunk_count == 7
     with pytest.raises(MeshProtocolError):
-        parse_chunk_range("x")
+        MessageMetadata.from_headers("M", {"mex-Chunk-Range": "x"})
 
 
 def test_report_headers() -> None:

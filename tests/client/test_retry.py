@@ -7,12 +7,8 @@ import random
 
 import pytest
 
-from meshpipe.errors import (
-    MeshConnectionError,
-    MeshDuplicateRiskError,
-    MeshHTTPError,
-    mesh_error_from_response,
-)
+from meshpipe.error_body import mesh_error_from_response
+from meshpipe.errors import MeshConnectionError, MeshDuplicateRiskError, MeshHTTPError
 from meshpipe.retry import RetryPolicy, call_with_retry, is_retryable, post_first_chunk_safely
 
 QUICK = RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.002)

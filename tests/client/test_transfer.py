@@ -11,9 +11,12 @@ import pytest
 
 from meshpipe import errors
 from meshpipe.client import MeshClient
+from meshpipe.headers import SendHeaders
+from meshpipe.retry import RetryingClient
 from meshpipe.transfer import (
     ReceiveFailure,
     ReceiveResult,
+    find_sent_message,
     receive_all,
     receive_message,
     send_file,
@@ -37,7 +40,7 @@ def leftovers(directory: Path, name: str) -> list[Path]:
 @pytest.fixture
 def four_chunk_file(tmp_path: Path) -> Path:
     """16 MiB: chunks of 5, 5, 5 and 1 MiB."""
-    return write_csv(tmp_path / "four.csv", 16 * MiB, seed=4)
+    return write_csv(tmp_path / "four.csv", 16 * MiB)
 
 
 async def test_middle_chunks_in_flight_together_and_last_chunk_last(
@@ -171,7 +174,8 @@ async def test_a_failing_chunk_cancels_the_send_and_is_named(
         )
     assert caught.value.chunk == 3
     assert "chunk 3 of 4" in str(caught.value)
-    assert isinstance(caught.value.__cause__, errors.MeshServerError)
+    cause = caught.value.__cause__
+    assert isinstance(cause, errors.MeshHTTPError) and cause.kind == "server_error"
     # the last chunk was never sent, so the message never became visible
     assert not any(e.chunk_range == "4:4" for e in proxy.events)
     assert caught.value.message_id is not None
@@ -185,9 +189,9 @@ async def test_source_change_stops_before_the_last_chunk(
     multi_file: Path,
     workflow: str,
 ) -> None:
-    import meshpipe.transfer
+    import meshpipe.transfer.upload
 
-    monkeypatch.setattr(meshpipe.transfer, "xxh3_128_file", lambda path: "0" * 32)
+    monkeypatch.setattr(meshpipe.transfer.upload, "xxh3_128_file", lambda path: "0" * 32)
     with pytest.raises(errors.SourceChangedError, match="changed while it was being sent"):
         await send_file(
             proxied_sender, multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * MiB
@@ -304,7 +308,7 @@ async def test_cancellation_propagates_and_never_completes_the_message(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    message_id = await sender.find_sent_message(f"{workflow}-cancelled")
+    message_id = await find_sent_message(sender, f"{workflow}-cancelled")
     assert message_id is not None
     assert (await sender.track(message_id)).status == "uploading"
     assert not any(e.chunk_range == "4:4" for e in proxy.events)
@@ -318,12 +322,13 @@ async def test_lost_acknowledgement_is_retried_with_a_fresh_token(
 ) -> None:
     """A dropped connection on a kept-alive PUT: aiohttp would silently re-send it with the
     same token (live refuses a re-used token with 403); meshpipe retries with a fresh one."""
-    message_id = await sender.send_message(RECIPIENT, workflow, b"data")
+    message_id = await sender.send_message(SendHeaders(RECIPIENT, workflow), b"data")
     await proxied_recipient.head(message_id)  # a kept-alive connection to the proxy
-    proxy.add(
+    dropped = proxy.add(
         Rule("PUT", r"/messageexchange/X26ABC2/inbox/[0-9A-F]+/status/acknowledged", "drop_after")
     )
-    await proxied_recipient.acknowledge(message_id)
+    await RetryingClient(proxied_recipient).acknowledge(message_id)
+    assert dropped.hits == 1
     tokens = [e.authorization for e in proxy.events if e.kind == "start" and e.method == "PUT"]
     assert len(tokens) == 2
     assert tokens[0] != tokens[1]

@@ -1,0 +1,489 @@
+"""Receive a MESH message into a file, in stages: :class:`Download` (inspect, attempts per
+message, attempts per chunk, acknowledge).
+
+**inspect**: HEAD gives the chunk count and metadata (a REPORT is surfaced, never written as
+data) and decides the codec. **message attempt**: chunks download concurrently into the
+engine's Assembler, streamed; the Assembler checks the whole-file xxh3-128 when the sender gave
+one, fsyncs and renames; a whole-file mismatch downloads the message again (``message_attempts``
+in all). **chunk attempt**: one download of one chunk; a chunk that fails verification (gzip
+CRC, zstd checksum, length) or the network is tried again, ``chunk_attempts`` in all.
+**acknowledge**: only after the file is in place. Nothing is ever left at the destination
+unless verified.
+
+``Accept-Encoding`` is ``gzip`` only for messages stored gzip (then the stored bytes arrive as
+they are and the engine inflates them); otherwise ``identity``, so that no server compresses an
+uncompressed message on the fly (NHS's sandbox does it at gzip level 9: about 10 MB/s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from meshpipe._meshpipe import Assembler, AssemblyReport, ChunkWriter
+from meshpipe.client import MeshClient
+from meshpipe.errors import (
+    ChecksumMismatchError,
+    ChunkLengthError,
+    ChunkTransferError,
+    CodecError,
+    MeshConnectionError,
+    MeshHTTPError,
+    MeshpipeError,
+    MeshReportError,
+)
+from meshpipe.models import ContentChecksum, MessageMetadata, ReportMessage
+from meshpipe.retry import RetryingClient, call_with_retry, is_retryable
+from meshpipe.transfer.journal import ReceiveJournal
+from meshpipe.transfer.results import (
+    DEFAULT_CONCURRENCY,
+    Progress,
+    ProgressCallback,
+    ReceiveResult,
+    first_failure,
+)
+from meshpipe.units import Codec, MiB
+
+log = logging.getLogger("meshpipe.transfer")
+
+#: Pieces handed to a compressed chunk's writer (decompression runs off the event loop).
+RECEIVE_PIECE_SIZE: Final = 1 * MiB
+
+_VERIFICATION_ERRORS: Final = (ChecksumMismatchError, CodecError, ChunkLengthError)
+
+
+def receive_codec(metadata: MessageMetadata, decode_payload: bool) -> tuple[Codec, str]:
+    """(assembler codec, Accept-Encoding) for a message."""
+    stored_gzip = (metadata.content_encoding or "").lower() == "gzip"
+    checksum = metadata.checksum
+    if (
+        decode_payload
+        and checksum is not None
+        and checksum.meshpipe
+        and checksum.codec == "zstd"
+        and not stored_gzip
+    ):
+        return "zstd", "identity"
+    if stored_gzip:
+        return "gzip", "gzip"
+    return "none", "identity"
+
+
+class _ChunkSink:
+    """Feeds one chunk's bytes into its ChunkWriter; compressed data in ≤ 1 MiB pieces off the
+    event loop (the engine releases the GIL while it inflates)."""
+
+    def __init__(self, writer: ChunkWriter, *, offload: bool) -> None:
+        self._writer = writer
+        self._offload = offload
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+
+    async def __call__(self, piece: bytes) -> None:
+        if not self._offload:
+            self._writer.write(piece)
+            return
+        self._pending.append(piece)
+        self._pending_size += len(piece)
+        if self._pending_size >= RECEIVE_PIECE_SIZE:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        pieces, self._pending, self._pending_size = self._pending, [], 0
+        await asyncio.to_thread(self._write_all, pieces)
+
+    def _write_all(self, pieces: list[bytes]) -> None:
+        # One thread hop per ~1 MiB, but no joined copy of the pieces.
+        for piece in pieces:
+            self._writer.write(piece)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivePlan:
+    """How a message is received, decided from its headers by :meth:`Download.inspect`.
+
+    Only meshpipe's own checksum form is trusted (another sender's free text may describe
+    something else, the compressed file say). It describes the original file, so it applies
+    unless a zstd payload is kept as it is; such a kept stream has chunks of varying size,
+    which can only be written in order."""
+
+    codec: Codec
+    accept_encoding: str
+    chunk_count: int
+    checksum: ContentChecksum | None
+    in_order: bool
+
+    @classmethod
+    def of(cls, metadata: MessageMetadata, decode_payload: bool) -> ReceivePlan:
+        codec, accept_encoding = receive_codec(metadata, decode_payload)
+        checksum = metadata.checksum if metadata.checksum and metadata.checksum.meshpipe else None
+        kept_zstd = checksum is not None and checksum.codec == "zstd" and codec != "zstd"
+        return cls(
+            codec=codec,
+            accept_encoding=accept_encoding,
+            chunk_count=max(1, metadata.chunk_count),
+            checksum=None if kept_zstd else checksum,
+            in_order=kept_zstd,
+        )
+
+
+class Download:
+    """One receive of ``message_id`` into ``destination`` (see the module doc). ``run()`` runs
+    every stage; the chunk attempts and the message attempts are methods of their own."""
+
+    def __init__(
+        self,
+        client: MeshClient,
+        message_id: str,
+        destination: str | os.PathLike[str],
+        *,
+        acknowledge: bool = True,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        overwrite: bool = False,
+        decode_payload: bool = True,
+        chunk_attempts: int = 3,
+        message_attempts: int = 2,
+        metadata: MessageMetadata | None = None,
+        progress: ProgressCallback | None = None,
+        journal: ReceiveJournal | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.client = client
+        self.endpoints = RetryingClient(client)
+        self.message_id = message_id
+        self.destination = Path(destination)
+        self.acknowledge = acknowledge
+        self.concurrency = concurrency
+        self.overwrite = overwrite
+        self.decode_payload = decode_payload
+        self.chunk_policy = dataclasses.replace(client.settings.retry, attempts=chunk_attempts)
+        self.message_attempts = message_attempts
+        self.metadata = metadata
+        self.journal = journal or ReceiveJournal()
+        self._progress_callback = progress
+        self.progress = Progress(progress, None)
+        self.plan: ReceivePlan | None = None
+
+    # --- stages ------------------------------------------------------------------------------
+
+    async def inspect(self) -> ReceivePlan:
+        """Read the message's headers (unless given) and decide how to receive it."""
+        if self.metadata is None:
+            self.metadata = await self.endpoints.head(self.message_id)
+        if self.metadata.is_report:
+            report = ReportMessage.from_metadata(self.metadata)
+            raise MeshReportError(
+                f"{report.describe()}; it is a report, not data: handle it with receive_report()",
+                report=report,
+            )
+        self.plan = ReceivePlan.of(self.metadata, self.decode_payload)
+        declared = self.plan.checksum.size if self.plan.checksum is not None else None
+        self.progress = Progress(self._progress_callback, None, declared=declared or 0)
+        await self.journal.started(self.metadata)
+        return self.plan
+
+    async def assemble(self) -> AssemblyReport:
+        """Message attempts until one assembles a verified file."""
+        for attempt in range(1, self.message_attempts + 1):
+            try:
+                return await self.attempt_message()
+            except ChecksumMismatchError as error:
+                if error.chunk is not None or attempt >= self.message_attempts:
+                    raise
+                log.warning(
+                    "message %s failed whole-file verification; downloading again",
+                    self.message_id,
+                )
+        raise ValueError("message_attempts must be at least 1")
+
+    async def attempt_message(self) -> AssemblyReport:
+        """Download every chunk into a new Assembler, then verify, fsync and rename."""
+        plan = self._require_plan()
+        checksum = plan.checksum
+        assembler = Assembler(
+            self.destination,
+            chunk_count=plan.chunk_count,
+            codec=plan.codec,
+            chunk_size=checksum.chunk_size if checksum is not None else None,
+            file_size=checksum.size if checksum is not None else None,
+            xxh3_128=checksum.xxh3_128 if checksum is not None else None,
+            sha256=checksum.sha256 if checksum is not None else None,
+            overwrite=self.overwrite,
+        )
+        self.progress.restart()
+        try:
+            await self._fetch_all(assembler)
+            return await asyncio.to_thread(assembler.finish)
+        except BaseException:
+            assembler.abort()
+            raise
+
+    async def fetch_chunk(self, assembler: Assembler, number: int) -> None:
+        """Chunk attempts for chunk ``number``; failures name the chunk."""
+        try:
+            await call_with_retry(
+                lambda: self.attempt_chunk(assembler, number),
+                self.chunk_policy,
+                idempotent=True,
+                what=f"chunk {number} of message {self.message_id}",
+                also=_VERIFICATION_ERRORS,
+            )
+        except _VERIFICATION_ERRORS as error:
+            raise self._chunk_failed(number, error) from error
+        except (MeshConnectionError, MeshHTTPError) as error:
+            if not is_retryable(error, idempotent=True):
+                raise ChunkTransferError(
+                    f"chunk {number} of message {self.message_id} could not be downloaded: {error}",
+                    chunk=number,
+                    message_id=self.message_id,
+                ) from error
+            raise self._chunk_failed(number, error) from error
+
+    async def attempt_chunk(self, assembler: Assembler, number: int) -> None:
+        """One download of chunk ``number`` into its writer (aborted if anything fails)."""
+        plan = self._require_plan()
+        writer = assembler.open_chunk(number)
+        sink = _ChunkSink(writer, offload=plan.codec != "none")
+        try:
+            await self.client.download_chunk(
+                self.message_id,
+                number,
+                sink,
+                accept_encoding=plan.accept_encoding,
+                expect_encoding="gzip" if plan.codec == "gzip" else "identity",
+            )
+            await sink.flush()
+            report = await asyncio.to_thread(writer.finish)
+        except BaseException as error:
+            writer.abort()
+            if isinstance(error, _VERIFICATION_ERRORS):
+                log.warning(
+                    "chunk %d of %s failed verification (%s)", number, self.message_id, error
+                )
+            raise
+        self.progress.add(report.length)
+        await self.journal.chunk_verified(number, report.xxh3_128, report.length)
+
+    async def run(self) -> ReceiveResult:
+        """Every stage in order; the journal is told the outcome."""
+        try:
+            await self.inspect()
+            assembled = await self.assemble()
+            await self.journal.assembled(assembled)
+            if self.acknowledge:
+                await self.endpoints.acknowledge(self.message_id)
+                await self.journal.acknowledged()
+        except Exception as error:
+            await self.journal.failed(error)
+            raise
+        assert self.metadata is not None
+        return ReceiveResult(
+            message_id=self.message_id,
+            path=Path(assembled.path),
+            size=assembled.size,
+            chunk_count=assembled.chunk_count,
+            verified=list(assembled.verified),
+            acknowledged=self.acknowledge,
+            metadata=self.metadata,
+        )
+
+    # --- pieces --------------------------------------------------------------------------------
+
+    async def _fetch_all(self, assembler: Assembler) -> None:
+        plan = self._require_plan()
+        numbers = range(1, plan.chunk_count + 1)
+        if plan.in_order:
+            for number in numbers:
+                await self.fetch_chunk(assembler, number)
+            return
+        if plan.checksum is None and plan.chunk_count > 1:
+            # A plain sender: chunk 1's length is every chunk's but the last.
+            await self.fetch_chunk(assembler, 1)
+            assembler.assume_fixed_chunk_size()
+            numbers = range(2, plan.chunk_count + 1)
+        window = asyncio.Semaphore(self.concurrency)
+
+        async def fetch(number: int) -> None:
+            async with window:
+                await self.fetch_chunk(assembler, number)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for number in numbers:
+                    group.create_task(fetch(number))
+        except BaseExceptionGroup as group_error:
+            failure = first_failure(group_error)
+            raise failure from failure.__cause__
+
+    def _chunk_failed(self, number: int, error: BaseException) -> ChunkTransferError:
+        return ChunkTransferError(
+            f"chunk {number} of message {self.message_id} failed {self.chunk_policy.attempts} "
+            f"times (last: {error}); the message was not acknowledged: try again later, or ask "
+            "the sender to resend",
+            chunk=number,
+            message_id=self.message_id,
+        )
+
+    def _require_plan(self) -> ReceivePlan:
+        if self.plan is None:
+            raise RuntimeError("inspect() decides the plan first")
+        return self.plan
+
+
+async def receive_message(
+    client: MeshClient,
+    message_id: str,
+    destination: str | os.PathLike[str],
+    *,
+    acknowledge: bool = True,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    overwrite: bool = False,
+    decode_payload: bool = True,
+    chunk_attempts: int = 3,
+    message_attempts: int = 2,
+    metadata: MessageMetadata | None = None,
+    progress: ProgressCallback | None = None,
+    journal: ReceiveJournal | None = None,
+) -> ReceiveResult:
+    """Download a message to ``destination``, verified, and acknowledge it (unless told not to).
+
+    A REPORT message raises MeshReportError carrying the typed ReportMessage (see
+    :func:`receive_report`). ``decode_payload`` restores the original of a meshpipe zstd send
+    (False keeps the ``.zst`` stream). A whole-file checksum failure downloads the message again
+    (``message_attempts`` in all); nothing is ever left at ``destination`` unless verified.
+    ``progress(done, total)`` is called per chunk written (total: the size a meshpipe sender
+    declared, else the bytes written so far). ``journal`` is told each stage.
+    """
+    download = Download(
+        client,
+        message_id,
+        destination,
+        acknowledge=acknowledge,
+        concurrency=concurrency,
+        overwrite=overwrite,
+        decode_payload=decode_payload,
+        chunk_attempts=chunk_attempts,
+        message_attempts=message_attempts,
+        metadata=metadata,
+        progress=progress,
+        journal=journal,
+    )
+    return await download.run()
+
+
+async def download_message(client: MeshClient, message_id: str) -> tuple[MessageMetadata, bytes]:
+    """A whole (small) message in memory, every chunk (each retried), decompressed by MESH.
+    For large messages use :func:`receive_message`, which streams to disk and verifies."""
+    parts: list[bytes] = []
+
+    async def chunk(number: int) -> MessageMetadata:
+        pieces: list[bytes] = []  # one try's bytes: kept only if the try succeeds
+
+        async def sink(piece: bytes) -> None:
+            pieces.append(piece)
+
+        downloaded = await client.download_chunk(message_id, number, sink)
+        parts.extend(pieces)
+        return downloaded.metadata
+
+    async def retried(number: int) -> MessageMetadata:
+        return await call_with_retry(
+            lambda: chunk(number),
+            client.settings.retry,
+            idempotent=True,
+            what=f"download of chunk {number} of {message_id}",
+        )
+
+    metadata = await retried(1)
+    for number in range(2, metadata.chunk_count + 1):
+        await retried(number)
+    return metadata, b"".join(parts)
+
+
+async def receive_report(
+    client: MeshClient, message_id: str, *, acknowledge: bool = True
+) -> ReportMessage:
+    """Read a REPORT message's details and (by default) acknowledge it."""
+    endpoints = RetryingClient(client)
+    metadata = await endpoints.head(message_id)
+    if not metadata.is_report:
+        raise MeshpipeError(f"message {message_id} is DATA, not a report: use receive_message")
+    if acknowledge:
+        await endpoints.acknowledge(message_id)
+    return ReportMessage.from_metadata(metadata)
+
+
+_UNSAFE_NAME: Final = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_filename(name: str | None, message_id: str) -> str:
+    """A file name from mex-FileName with no directory part or odd characters."""
+    base = os.path.basename((name or "").replace("\\", "/")).strip()
+    base = _UNSAFE_NAME.sub("_", base).lstrip(".")
+    return base or f"{message_id}.dat"
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveFailure:
+    message_id: str
+    error: BaseException
+
+
+def _inbox_target(directory: Path, metadata: MessageMetadata, decode_payload: bool) -> Path:
+    """Where ``receive_all`` puts a message: named from mex-FileName (``.zst`` dropped when
+    the payload is decoded), prefixed with the message id if that name is taken."""
+    message_id = metadata.message_id
+    name = safe_filename(metadata.filename, message_id)
+    if decode_payload and name.endswith(".zst") and receive_codec(metadata, True)[0] == "zstd":
+        name = name[: -len(".zst")] or f"{message_id}.dat"
+    target = directory / name
+    return directory / f"{message_id}-{name}" if target.exists() else target
+
+
+async def receive_all(
+    client: MeshClient,
+    out_dir: str | os.PathLike[str],
+    *,
+    workflow_filter: str | None = None,
+    acknowledge: bool = True,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    decode_payload: bool = True,
+) -> list[ReceiveResult | ReportMessage | ReceiveFailure]:
+    """Receive every message in the inbox into ``out_dir`` (see :func:`_inbox_target`).
+    Reports are returned typed (and acknowledged when ``acknowledge``); a failed message is
+    returned as ReceiveFailure and left in the inbox."""
+    directory = Path(out_dir)
+    await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+    endpoints = RetryingClient(client)
+    results: list[ReceiveResult | ReportMessage | ReceiveFailure] = []
+    for message_id in await endpoints.list_inbox(workflow_filter=workflow_filter):
+        try:
+            metadata = await endpoints.head(message_id)
+            if metadata.is_report:
+                if acknowledge:
+                    await endpoints.acknowledge(message_id)
+                results.append(ReportMessage.from_metadata(metadata))
+                continue
+            received = await receive_message(
+                client,
+                message_id,
+                _inbox_target(directory, metadata, decode_payload),
+                acknowledge=acknowledge,
+                concurrency=concurrency,
+                decode_payload=decode_payload,
+                metadata=metadata,
+            )
+            results.append(received)
+        except (MeshpipeError, OSError) as error:
+            log.error("message %s not received: %s", message_id, error)
+            results.append(ReceiveFailure(message_id, error))
+    return results

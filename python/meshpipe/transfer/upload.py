@@ -1,0 +1,479 @@
+"""Send a file as one MESH message, in stages: :class:`Upload` (prepare, first, middle, last).
+
+**prepare**: the headers are checked, the engine's Splitter plans the file and reads and
+compresses it on its own threads; the whole-file xxh3-128 is computed while chunk 1 is read.
+**first**: chunk 1 goes alone (it creates the message and returns its id), never re-posted
+blindly (retry.post_first_chunk_safely). **middle**: chunks 2..N-1 go concurrently within a
+bounded window, a slot being taken *before* the next chunk is read, so memory stays at about
+``concurrency + 1`` chunk buffers; one failed chunk cancels its siblings (TaskGroup) and the
+error names the chunk. **last**: chunk N goes only after every other chunk was accepted (a
+server that stores chunks as files may refuse, with 500, a last chunk that overtakes an earlier
+one, as mesh-sandbox does, leaving the message ``uploading``), and only if the Splitter's own
+digest still equals the hash sent in chunk 1: a file that changed while it was sent is never
+completed. Bodies go to the socket straight from the engine's buffers in pieces of ≤ 1 MiB.
+
+The whole-file xxh3-128 travels in ``mex-Content-Checksum`` as
+``meshpipe/1 xxh3-128:<hex> size:<bytes> chunk:<chunk size> codec:<codec>``
+(models.ContentChecksum).
+
+The message id and the chunk source are the upload's state, and the middle and last stages
+read chunks from that one source: a resumed send can run them over the chunks not yet
+accepted, into the message it already created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from meshpipe._meshpipe import Chunk, ChunkPlan, Splitter, xxh3_128_file
+from meshpipe.client import MeshClient
+from meshpipe.errors import (
+    ChunkSizeError,
+    ChunkTransferError,
+    MeshConnectionError,
+    MeshHTTPError,
+    MeshMessageLockedError,
+    MeshNotFoundError,
+    MeshpipeError,
+    MeshProtocolError,
+    SourceChangedError,
+)
+from meshpipe.headers import SendHeaders
+from meshpipe.models import ContentChecksum
+from meshpipe.retry import RetryingClient, call_with_retry, post_first_chunk_safely
+from meshpipe.transfer.journal import SendJournal
+from meshpipe.transfer.results import (
+    DEFAULT_CONCURRENCY,
+    Progress,
+    ProgressCallback,
+    SendResult,
+    first_failure,
+    release,
+)
+from meshpipe.units import (
+    DEFAULT_CHUNK_SIZE,
+    MAX_FILE_SIZE,
+    MAX_REQUEST_SIZE,
+    MIN_CHUNK_SIZE,
+    Codec,
+)
+
+log = logging.getLogger("meshpipe.transfer")
+
+
+def new_local_id() -> str:
+    """A unique mex-LocalID (no patient data), kept for every retry of one send."""
+    return f"meshpipe-{uuid.uuid4().hex}"
+
+
+async def find_sent_message(
+    client: MeshClient, local_id: str, *, since: datetime | None = None, max_pages: int = 20
+) -> str | None:
+    """The id of a message this mailbox sent with ``local_id`` (any state, including
+    ``uploading``), or None when MESH says there is none. Asks the rich outbox, and falls
+    back to tracking by local id where the rich outbox is not offered."""
+    endpoints = RetryingClient(client)
+    since = since or datetime.now(UTC) - timedelta(days=1)
+    try:
+        sent = await endpoints.outbox_rich(start_time=since, max_pages=max_pages)
+    except MeshHTTPError as error:
+        if error.status not in (404, 405, 501):
+            raise
+    else:
+        matches = [item for item in sent if item.local_id == local_id]
+        if len(matches) > 1:
+            raise MeshProtocolError(
+                f"{len(matches)} messages carry local id {local_id!r}; check them with "
+                "`meshpipe track` before sending again"
+            )
+        return matches[0].message_id if matches else None
+    try:
+        return (await endpoints.track_local_id(local_id)).message_id
+    except MeshNotFoundError:
+        return None
+
+
+def check_request_size(chunk: Chunk, codec: Codec, min_payload_size: int) -> None:
+    """MESH's per-request rules, checked on each chunk as it comes out of the engine."""
+    if codec == "zstd" and chunk.number < chunk.count and chunk.payload_size < min_payload_size:
+        # MESH cannot decode a zstd payload, so its 5 MiB minimum applies to the bytes sent.
+        raise ChunkSizeError(
+            f"chunk {chunk.number} compresses to {chunk.payload_size} bytes with zstd, below "
+            f"MESH's {min_payload_size}-byte minimum for every chunk but the last (MESH sees "
+            "the compressed bytes of a zstd payload): use a larger --chunk-size, or gzip"
+        )
+    if chunk.payload_size >= MAX_REQUEST_SIZE:
+        raise ChunkSizeError(
+            f"chunk {chunk.number} is {chunk.payload_size} bytes as sent; MESH accepts less than "
+            f"{MAX_REQUEST_SIZE} per request: use a smaller --chunk-size"
+        )
+
+
+class _ChunkPost:
+    """Tries of one chunk n ≥ 2 (an overwrite: safe to repeat). A 423 to a repeated try of the
+    *last* chunk means an earlier try may have completed the message: MESH tracking tells."""
+
+    def __init__(self, upload: Upload, chunk: Chunk) -> None:
+        self._upload = upload
+        self._chunk = chunk
+        self.tries = 0
+
+    async def __call__(self) -> None:
+        upload, chunk = self._upload, self._chunk
+        self.tries += 1
+        try:
+            await upload.client.send_chunk(
+                upload.require_message_id(),
+                chunk.number,
+                chunk.count,
+                chunk,
+                content_encoding=upload.content_encoding,
+            )
+        except MeshMessageLockedError:
+            if self.tries > 1 and chunk.number == chunk.count and await upload.is_complete():
+                return
+            raise
+
+
+class Upload:
+    """One send of ``source`` with ``headers``, in stages (see the module doc). ``run()`` runs
+    them all; each stage is a method, so that a resume can run a subset of them."""
+
+    def __init__(
+        self,
+        client: MeshClient,
+        source: str | os.PathLike[str],
+        headers: SendHeaders,
+        *,
+        codec: Codec = "none",
+        level: int | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        sequential: bool = False,
+        max_file_size: int = MAX_FILE_SIZE,
+        min_payload_size: int = MIN_CHUNK_SIZE,
+        progress: ProgressCallback | None = None,
+        journal: SendJournal | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.client = client
+        self.source = Path(source)
+        self.headers = headers
+        self.codec: Codec = codec
+        self.level = level
+        self.chunk_size = chunk_size
+        self.window_size = 1 if sequential else concurrency
+        self.max_file_size = max_file_size
+        self.min_payload_size = min_payload_size
+        self.journal = journal or SendJournal()
+        self._progress_callback = progress
+        # State, set by the stages:
+        self.message_id: str | None = None
+        self.splitter: Splitter | None = None
+        self.chunks: Iterator[Chunk] = iter(())
+        self.first: Chunk | None = None
+        self.xxh3_128 = ""
+        self.bytes_sent = 0
+        self.progress = Progress(progress, 0)
+
+    @property
+    def local_id(self) -> str:
+        assert self.headers.local_id is not None, "prepare() sets the local id"
+        return self.headers.local_id
+
+    @property
+    def plan(self) -> ChunkPlan:
+        if self.splitter is None:
+            raise RuntimeError("the upload is not prepared")
+        return self.splitter.plan
+
+    @property
+    def content_encoding(self) -> str | None:
+        return "gzip" if self.codec == "gzip" else None
+
+    def require_message_id(self) -> str:
+        if self.message_id is None:
+            raise RuntimeError("chunk 1 has not been sent")
+        return self.message_id
+
+    # --- stages ------------------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """Check the headers, plan the file, read chunk 1 and hash the whole file."""
+        self.headers = self._complete_headers().validate()
+        if self.codec == "none" and (await asyncio.to_thread(os.stat, self.source)).st_size == 0:
+            # MESH refuses an empty body (417, code 02). An empty gzip stream (20 bytes) is not
+            # empty, and every MESH client undoes Content-Encoding: the recipient gets an empty
+            # file.
+            log.info(
+                "%s is empty: sending it gzip-encoded, as MESH refuses an empty body", self.source
+            )
+            self.codec = "gzip"
+        self.splitter = await asyncio.to_thread(
+            Splitter,
+            self.source,
+            codec=self.codec,
+            level=self.level,
+            chunk_size=self.chunk_size,
+            window=self.window_size + 1,
+            max_file_size=self.max_file_size,
+        )
+        self.chunks = iter(self.splitter)
+        self.progress = Progress(self._progress_callback, self.plan.file_size)
+        self.first, self.xxh3_128 = await self._read_first_and_hash()
+        checksum = ContentChecksum(
+            xxh3_128=self.xxh3_128,
+            size=self.plan.file_size,
+            chunk_size=self.plan.chunk_size,
+            codec=self.codec,
+        ).header_value()
+        self.headers = self.headers.replace(checksum=checksum)
+        await self.journal.prepared(self.local_id, self.plan, self.xxh3_128)
+
+    async def send_first(self) -> str:
+        """Send chunk 1 (it creates the message); the message id becomes the upload's."""
+        first, self.first = self.first, None
+        if first is None:
+            raise RuntimeError("prepare() reads chunk 1 before it is sent")
+        try:
+            check_request_size(first, self.codec, self.min_payload_size)
+            await self.journal.chunk_sending(1, first.xxh3_128, first.payload_size)
+            started = datetime.now(UTC)
+            self.message_id = await post_first_chunk_safely(
+                lambda: self.client.send_message(
+                    self.headers,
+                    first,
+                    chunk_count=self.plan.chunk_count,
+                    content_encoding=self.content_encoding,
+                ),
+                lambda: find_sent_message(
+                    self.client, self.local_id, since=started - timedelta(minutes=10)
+                ),
+                self.client.settings.retry,
+                local_id=self.local_id,
+            )
+            self._count_sent(first)
+        finally:
+            release(first)
+        await self.journal.message_created(self.message_id)
+        await self.journal.chunk_accepted(1)
+        log.info(
+            "message %s (local id %s): chunk 1 of %d sent",
+            self.message_id,
+            self.local_id,
+            self.plan.chunk_count,
+        )
+        return self.message_id
+
+    async def send_middle(self) -> Chunk | None:
+        """Send every chunk before the last from the chunk source, ``window_size`` at a time;
+        return the last chunk, read but not sent (None for a one-chunk message)."""
+        window = asyncio.Semaphore(self.window_size)
+        last: Chunk | None = None
+        try:
+            async with asyncio.TaskGroup() as group:
+                while True:
+                    await window.acquire()
+                    chunk = await self._next_chunk()
+                    if chunk is None or chunk.number == chunk.count:
+                        window.release()
+                        last = chunk
+                        break
+                    group.create_task(self.send_chunk(chunk, window))
+        except BaseExceptionGroup as group_error:
+            release(last)
+            failure = first_failure(group_error)
+            raise failure from failure.__cause__
+        return last
+
+    async def send_last(self, last: Chunk) -> None:
+        """Send the last chunk, once the file is known unchanged."""
+        try:
+            self._check_source()
+        except BaseException:
+            release(last)
+            raise
+        await self.send_chunk(last)
+
+    async def run(self) -> SendResult:
+        """Every stage in order; the journal is told the outcome."""
+        try:
+            await self.prepare()
+            await self.send_first()
+            if self.plan.chunk_count > 1:
+                last = await self.send_middle()
+                if last is None:
+                    raise MeshpipeError(
+                        f"the engine yielded fewer than {self.plan.chunk_count} chunks"
+                    )
+                await self.send_last(last)
+            result = self.result()
+        except Exception as error:
+            await self.journal.failed(error)
+            raise
+        finally:
+            await self.close()
+        await self.journal.completed(result)
+        return result
+
+    # --- pieces --------------------------------------------------------------------------------
+
+    async def send_chunk(self, chunk: Chunk, window: asyncio.Semaphore | None = None) -> None:
+        """Send chunk n ≥ 2 (retried: it overwrites); failures name the chunk."""
+        message_id = self.require_message_id()
+        try:
+            check_request_size(chunk, self.codec, self.min_payload_size)
+            await self.journal.chunk_sending(chunk.number, chunk.xxh3_128, chunk.payload_size)
+            await call_with_retry(
+                _ChunkPost(self, chunk),
+                self.client.settings.retry,
+                idempotent=True,
+                what=f"chunk {chunk.number} of {chunk.count} of message {message_id}",
+            )
+            self._count_sent(chunk)
+        except (MeshHTTPError, MeshConnectionError) as error:
+            raise ChunkTransferError(
+                f"chunk {chunk.number} of {chunk.count} of message {message_id} failed: {error}",
+                chunk=chunk.number,
+                message_id=message_id,
+            ) from error
+        finally:
+            release(chunk)
+            if window is not None:
+                window.release()
+        await self.journal.chunk_accepted(chunk.number)
+
+    async def is_complete(self) -> bool:
+        """Whether MESH tracking says the message was completed (accepted or acknowledged)."""
+        tracking = await RetryingClient(self.client).track(self.require_message_id())
+        return (tracking.status or "").lower() in ("accepted", "acknowledged")
+
+    def result(self) -> SendResult:
+        return SendResult(
+            message_id=self.require_message_id(),
+            local_id=self.local_id,
+            chunk_count=self.plan.chunk_count,
+            file_size=self.plan.file_size,
+            bytes_sent=self.bytes_sent,
+            xxh3_128=self.xxh3_128,
+            codec=self.codec,
+            checksum_header=self.headers.checksum or "",
+        )
+
+    async def close(self) -> None:
+        release(self.first)
+        self.first = None
+        if self.splitter is not None:
+            await asyncio.to_thread(self.splitter.close)
+
+    def _complete_headers(self) -> SendHeaders:
+        """The defaults a send fills in: a local id, the file's name, and for zstd the ``.zst``
+        name, ``application/zstd`` and ``mex-Content-Compressed: Y``, said in every header a
+        plain recipient can read."""
+        headers = self.headers
+        zstd = self.codec == "zstd"
+        return headers.replace(
+            local_id=headers.local_id or new_local_id(),
+            filename=headers.filename or self.source.name + (".zst" if zstd else ""),
+            content_type=headers.content_type or ("application/zstd" if zstd else None),
+            compressed=True if zstd else headers.compressed,
+        )
+
+    async def _next_chunk(self) -> Chunk | None:
+        """The one place chunks come from."""
+        return await asyncio.to_thread(next, self.chunks, None)
+
+    async def _read_first_and_hash(self) -> tuple[Chunk, str]:
+        if self.plan.chunk_count == 1:
+            # The only chunk has been read, so the Splitter's digest is already the file's.
+            first = await self._next_chunk()
+            expected = self.splitter.digest().xxh3_128 if self.splitter else ""
+        else:
+            # The checksum goes in chunk 1's headers: hash the file (a fast pass over the page
+            # cache) while the engine reads chunk 1; the Splitter's own digest is compared with
+            # it before the last chunk, so a file that changes meanwhile is never completed.
+            expected, first = await asyncio.gather(
+                asyncio.to_thread(xxh3_128_file, self.source), self._next_chunk()
+            )
+        if first is None:
+            raise MeshpipeError("the engine yielded no chunk for the file")
+        return first, expected
+
+    def _check_source(self) -> None:
+        actual = self.splitter.digest().xxh3_128 if self.splitter else ""
+        if actual != self.xxh3_128:
+            raise SourceChangedError(
+                f"{self.source} changed while it was being sent (xxh3-128 {self.xxh3_128} "
+                f"before, {actual} now); the message was not completed: send it again"
+            )
+
+    def _count_sent(self, chunk: Chunk) -> None:
+        self.bytes_sent += chunk.payload_size
+        self.progress.add(chunk.length)
+
+
+async def send_file(
+    client: MeshClient,
+    source: str | os.PathLike[str],
+    *,
+    to: str,
+    workflow_id: str,
+    local_id: str | None = None,
+    subject: str | None = None,
+    filename: str | None = None,
+    partner_id: str | None = None,
+    content_type: str | None = None,
+    codec: Codec = "none",
+    level: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    sequential: bool = False,
+    max_file_size: int = MAX_FILE_SIZE,
+    min_payload_size: int = MIN_CHUNK_SIZE,
+    progress: ProgressCallback | None = None,
+    journal: SendJournal | None = None,
+) -> SendResult:
+    """Send a file as one MESH message (chunked when larger than ``chunk_size``).
+
+    The header keywords build one :class:`meshpipe.headers.SendHeaders`, checked before
+    anything is sent (MessageHeaderError names the header and the rule). ``codec``: ``none``;
+    ``gzip`` (Content-Encoding: gzip per chunk, any MESH recipient gets the original file);
+    ``zstd`` (the recipient gets a standard ``.zst`` file, flagged with
+    ``mex-Content-Compressed: Y``; a meshpipe recipient restores the original). ``sequential``
+    sends one chunk at a time, for servers that want strict order. ChunkSizeError, before
+    anything is sent, when the plan breaks MESH's chunk rules. ``min_payload_size``: MESH sees
+    only the compressed bytes of a zstd payload, so every chunk but the last must compress to
+    at least this (MESH's 5 MiB; 0 for a server that does not check, such as mesh-sandbox); a
+    chunk that does not is refused before it is sent. ``journal`` is told each stage.
+    """
+    headers = SendHeaders(
+        to=to,
+        workflow_id=workflow_id,
+        local_id=local_id,
+        subject=subject,
+        filename=filename,
+        partner_id=partner_id,
+        content_type=content_type,
+    )
+    upload = Upload(
+        client,
+        source,
+        headers,
+        codec=codec,
+        level=level,
+        chunk_size=chunk_size,
+        concurrency=concurrency,
+        sequential=sequential,
+        max_file_size=max_file_size,
+        min_payload_size=min_payload_size,
+        progress=progress,
+        journal=journal,
+    )
+    return await upload.run()
