@@ -100,11 +100,15 @@ async def test_transient_chunk_failures_are_retried(
     workflow: str,
     tmp_path: Path,
 ) -> None:
-    proxy.add(Rule("POST", CHUNK_UPLOAD, "status", times=2, status=503))
-    proxy.add(Rule("POST", CHUNK_UPLOAD, "drop_after", times=1))
+    busy = proxy.add(Rule("POST", CHUNK_UPLOAD, "status", times=2, status=503))
+    dropped = proxy.add(Rule("POST", CHUNK_UPLOAD, "drop_after", times=1))
     result = await send_file(
         proxied_sender, multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * MiB
     )
+    assert (busy.hits, dropped.hits) == (2, 1)
+    # chunks 2 and 3 once each, plus a try again for each of the three faults
+    posts = [e for e in proxy.events if e.kind == "start" and e.chunk_range in ("2:3", "3:3")]
+    assert len(posts) == 5
     destination = tmp_path / "out.csv"
     await receive_message(recipient, result.message_id, destination)
     assert content(destination) == content(multi_file)
@@ -149,8 +153,9 @@ async def test_failed_first_chunk_not_stored_is_sent_again(
 ) -> None:
     # a gateway error before MESH stored anything: the outbox shows nothing, so it is re-sent
     source = write_csv(tmp_path / "one.csv", 1000)
-    proxy.add(Rule("POST", FIRST_CHUNK, "status", times=1, status=502))
+    gateway = proxy.add(Rule("POST", FIRST_CHUNK, "status", times=1, status=502))
     result = await send_file(proxied_sender, source, to=RECIPIENT, workflow_id=workflow)
+    assert gateway.hits == 1
     assert await recipient.list_inbox(workflow_filter=workflow) == [result.message_id]
 
 
@@ -161,7 +166,7 @@ async def test_a_failing_chunk_cancels_the_send_and_is_named(
     four_chunk_file: Path,
     workflow: str,
 ) -> None:
-    proxy.add(
+    failing = proxy.add(
         Rule("POST", r"/messageexchange/X26ABC1/outbox/[0-9A-F]+/3", "status", times=99, status=500)
     )
     with pytest.raises(errors.ChunkTransferError) as caught:
@@ -173,6 +178,7 @@ async def test_a_failing_chunk_cancels_the_send_and_is_named(
             chunk_size=5 * MiB,
         )
     assert caught.value.chunk == 3
+    assert failing.hits == proxied_sender.settings.retry.attempts
     assert "chunk 3 of 4" in str(caught.value)
     cause = caught.value.__cause__
     assert isinstance(cause, errors.MeshHTTPError) and cause.kind == "server_error"
@@ -218,10 +224,10 @@ async def test_corrupt_download_is_fetched_again(
         codec=codec,  # type: ignore[arg-type]
     )
     corrupt = proxy.add(Rule("GET", r"/messageexchange/X26ABC2/inbox/[0-9A-F]+/2", "corrupt"))
-    proxy.add(Rule("GET", r"/messageexchange/X26ABC2/inbox/[0-9A-F]+/3", "drop_after"))
+    dropped = proxy.add(Rule("GET", r"/messageexchange/X26ABC2/inbox/[0-9A-F]+/3", "drop_after"))
     destination = tmp_path / "out.csv"
     received = await receive_message(proxied_recipient, result.message_id, destination)
-    assert corrupt.hits == 1
+    assert (corrupt.hits, dropped.hits) == (1, 1)
     assert content(destination) == content(multi_file)
     assert received.acknowledged and "file xxh3-128" in received.verified
 
@@ -238,11 +244,14 @@ async def test_persistently_corrupt_chunk_is_named_and_not_acknowledged(
     result = await send_file(
         sender, multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * MiB, codec="gzip"
     )
-    proxy.add(Rule("GET", r"/messageexchange/X26ABC2/inbox/[0-9A-F]+/2", "corrupt", times=99))
+    corrupt = proxy.add(
+        Rule("GET", r"/messageexchange/X26ABC2/inbox/[0-9A-F]+/2", "corrupt", times=99)
+    )
     destination = tmp_path / "out.csv"
     with pytest.raises(errors.ChunkTransferError) as caught:
-        await receive_message(proxied_recipient, result.message_id, destination)
+        await receive_message(proxied_recipient, result.message_id, destination, chunk_attempts=3)
     assert caught.value.chunk == 2
+    assert corrupt.hits == 3
     assert leftovers(tmp_path, "out.csv") == []
     assert await recipient.list_inbox(workflow_filter=workflow) == [result.message_id]
 
@@ -281,7 +290,7 @@ async def test_cancellation_propagates_and_never_completes_the_message(
     workflow: str,
 ) -> None:
     # Hold every middle chunk at the proxy, then cancel the send while they are in flight.
-    proxy.add(
+    held = proxy.add(
         Rule(
             "POST",
             r"/messageexchange/X26ABC1/outbox/[0-9A-F]+/[23]",
@@ -305,6 +314,7 @@ async def test_cancellation_propagates_and_never_completes_the_message(
         await proxy.wait_until(
             lambda: sum(1 for e in proxy.events if e.kind == "start" and e.chunk_range) >= 3
         )
+    assert held.hits == 2
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -349,10 +359,11 @@ async def test_receive_all_keeps_going_past_a_failed_message(
         sender, multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * MiB, codec="gzip"
     )
     good = await send_file(sender, small_file, to=RECIPIENT, workflow_id=workflow)
-    proxy.add(
+    corrupt = proxy.add(
         Rule("GET", rf"/messageexchange/X26ABC2/inbox/{bad.message_id}/2", "corrupt", times=99)
     )
     results = await receive_all(proxied_recipient, tmp_path / "in", workflow_filter=workflow)
+    assert corrupt.hits == 3  # receive_message's three chunk attempts
     failures = [item for item in results if isinstance(item, ReceiveFailure)]
     received = [item for item in results if isinstance(item, ReceiveResult)]
     assert [item.message_id for item in failures] == [bad.message_id]
@@ -371,8 +382,10 @@ async def test_duplicate_check_falls_back_to_tracking_by_local_id(
 ) -> None:
     """Where the rich outbox is not offered (it is not in the public spec), the ambiguous
     chunk 1 is looked up by local id through the (deprecated) tracking endpoint."""
-    proxy.add(Rule("GET", r"/messageexchange/X26ABC1/outbox/rich", "status", times=9, status=404))
-    proxy.add(Rule("POST", FIRST_CHUNK, "drop_after", times=1))
+    no_rich = proxy.add(
+        Rule("GET", r"/messageexchange/X26ABC1/outbox/rich", "status", times=9, status=404)
+    )
+    dropped = proxy.add(Rule("POST", FIRST_CHUNK, "drop_after", times=1))
     result = await send_file(
         proxied_sender,
         multi_file,
@@ -383,4 +396,5 @@ async def test_duplicate_check_falls_back_to_tracking_by_local_id(
     )
     looked_up = [e.path for e in proxy.events if e.kind == "start" and "tracking" in e.path]
     assert looked_up == [f"/messageexchange/X26ABC1/outbox/tracking/{workflow}-fallback"]
+    assert (no_rich.hits, dropped.hits) == (1, 1)
     assert await recipient.list_inbox(workflow_filter=workflow) == [result.message_id]
