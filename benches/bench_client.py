@@ -26,35 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.peers import SANDBOX_PASSWORD, Sandbox, free_port, run_sandbox
+from tests.peers import SANDBOX_PASSWORD, SANDBOX_SHARED_KEY, Sandbox, free_port, run_sandbox
 
 from meshpipe.server.process import peak_rss
+from meshpipe.synthetic import write_csv
+from meshpipe.units import MiB
 
-MiB = 1024 * 1024
 SIZE_MB = int(os.environ.get("MESHPIPE_BENCH_MB", "256"))
 SENDER, RECIPIENT = "X26ABC1", "X26ABC2"
 WORKFLOW = "TEST_WORKFLOW2"  # registered for every sandbox mailbox
 MESH_CLIENT_CHUNK = 75 * MiB
 
 RESULTS: dict[str, dict[str, Any]] = {}
-
-
-def write_csv(path: Path, size: int) -> None:
-    """CSV-like text, as in perf-notes.md: number, surname, date, code, float."""
-    block_lines = [
-        b"%010d,SURNAME%03d,%02d%02d19%02d,A%05d,%.6f\n"
-        % (n * 7919, n % 997, n % 28 + 1, n % 12 + 1, n % 100, n % 99_991, n / 13)
-        for n in range(100_000)
-    ]
-    block = b"".join(block_lines)
-    with path.open("wb") as handle:
-        written = 0
-        salt = 0
-        while written < size:
-            piece = block[: size - written]
-            handle.write(piece.replace(b"SURNAME", b"SURN%03d" % (salt % 1000), 50))
-            written += len(piece)
-            salt += 1
 
 
 # --- the worker: one case in a fresh process ------------------------------------------------
@@ -390,7 +373,7 @@ def test_bench_send_null_server(
         spec = {
             "name": name,
             "url": url,
-            "shared_key": "TestKey",
+            "shared_key": SANDBOX_SHARED_KEY,
             "tool": tool,
             "action": "send",
             "codec": "none",

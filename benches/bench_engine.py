@@ -34,6 +34,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 import meshpipe
 
 MiB = meshpipe.MiB
+GiB = meshpipe.GiB
 CHUNK = 20 * MiB
 MODES: list[tuple[str, meshpipe.Codec, int | None]] = [
     ("none", "none", None),
@@ -286,7 +287,7 @@ def test_peak_rss_is_flat_in_file_size(fixture_dir: Path, figures: list[str], co
     for gib in (1, 4):
         path = fixture_dir / f"rss-{gib}g.csv"
         if not path.exists():
-            write_csv(path, gib << 30)
+            write_csv(path, gib * GiB)
         for mode in ("split", "assemble"):
             results[(gib, mode)] = peak_rss(path, codec, mode, fixture_dir)
     baseline = peak_rss(Path(os.devnull), "none", "split", fixture_dir)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from meshpipe.synthetic import write_csv, write_random
+from meshpipe.units import MiB
 
-MiB = 1 << 20
 FIXTURE_SIZE = 256 * MiB
 _FIGURES: list[str] = []
 

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from meshpipe.units import size_argument
-
-MiB = 1 << 20
+from meshpipe.units import GiB, MiB, size_argument
 
 
 def run_demo(*arguments: str) -> tuple[int, dict[str, object], str]:
@@ -42,8 +40,11 @@ def test_demo_sends_receives_and_verifies(
     assert result["verified"] is True
     assert result["bytes"] == size and result["chunks"] == chunks
     assert "file xxh3-128" in result["verification"]  # type: ignore[operator]
-    for key in ("send_mb_s", "receive_mb_s"):
-        assert isinstance(result[key], int | float) and result[key] >= 0  # type: ignore[operator]
+    for direction in ("send", "receive"):
+        # the rate is the size over the time taken (each rounded as the demo prints it)
+        seconds, rate = result[f"{direction}_seconds"], result[f"{direction}_mb_s"]
+        assert isinstance(seconds, float) and seconds > 0
+        assert rate == pytest.approx(size / seconds / 1e6, rel=0.05, abs=0.1)
     for key in ("peak_rss_client_bytes", "peak_rss_server_bytes"):
         assert isinstance(result[key], int) and result[key] > 10 * MiB
     if store == "dir":
@@ -61,7 +62,7 @@ def test_demo_refuses_a_bad_plan_before_sending(tmp_path: Path) -> None:
 
 
 def test_sizes() -> None:
-    assert size_argument("1GiB") == 1 << 30
+    assert size_argument("1GiB") == GiB
     assert size_argument("500MB") == 500_000_000
     assert size_argument("20MiB") == 20 * MiB
     assert size_argument("1048576") == MiB

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Send and receive a generated CSV extract through a local MESH server.",
     )
     parser.add_argument(
-        "--size", type=units.size_argument, default=1 << 30, help="extract size (1GiB)"
+        "--size", type=units.size_argument, default=units.GiB, help="extract size (1GiB)"
     )
     parser.add_argument("--compress", choices=units.CODECS, default="gzip")
     parser.add_argument("--chunk-size", type=units.size_argument, default=units.DEFAULT_CHUNK_SIZE)

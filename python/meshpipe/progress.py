@@ -5,15 +5,16 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
+from meshpipe.units import MiB
+
 
 def progress_text(done: int, total: int, elapsed: float) -> str:
     """``512.0/1024.0 MiB  50%  310.2 MB/s  ETA 2 s``."""
-    mib = 1 << 20
     rate = done / elapsed if elapsed > 0 else 0.0
     percent = 100 * done / total if total else 100.0
     eta = f"ETA {(total - done) / rate:,.0f} s" if rate > 0 and done < total else ""
     return (
-        f"{done / mib:,.1f}/{total / mib:,.1f} MiB {percent:3.0f}%  {rate / 1e6:,.1f} MB/s  {eta}"
+        f"{done / MiB:,.1f}/{total / MiB:,.1f} MiB {percent:3.0f}%  {rate / 1e6:,.1f} MB/s  {eta}"
     ).rstrip()
 
 

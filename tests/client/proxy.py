@@ -16,6 +16,7 @@ from typing import Self
 import aiohttp
 from aiohttp import web
 
+from meshpipe.units import MiB
 from tests.peers import free_port
 
 
@@ -91,7 +92,7 @@ class FaultProxy:
 
     async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession(auto_decompress=False)
-        app = web.Application(client_max_size=200 * 1024 * 1024)
+        app = web.Application(client_max_size=200 * MiB)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

@@ -26,7 +26,7 @@ from meshpipe.transfer import (
     receive_report,
     send_file,
 )
-from tests.client.conftest import RECIPIENT, SENDER, make_config
+from tests.client.conftest import RECIPIENT, SENDER, MiB, make_config
 from tests.peers import SANDBOX_SHARED_KEY, Sandbox
 
 
@@ -177,7 +177,7 @@ async def test_chunk_size_refused_before_sending(
             to=RECIPIENT,
             workflow_id=workflow,
             local_id=local_id,
-            chunk_size=1024 * 1024,
+            chunk_size=MiB,
         )
     assert await find_sent_message(sender, local_id) is None
 
@@ -285,9 +285,7 @@ def test_sync_facade_transfers(sandbox: Sandbox, workflow: str, multi_file: Path
         SyncMeshClient(make_config(sandbox.url, SENDER)) as sender,
         SyncMeshClient(make_config(sandbox.url, RECIPIENT)) as recipient,
     ):
-        sent = sender.send_file(
-            multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * 1024 * 1024
-        )
+        sent = sender.send_file(multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * MiB)
         received = recipient.receive_message(sent.message_id, destination)
     assert received.size == multi_file.stat().st_size
     assert destination.read_bytes() == multi_file.read_bytes()
@@ -303,7 +301,7 @@ async def test_no_secret_or_token_in_logs(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     result = await send_file(
-        sender, multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * 1024 * 1024
+        sender, multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * MiB
     )
     await receive_message(recipient, result.message_id, tmp_path / "out.csv")
     with pytest.raises(errors.MeshUnknownRecipientError) as caught:
