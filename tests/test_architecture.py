@@ -217,3 +217,17 @@ def test_the_checks_see_what_they_check(tmp_path: Path) -> None:
     )
     found = {target for target, _ in imports_of("meshpipe.client", lazy)}
     assert found == {"meshpipe.transfer", "meshpipe.cli"}
+
+
+def test_transfer_stages_are_short() -> None:
+    """Each stage of the transfer layer reads on one screen (at most 60 lines a function)."""
+    long = []
+    for module, path in MODULES.items():
+        if layer_of(module) != LAYERS["meshpipe.transfer"]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > 60:
+                    long.append(f"{module}.{node.name}: {length} lines")
+    assert long == []

@@ -10,6 +10,7 @@ inspect, attempts per message and per chunk, acknowledge. Both tell a journal
 from meshpipe.transfer.download import (
     Download,
     ReceiveFailure,
+    ReceiveOptions,
     ReceivePlan,
     download_message,
     receive_all,
@@ -24,7 +25,13 @@ from meshpipe.transfer.results import (
     ReceiveResult,
     SendResult,
 )
-from meshpipe.transfer.upload import Upload, find_sent_message, new_local_id, send_file
+from meshpipe.transfer.upload import (
+    SendOptions,
+    Upload,
+    find_sent_message,
+    new_local_id,
+    send_file,
+)
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -32,9 +39,11 @@ __all__ = [
     "ProgressCallback",
     "ReceiveFailure",
     "ReceiveJournal",
+    "ReceiveOptions",
     "ReceivePlan",
     "ReceiveResult",
     "SendJournal",
+    "SendOptions",
     "SendResult",
     "Upload",
     "download_message",

@@ -24,7 +24,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TypedDict
+
+from typing_extensions import Unpack
 
 from meshpipe._meshpipe import Assembler, AssemblyReport, ChunkWriter
 from meshpipe.client import MeshClient
@@ -106,6 +108,31 @@ class _ChunkSink:
             self._writer.write(piece)
 
 
+class ReceiveOptions(TypedDict, total=False):
+    """How a message is received (each optional; the default in brackets).
+
+    ``acknowledge`` [True]: acknowledge once the file is in place. ``concurrency`` [4]: chunks
+    in flight. ``overwrite`` [False]: replace an existing destination. ``decode_payload``
+    [True]: restore the original of a meshpipe zstd send (False keeps the ``.zst`` stream).
+    ``chunk_attempts`` [3]: downloads of one chunk that fails verification or the network.
+    ``message_attempts`` [2]: downloads of the whole message after a whole-file checksum
+    failure. ``metadata`` [read with HEAD]: the message's headers, when already read.
+    ``progress`` [None]: ``progress(done, total)`` per chunk written (total: the size a
+    meshpipe sender declared, else the bytes written so far). ``journal`` [a no-op]: told each
+    stage.
+    """
+
+    acknowledge: bool
+    concurrency: int
+    overwrite: bool
+    decode_payload: bool
+    chunk_attempts: int
+    message_attempts: int
+    metadata: MessageMetadata | None
+    progress: ProgressCallback | None
+    journal: ReceiveJournal | None
+
+
 @dataclass(frozen=True, slots=True)
 class ReceivePlan:
     """How a message is received, decided from its headers by :meth:`Download.inspect`.
@@ -144,33 +171,26 @@ class Download:
         client: MeshClient,
         message_id: str,
         destination: str | os.PathLike[str],
-        *,
-        acknowledge: bool = True,
-        concurrency: int = DEFAULT_CONCURRENCY,
-        overwrite: bool = False,
-        decode_payload: bool = True,
-        chunk_attempts: int = 3,
-        message_attempts: int = 2,
-        metadata: MessageMetadata | None = None,
-        progress: ProgressCallback | None = None,
-        journal: ReceiveJournal | None = None,
+        **options: Unpack[ReceiveOptions],
     ) -> None:
-        if concurrency < 1:
+        if options.get("concurrency", DEFAULT_CONCURRENCY) < 1:
             raise ValueError("concurrency must be at least 1")
         self.client = client
         self.endpoints = RetryingClient(client)
         self.message_id = message_id
         self.destination = Path(destination)
-        self.acknowledge = acknowledge
-        self.concurrency = concurrency
-        self.overwrite = overwrite
-        self.decode_payload = decode_payload
-        self.chunk_policy = dataclasses.replace(client.settings.retry, attempts=chunk_attempts)
-        self.message_attempts = message_attempts
-        self.metadata = metadata
-        self.journal = journal or ReceiveJournal()
-        self._progress_callback = progress
-        self.progress = Progress(progress, None)
+        self.acknowledge = options.get("acknowledge", True)
+        self.concurrency = options.get("concurrency", DEFAULT_CONCURRENCY)
+        self.overwrite = options.get("overwrite", False)
+        self.decode_payload = options.get("decode_payload", True)
+        self.chunk_policy = dataclasses.replace(
+            client.settings.retry, attempts=options.get("chunk_attempts", 3)
+        )
+        self.message_attempts = options.get("message_attempts", 2)
+        self.metadata = options.get("metadata")
+        self.journal = options.get("journal") or ReceiveJournal()
+        self._progress_callback = options.get("progress")
+        self.progress = Progress(self._progress_callback, None)
         self.plan: ReceivePlan | None = None
 
     # --- stages ------------------------------------------------------------------------------
@@ -343,41 +363,15 @@ async def receive_message(
     client: MeshClient,
     message_id: str,
     destination: str | os.PathLike[str],
-    *,
-    acknowledge: bool = True,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    overwrite: bool = False,
-    decode_payload: bool = True,
-    chunk_attempts: int = 3,
-    message_attempts: int = 2,
-    metadata: MessageMetadata | None = None,
-    progress: ProgressCallback | None = None,
-    journal: ReceiveJournal | None = None,
+    **options: Unpack[ReceiveOptions],
 ) -> ReceiveResult:
-    """Download a message to ``destination``, verified, and acknowledge it (unless told not to).
+    """Download a message to ``destination``, verified, and acknowledge it (unless told not to;
+    ``options`` are :class:`ReceiveOptions`).
 
     A REPORT message raises MeshReportError carrying the typed ReportMessage (see
-    :func:`receive_report`). ``decode_payload`` restores the original of a meshpipe zstd send
-    (False keeps the ``.zst`` stream). A whole-file checksum failure downloads the message again
-    (``message_attempts`` in all); nothing is ever left at ``destination`` unless verified.
-    ``progress(done, total)`` is called per chunk written (total: the size a meshpipe sender
-    declared, else the bytes written so far). ``journal`` is told each stage.
+    :func:`receive_report`). Nothing is ever left at ``destination`` unless verified.
     """
-    download = Download(
-        client,
-        message_id,
-        destination,
-        acknowledge=acknowledge,
-        concurrency=concurrency,
-        overwrite=overwrite,
-        decode_payload=decode_payload,
-        chunk_attempts=chunk_attempts,
-        message_attempts=message_attempts,
-        metadata=metadata,
-        progress=progress,
-        journal=journal,
-    )
-    return await download.run()
+    return await Download(client, message_id, destination, **options).run()
 
 
 async def download_message(client: MeshClient, message_id: str) -> tuple[MessageMetadata, bytes]:

@@ -30,6 +30,9 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypedDict
+
+from typing_extensions import Unpack
 
 from meshpipe._meshpipe import Chunk, ChunkPlan, Splitter, xxh3_128_file
 from meshpipe.client import MeshClient
@@ -99,6 +102,30 @@ async def find_sent_message(
         return None
 
 
+class SendOptions(TypedDict, total=False):
+    """How a file is sent (each optional; the default in brackets).
+
+    ``codec`` ["none"]: ``gzip`` (Content-Encoding: gzip per chunk, any MESH recipient gets the
+    original file) or ``zstd`` (the recipient gets a standard ``.zst`` file, flagged with
+    ``mex-Content-Compressed: Y``; a meshpipe recipient restores the original). ``level``
+    [the codec's default]. ``chunk_size`` [DEFAULT_CHUNK_SIZE]: uncompressed bytes a chunk.
+    ``concurrency`` [4]: chunks 2..N-1 in flight. ``sequential`` [False]: one chunk at a time,
+    for servers that want strict order. ``max_file_size`` [MAX_FILE_SIZE]: larger files are
+    refused. ``min_payload_size`` [MIN_CHUNK_SIZE]: MESH sees only the compressed bytes of a
+    zstd payload, so every chunk but the last must compress to at least this (0 for a server
+    that does not check, such as mesh-sandbox); a chunk that does not is refused before it is
+    sent.
+    """
+
+    codec: Codec
+    level: int | None
+    chunk_size: int
+    concurrency: int
+    sequential: bool
+    max_file_size: int
+    min_payload_size: int
+
+
 def check_request_size(chunk: Chunk, codec: Codec, min_payload_size: int) -> None:
     """MESH's per-request rules, checked on each chunk as it comes out of the engine."""
     if codec == "zstd" and chunk.number < chunk.count and chunk.payload_size < min_payload_size:
@@ -151,27 +178,22 @@ class Upload:
         source: str | os.PathLike[str],
         headers: SendHeaders,
         *,
-        codec: Codec = "none",
-        level: int | None = None,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-        concurrency: int = DEFAULT_CONCURRENCY,
-        sequential: bool = False,
-        max_file_size: int = MAX_FILE_SIZE,
-        min_payload_size: int = MIN_CHUNK_SIZE,
         progress: ProgressCallback | None = None,
         journal: SendJournal | None = None,
+        **options: Unpack[SendOptions],
     ) -> None:
+        concurrency = options.get("concurrency", DEFAULT_CONCURRENCY)
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.client = client
         self.source = Path(source)
         self.headers = headers
-        self.codec: Codec = codec
-        self.level = level
-        self.chunk_size = chunk_size
-        self.window_size = 1 if sequential else concurrency
-        self.max_file_size = max_file_size
-        self.min_payload_size = min_payload_size
+        self.codec: Codec = options.get("codec", "none")
+        self.level = options.get("level")
+        self.chunk_size = options.get("chunk_size", DEFAULT_CHUNK_SIZE)
+        self.window_size = 1 if options.get("sequential", False) else concurrency
+        self.max_file_size = options.get("max_file_size", MAX_FILE_SIZE)
+        self.min_payload_size = options.get("min_payload_size", MIN_CHUNK_SIZE)
         self.journal = journal or SendJournal()
         self._progress_callback = progress
         # State, set by the stages:
@@ -430,28 +452,17 @@ async def send_file(
     filename: str | None = None,
     partner_id: str | None = None,
     content_type: str | None = None,
-    codec: Codec = "none",
-    level: int | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    sequential: bool = False,
-    max_file_size: int = MAX_FILE_SIZE,
-    min_payload_size: int = MIN_CHUNK_SIZE,
     progress: ProgressCallback | None = None,
     journal: SendJournal | None = None,
+    **options: Unpack[SendOptions],
 ) -> SendResult:
     """Send a file as one MESH message (chunked when larger than ``chunk_size``).
 
     The header keywords build one :class:`meshpipe.headers.SendHeaders`, checked before
-    anything is sent (MessageHeaderError names the header and the rule). ``codec``: ``none``;
-    ``gzip`` (Content-Encoding: gzip per chunk, any MESH recipient gets the original file);
-    ``zstd`` (the recipient gets a standard ``.zst`` file, flagged with
-    ``mex-Content-Compressed: Y``; a meshpipe recipient restores the original). ``sequential``
-    sends one chunk at a time, for servers that want strict order. ChunkSizeError, before
-    anything is sent, when the plan breaks MESH's chunk rules. ``min_payload_size``: MESH sees
-    only the compressed bytes of a zstd payload, so every chunk but the last must compress to
-    at least this (MESH's 5 MiB; 0 for a server that does not check, such as mesh-sandbox); a
-    chunk that does not is refused before it is sent. ``journal`` is told each stage.
+    anything is sent (MessageHeaderError names the header and the rule); ``options`` are
+    :class:`SendOptions`. ChunkSizeError, before anything is sent, when the plan breaks MESH's
+    chunk rules. ``progress(done, total)`` is called per chunk accepted; ``journal`` is told
+    each stage.
     """
     headers = SendHeaders(
         to=to,
@@ -462,18 +473,6 @@ async def send_file(
         partner_id=partner_id,
         content_type=content_type,
     )
-    upload = Upload(
-        client,
-        source,
-        headers,
-        codec=codec,
-        level=level,
-        chunk_size=chunk_size,
-        concurrency=concurrency,
-        sequential=sequential,
-        max_file_size=max_file_size,
-        min_payload_size=min_payload_size,
-        progress=progress,
-        journal=journal,
-    )
-    return await upload.run()
+    return await Upload(
+        client, source, headers, progress=progress, journal=journal, **options
+    ).run()
