@@ -149,15 +149,17 @@ async def test_missing_workflow(sender: MeshClient, small_file: Path) -> None:
         )
     assert (caught.value.status, caught.value.kind) == (400, "missing_header")
     # ...and meshpipe refuses an empty one before sending (the sandbox would accept it).
-    with pytest.raises(errors.MessageHeaderError, match="workflow id"):
+    with pytest.raises(errors.MessageHeaderError, match="workflow id") as refused:
         await send_file(sender, small_file, to=RECIPIENT, workflow_id="")
+    assert (refused.value.header, refused.value.rule) == ("mex-WorkflowID", "missing")
 
 
 async def test_control_characters_refused_before_sending(
     sender: MeshClient, small_file: Path, workflow: str
 ) -> None:
-    with pytest.raises(errors.MessageHeaderError, match="control character"):
+    with pytest.raises(errors.MessageHeaderError, match="control character") as caught:
         await send_file(sender, small_file, to=RECIPIENT, workflow_id=workflow, subject="a\tb")
+    assert (caught.value.header, caught.value.rule) == ("mex-Subject", "control_character")
 
 
 async def test_empty_body_is_missing_data(sender: MeshClient, workflow: str) -> None:
