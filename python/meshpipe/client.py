@@ -3,8 +3,9 @@
 One :class:`MeshClient` owns one ``aiohttp.ClientSession``, created inside the running event
 loop (``async with MeshClient(config) as client``), with explicit connector limits and timeouts.
 Every request carries a fresh NHSMESH token and ``Accept: application/vnd.mesh.v2+json``.
-Errors become :class:`meshpipe.errors.MeshHTTPError` subclasses (HTTP status, MESH error code,
-message id) or :class:`meshpipe.errors.MeshConnectionError`; ``CancelledError`` passes through.
+Error answers become :class:`meshpipe.errors.MeshHTTPError` (HTTP status, MESH error code,
+kind, message id; parsed by meshpipe.error_body), network failures
+:class:`meshpipe.errors.MeshConnectionError`; ``CancelledError`` passes through.
 Bodies are sent from any buffer in pieces of at most 1 MiB (one large write costs asyncio on
 Python 3.11 about 8x the CPU) and downloads are streamed to a sink, never held whole.
 

@@ -170,7 +170,14 @@ class _ChunkPost:
 
 class Upload:
     """One send of ``source`` with ``headers``, in stages (see the module doc). ``run()`` runs
-    them all; each stage is a method, so that a resume can run a subset of them."""
+    them all; each stage is a method, so that a resume can run a subset of them.
+
+    State: ``message_id`` (set by :meth:`send_first`), ``chunks`` (the one chunk source, read
+    only through ``_next_chunk``), ``xxh3_128`` (the whole-file hash sent in chunk 1),
+    ``bytes_sent`` and ``progress``. The middle and last stages read nothing else: a resumed
+    send sets ``message_id`` to the message it created before, points ``chunks`` at the
+    chunks not yet accepted, and runs :meth:`send_middle` and :meth:`send_last`.
+    """
 
     def __init__(
         self,
