@@ -1,4 +1,4 @@
-"""Backoff, what is retried, and the never-duplicate rule for chunk 1."""
+"""Backoff, what is retried, the never-duplicate rule for chunk 1, and which layer retries."""
 
 from __future__ import annotations
 
@@ -7,9 +7,19 @@ import random
 
 import pytest
 
+from meshpipe.client import MeshClient
 from meshpipe.error_body import mesh_error_from_response
 from meshpipe.errors import MeshConnectionError, MeshDuplicateRiskError, MeshHTTPError
-from meshpipe.retry import RetryPolicy, call_with_retry, is_retryable, post_first_chunk_safely
+from meshpipe.headers import SendHeaders
+from meshpipe.retry import (
+    RetryingClient,
+    RetryPolicy,
+    call_with_retry,
+    is_retryable,
+    post_first_chunk_safely,
+)
+from tests.client.conftest import RECIPIENT
+from tests.client.proxy import FaultProxy, Rule
 
 QUICK = RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.002)
 
@@ -209,3 +219,19 @@ async def test_retry_waits_for_retry_after() -> None:
 
     assert await call_with_retry(operation, policy, idempotent=True, what="t") == "ok"
     assert calls == 2
+
+
+async def test_the_client_never_retries_and_the_retrying_client_does(
+    proxy: FaultProxy, proxied_recipient: MeshClient, sender: MeshClient, workflow: str
+) -> None:
+    message_id = await sender.send_message(SendHeaders(RECIPIENT, workflow), b"data")
+    busy = proxy.add(
+        Rule("HEAD", rf"/messageexchange/X26ABC2/inbox/{message_id}", "status", times=2)
+    )
+    with pytest.raises(MeshHTTPError) as caught:
+        await proxied_recipient.head(message_id)
+    assert (caught.value.status, busy.hits) == (503, 1)
+    endpoints = RetryingClient(proxied_recipient)
+    assert (await endpoints.head(message_id)).message_id == message_id
+    assert busy.hits == 2  # the second 503, then the try that got through
+    await endpoints.acknowledge(message_id)
