@@ -58,7 +58,7 @@ from meshpipe.models import (
     ReportMessage,
     TrackingInfo,
 )
-from meshpipe.retry import RetryPolicy
+from meshpipe.retry import RetryingClient, RetryPolicy
 from meshpipe.sync import SyncMeshClient
 from meshpipe.transfer import (
     ReceiveJournal,
@@ -118,6 +118,7 @@ __all__ = [
     "ReceiveResult",
     "ReportMessage",
     "RetryPolicy",
+    "RetryingClient",
     "Secret",
     "SendHeaders",
     "SendJournal",
