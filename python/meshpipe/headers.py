@@ -143,16 +143,16 @@ class SendHeaders:
                     )
                 )
         checksum = (self.checksum or "").strip()
-        if checksum and len(checksum) <= SEND_HEADER_LIMITS["mex-Content-Checksum"]:
-            if not checksum_is_valid(checksum):
-                found.append(
-                    HeaderProblem(
-                        "mex-Content-Checksum",
-                        "checksum_characters",
-                        "the checksum (mex-Content-Checksum) may hold only letters, digits, "
-                        "spaces, ':', '-' and '/' (MESH refuses base64's '+' and '=')",
-                    )
+        fits = len(checksum) <= SEND_HEADER_LIMITS["mex-Content-Checksum"]
+        if checksum and fits and not checksum_is_valid(checksum):
+            found.append(
+                HeaderProblem(
+                    "mex-Content-Checksum",
+                    "checksum_characters",
+                    "the checksum (mex-Content-Checksum) may hold only letters, digits, "
+                    "spaces, ':', '-' and '/' (MESH refuses base64's '+' and '=')",
                 )
+            )
         return found
 
     def validate(self) -> SendHeaders:
