@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from tests.peers import SANDBOX_PASSWORD, Sandbox, free_port, run_sandbox
 
-from meshpipe.server.process import peak_rss
+from meshpipe.memory import peak_rss
 
 MiB = 1024 * 1024
 SIZE_MB = int(os.environ.get("MESHPIPE_BENCH_MB", "256"))

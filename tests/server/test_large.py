@@ -9,8 +9,8 @@ import pytest
 import xxhash
 
 from meshpipe.auth import make_token
+from meshpipe.memory import peak_rss
 from meshpipe.server import synthetic_xxh3_128
-from meshpipe.server.process import peak_rss
 from tests.server.processes import serve_with
 
 MiB = 1024 * 1024
