@@ -566,3 +566,18 @@ def test_download_of_an_uncompressed_message_to_a_gzip_client(peer: Peer) -> Non
     )
     assert v1.headers["Content-Type"] == "application/octet-stream" and v1.content == b"a,b\n1,2\n"
     requests.put(f"{url}/status/acknowledged", headers=headers(peer, "X26ABC2"), timeout=10)
+
+
+def test_mailbox_reset_empties_only_its_own_inbox(
+    peer: Peer, sender: MeshClient, receiver: MeshClient
+) -> None:
+    """Resetting a mailbox empties its inbox; what it sent stays in the recipient's inbox."""
+    body = f"sent before the reset {uuid.uuid4()}".encode()
+    sent = sender.send_message("X26ABC2", body, workflow_id="TEST_WORKFLOW")
+    received = receiver.send_message("X26ABC1", b"to be reset", workflow_id="TEST_WORKFLOW_ACK")
+    assert received in sender.list_messages()
+    reset = requests.delete(f"{peer.url}/messageexchange/admin/reset/X26ABC1", timeout=10)
+    assert reset.status_code == 200
+    assert sender.list_messages() == []
+    assert sent in receiver.list_messages()
+    assert receiver.retrieve_message(sent).read() == body
