@@ -17,10 +17,11 @@ import requests
 from mesh_client import MeshClient
 
 from meshpipe.auth import make_token
+from tests.peers import SANDBOX_PASSWORD, V2_MEDIA_TYPE, auth_headers
 from tests.server.conftest import Peer
 
-V2 = "application/vnd.mesh.v2+json"
-PASSWORD = "password"
+V2 = V2_MEDIA_TYPE
+PASSWORD = SANDBOX_PASSWORD
 
 
 def client(peer: Peer, mailbox: str, **kwargs: object) -> MeshClient:
@@ -28,11 +29,7 @@ def client(peer: Peer, mailbox: str, **kwargs: object) -> MeshClient:
 
 
 def headers(peer: Peer, mailbox: str, *, v2: bool = True, **extra: str) -> dict[str, str]:
-    values = {"Authorization": make_token(mailbox, PASSWORD, peer.shared_key)}
-    if v2:
-        values["Accept"] = V2
-    values.update(extra)
-    return values
+    return auth_headers(mailbox, shared_key=peer.shared_key, v2=v2, **extra)
 
 
 def drain(mesh: MeshClient) -> None:

@@ -79,6 +79,7 @@ async def refusal_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await handler(request)
     except Refusal as refusal:
+        log.info("refused %s %s: %s", request.method, request.path, refusal)
         admin = (request.match_info.route.name or "").startswith("admin:")
         return refusal.render(1 if admin else api_version_or_1(request))
     except web.HTTPException as exc:
