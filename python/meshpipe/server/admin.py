@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from meshpipe.server.faults import FaultInjector, FaultPlan, FaultPlanError
 from meshpipe.server.mailroom import Mailroom
@@ -47,24 +48,21 @@ class AdminRoutes:
 
     def register(self, app: web.Application) -> None:
         r = app.router
+        # The sandbox serves these with and without the /messageexchange prefix.
+        both: tuple[tuple[str, str, Handler, str], ...] = (
+            ("DELETE", "/admin/reset", self.reset, "reset"),
+            ("DELETE", "/admin/reset/{mailbox}", self.reset_mailbox, "reset_mb"),
+            ("POST", "/admin/message/{message_id}/event", self.add_event, "event"),
+            ("GET", "/admin/mailbox/{mailbox}", self.get_mailbox, "mailbox"),
+            ("GET", "/admin/message/{message_id}", self.get_message, "message"),
+        )
         for prefix, tag in (("", ""), ("/messageexchange", "-mx")):
-            r.add_delete(f"{prefix}/admin/reset", self.reset, name=f"admin:reset{tag}")
-            r.add_delete(
-                f"{prefix}/admin/reset/{{mailbox}}", self.reset_mailbox, name=f"admin:reset_mb{tag}"
-            )
-            r.add_post(
-                f"{prefix}/admin/message/{{message_id}}/event",
-                self.add_event,
-                name=f"admin:event{tag}",
-            )
-            r.add_get(
-                f"{prefix}/admin/mailbox/{{mailbox}}", self.get_mailbox, name=f"admin:mailbox{tag}"
-            )
-            r.add_get(
-                f"{prefix}/admin/message/{{message_id}}",
-                self.get_message,
-                name=f"admin:message{tag}",
-            )
+            for method, path, handler, name in both:
+                route_name = f"admin:{name}{tag}"
+                if method == "GET":
+                    r.add_get(f"{prefix}{path}", handler, name=route_name)
+                else:
+                    r.add_route(method, f"{prefix}{path}", handler, name=route_name)
         r.add_get(
             "/messageexchange/mailbox/{mailbox}", self.get_mailbox, name="admin:mailbox_public"
         )

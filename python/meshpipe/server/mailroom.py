@@ -13,6 +13,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from meshpipe.headers import SendHeaders
@@ -44,6 +45,18 @@ NDR_DESCRIPTION = "Message not collected by recipient after {days} days"
 #: How the mailroom reads a chunk's body: given the message and the chunk number, the body's
 #: pieces as they arrive.
 BodyReader = Callable[[Message, int], AsyncIterable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkUpload:
+    """What a handler parsed from a chunk upload's request, besides the mailbox and (chunk 1)
+    the send headers: ``mex-Chunk-Range`` (None when malformed or not the URL's chunk), the
+    Content-Encoding, the declared body length, and the body."""
+
+    chunk_range: tuple[int, int] | None
+    content_encoding: str
+    content_length: int | None
+    body: BodyReader
 
 
 def new_message_id() -> str:
@@ -303,25 +316,10 @@ class Mailroom:
 
     # -- MESH's rules for the client-facing API ------------------------------------------------
 
-    async def send(
-        self,
-        sender: Mailbox,
-        headers: SendHeaders,
-        *,
-        chunk_range: tuple[int, int] | None,
-        content_encoding: str,
-        content_length: int | None,
-        body: BodyReader,
-    ) -> Message:
+    async def send(self, sender: Mailbox, headers: SendHeaders, upload: ChunkUpload) -> Message:
         """Chunk 1 of a new message (the whole message when it has one chunk)."""
-        message = self._begin_send(
-            sender,
-            headers,
-            chunk_range=chunk_range,
-            content_encoding=content_encoding,
-            content_length=content_length,
-        )
-        record = await self._receive_chunk(message, 1, body(message, 1))
+        message = self._begin_send(sender, headers, upload)
+        record = await self._receive_chunk(message, 1, upload.body(message, 1))
         self.add_chunk(message, record)
         self.register(message, accepted=message.total_chunks == 1)
         log.info(
@@ -334,15 +332,9 @@ class Mailroom:
         )
         return message
 
-    def _begin_send(
-        self,
-        sender: Mailbox,
-        headers: SendHeaders,
-        *,
-        chunk_range: tuple[int, int] | None,
-        content_encoding: str,
-        content_length: int | None,
-    ) -> Message:
+    def _begin_send(self, sender: Mailbox, headers: SendHeaders, upload: ChunkUpload) -> Message:
+        chunk_range = upload.chunk_range
+        content_encoding = upload.content_encoding
         found = {problem.rule for problem in headers.problems()}
         if found & {"control_character", "url"}:
             raise Refusal(400, "malformed_control_file")
@@ -361,7 +353,7 @@ class Mailroom:
             sender.mailbox_id, recipient.mailbox_id, headers.workflow_id
         ):
             raise Refusal(417, "not_registered_for_workflow")
-        self._check_request_size(content_length)
+        self._check_request_size(upload.content_length)
         return self.new_data_message(
             sender=sender.mailbox_id,
             headers=headers.replace(to=recipient.mailbox_id),
@@ -370,19 +362,11 @@ class Mailroom:
         )
 
     async def send_chunk(
-        self,
-        sender: Mailbox,
-        message_id: str,
-        number: int,
-        *,
-        chunk_range: tuple[int, int] | None,
-        content_encoding: str,
-        content_length: int | None,
-        body: BodyReader,
+        self, sender: Mailbox, message_id: str, number: int, upload: ChunkUpload
     ) -> Message:
         """Chunk ``number`` ≥ 2 of a message being uploaded; the last one completes it."""
         message_id = message_id.upper()
-        if chunk_range is None or chunk_range[0] != number:
+        if upload.chunk_range is None or upload.chunk_range[0] != number:
             raise Refusal(417, "invalid_chunks", message_id=message_id)
         message = self.get(message_id)
         if message is None:
@@ -393,10 +377,10 @@ class Mailroom:
             raise Refusal(423, "internal")
         if number > message.total_chunks or message.message_type != DATA:
             raise Refusal(406, "internal")
-        if content_encoding != message.content_encoding:
+        if upload.content_encoding != message.content_encoding:
             raise Refusal(417, "encoding_changed")
-        self._check_request_size(content_length)
-        record = await self._receive_chunk(message, number, body(message, number))
+        self._check_request_size(upload.content_length)
+        record = await self._receive_chunk(message, number, upload.body(message, number))
         if message.status != UPLOADING:  # completed while this chunk streamed in
             raise Refusal(423, "internal")
         self.add_chunk(message, record)

@@ -177,59 +177,43 @@ def invalid(*problems: dict[str, Any], body: Any = None) -> Refusal:
 # -- validation problems, in the shape the sandbox's request validation lists them ------------
 
 
-def missing(location: str, name: str, given: Any = None) -> dict[str, Any]:
-    item: dict[str, Any] = {"type": "missing", "loc": [location, name], "msg": "Field required"}
+def _problem(
+    kind: str, location: str, name: str, text: str, given: Any = None, **context: Any
+) -> dict[str, Any]:
+    item: dict[str, Any] = {"type": kind, "loc": [location, name], "msg": text}
     if given is not None:
         item["input"] = given
+    if context:
+        item["ctx"] = context
     return item
 
 
+def missing(location: str, name: str, given: Any = None) -> dict[str, Any]:
+    return _problem("missing", location, name, "Field required", given)
+
+
 def too_long(location: str, name: str, value: str, longest: int) -> dict[str, Any]:
-    return {
-        "type": "string_too_long",
-        "loc": [location, name],
-        "msg": f"String should have at most {longest} characters",
-        "input": value,
-        "ctx": {"max_length": longest},
-    }
+    text = f"String should have at most {longest} characters"
+    return _problem("string_too_long", location, name, text, value, max_length=longest)
 
 
 def too_short(location: str, name: str, value: str, shortest: int) -> dict[str, Any]:
-    return {
-        "type": "string_too_short",
-        "loc": [location, name],
-        "msg": f"String should have at least {shortest} characters",
-        "input": value,
-        "ctx": {"min_length": shortest},
-    }
+    text = f"String should have at least {shortest} characters"
+    return _problem("string_too_short", location, name, text, value, min_length=shortest)
 
 
 def out_of_range(location: str, name: str, value: str, low: int, high: int) -> dict[str, Any]:
     try:
         number = int(value)
     except ValueError:
-        return {
-            "type": "int_parsing",
-            "loc": [location, name],
-            "msg": "Input should be a valid integer, unable to parse string as an integer",
-            "input": value,
-        }
+        text = "Input should be a valid integer, unable to parse string as an integer"
+        return _problem("int_parsing", location, name, text, value)
     if number < low:
-        return {
-            "type": "greater_than_equal",
-            "loc": [location, name],
-            "msg": f"Input should be greater than or equal to {low}",
-            "input": value,
-            "ctx": {"ge": low},
-        }
-    return {
-        "type": "less_than_equal",
-        "loc": [location, name],
-        "msg": f"Input should be less than or equal to {high}",
-        "input": value,
-        "ctx": {"le": high},
-    }
+        text = f"Input should be greater than or equal to {low}"
+        return _problem("greater_than_equal", location, name, text, value, ge=low)
+    text = f"Input should be less than or equal to {high}"
+    return _problem("less_than_equal", location, name, text, value, le=high)
 
 
 def value_error(location: str, name: str, text: str) -> dict[str, Any]:
-    return {"type": "value_error", "loc": [location, name], "msg": text}
+    return _problem("value_error", location, name, text)

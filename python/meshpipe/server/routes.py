@@ -12,12 +12,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from meshpipe.headers import SEND_HEADER_LIMITS, SendHeaders, parse_chunk_range
 from meshpipe.server.authorize import Authenticator
 from meshpipe.server.config import Mailbox, ServerConfig
 from meshpipe.server.faults import FaultInjector, FaultyStream, cut_connection, firings
-from meshpipe.server.mailroom import BodyReader, Mailroom
+from meshpipe.server.mailroom import ChunkUpload, Mailroom
 from meshpipe.server.models import UPLOADING, Message
 from meshpipe.server.negotiation import (
     AcceptHeaderError,
@@ -154,35 +155,27 @@ class MeshRoutes:
         r.add_get(f"{base}/workflowsearch/{{workflow}}", self.workflow_search, name="lookup:search")
 
     def register_mailbox_routes(self, app: web.Application) -> None:
-        r = app.router
         mb = "/messageexchange/{mailbox}"
-        r.add_post(mb, self.handshake, name="handshake")
-        r.add_get(mb, self.handshake, name="handshake:get", allow_head=False)
-        r.add_post(f"{mb}/update", self.update, name="handshake:update")
-        r.add_get(f"{mb}/count", self.count, name="count", allow_head=False)
-        r.add_post(f"{mb}/outbox", self.send, name="send")
-        r.add_get(f"{mb}/outbox/rich", self.rich_outbox, name="rich:outbox", allow_head=False)
-        r.add_get(f"{mb}/outbox/tracking", self.tracking, name="tracking", allow_head=False)
-        r.add_get(
-            f"{mb}/outbox/tracking/{{local_id}}",
-            self.tracking_local,
-            name="tracking:local",
-            allow_head=False,
+        message = f"{mb}/inbox/{{message_id}}"
+        routes: tuple[tuple[str, str, Handler, str], ...] = (
+            ("POST", mb, self.handshake, "handshake"),
+            ("GET", mb, self.handshake, "handshake:get"),
+            ("POST", f"{mb}/update", self.update, "handshake:update"),
+            ("GET", f"{mb}/count", self.count, "count"),
+            ("POST", f"{mb}/outbox", self.send, "send"),
+            ("GET", f"{mb}/outbox/rich", self.rich_outbox, "rich:outbox"),
+            ("GET", f"{mb}/outbox/tracking", self.tracking, "tracking"),
+            ("GET", f"{mb}/outbox/tracking/{{local_id}}", self.tracking_local, "tracking:local"),
+            ("POST", f"{mb}/outbox/{{message_id}}/{{number:\\d+}}", self.send_chunk, "send_chunk"),
+            ("GET", f"{mb}/inbox", self.inbox, "inbox"),
+            ("GET", f"{mb}/inbox/rich", self.rich_inbox, "rich:inbox"),
+            ("HEAD", message, self.head, "head"),
+            ("GET", message, self.download, "download"),
+            ("GET", f"{message}/{{number:-?\\d+}}", self.download, "download:chunk"),
+            ("PUT", f"{message}/status/acknowledged", self.acknowledge, "ack"),
         )
-        r.add_post(
-            f"{mb}/outbox/{{message_id}}/{{number:\\d+}}", self.send_chunk, name="send_chunk"
-        )
-        r.add_get(f"{mb}/inbox", self.inbox, name="inbox", allow_head=False)
-        r.add_get(f"{mb}/inbox/rich", self.rich_inbox, name="rich:inbox", allow_head=False)
-        r.add_head(f"{mb}/inbox/{{message_id}}", self.head, name="head")
-        r.add_get(f"{mb}/inbox/{{message_id}}", self.download, name="download", allow_head=False)
-        r.add_get(
-            f"{mb}/inbox/{{message_id}}/{{number:-?\\d+}}",
-            self.download,
-            name="download:chunk",
-            allow_head=False,
-        )
-        r.add_put(f"{mb}/inbox/{{message_id}}/status/acknowledged", self.acknowledge, name="ack")
+        for method, path, handler, name in routes:
+            app.router.add_route(method, path, handler, name=name)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -201,8 +194,9 @@ class MeshRoutes:
     def now(self) -> datetime:
         return self.mailroom.clock.now()
 
-    def _upload(self, request: web.Request) -> BodyReader:
-        """The request's body for the mailroom to read, through its body faults."""
+    def _upload(self, request: web.Request, chunk_range: tuple[int, int] | None) -> ChunkUpload:
+        """The chunk upload in ``request``; its body reaches the mailroom through the body
+        faults planned for it."""
 
         def read(message: Message, number: int) -> AsyncIterator[bytes]:
             faults = FaultyStream(
@@ -210,7 +204,8 @@ class MeshRoutes:
             )
             return request_body(request, faults)
 
-        return read
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        return ChunkUpload(chunk_range, encoding, request.content_length, read)
 
     # -- no-auth endpoints --------------------------------------------------------------------
 
@@ -291,14 +286,8 @@ class MeshRoutes:
             headers = headers.replace(content_type=sent_type or None)
         version = self.version(request)
         range_header = request.headers.get("mex-Chunk-Range", "").strip()
-        message = await self.mailroom.send(
-            sender,
-            headers,
-            chunk_range=chunk_range_for(range_header, 1),
-            content_encoding=_content_encoding(request),
-            content_length=request.content_length,
-            body=self._upload(request),
-        )
+        upload = self._upload(request, chunk_range_for(range_header, 1))
+        message = await self.mailroom.send(sender, headers, upload)
         if version < 2:
             return json_response({"messageID": message.message_id}, status=202)
         return json_response({"message_id": message.message_id}, status=202)
@@ -311,15 +300,9 @@ class MeshRoutes:
         range_header = request.headers.get("mex-Chunk-Range", "").strip()
         if len(range_header) > SEND_HEADER_LIMITS["mex-Chunk-Range"]:
             raise invalid(too_long("header", "mex-chunk-range", range_header, 20))
-        message = await self.mailroom.send_chunk(
-            sender,
-            message_id,
-            number,
-            chunk_range=chunk_range_for(range_header, number) if range_header else None,
-            content_encoding=_content_encoding(request),
-            content_length=request.content_length,
-            body=self._upload(request),
-        )
+        chunk_range = chunk_range_for(range_header, number) if range_header else None
+        upload = self._upload(request, chunk_range)
+        message = await self.mailroom.send_chunk(sender, message_id, number, upload)
         if version < 2:
             return json_response({"messageID": message.message_id, "blockID": number}, status=202)
         return json_response(None, status=202)
@@ -510,10 +493,6 @@ class MeshRoutes:
         if version < 2:
             return json_response({"messageId": message.message_id})
         return empty_response()
-
-
-def _content_encoding(request: web.Request) -> str:
-    return request.headers.get("Content-Encoding", "").strip().lower()
 
 
 def _download_content_type(message: Message, version: int) -> str:
