@@ -279,8 +279,8 @@ def test_mesh_client_retries_reuse_the_token_so_strict_rules_refuse_them(
     threaded_server: Start,
 ) -> None:
     """A fact about NHS's mesh-client 5.0.2: urllib3 re-sends a failed chunk with the same
-    Authorization header. Single-use tokens (the live platform refuses a reused one; --rules strict) refuse the
-    retry with 403; the sandbox accepts it."""
+    Authorization header. Single-use tokens (the live platform refuses a reused one; --rules
+    strict) refuse the retry with 403; the sandbox accepts it."""
     from mesh_client import MeshClient
 
     from meshpipe.server import Fault, FaultPlan
