@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from tests.peers import SANDBOX_PASSWORD, SANDBOX_SHARED_KEY, Sandbox, free_port, run_sandbox
 
-from meshpipe.server.process import peak_rss
+from meshpipe.memory import peak_rss
 from meshpipe.synthetic import write_csv
 from meshpipe.units import MiB
 

@@ -263,7 +263,7 @@ else:
             w.finish()
     a.finish()
     os.remove(out)
-from meshpipe.server.process import peak_rss
+from meshpipe.memory import peak_rss
 print(peak_rss())
 """
 

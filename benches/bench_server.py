@@ -33,7 +33,8 @@ from urllib.parse import urlparse
 import pytest
 
 from meshpipe.auth import make_token
-from meshpipe.server.process import peak_rss, server_process
+from meshpipe.memory import peak_rss
+from meshpipe.server.process import server_process
 
 MiB = 1024 * 1024
 KEY = "BenchKey"

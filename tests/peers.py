@@ -16,10 +16,30 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from meshpipe.auth import make_token
 
 SANDBOX_SHARED_KEY = "TestKey"
 SANDBOX_PASSWORD = "password"
 SANDBOX_MAILBOXES = ("X26ABC1", "X26ABC2", "X26ABC3")
+V2_MEDIA_TYPE = "application/vnd.mesh.v2+json"
+
+
+def token(mailbox: str, *, shared_key: str = SANDBOX_SHARED_KEY, **options: Any) -> str:
+    """An NHSMESH Authorization value for one of the test mailboxes (password ``password``);
+    ``options`` go to meshpipe.auth.make_token (nonce, timestamp, ...)."""
+    return make_token(mailbox, SANDBOX_PASSWORD, shared_key, **options)
+
+
+def auth_headers(
+    mailbox: str, *, shared_key: str = SANDBOX_SHARED_KEY, v2: bool = True, **extra: str
+) -> dict[str, str]:
+    """Authorization (and by default the v2 Accept header) for a request as ``mailbox``."""
+    headers = {"Authorization": token(mailbox, shared_key=shared_key)}
+    if v2:
+        headers["Accept"] = V2_MEDIA_TYPE
+    return {**headers, **extra}
 
 
 def free_port() -> int:

@@ -30,8 +30,9 @@ from meshpipe._meshpipe import xxh3_128_file
 from meshpipe.client import MeshClient
 from meshpipe.config import MeshConfig, Secret
 from meshpipe.errors import MeshpipeError
+from meshpipe.memory import peak_rss
 from meshpipe.progress import Progress
-from meshpipe.server.process import peak_rss, server_process
+from meshpipe.server.process import server_process
 from meshpipe.synthetic import write_csv
 from meshpipe.transfer import receive_message, send_file
 

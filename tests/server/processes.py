@@ -8,13 +8,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from meshpipe.server.process import server_process
-
-KEY = "TestKey"
+from tests.peers import SANDBOX_SHARED_KEY
 
 
 @contextmanager
 def serve_with(*args: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """Sandbox rules, the test key, quiet logs; a process the test may SIGKILL."""
-    common = ["--rules", "sandbox", "--shared-key", KEY, "--log-level", "WARNING"]
+    common = ["--rules", "sandbox", "--shared-key", SANDBOX_SHARED_KEY, "--log-level", "WARNING"]
     with server_process(*common, *args) as running:
         yield running

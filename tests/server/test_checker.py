@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshpipe.server.checker import ChunkChecker
-from meshpipe.server.synthetic import BLOCK_SIZE, synthetic_bytes, synthetic_pieces
+from meshpipe.server.streaming import BLOCK_SIZE, synthetic_bytes, synthetic_pieces
 
 payloads = st.binary(min_size=0, max_size=200_000) | st.builds(
     lambda n, c: bytes([c]) * n, st.integers(0, 3_000_000), st.integers(0, 255)

@@ -8,11 +8,11 @@ from pathlib import Path
 import mesh_sandbox
 import pytest
 
+from meshpipe.errors import ConfigError
 from meshpipe.server.cli import build_parser, config_from_args, main
 from meshpipe.server.config import (
     DEFAULT_MAILBOXES,
     DEFAULT_WORKFLOWS,
-    ConfigError,
     load_mailboxes,
     load_workflows,
 )

@@ -8,32 +8,24 @@ from pathlib import Path
 
 import aiohttp
 
-from meshpipe.auth import make_token
 from meshpipe.server import LocalMeshServer
-
-KEY = "TestKey"
-
-
-def head(mailbox: str, **extra: str) -> dict[str, str]:
-    return {
-        "Authorization": make_token(mailbox, "password", KEY),
-        "Accept": "application/vnd.mesh.v2+json",
-        **extra,
-    }
+from tests.peers import SANDBOX_SHARED_KEY, auth_headers
 
 
 async def send_message(session: aiohttp.ClientSession, url: str, parts: list[bytes]) -> str:
     total = len(parts)
     send = {"mex-To": "X26ABC2", "mex-WorkflowID": "TEST_WORKFLOW", "mex-Chunk-Range": f"1:{total}"}
     async with session.post(
-        f"{url}/messageexchange/X26ABC1/outbox", headers=head("X26ABC1", **send), data=parts[0]
+        f"{url}/messageexchange/X26ABC1/outbox",
+        headers=auth_headers("X26ABC1", **send),
+        data=parts[0],
     ) as r:
         assert r.status == 202, await r.text()
         message_id = str((await r.json())["message_id"])
 
     async def chunk(number: int) -> None:
         path = f"{url}/messageexchange/X26ABC1/outbox/{message_id}/{number}"
-        headers = head("X26ABC1", **{"mex-Chunk-Range": f"{number}:{total}"})
+        headers = auth_headers("X26ABC1", **{"mex-Chunk-Range": f"{number}:{total}"})
         async with session.post(path, headers=headers, data=parts[number - 1]) as r:
             assert r.status == 202, await r.text()
 
@@ -45,7 +37,7 @@ async def send_message(session: aiohttp.ClientSession, url: str, parts: list[byt
 
 async def test_concurrent_messages_and_chunks(tmp_path: Path) -> None:
     async with LocalMeshServer(
-        rules="sandbox", store="dir", data_dir=tmp_path, shared_key=KEY
+        rules="sandbox", store="dir", data_dir=tmp_path, shared_key=SANDBOX_SHARED_KEY
     ) as server:
         messages = [[os.urandom(50_000 + 1000 * i) for _ in range(1 + i % 4)] for i in range(40)]
         connector = aiohttp.TCPConnector(limit=32)
@@ -55,14 +47,14 @@ async def test_concurrent_messages_and_chunks(tmp_path: Path) -> None:
             )
             assert len(set(ids)) == len(ids)
             async with session.get(
-                f"{server.url}/messageexchange/X26ABC2/inbox", headers=head("X26ABC2")
+                f"{server.url}/messageexchange/X26ABC2/inbox", headers=auth_headers("X26ABC2")
             ) as r:
                 assert sorted((await r.json())["messages"]) == sorted(ids)
 
             async def download(message_id: str, total: int) -> list[bytes]:
                 async def one(number: int) -> bytes:
                     path = f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}/{number}"
-                    async with session.get(path, headers=head("X26ABC2")) as r:
+                    async with session.get(path, headers=auth_headers("X26ABC2")) as r:
                         assert r.status == (200 if number == total else 206)
                         return await r.read()
 

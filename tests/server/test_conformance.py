@@ -17,10 +17,11 @@ import requests
 from mesh_client import MeshClient
 
 from meshpipe.auth import make_token
+from tests.peers import SANDBOX_PASSWORD, V2_MEDIA_TYPE, auth_headers
 from tests.server.conftest import Peer
 
-V2 = "application/vnd.mesh.v2+json"
-PASSWORD = "password"
+V2 = V2_MEDIA_TYPE
+PASSWORD = SANDBOX_PASSWORD
 
 
 def client(peer: Peer, mailbox: str, **kwargs: object) -> MeshClient:
@@ -28,11 +29,7 @@ def client(peer: Peer, mailbox: str, **kwargs: object) -> MeshClient:
 
 
 def headers(peer: Peer, mailbox: str, *, v2: bool = True, **extra: str) -> dict[str, str]:
-    values = {"Authorization": make_token(mailbox, PASSWORD, peer.shared_key)}
-    if v2:
-        values["Accept"] = V2
-    values.update(extra)
-    return values
+    return auth_headers(mailbox, shared_key=peer.shared_key, v2=v2, **extra)
 
 
 def drain(mesh: MeshClient) -> None:
@@ -566,3 +563,18 @@ def test_download_of_an_uncompressed_message_to_a_gzip_client(peer: Peer) -> Non
     )
     assert v1.headers["Content-Type"] == "application/octet-stream" and v1.content == b"a,b\n1,2\n"
     requests.put(f"{url}/status/acknowledged", headers=headers(peer, "X26ABC2"), timeout=10)
+
+
+def test_mailbox_reset_empties_only_its_own_inbox(
+    peer: Peer, sender: MeshClient, receiver: MeshClient
+) -> None:
+    """Resetting a mailbox empties its inbox; what it sent stays in the recipient's inbox."""
+    body = f"sent before the reset {uuid.uuid4()}".encode()
+    sent = sender.send_message("X26ABC2", body, workflow_id="TEST_WORKFLOW")
+    received = receiver.send_message("X26ABC1", b"to be reset", workflow_id="TEST_WORKFLOW_ACK")
+    assert received in sender.list_messages()
+    reset = requests.delete(f"{peer.url}/messageexchange/admin/reset/X26ABC1", timeout=10)
+    assert reset.status_code == 200
+    assert sender.list_messages() == []
+    assert sent in receiver.list_messages()
+    assert receiver.retrieve_message(sent).read() == body

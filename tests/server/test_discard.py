@@ -12,20 +12,11 @@ import xxhash
 import zstandard
 from mesh_client import MeshClient
 
-from meshpipe.auth import make_token
 from meshpipe.server import LocalMeshServer, synthetic_bytes, synthetic_xxh3_128
 from meshpipe.server.checker import ChunkChecker, ChunkCheckError
+from tests.peers import SANDBOX_SHARED_KEY, auth_headers
 
-KEY = "TestKey"
 Start = Callable[..., LocalMeshServer]
-
-
-def head(mailbox: str, **extra: str) -> dict[str, str]:
-    return {
-        "Authorization": make_token(mailbox, "password", KEY),
-        "Accept": "application/vnd.mesh.v2+json",
-        **extra,
-    }
 
 
 def test_discard_checks_each_chunk_and_keeps_only_metadata(threaded_server: Start) -> None:
@@ -33,7 +24,11 @@ def test_discard_checks_each_chunk_and_keeps_only_metadata(threaded_server: Star
     data = b"".join(f"{i},SMITH,01/02/1990\n".encode() for i in range(200))
     pieces = [data[i : i + 1000] for i in range(0, len(data), 1000)]
     with MeshClient(
-        server.url, "X26ABC1", "password", shared_key=KEY.encode(), max_chunk_size=1000
+        server.url,
+        "X26ABC1",
+        "password",
+        shared_key=SANDBOX_SHARED_KEY.encode(),
+        max_chunk_size=1000,
     ) as mesh:
         message_id = mesh.send_message("X26ABC2", data, workflow_id="TEST_WORKFLOW", compress=True)
     details = requests.get(
@@ -46,7 +41,9 @@ def test_discard_checks_each_chunk_and_keeps_only_metadata(threaded_server: Star
     ]
     assert all(c["stored_size"] < c["size"] for c in details["chunks"])  # gzip was decoded
     # the download is synthetic, with the same chunk sizes
-    with MeshClient(server.url, "X26ABC2", "password", shared_key=KEY.encode()) as mesh:
+    with MeshClient(
+        server.url, "X26ABC2", "password", shared_key=SANDBOX_SHARED_KEY.encode()
+    ) as mesh:
         message = mesh.retrieve_message(message_id)
         received = message.read()
         message.close()
@@ -59,7 +56,7 @@ def test_discard_decodes_zstd_payloads(threaded_server: Start) -> None:
     frame = zstandard.ZstdCompressor(level=3).compress(payload)
     answer = requests.post(
         f"{server.url}/messageexchange/X26ABC1/outbox",
-        headers=head(
+        headers=auth_headers(
             "X26ABC1", **{"mex-To": "X26ABC2", "mex-WorkflowID": "W", "mex-Content-Compressed": "Y"}
         ),
         data=frame,
@@ -105,14 +102,16 @@ def test_synthetic_messages_download_deterministically(threaded_server: Start, s
     for number in range(1, 5):
         answer = requests.get(
             f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}/{number}",
-            headers=head("X26ABC2"),
+            headers=auth_headers("X26ABC2"),
             timeout=30,
         )
         statuses.append(answer.status_code)
         digest.update(answer.content)
     assert statuses == [206, 206, 206, 200]
     assert digest.hexdigest() == synthetic_xxh3_128(7, size)
-    with MeshClient(server.url, "X26ABC2", "password", shared_key=KEY.encode()) as mesh:
+    with MeshClient(
+        server.url, "X26ABC2", "password", shared_key=SANDBOX_SHARED_KEY.encode()
+    ) as mesh:
         small = mesh.retrieve_message(over_http["message_id"])
         assert small.read() == synthetic_bytes(7, 0, 1000)
         small.close()
@@ -154,13 +153,15 @@ async def test_meshpipe_client_verifies_a_synthetic_message(tmp_path: Path) -> N
     from meshpipe.transfer import receive_message
 
     size = 11 * 1024 * 1024 + 7
-    async with LocalMeshServer(store="discard", shared_key=KEY) as server:
+    async with LocalMeshServer(store="discard", shared_key=SANDBOX_SHARED_KEY) as server:
         message_id = server.add_synthetic_message(
             "X26ABC2", size, chunk_size=5 * 1024 * 1024, seed=3
         )
         checksum = server.message(message_id).checksum  # type: ignore[union-attr]
         assert checksum.startswith("meshpipe/1 xxh3-128:") and f"size:{size}" in checksum
-        async with AsyncMeshClient(MeshConfig(server.url, "X26ABC2", "password", KEY)) as client:
+        async with AsyncMeshClient(
+            MeshConfig(server.url, "X26ABC2", "password", SANDBOX_SHARED_KEY)
+        ) as client:
             result = await receive_message(client, message_id, tmp_path / "synthetic.csv")
         assert result.verified and result.acknowledged
         assert result.size == size
@@ -170,7 +171,7 @@ def test_discarded_message_downloads_carry_no_sender_checksum(threaded_server: S
     server = threaded_server(store="discard", rules="sandbox")
     answer = requests.post(
         f"{server.url}/messageexchange/X26ABC1/outbox",
-        headers=head(
+        headers=auth_headers(
             "X26ABC1",
             **{"mex-To": "X26ABC2", "mex-WorkflowID": "W", "mex-Content-Checksum": "md5:abc"},
         ),
@@ -180,7 +181,7 @@ def test_discarded_message_downloads_carry_no_sender_checksum(threaded_server: S
     message_id = answer.json()["message_id"]
     download = requests.get(
         f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}",
-        headers=head("X26ABC2"),
+        headers=auth_headers("X26ABC2"),
         timeout=10,
     )
     assert download.content == synthetic_bytes(0, 0, 9)
@@ -200,8 +201,12 @@ async def test_discard_checks_meshpipe_client_chunks(tmp_path: Path, codec: str)
     source.write_bytes(data)
     # sandbox rules: a zstd payload is opaque to MESH, so strict rules measure its compressed
     # body against the 5 MiB minimum (see the next test)
-    async with LocalMeshServer(store="discard", shared_key=KEY, rules="sandbox") as server:
-        async with AsyncMeshClient(MeshConfig(server.url, "X26ABC1", "password", KEY)) as client:
+    async with LocalMeshServer(
+        store="discard", shared_key=SANDBOX_SHARED_KEY, rules="sandbox"
+    ) as server:
+        async with AsyncMeshClient(
+            MeshConfig(server.url, "X26ABC1", "password", SANDBOX_SHARED_KEY)
+        ) as client:
             sent = await send_file(
                 client,
                 source,
@@ -238,8 +243,10 @@ async def test_strict_rules_measure_an_opaque_zstd_payload_by_its_body(tmp_path:
     source = tmp_path / "extract.csv"
     source.write_bytes(synthetic_bytes(9, 0, 3 * chunk_size))
     async with (
-        LocalMeshServer(store="discard", shared_key=KEY, rules="strict") as server,
-        AsyncMeshClient(MeshConfig(server.url, "X26ABC1", "password", KEY)) as client,
+        LocalMeshServer(store="discard", shared_key=SANDBOX_SHARED_KEY, rules="strict") as server,
+        AsyncMeshClient(
+            MeshConfig(server.url, "X26ABC1", "password", SANDBOX_SHARED_KEY)
+        ) as client,
     ):
         with pytest.raises(ChunkSizeError, match="zstd"):
             await send_file(

@@ -8,28 +8,24 @@ from datetime import timedelta
 import requests
 from mesh_client import MeshClient
 
-from meshpipe.auth import make_token
 from meshpipe.server import LocalMeshServer
+from tests.peers import SANDBOX_SHARED_KEY, auth_headers
 
-KEY = "TestKey"
 Start = Callable[..., LocalMeshServer]
-
-
-def head(mailbox: str) -> dict[str, str]:
-    return {
-        "Authorization": make_token(mailbox, "password", KEY),
-        "Accept": "application/vnd.mesh.v2+json",
-    }
 
 
 def test_unacknowledged_message_expires_into_an_ndr(threaded_server: Start) -> None:
     server = threaded_server(rules="sandbox")
-    with MeshClient(server.url, "X26ABC1", "password", shared_key=KEY.encode()) as sender:
+    with MeshClient(
+        server.url, "X26ABC1", "password", shared_key=SANDBOX_SHARED_KEY.encode()
+    ) as sender:
         message_id = sender.send_message(
             "X26ABC2", b"late", workflow_id="TEST_WORKFLOW", subject="weekly", local_id="run-7"
         )
         collected = sender.send_message("X26ABC2", b"on time", workflow_id="TEST_WORKFLOW")
-    with MeshClient(server.url, "X26ABC2", "password", shared_key=KEY.encode()) as receiver:
+    with MeshClient(
+        server.url, "X26ABC2", "password", shared_key=SANDBOX_SHARED_KEY.encode()
+    ) as receiver:
         receiver.acknowledge_message(collected)
     # four days: nothing happens
     advanced = requests.post(
@@ -39,7 +35,9 @@ def test_unacknowledged_message_expires_into_an_ndr(threaded_server: Start) -> N
     # past five days: an NDR for the uncollected message only
     reports = server.advance_clock(timedelta(days=1, minutes=1))
     assert len(reports) == 1
-    with MeshClient(server.url, "X26ABC1", "password", shared_key=KEY.encode()) as sender:
+    with MeshClient(
+        server.url, "X26ABC1", "password", shared_key=SANDBOX_SHARED_KEY.encode()
+    ) as sender:
         assert sender.list_messages() == reports
         ndr = sender.retrieve_message(reports[0])
         assert ndr.read() == b""
@@ -57,12 +55,12 @@ def test_unacknowledged_message_expires_into_an_ndr(threaded_server: Start) -> N
         assert sender.track_message(message_id)["status"] == "undeliverable"
     gone = requests.get(
         f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}",
-        headers=head("X26ABC2"),
+        headers=auth_headers("X26ABC2"),
         timeout=10,
     )
     assert gone.status_code == 410
     inbox = requests.get(
-        f"{server.url}/messageexchange/X26ABC2/inbox", headers=head("X26ABC2"), timeout=10
+        f"{server.url}/messageexchange/X26ABC2/inbox", headers=auth_headers("X26ABC2"), timeout=10
     )
     assert inbox.json()["messages"] == []
     # after the 30-day retention everything is deleted

@@ -12,25 +12,16 @@ import pytest
 import requests
 from mesh_client import MeshClient
 
-from meshpipe.auth import make_token
 from meshpipe.server import Fault, FaultPlan, FaultPlanError, LocalMeshServer
+from tests.peers import SANDBOX_SHARED_KEY, auth_headers
 
-KEY = "TestKey"
 Start = Callable[..., LocalMeshServer]
-
-
-def head(mailbox: str, **extra: str) -> dict[str, str]:
-    return {
-        "Authorization": make_token(mailbox, "password", KEY),
-        "Accept": "application/vnd.mesh.v2+json",
-        **extra,
-    }
 
 
 def send(server: LocalMeshServer, data: bytes = b"payload") -> str:
     answer = requests.post(
         f"{server.url}/messageexchange/X26ABC1/outbox",
-        headers=head("X26ABC1", **{"mex-To": "X26ABC2", "mex-WorkflowID": "TEST_WORKFLOW"}),
+        headers=auth_headers("X26ABC1", **{"mex-To": "X26ABC2", "mex-WorkflowID": "TEST_WORKFLOW"}),
         data=data,
         timeout=10,
     )
@@ -45,7 +36,7 @@ def test_status_fault_on_the_nth_matching_request_with_retry_after(
     server = threaded_server(rules="sandbox", faults=plan)
     url = f"{server.url}/messageexchange/X26ABC2/inbox"
     with caplog.at_level(logging.WARNING, logger="meshpipe.server.faults"):
-        answers = [requests.get(url, headers=head("X26ABC2"), timeout=10) for _ in range(4)]
+        answers = [requests.get(url, headers=auth_headers("X26ABC2"), timeout=10) for _ in range(4)]
     assert [a.status_code for a in answers] == [200, 429, 429, 200]
     assert answers[1].headers["Retry-After"] == "3"
     assert [entry["status"] for entry in server.fault_log] == [429, 429]
@@ -59,7 +50,11 @@ def test_mesh_client_retries_a_503_on_a_later_chunk(threaded_server: Start) -> N
     server = threaded_server(rules="sandbox", faults=plan)
     data = b"0123456789" * 250
     with MeshClient(
-        server.url, "X26ABC1", "password", shared_key=KEY.encode(), max_chunk_size=1000
+        server.url,
+        "X26ABC1",
+        "password",
+        shared_key=SANDBOX_SHARED_KEY.encode(),
+        max_chunk_size=1000,
     ) as mesh:
         message_id = mesh.send_message("X26ABC2", data, workflow_id="TEST_WORKFLOW")
     assert server.fault_log == [
@@ -72,7 +67,9 @@ def test_mesh_client_retries_a_503_on_a_later_chunk(threaded_server: Start) -> N
             "path": f"/messageexchange/X26ABC1/outbox/{message_id}/2",
         }
     ]
-    with MeshClient(server.url, "X26ABC2", "password", shared_key=KEY.encode()) as mesh:
+    with MeshClient(
+        server.url, "X26ABC2", "password", shared_key=SANDBOX_SHARED_KEY.encode()
+    ) as mesh:
         message = mesh.retrieve_message(message_id)
         assert message.read() == data
         message.close()
@@ -85,7 +82,7 @@ def test_reset_during_upload_stores_nothing(threaded_server: Start) -> None:
         send(server, b"x" * 1_000_000)
     assert server.fault_log[0]["after_bytes"] == 100_000
     inbox = requests.get(
-        f"{server.url}/messageexchange/X26ABC2/inbox", headers=head("X26ABC2"), timeout=10
+        f"{server.url}/messageexchange/X26ABC2/inbox", headers=auth_headers("X26ABC2"), timeout=10
     )
     assert inbox.json()["messages"] == []
     message_id = send(server, b"x" * 1_000_000)  # the rule fired once; the retry goes through
@@ -105,20 +102,20 @@ def test_reset_during_download_and_flipped_byte(threaded_server: Start) -> None:
     message_id = send(server, data)
     url = f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}"
     with pytest.raises(requests.exceptions.ChunkedEncodingError):
-        requests.get(url, headers=head("X26ABC2"), timeout=10).content  # noqa: B018
-    flipped = requests.get(url, headers=head("X26ABC2"), timeout=10).content
+        requests.get(url, headers=auth_headers("X26ABC2"), timeout=10).content  # noqa: B018
+    flipped = requests.get(url, headers=auth_headers("X26ABC2"), timeout=10).content
     differences = [i for i, (a, b) in enumerate(zip(flipped, data, strict=True)) if a != b]
     assert len(differences) == 1
     assert flipped[differences[0]] == data[differences[0]] ^ 0xFF
     assert server.fault_log[1]["offset"] == differences[0]
-    assert requests.get(url, headers=head("X26ABC2"), timeout=10).content == data
+    assert requests.get(url, headers=auth_headers("X26ABC2"), timeout=10).content == data
     # the same plan and seed flip the same byte
     again = threaded_server(rules="sandbox", faults=plan)
     second_id = send(again, data)
     second_url = f"{again.url}/messageexchange/X26ABC2/inbox/{second_id}"
     with pytest.raises(requests.exceptions.ChunkedEncodingError):
-        requests.get(second_url, headers=head("X26ABC2"), timeout=10).content  # noqa: B018
-    requests.get(second_url, headers=head("X26ABC2"), timeout=10)
+        requests.get(second_url, headers=auth_headers("X26ABC2"), timeout=10).content  # noqa: B018
+    requests.get(second_url, headers=auth_headers("X26ABC2"), timeout=10)
     assert again.fault_log[1]["offset"] == server.fault_log[1]["offset"]
 
 
@@ -130,12 +127,12 @@ def test_lost_acknowledgement(threaded_server: Start, applied: bool) -> None:
     message_id = send(server)
     ack = f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}/status/acknowledged"
     with pytest.raises(requests.ConnectionError):
-        requests.put(ack, headers=head("X26ABC2"), timeout=10)
+        requests.put(ack, headers=auth_headers("X26ABC2"), timeout=10)
     inbox = requests.get(
-        f"{server.url}/messageexchange/X26ABC2/inbox", headers=head("X26ABC2"), timeout=10
+        f"{server.url}/messageexchange/X26ABC2/inbox", headers=auth_headers("X26ABC2"), timeout=10
     )
     assert (message_id in inbox.json()["messages"]) is not applied
-    assert requests.put(ack, headers=head("X26ABC2"), timeout=10).status_code == 200
+    assert requests.put(ack, headers=auth_headers("X26ABC2"), timeout=10).status_code == 200
     assert server.fault_log == [
         {
             "fault": "lost_ack",
@@ -157,7 +154,7 @@ def test_stall_before_a_request_and_mid_download(threaded_server: Start) -> None
     server = threaded_server(rules="sandbox", faults=plan)
     handshake = requests.post(
         f"{server.url}/messageexchange/X26ABC1",
-        headers=head(
+        headers=auth_headers(
             "X26ABC1", **{"mex-ClientVersion": "t", "mex-OSName": "l", "mex-OSVersion": "1"}
         ),
         timeout=10,
@@ -166,7 +163,7 @@ def test_stall_before_a_request_and_mid_download(threaded_server: Start) -> None
     message_id = send(server, b"stalled data")
     download = requests.get(
         f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}",
-        headers=head("X26ABC2"),
+        headers=auth_headers("X26ABC2"),
         timeout=10,
     )
     assert download.content == b"stalled data"
@@ -189,7 +186,7 @@ def test_plan_from_json_file_and_admin_api(threaded_server: Start, tmp_path: Pat
     )
     assert put.status_code == 200
     inbox = requests.get(
-        f"{server.url}/messageexchange/X26ABC2/inbox", headers=head("X26ABC2"), timeout=10
+        f"{server.url}/messageexchange/X26ABC2/inbox", headers=auth_headers("X26ABC2"), timeout=10
     )
     assert inbox.status_code == 500
     state = requests.get(f"{server.url}/messageexchange/admin/faults", timeout=10).json()

@@ -18,9 +18,9 @@ from meshpipe.errors import MeshpipeError
 from meshpipe.retry import RetryPolicy
 from meshpipe.server import Fault, FaultPlan, LocalMeshServer
 from meshpipe.transfer import receive_message, send_file
+from meshpipe.units import MiB
+from tests.peers import SANDBOX_SHARED_KEY
 
-MiB = 1024 * 1024
-KEY = "TestKey"
 CHUNK = 5 * MiB
 FAST_RETRY = ClientSettings(retry=RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05))
 
@@ -40,12 +40,12 @@ def rules(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def server(request: pytest.FixtureRequest, rules: str) -> AsyncIterator[LocalMeshServer]:
     plan: FaultPlan = request.param
-    async with LocalMeshServer(rules=rules, shared_key=KEY, faults=plan) as running:
+    async with LocalMeshServer(rules=rules, shared_key=SANDBOX_SHARED_KEY, faults=plan) as running:
         yield running
 
 
 def client(server: LocalMeshServer, mailbox: str) -> MeshClient:
-    return MeshClient(MeshConfig(server.url, mailbox, "password", KEY), FAST_RETRY)
+    return MeshClient(MeshConfig(server.url, mailbox, "password", SANDBOX_SHARED_KEY), FAST_RETRY)
 
 
 async def sent_messages(server: LocalMeshServer) -> list[str]:

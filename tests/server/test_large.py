@@ -8,13 +8,11 @@ import socket
 import pytest
 import xxhash
 
-from meshpipe.auth import make_token
+from meshpipe.memory import peak_rss
 from meshpipe.server import synthetic_xxh3_128
-from meshpipe.server.process import peak_rss
+from meshpipe.units import MiB
+from tests.peers import token
 from tests.server.processes import serve_with
-
-MiB = 1024 * 1024
-KEY = "TestKey"
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -47,9 +45,8 @@ def test_discard_and_synthetic_memory_is_flat_in_message_size() -> None:
     chunks = 48  # 3 GiB
     with serve_with("--store", "discard") as (url, process):
         port = int(url.rsplit(":", 1)[1])
-        token = lambda: make_token("X26ABC1", "password", KEY, nonce=os.urandom(8).hex())  # noqa: E731
         first = {
-            "Authorization": token(),
+            "Authorization": token("X26ABC1", nonce=os.urandom(8).hex()),
             "mex-To": "X26ABC2",
             "mex-WorkflowID": "W",
             "mex-Chunk-Range": f"1:{chunks}",
@@ -58,14 +55,17 @@ def test_discard_and_synthetic_memory_is_flat_in_message_size() -> None:
             "messageID"
         ]
         for number in range(2, chunks + 1):
-            headers = {"Authorization": token(), "mex-Chunk-Range": f"{number}:{chunks}"}
+            headers = {
+                "Authorization": token("X26ABC1", nonce=os.urandom(8).hex()),
+                "mex-Chunk-Range": f"{number}:{chunks}",
+            }
             post(port, f"/messageexchange/X26ABC1/outbox/{message_id}/{number}", headers, chunk)
         after_upload = peak_rss_mib(process.pid)
         digest = xxhash.xxh3_128()
         buffer = bytearray(MiB)
         for number in range(1, chunks + 1):
             with socket.create_connection(("127.0.0.1", port)) as sock:
-                auth = make_token("X26ABC2", "password", KEY, nonce=os.urandom(8).hex())
+                auth = token("X26ABC2", nonce=os.urandom(8).hex())
                 path = f"/messageexchange/X26ABC2/inbox/{message_id}/{number}"
                 request = f"GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\n"
                 sock.sendall(f"{request}Connection: close\r\n\r\n".encode())

@@ -13,27 +13,21 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 
-from meshpipe.auth import make_token
 from meshpipe.server import LocalMeshServer
+from tests.peers import SANDBOX_SHARED_KEY, token
 
-KEY = "TestKey"
 V2 = "application/vnd.mesh.v2+json"
-
-
-def auth(mailbox: str, **kwargs: Any) -> str:
-    return make_token(mailbox, "password", KEY, **kwargs)
 
 
 def send(
     server: LocalMeshServer, data: bytes, *, sender: str = "X26ABC1", **extra: str
 ) -> requests.Response:
     head = {
-        "Authorization": auth(sender),
+        "Authorization": token(sender),
         "Accept": V2,
         "mex-To": "X26ABC2",
         "mex-WorkflowID": "TEST_WORKFLOW",
@@ -48,7 +42,7 @@ def chunk(
     server: LocalMeshServer, message_id: str, number: int, total: int, data: bytes, **extra: str
 ) -> requests.Response:
     head = {
-        "Authorization": auth("X26ABC1"),
+        "Authorization": token("X26ABC1"),
         "Accept": V2,
         "mex-Chunk-Range": f"{number}:{total}",
         **extra,
@@ -120,15 +114,15 @@ def test_workflow_entitlements(threaded_server: Start) -> None:
 def test_tokens_are_single_use_and_timely_under_strict_rules(threaded_server: Start) -> None:
     server = threaded_server(rules="strict")
     inbox = f"{server.url}/messageexchange/X26ABC1/inbox"
-    token = auth("X26ABC1")
-    assert requests.get(inbox, headers={"Authorization": token}, timeout=10).status_code == 200
-    replay = requests.get(inbox, headers={"Authorization": token}, timeout=10)
+    once = token("X26ABC1")
+    assert requests.get(inbox, headers={"Authorization": once}, timeout=10).status_code == 200
+    replay = requests.get(inbox, headers={"Authorization": once}, timeout=10)
     assert replay.status_code == 403
     assert replay.json()["errorDescription"] == "Error Duplicated Authentication Token"
-    old = auth("X26ABC1", now=datetime.now(UTC) - timedelta(hours=3))
+    old = token("X26ABC1", now=datetime.now(UTC) - timedelta(hours=3))
     assert requests.get(inbox, headers={"Authorization": old}, timeout=10).status_code == 403
     nonce = str(uuid.uuid4())
-    fresh = [auth("X26ABC1", nonce=nonce, nonce_count=n) for n in range(3)]
+    fresh = [token("X26ABC1", nonce=nonce, nonce_count=n) for n in range(3)]
     assert all(
         requests.get(inbox, headers={"Authorization": t}, timeout=10).status_code == 200
         for t in fresh
@@ -136,10 +130,10 @@ def test_tokens_are_single_use_and_timely_under_strict_rules(threaded_server: St
     lenient = threaded_server(rules="sandbox")
     lenient_inbox = f"{lenient.url}/messageexchange/X26ABC1/inbox"
     assert (
-        requests.get(lenient_inbox, headers={"Authorization": token}, timeout=10).status_code == 200
+        requests.get(lenient_inbox, headers={"Authorization": once}, timeout=10).status_code == 200
     )
     assert (
-        requests.get(lenient_inbox, headers={"Authorization": token}, timeout=10).status_code == 200
+        requests.get(lenient_inbox, headers={"Authorization": once}, timeout=10).status_code == 200
     )
     assert (
         requests.get(lenient_inbox, headers={"Authorization": old}, timeout=10).status_code == 200
@@ -154,10 +148,10 @@ def test_auth_modes(threaded_server: Start) -> None:
     )
     canned = threaded_server(auth_mode="canned")
     inbox = f"{canned.url}/messageexchange/X26ABC1/inbox"
-    good = auth("X26ABC1", nonce="VALID")
+    good = token("X26ABC1", nonce="VALID")
     assert requests.get(inbox, headers={"Authorization": good}, timeout=10).status_code == 200
     assert (
-        requests.get(inbox, headers={"Authorization": auth("X26ABC1")}, timeout=10).status_code
+        requests.get(inbox, headers={"Authorization": token("X26ABC1")}, timeout=10).status_code
         == 403
     )
 
@@ -169,7 +163,7 @@ def test_corrupt_gzip_is_refused_and_nothing_is_stored(threaded_server: Start) -
     assert answer.status_code == 400
     inbox = requests.get(
         f"{server.url}/messageexchange/X26ABC2/inbox",
-        headers={"Authorization": auth("X26ABC2")},
+        headers={"Authorization": token("X26ABC2")},
         timeout=10,
     )
     assert inbox.json() == {"messages": []}
@@ -186,7 +180,7 @@ def test_last_chunk_before_the_others_keeps_the_message_uploading(threaded_serve
     assert chunk(server, message_id, 3, 3, b"3").status_code == 202
     download = requests.get(
         f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}/3",
-        headers={"Authorization": auth("X26ABC2")},
+        headers={"Authorization": token("X26ABC2")},
         timeout=10,
     )
     assert download.status_code == 200 and download.content == b"3"
@@ -197,13 +191,17 @@ def test_mesh_client_works_under_strict_rules(threaded_server: Start) -> None:
     from mesh_client import MeshClient
 
     server = threaded_server(rules="strict")
-    with MeshClient(server.url, "X26ABC1", "password", shared_key=KEY.encode()) as sender:
+    with MeshClient(
+        server.url, "X26ABC1", "password", shared_key=SANDBOX_SHARED_KEY.encode()
+    ) as sender:
         sender.handshake()
         message_id = sender.send_message("X26ABC2", b"strict" * 100, workflow_id="TEST_WORKFLOW")
         assert (
             sender.lookup_endpoint("X26", "TEST_WORKFLOW")["results"][0]["mailbox_id"] == "X26ABC2"
         )
-    with MeshClient(server.url, "X26ABC2", "password", shared_key=KEY.encode()) as receiver:
+    with MeshClient(
+        server.url, "X26ABC2", "password", shared_key=SANDBOX_SHARED_KEY.encode()
+    ) as receiver:
         assert receiver.list_messages() == [message_id]
         with receiver.retrieve_message(message_id) as message:
             assert message.read() == b"strict" * 100
@@ -240,7 +238,7 @@ def test_middle_chunks_concurrently_and_out_of_order(threaded_server: Start) -> 
     got = [
         requests.get(
             f"{server.url}/messageexchange/X26ABC2/inbox/{message_id}/{n}",
-            headers={"Authorization": auth("X26ABC2")},
+            headers={"Authorization": token("X26ABC2")},
             timeout=10,
         ).content
         for n in range(1, 11)
@@ -261,7 +259,7 @@ def test_client_disconnect_mid_chunk_leaves_nothing(
         head = (
             "POST /messageexchange/X26ABC1/outbox HTTP/1.1\r\nHost: t\r\n"
             "Content-Length: 5000000\r\n"
-            f"Authorization: {auth('X26ABC1')}\r\nmex-To: X26ABC2\r\nmex-WorkflowID: W\r\n\r\n"
+            f"Authorization: {token('X26ABC1')}\r\nmex-To: X26ABC2\r\nmex-WorkflowID: W\r\n\r\n"
         )
         sock.sendall(head.encode() + b"x" * 100_000)
     # The server logs the client's going once it has cleaned up; wait for that, not a timer.
@@ -281,8 +279,8 @@ def test_mesh_client_retries_reuse_the_token_so_strict_rules_refuse_them(
     threaded_server: Start,
 ) -> None:
     """A fact about NHS's mesh-client 5.0.2: urllib3 re-sends a failed chunk with the same
-    Authorization header. Single-use tokens (live, per the spec; --rules strict) refuse the
-    retry with 403; the sandbox accepts it."""
+    Authorization header. Single-use tokens (the live platform refuses a reused one; --rules
+    strict) refuse the retry with 403; the sandbox accepts it."""
     from mesh_client import MeshClient
 
     from meshpipe.server import Fault, FaultPlan
@@ -292,7 +290,11 @@ def test_mesh_client_retries_reuse_the_token_so_strict_rules_refuse_them(
         plan = FaultPlan((Fault("reset", route="send_chunk", chunk=2, after_bytes=100),))
         server = threaded_server(rules=rules, faults=plan, min_chunk_size=1000)
         with MeshClient(
-            server.url, "X26ABC1", "password", shared_key=KEY.encode(), max_chunk_size=1000
+            server.url,
+            "X26ABC1",
+            "password",
+            shared_key=SANDBOX_SHARED_KEY.encode(),
+            max_chunk_size=1000,
         ) as mesh:
             try:
                 mesh.send_message("X26ABC2", b"x" * 2500, workflow_id="TEST_WORKFLOW")

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshpipe.server.responses import AcceptHeaderError, api_version
-from meshpipe.server.routes import parse_chunk_range, workflow_predicate
+from meshpipe.server.negotiation import AcceptHeaderError, api_version
+from meshpipe.server.routes import chunk_range_for, workflow_predicate
 
 sandbox_inbox = pytest.importorskip("mesh_sandbox.handlers.inbox")
 sandbox_outbox = pytest.importorskip("mesh_sandbox.handlers.outbox")
@@ -40,7 +40,7 @@ chunk_ranges = st.one_of(
 @given(chunk_ranges, st.integers(1, 12))
 def test_chunk_range_rules_match_the_sandbox(value: str, url_number: int) -> None:
     error, number, total = sandbox_outbox.get_chunk_range(value, url_number)
-    ours = parse_chunk_range(value, url_number)
+    ours = chunk_range_for(value, url_number)
     if error:
         assert ours is None, (value, url_number)
     else:

@@ -13,8 +13,8 @@ from urllib.parse import urlparse
 
 import requests
 
-from meshpipe.auth import make_token
-from tests.server.processes import KEY, serve_with
+from tests.peers import auth_headers
+from tests.server.processes import serve_with
 
 
 @contextmanager
@@ -23,17 +23,9 @@ def serve(data_dir: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
         yield running
 
 
-def head(mailbox: str, **extra: str) -> dict[str, str]:
-    return {
-        "Authorization": make_token(mailbox, "password", KEY),
-        "Accept": "application/vnd.mesh.v2+json",
-        **extra,
-    }
-
-
 def inbox(url: str) -> list[str]:
     answer = requests.get(
-        f"{url}/messageexchange/X26ABC2/inbox", headers=head("X26ABC2"), timeout=10
+        f"{url}/messageexchange/X26ABC2/inbox", headers=auth_headers("X26ABC2"), timeout=10
     )
     return list(answer.json()["messages"])
 
@@ -66,7 +58,9 @@ def kill(process: subprocess.Popen[str]) -> None:
 
 def test_sigkill_mid_upload_and_after_acceptance(tmp_path: Path) -> None:
     data_dir = tmp_path / "store"
-    send_headers = head("X26ABC1", **{"mex-To": "X26ABC2", "mex-WorkflowID": "TEST_WORKFLOW"})
+    send_headers = auth_headers(
+        "X26ABC1", **{"mex-To": "X26ABC2", "mex-WorkflowID": "TEST_WORKFLOW"}
+    )
     with serve(data_dir) as (url, process):
         accepted = requests.post(
             f"{url}/messageexchange/X26ABC1/outbox", headers=send_headers, data=b"kept", timeout=10
@@ -83,7 +77,7 @@ def test_sigkill_mid_upload_and_after_acceptance(tmp_path: Path) -> None:
         sock = start_partial_upload(
             url,
             f"/messageexchange/X26ABC1/outbox/{chunked_id}/2",
-            {**head("X26ABC1"), "mex-Chunk-Range": "2:2"},
+            {**auth_headers("X26ABC1"), "mex-Chunk-Range": "2:2"},
             declared=4 * 1024 * 1024,
             sent=1024 * 1024,
         )
@@ -94,21 +88,21 @@ def test_sigkill_mid_upload_and_after_acceptance(tmp_path: Path) -> None:
         assert inbox(url) == [accepted_id]
         download = requests.get(
             f"{url}/messageexchange/X26ABC2/inbox/{accepted_id}",
-            headers=head("X26ABC2"),
+            headers=auth_headers("X26ABC2"),
             timeout=10,
         )
         assert download.content == b"kept"
         assert not list(data_dir.glob("*/in/*/.*.part"))  # leftovers removed on load
         tracking = requests.get(
             f"{url}/messageexchange/X26ABC1/outbox/tracking?messageID={chunked_id}",
-            headers=head("X26ABC1"),
+            headers=auth_headers("X26ABC1"),
             timeout=10,
         )
         assert tracking.json()["status"] == "uploading"
         # the client resumes: chunk 2 again, then the message is complete
         second = requests.post(
             f"{url}/messageexchange/X26ABC1/outbox/{chunked_id}/2",
-            headers={**head("X26ABC1"), "mex-Chunk-Range": "2:2"},
+            headers={**auth_headers("X26ABC1"), "mex-Chunk-Range": "2:2"},
             data=b"second",
             timeout=10,
         )
@@ -120,7 +114,7 @@ def test_sigkill_mid_upload_and_after_acceptance(tmp_path: Path) -> None:
         parts = [
             requests.get(
                 f"{url}/messageexchange/X26ABC2/inbox/{chunked_id}/{n}",
-                headers=head("X26ABC2"),
+                headers=auth_headers("X26ABC2"),
                 timeout=10,
             ).content
             for n in (1, 2)
@@ -134,7 +128,7 @@ def test_sigkill_during_a_single_chunk_message_leaves_nothing(tmp_path: Path) ->
         sock = start_partial_upload(
             url,
             "/messageexchange/X26ABC1/outbox",
-            head("X26ABC1", **{"mex-To": "X26ABC2", "mex-WorkflowID": "TEST_WORKFLOW"}),
+            auth_headers("X26ABC1", **{"mex-To": "X26ABC2", "mex-WorkflowID": "TEST_WORKFLOW"}),
             declared=8 * 1024 * 1024,
             sent=2 * 1024 * 1024,
         )
@@ -144,7 +138,9 @@ def test_sigkill_during_a_single_chunk_message_leaves_nothing(tmp_path: Path) ->
     with serve(data_dir) as (url, _):
         assert inbox(url) == []
         rich = requests.get(
-            f"{url}/messageexchange/X26ABC1/outbox/rich", headers=head("X26ABC1"), timeout=10
+            f"{url}/messageexchange/X26ABC1/outbox/rich",
+            headers=auth_headers("X26ABC1"),
+            timeout=10,
         )
         assert rich.json()["messages"] == []
 
@@ -153,38 +149,43 @@ def test_takes_over_a_mesh_sandbox_data_directory(tmp_path: Path) -> None:
     """Messages mesh-sandbox's file store wrote are served by meshpipe serve on the same dir."""
     import gzip
 
-    from tests.peers import run_sandbox
+    from tests.peers import SANDBOX_SHARED_KEY, run_sandbox
 
     data_dir = tmp_path / "shared"
-    with run_sandbox(data_dir, shared_key=KEY) as sandbox:
+    with run_sandbox(data_dir, shared_key=SANDBOX_SHARED_KEY) as sandbox:
         url = f"{sandbox.url}/messageexchange"
         send = {"mex-To": "X26ABC2", "mex-WorkflowID": "TEST_WORKFLOW"}
         gz = {**send, "mex-Chunk-Range": "1:2", "Content-Encoding": "gzip", "mex-Subject": "S"}
         chunked = requests.post(
             f"{url}/X26ABC1/outbox",
-            headers=head("X26ABC1", **gz),
+            headers=auth_headers("X26ABC1", **gz),
             data=gzip.compress(b"one"),
             timeout=10,
         )
         chunked_id = chunked.json()["message_id"]
         requests.post(
             f"{url}/X26ABC1/outbox/{chunked_id}/2",
-            headers=head("X26ABC1", **{"mex-Chunk-Range": "2:2", "Content-Encoding": "gzip"}),
+            headers=auth_headers(
+                "X26ABC1", **{"mex-Chunk-Range": "2:2", "Content-Encoding": "gzip"}
+            ),
             data=gzip.compress(b"two"),
             timeout=10,
         )
         acked = requests.post(
-            f"{url}/X26ABC1/outbox", headers=head("X26ABC1", **send), data=b"done", timeout=10
+            f"{url}/X26ABC1/outbox",
+            headers=auth_headers("X26ABC1", **send),
+            data=b"done",
+            timeout=10,
         )
         acked_id = acked.json()["message_id"]
         requests.put(
             f"{url}/X26ABC2/inbox/{acked_id}/status/acknowledged",
-            headers=head("X26ABC2"),
+            headers=auth_headers("X26ABC2"),
             timeout=10,
         )
         partial = requests.post(
             f"{url}/X26ABC1/outbox",
-            headers=head("X26ABC1", **send, **{"mex-Chunk-Range": "1:2"}),
+            headers=auth_headers("X26ABC1", **send, **{"mex-Chunk-Range": "1:2"}),
             data=b"half",
             timeout=10,
         )
@@ -193,21 +194,21 @@ def test_takes_over_a_mesh_sandbox_data_directory(tmp_path: Path) -> None:
         assert inbox(url) == [chunked_id]
         first = requests.get(
             f"{url}/messageexchange/X26ABC2/inbox/{chunked_id}",
-            headers=head("X26ABC2", **{"Accept-Encoding": "identity"}),
+            headers=auth_headers("X26ABC2", **{"Accept-Encoding": "identity"}),
             timeout=10,
         )
         assert first.status_code == 206 and first.content == b"one"
         assert first.headers["mex-Subject"] == "S"
         tracking = requests.get(
             f"{url}/messageexchange/X26ABC1/outbox/tracking?messageID={acked_id}",
-            headers=head("X26ABC1"),
+            headers=auth_headers("X26ABC1"),
             timeout=10,
         )
         assert tracking.json()["status"] == "acknowledged"
         # an upload the sandbox left half done is finished against meshpipe
         rest = requests.post(
             f"{url}/messageexchange/X26ABC1/outbox/{partial_id}/2",
-            headers=head("X26ABC1", **{"mex-Chunk-Range": "2:2"}),
+            headers=auth_headers("X26ABC1", **{"mex-Chunk-Range": "2:2"}),
             data=b" and half",
             timeout=10,
         )

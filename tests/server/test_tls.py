@@ -12,8 +12,8 @@ import trustme
 from mesh_client import MeshClient
 
 from meshpipe.server import LocalMeshServer, TLSSettings
+from tests.peers import SANDBOX_SHARED_KEY
 
-KEY = "TestKey"
 Start = Callable[..., LocalMeshServer]
 
 
@@ -46,7 +46,7 @@ def test_mesh_client_over_mutual_tls(threaded_server: Start, pki: dict[str, Path
     server = threaded_server(rules="sandbox", tls=tls)
     assert server.url.startswith("https://")
     cert = (str(pki["client"]), str(pki["client_key"]))
-    options = {"shared_key": KEY.encode(), "cert": cert, "verify": str(pki["ca"])}
+    options = {"shared_key": SANDBOX_SHARED_KEY.encode(), "cert": cert, "verify": str(pki["ca"])}
     with MeshClient(server.url, "X26ABC1", "password", max_chunk_size=1000, **options) as sender:  # type: ignore[arg-type]
         sender.handshake()
         message_id = sender.send_message(
@@ -93,7 +93,11 @@ def test_cli_serves_mutual_tls_and_mesh_client_pages(pki: dict[str, Path]) -> No
     with serve_with(*args) as (url, _):
         assert url.startswith("https://")
         cert = (str(pki["client"]), str(pki["client_key"]))
-        options = {"shared_key": KEY.encode(), "cert": cert, "verify": str(pki["ca"])}
+        options = {
+            "shared_key": SANDBOX_SHARED_KEY.encode(),
+            "cert": cert,
+            "verify": str(pki["ca"]),
+        }
         with MeshClient(url, "X26ABC1", "password", **options) as sender:  # type: ignore[arg-type]
             sent = [
                 sender.send_message("X26ABC2", b"%d" % i, workflow_id="TEST_WORKFLOW")

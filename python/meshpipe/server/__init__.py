@@ -1,13 +1,17 @@
 """A local MESH server: the embedded default for demos, the benchmark harness (discard and
 synthetic modes), fault injection for tests, and a drop-in replacement for NHS's mesh-sandbox.
 
-This package imports neither the native engine nor meshpipe's top-level re-exports.
+Its modules import only the low layers of the client side (``meshpipe.errors``, ``units``,
+``headers``, ``auth``, ``models``, ``synthetic``), never the client, retry, transfer or CLI
+modules. Importing it still runs ``meshpipe/__init__.py`` (as importing any submodule does),
+which loads the native engine and meshpipe's top-level re-exports; ``meshpipe.units`` takes
+MESH's limits from the native engine too.
 """
 
+from meshpipe.errors import ConfigError
 from meshpipe.server.config import (
     DEFAULT_MAILBOXES,
     DEFAULT_WORKFLOWS,
-    ConfigError,
     Mailbox,
     ServerConfig,
     TLSSettings,
@@ -16,9 +20,10 @@ from meshpipe.server.config import (
     load_workflows,
 )
 from meshpipe.server.faults import Fault, FaultPlan, FaultPlanError
+from meshpipe.server.local_server import LocalMeshServer
 from meshpipe.server.models import Clock
-from meshpipe.server.server import LocalMeshServer
-from meshpipe.server.synthetic import (
+from meshpipe.server.rules import RuleSet
+from meshpipe.server.streaming import (
     synthetic_bytes,
     synthetic_checksum,
     synthetic_pieces,
@@ -36,6 +41,7 @@ __all__ = [
     "FaultPlanError",
     "LocalMeshServer",
     "Mailbox",
+    "RuleSet",
     "ServerConfig",
     "ServerThread",
     "TLSSettings",

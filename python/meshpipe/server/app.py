@@ -1,4 +1,5 @@
-"""The aiohttp application: routes, the fault-injection and error-mapping middleware."""
+"""The aiohttp application: the routes, and the two middlewares every request passes through:
+the fault plan's request-level faults, then the one place refusals become responses."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from meshpipe.server.admin import AdminRoutes
-from meshpipe.server.responses import internal_error, json_response
+from meshpipe.server.authorize import Authenticator
+from meshpipe.server.config import ServerConfig
+from meshpipe.server.faults import FIRINGS, FaultInjector, cut_connection
+from meshpipe.server.mailroom import Mailroom
+from meshpipe.server.negotiation import api_version_or_1, json_response
+from meshpipe.server.refusals import Refusal
 from meshpipe.server.routes import MeshRoutes
-from meshpipe.server.state import FIRINGS, STATE_KEY, Refusal, ServerState
 
 log = logging.getLogger("meshpipe.server")
 
@@ -34,65 +39,72 @@ def _fault_route(request: web.Request) -> tuple[str, int | None]:
     return route, chunk
 
 
-def make_middleware(state: ServerState) -> Middleware:
+def fault_middleware(faults: FaultInjector) -> Middleware:
+    """Count the request against the fault plan; apply the faults that act before a handler
+    (status answers, resets, stalls without a byte count) and leave the body faults to it."""
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         route, chunk = _fault_route(request)
-        if route and state.faults.plan.faults:
-            mailbox = request.match_info.get("mailbox", "").upper() or None
-            fired = state.faults.match(route, chunk=chunk, mailbox=mailbox)
-            request[FIRINGS] = fired
-            for firing in fired:
-                fault = firing.fault
-                if fault.kind == "stall" and not fault.after_bytes:
-                    state.faults.record(
-                        firing, route, chunk=chunk, seconds=fault.seconds, path=request.path
-                    )
-                    await asyncio.sleep(fault.seconds)
-            for firing in fired:
-                fault = firing.fault
-                if fault.kind == "status":
-                    headers = (
-                        {"Retry-After": str(fault.retry_after)}
-                        if fault.retry_after is not None
-                        else None
-                    )
-                    state.faults.record(
-                        firing, route, chunk=chunk, status=fault.status, path=request.path
-                    )
-                    return internal_error(fault.status, headers=headers)
-                if fault.kind == "reset" and (route not in BODY_ROUTES or not fault.after_bytes):
-                    state.faults.record(
-                        firing, route, chunk=chunk, after_bytes=0, path=request.path
-                    )
-                    if request.transport is not None:
-                        request.transport.abort()
-                    return web.Response(status=499)
-        try:
+        if not route or not faults.plan.faults:
             return await handler(request)
-        except Refusal as refusal:
-            return refusal.response
-        except web.HTTPException as exc:
-            if exc.status >= 400:
-                # Like the sandbox (Starlette) for paths and methods it has no route for.
-                return json_response({"detail": exc.reason}, status=exc.status)
-            raise
-        except ConnectionResetError:
-            # The client went away mid-request (its upload was discarded); nothing to answer.
-            log.info("client disconnected during %s %s", request.method, request.path)
-            return web.Response(status=499)
-        except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            return internal_error(500)
+        mailbox = request.match_info.get("mailbox", "").upper() or None
+        fired = faults.match(route, chunk=chunk, mailbox=mailbox)
+        request[FIRINGS] = fired
+        for firing in fired:
+            fault = firing.fault
+            if fault.kind == "stall" and not fault.after_bytes:
+                faults.record(firing, route, chunk=chunk, seconds=fault.seconds, path=request.path)
+                await asyncio.sleep(fault.seconds)
+        for firing in fired:
+            fault = firing.fault
+            if fault.kind == "status":
+                faults.record(firing, route, chunk=chunk, status=fault.status, path=request.path)
+                retry = None
+                if fault.retry_after is not None:
+                    retry = {"Retry-After": str(fault.retry_after)}
+                return Refusal(fault.status, "internal", headers=retry).render(1)
+            if fault.kind == "reset" and (route not in BODY_ROUTES or not fault.after_bytes):
+                faults.record(firing, route, chunk=chunk, after_bytes=0, path=request.path)
+                return cut_connection(request)
+        return await handler(request)
 
     return middleware
 
 
-def build_app(state: ServerState) -> web.Application:
-    app = web.Application(middlewares=[make_middleware(state)], client_max_size=16 * 1024 * 1024)
-    app[STATE_KEY] = state
-    mesh = MeshRoutes(state)
+@web.middleware
+async def refusal_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refusals (from any layer) as MESH answers them, in the API version the request asked
+    for (the admin API has no versions: v1); other errors as the sandbox gives them."""
+    try:
+        return await handler(request)
+    except Refusal as refusal:
+        log.info("refused %s %s: %s", request.method, request.path, refusal)
+        admin = (request.match_info.route.name or "").startswith("admin:")
+        return refusal.render(1 if admin else api_version_or_1(request))
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            # Like the sandbox (Starlette) for paths and methods it has no route for.
+            return json_response({"detail": exc.reason}, status=exc.status)
+        raise
+    except ConnectionResetError:
+        # The client went away mid-request (its upload was discarded); nothing to answer.
+        log.info("client disconnected during %s %s", request.method, request.path)
+        return web.Response(status=499)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return Refusal(500, "internal").render(1)
+
+
+def build_app(
+    config: ServerConfig, mailroom: Mailroom, authenticator: Authenticator, faults: FaultInjector
+) -> web.Application:
+    app = web.Application(
+        middlewares=[refusal_middleware, fault_middleware(faults)],
+        client_max_size=16 * 1024 * 1024,
+    )
+    mesh = MeshRoutes(config, mailroom, authenticator, faults)
     mesh.register(app)
-    AdminRoutes(state).register(app)
+    AdminRoutes(mailroom, faults).register(app)
     mesh.register_mailbox_routes(app)
     return app

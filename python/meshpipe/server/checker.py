@@ -13,7 +13,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from meshpipe.server.config import MiB
+from meshpipe.units import MiB
 
 
 def _inflate_module() -> Any:

@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from meshpipe.errors import ConfigError
 from meshpipe.server.config import (
-    RULES,
     STORE_MODES,
-    ConfigError,
     ServerConfig,
     TLSSettings,
     env_defaults,
@@ -27,7 +26,8 @@ from meshpipe.server.config import (
     load_workflows,
 )
 from meshpipe.server.faults import FaultPlan, FaultPlanError
-from meshpipe.server.server import LocalMeshServer
+from meshpipe.server.local_server import LocalMeshServer
+from meshpipe.server.rules import RULES
 
 DEFAULT_PORT = 8700
 SANDBOX_DEFAULT_SHARED_KEY = "Banana"

@@ -10,37 +10,29 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
+from meshpipe.errors import ConfigError
+from meshpipe.server.rules import RULES, TOKEN_WINDOW_SECONDS, RuleSet, RulesName
+from meshpipe.units import MAX_FILE_SIZE, MAX_REQUEST_SIZE, MIN_CHUNK_SIZE
 
 StoreMode = Literal["memory", "dir", "discard"]
-Rules = Literal["strict", "sandbox"]
 AuthMode = Literal["full", "none", "canned"]
 
 STORE_MODES: tuple[str, ...] = ("memory", "dir", "discard")
-RULES: tuple[str, ...] = ("strict", "sandbox")
 AUTH_MODES: tuple[str, ...] = ("full", "none", "canned")
 
 DEFAULT_SHARED_KEY = "BackBone"
 DEFAULT_PASSWORD = "password"
 
-# The platform's limits (see mesh-protocol.md §0 and §7).
-MIN_CHUNK_SIZE = 5 * MiB
-MAX_REQUEST_SIZE = 100_000_000
-MAX_MESSAGE_SIZE = 50 * 1000**3
+#: A message accepted but not acknowledged for this long becomes undeliverable (an NDR).
 INBOX_EXPIRY_DAYS = 5
+#: Every message is deleted this long after it was sent.
 MESSAGE_RETENTION_DAYS = 30
-TOKEN_WINDOW_SECONDS = 2 * 60 * 60
-
-
-class ConfigError(ValueError):
-    """A settings value or data file is wrong; the message says which and why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +177,27 @@ class TLSSettings:
     client_ca: Path | None = None
     client_cert: Literal["optional", "required"] = "required"
 
+    def server_context(self) -> ssl.SSLContext:
+        """TLS 1.2+; with ``client_ca`` the client must (``required``) or may (``optional``)
+        present a certificate signed by it, as the MESH platform requires."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.cert, self.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load TLS certificate {self.cert} / key: {exc}") from None
+        if self.client_ca is None:
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        try:
+            context.load_verify_locations(cafile=str(self.client_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load client CA {self.client_ca}: {exc}") from None
+        context.verify_mode = (
+            ssl.CERT_REQUIRED if self.client_cert == "required" else ssl.CERT_OPTIONAL
+        )
+        return context
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -196,13 +209,13 @@ class ServerConfig:
     auth_mode: AuthMode = "full"
     store: StoreMode = "memory"
     data_dir: Path | None = None
-    rules: Rules = "strict"
+    rules: RulesName = "strict"
     mailboxes: tuple[Mailbox, ...] = DEFAULT_MAILBOXES
     workflows: tuple[Workflow, ...] = DEFAULT_WORKFLOWS
     tls: TLSSettings | None = None
     min_chunk_size: int = MIN_CHUNK_SIZE
     max_request_size: int = MAX_REQUEST_SIZE
-    max_message_size: int = MAX_MESSAGE_SIZE
+    max_message_size: int = MAX_FILE_SIZE
     inbox_expiry_days: int = INBOX_EXPIRY_DAYS
     retention_days: int = MESSAGE_RETENTION_DAYS
     token_window_seconds: int = TOKEN_WINDOW_SECONDS
@@ -227,8 +240,16 @@ class ServerConfig:
             raise ConfigError("the shared key must not be empty")
 
     @property
-    def strict(self) -> bool:
-        return self.rules == "strict"
+    def rule_set(self) -> RuleSet:
+        """The rules this server follows (``rules``), with this config's limits."""
+        if self.rules == "sandbox":
+            return RuleSet.sandbox()
+        return RuleSet.strict(
+            token_window_seconds=self.token_window_seconds,
+            min_chunk_size=self.min_chunk_size,
+            max_request_size=self.max_request_size,
+            max_message_size=self.max_message_size,
+        )
 
 
 ENV_STORE_MODES = {"memory": "memory", "file": "dir", "dir": "dir", "discard": "discard"}

@@ -32,6 +32,7 @@ Routes: ping, handshake, send (chunk 1), send_chunk (n ≥ 2), inbox, count, hea
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -39,6 +40,8 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from aiohttp import web
 
 log = logging.getLogger("meshpipe.server.faults")
 
@@ -187,3 +190,76 @@ class FaultInjector:
         with self._lock:
             self.log.append(entry)
         log.warning("injected fault %s", json.dumps(entry, sort_keys=True))
+
+
+#: The faults that fired for a request (set by the middleware, read by the streaming code).
+FIRINGS = web.RequestKey("meshpipe_faults", list[Firing])
+
+
+def firings(request: web.Request, kind: str) -> list[Firing]:
+    return [f for f in request.get(FIRINGS, []) if f.fault.kind == kind]
+
+
+class FaultyStream:
+    """The body faults that fired for one request (flip, stall after N bytes, reset after N
+    bytes), applied to its body piece by piece, whichever way the body goes: ``direction`` is
+    ``upload`` or ``download``, as the fault log says. ``length`` (downloads) places a flip
+    drawn from the seed inside the body."""
+
+    def __init__(
+        self,
+        injector: FaultInjector,
+        request: web.Request,
+        direction: Literal["upload", "download"],
+        *,
+        message_id: str,
+        chunk: int,
+        length: int | None = None,
+    ) -> None:
+        self._injector = injector
+        self._direction = direction
+        self._where: dict[str, Any] = {"message_id": message_id, "chunk": chunk}
+        self._stalls = [f for f in firings(request, "stall") if f.fault.after_bytes]
+        self._resets = firings(request, "reset")
+        self._reset_at = min((f.fault.after_bytes for f in self._resets), default=None)
+        self._flips: dict[int, Firing] = {}
+        for firing in firings(request, "flip"):
+            assert firing.flip_position is not None
+            self._flips[firing.flip_position % (length or 1)] = firing
+        self.passed = 0  # body bytes let through so far
+
+    @property
+    def active(self) -> bool:
+        return bool(self._stalls or self._resets or self._flips)
+
+    async def admit(self, piece: bytes) -> tuple[bytes, bool]:
+        """The piece as it goes on (a byte flipped, or cut short), and whether the connection
+        is to be cut after it."""
+        start = self.passed
+        end = start + len(piece)
+        for position in [p for p in self._flips if start <= p < end]:
+            mutable = bytearray(piece)
+            mutable[position - start] ^= 0xFF
+            piece = bytes(mutable)
+            self._record(self._flips.pop(position), offset=position)
+        for stall in [f for f in self._stalls if end >= f.fault.after_bytes]:
+            self._stalls.remove(stall)
+            self._record(stall, seconds=stall.fault.seconds, after_bytes=stall.fault.after_bytes)
+            await asyncio.sleep(stall.fault.seconds)
+        if self._reset_at is not None and end >= self._reset_at:
+            piece = piece[: self._reset_at - start]
+            self.passed += len(piece)
+            self._record(self._resets[0], after_bytes=self._reset_at)
+            return piece, True
+        self.passed = end
+        return piece, False
+
+    def _record(self, firing: Firing, **details: Any) -> None:
+        self._injector.record(firing, self._direction, **self._where, **details)
+
+
+def cut_connection(request: web.Request) -> web.Response:
+    """Abort the request's connection (a fault, or a lost reply); the 499 is never sent."""
+    if request.transport is not None:
+        request.transport.abort()
+    return web.Response(status=499)

@@ -1,13 +1,23 @@
-"""The messages a server holds and the state changes MESH defines for them: create, receive a
-chunk, accept, acknowledge, reports, expiry with non-delivery reports, resets."""
+"""The messages a server holds, the state changes MESH defines for them (send, receive a chunk,
+accept, acknowledge, reports, expiry with non-delivery reports, resets) and MESH's rules for
+each: what breaks one raises a :class:`~meshpipe.server.refusals.Refusal`. The rule set in force
+(:class:`~meshpipe.server.rules.RuleSet`) says which of the optional rules apply.
+
+Handlers parse requests and render answers; every decision about a message is made here.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from meshpipe.headers import SendHeaders
+from meshpipe.server.checker import ChunkChecker, ChunkCheckError
 from meshpipe.server.config import Directory, Mailbox, ServerConfig
 from meshpipe.server.models import (
     ACCEPTED,
@@ -23,6 +33,8 @@ from meshpipe.server.models import (
     Message,
     SyntheticSpec,
 )
+from meshpipe.server.refusals import Refusal
+from meshpipe.server.rules import RuleSet
 from meshpipe.server.store import MessageStore
 
 log = logging.getLogger("meshpipe.server")
@@ -30,8 +42,35 @@ log = logging.getLogger("meshpipe.server")
 NDR_DESCRIPTION = "Message not collected by recipient after {days} days"
 
 
+#: How the mailroom reads a chunk's body: given the message and the chunk number, the body's
+#: pieces as they arrive.
+BodyReader = Callable[[Message, int], AsyncIterable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkUpload:
+    """What a handler parsed from a chunk upload's request, besides the mailbox and (chunk 1)
+    the send headers: ``mex-Chunk-Range`` (None when malformed or not the URL's chunk), the
+    Content-Encoding, the declared body length, and the body."""
+
+    chunk_range: tuple[int, int] | None
+    content_encoding: str
+    content_length: int | None
+    body: BodyReader
+
+
 def new_message_id() -> str:
     return uuid.uuid4().hex.upper()
+
+
+@contextlib.contextmanager
+def _refused_if_malformed(message: Message, number: int) -> Iterator[None]:
+    """A body the checker cannot decode (bad gzip or zstd) is refused: 400."""
+    try:
+        yield
+    except ChunkCheckError as exc:
+        log.warning("chunk %d of %s refused: %s", number, message.message_id, exc)
+        raise Refusal(400, "invalid_file_format", message_id=message.message_id) from None
 
 
 class Mailroom:
@@ -39,19 +78,22 @@ class Mailroom:
         self, config: ServerConfig, directory: Directory, store: MessageStore, clock: Clock
     ) -> None:
         self.config = config
+        self.rules: RuleSet = config.rule_set
         self.directory = directory
         self.store = store
         self.clock = clock
         self.messages: dict[str, Message] = {}
+        # Messages sent from a mailbox since reset: the sender's outbox forgets them, their
+        # recipients keep them (as the sandbox's reset does).
+        self._outbox_forgotten: set[str] = set()
         self.load()
 
     # -- loading and resets -------------------------------------------------------------------
 
     def load(self) -> None:
         self.messages = {}
-        if not self.config.strict:
-            # Like the sandbox: an upper-case directory in the store is a mailbox (password
-            # "password") even when no data file names it.
+        self._outbox_forgotten = set()
+        if self.rules.mailboxes_from_data_dir:
             for name in self.store.mailbox_dirs():
                 self.directory.add(Mailbox(name, "Unknown"))
         loaded = sorted(self.store.load(), key=lambda m: m.created)
@@ -72,11 +114,16 @@ class Mailroom:
             self.messages = {}
 
     def reset_mailbox(self, mailbox_id: str) -> None:
-        """Forget the mailbox's inbox and outbox (and their files)."""
+        """Empty the mailbox's inbox (deleting those messages and their files) and forget its
+        outbox; what it sent stays in its recipients' inboxes."""
+        if self.directory.get(mailbox_id) is None:
+            raise Refusal(404, "mailbox_does_not_exist")
         for message in list(self.messages.values()):
-            if mailbox_id in (message.recipient, message.sender):
+            if message.recipient == mailbox_id:
                 self.store.delete(message)
                 del self.messages[message.message_id]
+            elif message.sender == mailbox_id:
+                self._outbox_forgotten.add(message.message_id)
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -93,7 +140,11 @@ class Mailroom:
 
     def outbox(self, mailbox_id: str) -> list[Message]:
         """Newest first, every status (uploading included)."""
-        return [m for m in reversed(self.messages.values()) if m.sender == mailbox_id]
+        return [
+            m
+            for m in reversed(self.messages.values())
+            if m.sender == mailbox_id and m.message_id not in self._outbox_forgotten
+        ]
 
     def inbox_count(self, mailbox_id: str) -> int:
         return sum(
@@ -106,37 +157,34 @@ class Mailroom:
         self,
         *,
         sender: str,
-        recipient: str,
-        workflow_id: str,
+        headers: SendHeaders,
         total_chunks: int,
-        headers: dict[str, str],
-        content_encoding: str,
-        compressed: bool,
-        encrypted: bool,
+        content_encoding: str = "",
         message_id: str | None = None,
     ) -> Message:
-        """A message object for chunk 1; not registered until ``register``."""
+        """A message object for chunk 1 (``headers.to`` its recipient); not registered until
+        ``register``."""
         now = self.clock.now()
         message_id = message_id or new_message_id()
         return Message(
             message_id=message_id,
             sender=sender,
-            recipient=recipient,
-            workflow_id=workflow_id,
+            recipient=headers.to,
+            workflow_id=headers.workflow_id,
             message_type=DATA,
             total_chunks=total_chunks,
             created=now,
             inbox_expiry=now + timedelta(days=self.config.inbox_expiry_days),
             events=[Event(UPLOADING, now)],
-            subject=headers.get("subject", ""),
-            local_id=headers.get("local_id", ""),
-            partner_id=headers.get("partner_id", ""),
-            file_name=headers.get("file_name") or f"{message_id}.dat",
-            content_type=headers.get("content_type", ""),
+            subject=headers.subject or "",
+            local_id=headers.local_id or "",
+            partner_id=headers.partner_id or "",
+            file_name=headers.filename or f"{message_id}.dat",
+            content_type=headers.content_type or "",
             content_encoding=content_encoding,
-            checksum=headers.get("checksum", ""),
-            encrypted=encrypted,
-            compressed=compressed,
+            checksum=headers.checksum or "",
+            encrypted=bool(headers.encrypted),
+            compressed=bool(headers.compressed),
             discarded=not self.store.keeps_bodies,
         )
 
@@ -213,6 +261,27 @@ class Mailroom:
         self.register(message)
         return message
 
+    def create_ndr(
+        self,
+        *,
+        recipient: Mailbox,
+        workflow_id: str,
+        subject: str | None = None,
+        local_id: str = "",
+        linked_message_id: str | None = None,
+    ) -> Message:
+        """A non-delivery report (code 14) for a message nobody collected in time."""
+        return self.create_report(
+            recipient=recipient,
+            workflow_id=workflow_id,
+            code="14",
+            event="SEND",
+            description=NDR_DESCRIPTION.format(days=self.config.inbox_expiry_days),
+            subject=f"NDR: {subject}" if subject else "NDR",
+            local_id=local_id,
+            linked_message_id=linked_message_id,
+        )
+
     def create_synthetic(
         self,
         *,
@@ -226,23 +295,17 @@ class Mailroom:
         checksum: str = "",
     ) -> Message:
         """An accepted DATA message whose bytes are generated on download (``checksum``: the
-        mex-Content-Checksum it carries, see synthetic.synthetic_checksum)."""
+        mex-Content-Checksum it carries, see streaming.synthetic_checksum)."""
         sizes = spec.chunk_sizes()
-        message = self.new_data_message(
-            sender=sender,
-            recipient=recipient,
+        headers = SendHeaders(
+            to=recipient,
             workflow_id=workflow_id,
-            total_chunks=len(sizes),
-            headers={
-                "subject": subject,
-                "local_id": local_id,
-                "file_name": file_name,
-                "checksum": checksum,
-            },
-            content_encoding="",
-            compressed=False,
-            encrypted=False,
+            subject=subject,
+            local_id=local_id,
+            filename=file_name,
+            checksum=checksum,
         )
+        message = self.new_data_message(sender=sender, headers=headers, total_chunks=len(sizes))
         message.synthetic = spec
         message.discarded = False
         for number, size in enumerate(sizes, start=1):
@@ -250,6 +313,204 @@ class Mailroom:
         message.add_event(Event(ACCEPTED, message.created))
         self.register(message)
         return message
+
+    # -- MESH's rules for the client-facing API ------------------------------------------------
+
+    async def send(self, sender: Mailbox, headers: SendHeaders, upload: ChunkUpload) -> Message:
+        """Chunk 1 of a new message (the whole message when it has one chunk)."""
+        message = self._begin_send(sender, headers, upload)
+        record = await self._receive_chunk(message, 1, upload.body(message, 1))
+        self.add_chunk(message, record)
+        self.register(message, accepted=message.total_chunks == 1)
+        log.info(
+            "created message %s from %s to %s workflow %s chunks %d",
+            message.message_id,
+            message.sender,
+            message.recipient,
+            message.workflow_id,
+            message.total_chunks,
+        )
+        return message
+
+    def _begin_send(self, sender: Mailbox, headers: SendHeaders, upload: ChunkUpload) -> Message:
+        chunk_range = upload.chunk_range
+        content_encoding = upload.content_encoding
+        found = {problem.rule for problem in headers.problems()}
+        if found & {"control_character", "url"}:
+            raise Refusal(400, "malformed_control_file")
+        if "checksum_characters" in found:
+            raise Refusal(400, "invalid_checksum")
+        if not headers.to:
+            raise Refusal(400, "missing_to")
+        if content_encoding and content_encoding != "gzip":
+            raise Refusal(422, "unsupported_encoding")
+        if chunk_range is None or chunk_range[0] != 1:
+            raise Refusal(417, "invalid_chunks")
+        recipient = self.directory.get(headers.to)
+        if recipient is None:
+            raise Refusal(417, "unregistered_recipient")
+        if self.rules.workflow_entitlement and not self.directory.may_send(
+            sender.mailbox_id, recipient.mailbox_id, headers.workflow_id
+        ):
+            raise Refusal(417, "not_registered_for_workflow")
+        self._check_request_size(upload.content_length)
+        return self.new_data_message(
+            sender=sender.mailbox_id,
+            headers=headers.replace(to=recipient.mailbox_id),
+            total_chunks=chunk_range[1],
+            content_encoding=content_encoding,
+        )
+
+    async def send_chunk(
+        self, sender: Mailbox, message_id: str, number: int, upload: ChunkUpload
+    ) -> Message:
+        """Chunk ``number`` ≥ 2 of a message being uploaded; the last one completes it."""
+        message_id = message_id.upper()
+        if upload.chunk_range is None or upload.chunk_range[0] != number:
+            raise Refusal(417, "invalid_chunks", message_id=message_id)
+        message = self.get(message_id)
+        if message is None:
+            raise Refusal(404, "not_found")
+        if message.sender != sender.mailbox_id:
+            raise Refusal(403, "forbidden")
+        if message.status != UPLOADING:
+            raise Refusal(423, "internal")
+        if number > message.total_chunks or message.message_type != DATA:
+            raise Refusal(406, "internal")
+        if upload.content_encoding != message.content_encoding:
+            raise Refusal(417, "encoding_changed")
+        self._check_request_size(upload.content_length)
+        record = await self._receive_chunk(message, number, upload.body(message, number))
+        if message.status != UPLOADING:  # completed while this chunk streamed in
+            raise Refusal(423, "internal")
+        self.add_chunk(message, record)
+        if number < message.total_chunks:
+            self.save(message)
+            return message
+        missing = self.missing_chunks(message)
+        if missing:
+            # Like the sandbox's file store: the last chunk arrived before the others; it is
+            # kept, the message stays uploading, and the last chunk must be sent again.
+            self.save(message)
+            log.warning("last chunk of %s arrived before chunks %s", message_id, missing)
+            raise Refusal(500, "internal")
+        self.accept(message)
+        log.info("message %s complete (%d chunks)", message_id, message.total_chunks)
+        return message
+
+    def _check_request_size(self, length: int | None) -> None:
+        limit = self.rules.max_request_size
+        if limit is not None and length is not None and length >= limit:
+            raise Refusal(413, "request_too_large", maximum=limit)
+
+    async def _receive_chunk(
+        self, message: Message, number: int, body: AsyncIterable[bytes]
+    ) -> ChunkRecord:
+        """Stream the body through the checker into the store (committed only when every rule
+        holds); the decoded size and digest are recorded."""
+        writer = self.store.chunk_writer(message, number)
+        checker = ChunkChecker(message.content_encoding, payload_compressed=message.compressed)
+        limit = self.rules.max_request_size
+        committed = False
+        try:
+            async for piece in body:
+                if limit is not None and checker.stored_size + len(piece) >= limit:
+                    raise Refusal(413, "request_too_large", maximum=limit)
+                with _refused_if_malformed(message, number):
+                    checker.update(piece)
+                writer.write(piece)
+            with _refused_if_malformed(message, number):
+                result = checker.finish()
+            self._check_chunk_size(message, number, result.size)
+            if result.stored_size == 0 and number == 1:
+                raise Refusal(417, "missing_data_file")
+            if number > 1 and message.status != UPLOADING:
+                raise Refusal(423, "internal")  # completed while this chunk streamed in
+            # fsync of a large chunk can take a while: keep the event loop serving meanwhile.
+            await asyncio.to_thread(writer.commit)
+            committed = True
+            return ChunkRecord(
+                number, result.stored_size, result.size, result.xxh3_128, message.content_encoding
+            )
+        finally:
+            if not committed:
+                writer.abort()
+
+    def _check_chunk_size(self, message: Message, number: int, size: int) -> None:
+        smallest = self.rules.min_chunk_size
+        if smallest is not None and number < message.total_chunks and size < smallest:
+            raise Refusal(
+                417,
+                "chunk_too_small",
+                message_id=message.message_id,
+                minimum=smallest,
+                number=number,
+                size=size,
+            )
+        largest = self.rules.max_message_size
+        if largest is not None:
+            earlier = sum(c.size or c.stored_size for n, c in message.chunks.items() if n != number)
+            if earlier + size > largest:
+                raise Refusal(413, "message_too_large", maximum=largest)
+
+    def received(self, mailbox: Mailbox, message_id: str) -> Message:
+        """A message in ``mailbox``'s inbox (any status), for download or acknowledgement."""
+        message = self.get(message_id)
+        if message is None:
+            raise Refusal(404, "does_not_exist")
+        if message.recipient != mailbox.mailbox_id:
+            raise Refusal(403, "forbidden")
+        return message
+
+    def download(
+        self, mailbox: Mailbox, message_id: str, number: int
+    ) -> tuple[Message, ChunkRecord | None]:
+        """The message and its chunk ``number`` to download (no chunk for a REPORT)."""
+        message = self.received(mailbox, message_id)
+        downloadable: tuple[str, ...] = (ACCEPTED, ACKNOWLEDGED)
+        if not self.rules.download_after_acknowledgement:
+            downloadable = (ACCEPTED,)
+        if message.status not in downloadable:
+            raise Refusal(410, "message_gone")
+        if message.message_type != DATA:
+            return message, None
+        record = message.chunks.get(number) if 1 <= number <= message.total_chunks else None
+        if record is None:
+            raise Refusal(404, "does_not_exist")
+        return message, record
+
+    def describe(self, mailbox: Mailbox, message_id: str) -> Message:
+        """A message its sender or recipient may see the headers of (HEAD)."""
+        message = self.get(message_id)
+        if message is None or mailbox.mailbox_id not in (message.recipient, message.sender):
+            raise Refusal(404, "does_not_exist")
+        is_recipient = message.recipient == mailbox.mailbox_id
+        if is_recipient and message.status not in (ACCEPTED, ACKNOWLEDGED):
+            raise Refusal(410, "message_gone")
+        return message
+
+    def sent(self, mailbox: Mailbox, message_id: str) -> Message:
+        """A message ``mailbox`` sent (tracking by message id)."""
+        message = self.get(message_id)
+        if message is None or message.sender != mailbox.mailbox_id:
+            raise Refusal(404, "not_found")
+        return message
+
+    def sent_with_local_id(self, mailbox: Mailbox, local_id: str) -> Message:
+        """The one message in ``mailbox``'s outbox with ``local_id`` (tracking by local id)."""
+        found = [m for m in self.outbox(mailbox.mailbox_id) if m.local_id == local_id]
+        if not found:
+            raise Refusal(404, "not_found")
+        if len(found) > 1:
+            raise Refusal(300, "multiple_choices")
+        return found[0]
+
+    def mailbox(self, mailbox_id: str) -> Mailbox:
+        """A known mailbox (admin API), else 404."""
+        mailbox = self.directory.get(mailbox_id)
+        if mailbox is None:
+            raise Refusal(404, "mailbox_does_not_exist")
+        return mailbox
 
     # -- expiry -------------------------------------------------------------------------------
 
@@ -273,13 +534,10 @@ class Mailroom:
             sender = self.directory.get(message.sender) if message.sender else None
             if message.message_type != DATA or sender is None:
                 continue
-            report = self.create_report(
+            report = self.create_ndr(
                 recipient=sender,
                 workflow_id=message.workflow_id,
-                code="14",
-                event="SEND",
-                description=description,
-                subject=f"NDR: {message.subject}" if message.subject else "NDR",
+                subject=message.subject,
                 local_id=message.local_id,
                 linked_message_id=message.message_id,
             )

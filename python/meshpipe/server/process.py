@@ -1,5 +1,5 @@
 """``meshpipe serve`` as a child process (the demo, tests that kill it or configure it like a
-deployment, benchmarks that measure it on its own core), and a process's peak memory."""
+deployment, benchmarks that measure it on its own core)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import IO
 
 from meshpipe.errors import MeshpipeError
@@ -48,13 +47,3 @@ def server_process(
                 process.wait()
         if process.stdout is not None:
             process.stdout.close()
-
-
-def peak_rss(pid: int | str = "self") -> int:
-    """Peak resident set (VmHWM, bytes) of a process, from the OS. Not ``ru_maxrss``: Linux
-    carries that over from the parent across exec."""
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0

@@ -5,65 +5,43 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import logging
-import re
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
-from meshpipe.headers import CONTROL_CHARACTERS, SEND_HEADER_LIMITS, checksum_is_valid
-from meshpipe.server.authorize import AuthFailure
-from meshpipe.server.bodies import chunk_source, receive_chunk, send_file, stream_body
-from meshpipe.server.config import Mailbox
-from meshpipe.server.models import ACCEPTED, ACKNOWLEDGED, DATA, UPLOADING, Message
-from meshpipe.server.responses import (
-    AUTH_ERRORS,
+from meshpipe.headers import SEND_HEADER_LIMITS, SendHeaders, parse_chunk_range
+from meshpipe.server.authorize import Authenticator
+from meshpipe.server.config import Mailbox, ServerConfig
+from meshpipe.server.faults import FaultInjector, FaultyStream, cut_connection, firings
+from meshpipe.server.mailroom import ChunkUpload, Mailroom
+from meshpipe.server.models import UPLOADING, Message
+from meshpipe.server.negotiation import (
     AcceptHeaderError,
     api_version,
-    description_error,
     empty_response,
-    error_body,
-    internal_error,
     json_response,
-    mesh_error,
-    message_headers,
+)
+from meshpipe.server.refusals import (
+    Refusal,
+    invalid,
     missing,
     out_of_range,
-    rich_item,
     too_long,
     too_short,
-    tracking_body,
-    validation_error,
 )
-from meshpipe.server.state import Refusal, ServerState, firings
-
-log = logging.getLogger("meshpipe.server")
+from meshpipe.server.streaming import chunk_source, request_body, send_stored_chunk, stream_body
+from meshpipe.server.views import message_headers, rich_item, tracking_body
 
 DEFAULT_INBOX_PAGE = 500
-_URL = re.compile(r"^https?://", re.IGNORECASE)
 
-# The send headers by the names the handlers use (limits: meshpipe.headers).
-SEND_HEADERS: dict[str, str] = {
-    "to": "mex-To",
-    "workflow_id": "mex-WorkflowID",
-    "chunk_range": "mex-Chunk-Range",
-    "subject": "mex-Subject",
-    "local_id": "mex-LocalID",
-    "partner_id": "mex-PartnerID",
-    "file_name": "mex-FileName",
-    "encrypted": "mex-Content-Encrypted",
-    "compressed": "mex-Content-Compressed",
-    "checksum": "mex-Content-Checksum",
-    "content_type": "mex-Content-Type",
-}
-
-
-def _truthy(value: str) -> bool:
-    return value.strip().lower() in ("y", "yes", "t", "true", "on", "1")
+#: The raw send headers whose length is validated before anything else (as the sandbox's
+#: request validation does), with mex-To and mex-WorkflowID required to be present.
+REQUIRED_SEND_HEADERS = ("mex-To", "mex-WorkflowID")
 
 
 def encode_cursor(message_id: str) -> str:
@@ -117,28 +95,46 @@ def workflow_predicate(expression: str | None) -> Callable[[str], bool] | None:
     return (lambda w: not test(w)) if negate else test
 
 
-def parse_chunk_range(value: str, url_number: int) -> tuple[int, int] | None:
-    """(n, N) from ``n:N``; None when missing (for n ≥ 2), malformed, out of range or ≠ URL."""
+def chunk_range_for(value: str, url_number: int) -> tuple[int, int] | None:
+    """``mex-Chunk-Range`` of a request to chunk ``url_number``, as mesh-sandbox reads it:
+    (n, N), where an absent value means 1:1 and only for chunk 1, and n must be the URL's; None
+    when it is malformed or does not match."""
     if not value:
         return (1, 1) if url_number == 1 else None
-    parts = value.split(":")
-    if len(parts) != 2:
-        return None
-    try:
-        number, total = (int(p.strip()) for p in parts)
-    except ValueError:
-        return None
-    if not 0 < number <= total or number != url_number:
-        return None
-    return number, total
+    parsed = parse_chunk_range(value) if ":" in value else None
+    return parsed if parsed is not None and parsed[0] == url_number else None
+
+
+def validate_send_headers(headers: Mapping[str, str]) -> None:
+    """400 listing every send header that is too long, and mex-To / mex-WorkflowID when absent
+    (MESH's other rules for them are the mailroom's)."""
+    problems: list[dict[str, Any]] = []
+    for name, longest in SEND_HEADER_LIMITS.items():
+        value = headers.get(name)
+        if value is None and name in REQUIRED_SEND_HEADERS:
+            problems.append(missing("header", name.lower()))
+        elif value is not None and len(value) > longest:
+            problems.append(too_long("header", name.lower(), value, longest))
+    if problems:
+        raise invalid(*problems)
 
 
 class MeshRoutes:
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
-        self.config = state.config
-        self.mailroom = state.mailroom
-        self.directory = state.directory
+    """The handlers: each parses its request, asks the authenticator and the mailroom (which
+    refuse what MESH refuses), and renders the answer."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        mailroom: Mailroom,
+        authenticator: Authenticator,
+        faults: FaultInjector,
+    ) -> None:
+        self.config = config
+        self.mailroom = mailroom
+        self.directory = mailroom.directory
+        self.authenticator = authenticator
+        self.faults = faults
 
     def register(self, app: web.Application) -> None:
         r = app.router
@@ -159,66 +155,57 @@ class MeshRoutes:
         r.add_get(f"{base}/workflowsearch/{{workflow}}", self.workflow_search, name="lookup:search")
 
     def register_mailbox_routes(self, app: web.Application) -> None:
-        r = app.router
         mb = "/messageexchange/{mailbox}"
-        r.add_post(mb, self.handshake, name="handshake")
-        r.add_get(mb, self.handshake, name="handshake:get", allow_head=False)
-        r.add_post(f"{mb}/update", self.update, name="handshake:update")
-        r.add_get(f"{mb}/count", self.count, name="count", allow_head=False)
-        r.add_post(f"{mb}/outbox", self.send, name="send")
-        r.add_get(f"{mb}/outbox/rich", self.rich_outbox, name="rich:outbox", allow_head=False)
-        r.add_get(f"{mb}/outbox/tracking", self.tracking, name="tracking", allow_head=False)
-        r.add_get(
-            f"{mb}/outbox/tracking/{{local_id}}",
-            self.tracking_local,
-            name="tracking:local",
-            allow_head=False,
+        message = f"{mb}/inbox/{{message_id}}"
+        routes: tuple[tuple[str, str, Handler, str], ...] = (
+            ("POST", mb, self.handshake, "handshake"),
+            ("GET", mb, self.handshake, "handshake:get"),
+            ("POST", f"{mb}/update", self.update, "handshake:update"),
+            ("GET", f"{mb}/count", self.count, "count"),
+            ("POST", f"{mb}/outbox", self.send, "send"),
+            ("GET", f"{mb}/outbox/rich", self.rich_outbox, "rich:outbox"),
+            ("GET", f"{mb}/outbox/tracking", self.tracking, "tracking"),
+            ("GET", f"{mb}/outbox/tracking/{{local_id}}", self.tracking_local, "tracking:local"),
+            ("POST", f"{mb}/outbox/{{message_id}}/{{number:\\d+}}", self.send_chunk, "send_chunk"),
+            ("GET", f"{mb}/inbox", self.inbox, "inbox"),
+            ("GET", f"{mb}/inbox/rich", self.rich_inbox, "rich:inbox"),
+            ("HEAD", message, self.head, "head"),
+            ("GET", message, self.download, "download"),
+            ("GET", f"{message}/{{number:-?\\d+}}", self.download, "download:chunk"),
+            ("PUT", f"{message}/status/acknowledged", self.acknowledge, "ack"),
         )
-        r.add_post(
-            f"{mb}/outbox/{{message_id}}/{{number:\\d+}}", self.send_chunk, name="send_chunk"
-        )
-        r.add_get(f"{mb}/inbox", self.inbox, name="inbox", allow_head=False)
-        r.add_get(f"{mb}/inbox/rich", self.rich_inbox, name="rich:inbox", allow_head=False)
-        r.add_head(f"{mb}/inbox/{{message_id}}", self.head, name="head")
-        r.add_get(f"{mb}/inbox/{{message_id}}", self.download, name="download", allow_head=False)
-        r.add_get(
-            f"{mb}/inbox/{{message_id}}/{{number:-?\\d+}}",
-            self.download,
-            name="download:chunk",
-            allow_head=False,
-        )
-        r.add_put(f"{mb}/inbox/{{message_id}}/status/acknowledged", self.acknowledge, name="ack")
+        for method, path, handler, name in routes:
+            app.router.add_route(method, path, handler, name=name)
 
     # -- helpers ------------------------------------------------------------------------------
 
     def authorise(self, request: web.Request) -> Mailbox:
-        result = self.state.authenticator.check(
+        return self.authenticator.check(
             request.match_info["mailbox"], request.headers.get("Authorization")
         )
-        if isinstance(result, AuthFailure):
-            if result.reason == "no_mailbox":
-                raise Refusal(mesh_error(403, "no_mailbox", self.version_or_1(request)))
-            raise Refusal(
-                description_error(403, AUTH_ERRORS[result.reason], self.version_or_1(request))
-            )
-        return result
-
-    @staticmethod
-    def version_or_1(request: web.Request) -> int:
-        try:
-            return api_version(request.headers.get("Accept"))
-        except AcceptHeaderError:
-            return 1
 
     @staticmethod
     def version(request: web.Request) -> int:
         try:
             return api_version(request.headers.get("Accept"))
-        except AcceptHeaderError as exc:
-            raise Refusal(description_error(400, str(exc), 1)) from None
+        except AcceptHeaderError:
+            raise Refusal(400, "accept_header") from None
 
     def now(self) -> datetime:
-        return self.state.clock.now()
+        return self.mailroom.clock.now()
+
+    def _upload(self, request: web.Request, chunk_range: tuple[int, int] | None) -> ChunkUpload:
+        """The chunk upload in ``request``; its body reaches the mailroom through the body
+        faults planned for it."""
+
+        def read(message: Message, number: int) -> AsyncIterator[bytes]:
+            faults = FaultyStream(
+                self.faults, request, "upload", message_id=message.message_id, chunk=number
+            )
+            return request_body(request, faults)
+
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        return ChunkUpload(chunk_range, encoding, request.content_length, read)
 
     # -- no-auth endpoints --------------------------------------------------------------------
 
@@ -269,7 +256,7 @@ class MeshRoutes:
             if name not in request.headers
         ]
         if absent:
-            raise Refusal(validation_error(*absent))
+            raise invalid(*absent)
         if self.version(request) < 2:
             return json_response({"mailboxId": mailbox.mailbox_id})
         return empty_response()
@@ -290,92 +277,17 @@ class MeshRoutes:
 
     # -- send -----------------------------------------------------------------------------------
 
-    def _send_headers(self, request: web.Request) -> dict[str, str]:
-        values: dict[str, str] = {}
-        problems: list[dict[str, Any]] = []
-        for key, name in SEND_HEADERS.items():
-            longest = SEND_HEADER_LIMITS[name]
-            value = request.headers.get(name)
-            if value is None:
-                if key in ("to", "workflow_id"):
-                    problems.append(missing("header", name.lower()))
-                value = ""
-            if len(value) > longest:
-                problems.append(too_long("header", name.lower(), value, longest))
-            values[key] = value
-        if problems:
-            raise Refusal(validation_error(*problems))
-        values["to"] = values["to"].strip().upper()
-        values["workflow_id"] = values["workflow_id"].strip()
-        values["chunk_range"] = values["chunk_range"].strip()
-        bad = [
-            k
-            for k, v in values.items()
-            if k not in ("encrypted", "compressed") and CONTROL_CHARACTERS.search(v)
-        ]
-        for key in ("to", "workflow_id", "checksum"):
-            if values[key] and _URL.match(values[key]):
-                bad.append(key)
-        if bad:
-            raise Refusal(
-                error_body(
-                    400, "TRANSFER", "06", "MalformedControlFile", self.version_or_1(request)
-                )
-            )
-        checksum = values["checksum"].strip()
-        if checksum and not checksum_is_valid(checksum):
-            raise Refusal(mesh_error(400, "invalid_checksum", self.version_or_1(request)))
-        return values
-
     async def send(self, request: web.Request) -> web.StreamResponse:
         sender = self.authorise(request)
-        headers = self._send_headers(request)
+        validate_send_headers(request.headers)
+        headers = SendHeaders.from_request(request.headers)
+        if headers.content_type is None:
+            sent_type = request.headers.get("Content-Type", "").strip().lower()
+            headers = headers.replace(content_type=sent_type or None)
         version = self.version(request)
-        if not headers["to"]:
-            raise Refusal(mesh_error(400, "missing_to", version))
-        encoding = request.headers.get("Content-Encoding", "").strip().lower()
-        if encoding and encoding != "gzip":
-            raise Refusal(mesh_error(422, "unsupported_encoding", version))
-        chunk_range = parse_chunk_range(headers["chunk_range"], 1)
-        if chunk_range is None:
-            raise Refusal(mesh_error(417, "invalid_chunks", version))
-        _, total = chunk_range
-        recipient = self.directory.get(headers["to"])
-        if recipient is None:
-            raise Refusal(mesh_error(417, "unregistered_recipient", version))
-        if self.config.strict and not self.directory.may_send(
-            sender.mailbox_id, recipient.mailbox_id, headers["workflow_id"]
-        ):
-            raise Refusal(mesh_error(417, "not_registered_for_workflow", version))
-        self._check_request_size(request, version)
-        content_type = (
-            headers["content_type"] or request.headers.get("Content-Type", "").strip().lower()
-        )
-        message = self.mailroom.new_data_message(
-            sender=sender.mailbox_id,
-            recipient=recipient.mailbox_id,
-            workflow_id=headers["workflow_id"],
-            total_chunks=total,
-            headers={**headers, "content_type": content_type},
-            content_encoding=encoding,
-            compressed=_truthy(headers["compressed"]),
-            encrypted=_truthy(headers["encrypted"]),
-        )
-        record = await receive_chunk(self.state, request, message, 1, version)
-        if record is None:
-            return web.Response(status=499)
-        if record.stored_size == 0:
-            raise Refusal(mesh_error(417, "missing_data_file", version))
-        self.mailroom.add_chunk(message, record)
-        self.mailroom.register(message, accepted=total == 1)
-        log.info(
-            "created message %s from %s to %s workflow %s chunks %d",
-            message.message_id,
-            message.sender,
-            message.recipient,
-            message.workflow_id,
-            total,
-        )
+        range_header = request.headers.get("mex-Chunk-Range", "").strip()
+        upload = self._upload(request, chunk_range_for(range_header, 1))
+        message = await self.mailroom.send(sender, headers, upload)
         if version < 2:
             return json_response({"messageID": message.message_id}, status=202)
         return json_response({"message_id": message.message_id}, status=202)
@@ -386,51 +298,14 @@ class MeshRoutes:
         number = int(request.match_info["number"])
         version = self.version(request)
         range_header = request.headers.get("mex-Chunk-Range", "").strip()
-        if len(range_header) > 20:
-            raise Refusal(validation_error(too_long("header", "mex-chunk-range", range_header, 20)))
-        if not range_header or parse_chunk_range(range_header, number) is None:
-            raise Refusal(mesh_error(417, "invalid_chunks", version, message_id=message_id))
-        message = self.mailroom.get(message_id)
-        if message is None:
-            raise Refusal(description_error(404, "Not Found", version))
-        if message.sender != sender.mailbox_id:
-            raise Refusal(description_error(403, "Forbidden", version))
-        if message.status != UPLOADING:
-            raise Refusal(internal_error(423))
-        if number > message.total_chunks or message.message_type != DATA:
-            raise Refusal(internal_error(406))
-        encoding = request.headers.get("Content-Encoding", "").strip().lower()
-        if encoding != message.content_encoding:
-            raise Refusal(description_error(417, "cannot change content encoding", version))
-        self._check_request_size(request, version)
-        record = await receive_chunk(self.state, request, message, number, version)
-        if record is None:
-            return web.Response(status=499)
-        if message.status != UPLOADING:  # finalised while this chunk streamed in
-            raise Refusal(internal_error(423))
-        self.mailroom.add_chunk(message, record)
-        if number == message.total_chunks:
-            missing = self.mailroom.missing_chunks(message)
-            if missing:
-                # Like the sandbox's file store: the last chunk arrived before the others; it is
-                # kept, the message stays uploading, and the last chunk must be sent again.
-                self.mailroom.save(message)
-                log.warning("last chunk of %s arrived before chunks %s", message_id, missing)
-                raise Refusal(internal_error(500))
-            self.mailroom.accept(message)
-            log.info("message %s complete (%d chunks)", message_id, message.total_chunks)
-        else:
-            self.mailroom.save(message)
+        if len(range_header) > SEND_HEADER_LIMITS["mex-Chunk-Range"]:
+            raise invalid(too_long("header", "mex-chunk-range", range_header, 20))
+        chunk_range = chunk_range_for(range_header, number) if range_header else None
+        upload = self._upload(request, chunk_range)
+        message = await self.mailroom.send_chunk(sender, message_id, number, upload)
         if version < 2:
             return json_response({"messageID": message.message_id, "blockID": number}, status=202)
         return json_response(None, status=202)
-
-    def _check_request_size(self, request: web.Request, version: int) -> None:
-        length = request.content_length
-        if self.config.strict and length is not None and length >= self.config.max_request_size:
-            raise Refusal(
-                mesh_error(413, "request_too_large", version, maximum=self.config.max_request_size)
-            )
 
     def _int_query(self, request: web.Request, name: str, default: int, low: int, high: int) -> int:
         raw = request.query.get(name)
@@ -441,7 +316,7 @@ class MeshRoutes:
         except ValueError:
             value = low - 1
         if not low <= value <= high:
-            raise Refusal(validation_error(out_of_range("query", name, raw, low, high)))
+            raise invalid(out_of_range("query", name, raw, low, high))
         return value
 
     def _continue_from(self, request: web.Request) -> str | None:
@@ -449,9 +324,9 @@ class MeshRoutes:
         if value is None:
             return None
         if len(value) < 24:
-            raise Refusal(validation_error(too_short("query", "continue_from", value, 24)))
+            raise invalid(too_short("query", "continue_from", value, 24))
         if len(value) > 1000:
-            raise Refusal(validation_error(too_long("query", "continue_from", value, 1000)))
+            raise invalid(too_long("query", "continue_from", value, 1000))
         return value
 
     async def inbox(self, request: web.Request) -> web.StreamResponse:
@@ -460,19 +335,15 @@ class MeshRoutes:
         continue_from = self._continue_from(request)
         workflow_filter = request.query.get("workflow_filter")
         if workflow_filter is not None and len(workflow_filter) < 2:
-            raise Refusal(
-                validation_error(too_short("query", "workflow_filter", workflow_filter, 2))
-            )
+            raise invalid(too_short("query", "workflow_filter", workflow_filter, 2))
         if workflow_filter is not None and len(workflow_filter) > 255:
-            raise Refusal(
-                validation_error(too_long("query", "workflow_filter", workflow_filter, 255))
-            )
+            raise invalid(too_long("query", "workflow_filter", workflow_filter, 255))
         version = self.version(request)
         last_id: str | None = None
         if continue_from:
             last_id = continue_from.upper() if version < 2 else decode_cursor(continue_from)
             if last_id is None:
-                raise Refusal(internal_error(500))
+                raise Refusal(500, "internal")
         messages = self.mailroom.inbox(mailbox.mailbox_id)
         predicate = workflow_predicate(workflow_filter)
         if predicate is not None:
@@ -506,7 +377,7 @@ class MeshRoutes:
         try:
             moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
         except ValueError:
-            raise Refusal(internal_error(500)) from None
+            raise Refusal(500, "internal") from None
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
     def _rich(
@@ -558,98 +429,77 @@ class MeshRoutes:
         mailbox = self.authorise(request)
         message_id = request.query.get("messageID", "")
         if not message_id:
-            raise Refusal(validation_error(missing("query", "messageID")))
+            raise invalid(missing("query", "messageID"))
         version = self.version(request)
-        message = self.mailroom.get(message_id)
-        if message is None or message.sender != mailbox.mailbox_id:
-            raise Refusal(description_error(404, "Not Found", version))
+        message = self.mailroom.sent(mailbox, message_id)
         return json_response(tracking_body(message, self.directory, version), version=version)
 
     async def tracking_local(self, request: web.Request) -> web.StreamResponse:
         mailbox = self.authorise(request)
-        local_id = request.match_info["local_id"]
-        found = [m for m in self.mailroom.outbox(mailbox.mailbox_id) if m.local_id == local_id]
-        if not found:
-            raise Refusal(description_error(404, "Not Found", self.version_or_1(request)))
-        if len(found) > 1:
-            raise Refusal(description_error(300, "Multiple Choices", self.version_or_1(request)))
-        return json_response(tracking_body(found[0], self.directory, 1))
+        message = self.mailroom.sent_with_local_id(mailbox, request.match_info["local_id"])
+        return json_response(tracking_body(message, self.directory, 1))
 
     # -- download -------------------------------------------------------------------------------
 
     async def head(self, request: web.Request) -> web.StreamResponse:
         mailbox = self.authorise(request)
-        message = self.mailroom.get(request.match_info["message_id"])
-        if message is None or mailbox.mailbox_id not in (message.recipient, message.sender):
-            raise Refusal(mesh_error(404, "does_not_exist", self.version_or_1(request)))
-        is_recipient = message.recipient == mailbox.mailbox_id
-        if is_recipient and message.status not in (ACCEPTED, ACKNOWLEDGED):
-            raise Refusal(mesh_error(410, "message_gone", self.version_or_1(request)))
+        message = self.mailroom.describe(mailbox, request.match_info["message_id"])
         return web.Response(headers=message_headers(message, 1, self.now()))
 
     async def download(self, request: web.Request) -> web.StreamResponse:
         mailbox = self.authorise(request)
         version = self.version(request)
         number = int(request.match_info.get("number", "1"))
-        message = self.mailroom.get(request.match_info["message_id"])
-        if message is None:
-            raise Refusal(mesh_error(404, "does_not_exist", version))
-        if message.recipient != mailbox.mailbox_id:
-            raise Refusal(description_error(403, "Forbidden", version))
-        # The spec: an acknowledged message "cannot be downloaded again"; the sandbox serves it.
-        downloadable = (ACCEPTED,) if self.config.strict else (ACCEPTED, ACKNOWLEDGED)
-        if message.status not in downloadable:
-            raise Refusal(mesh_error(410, "message_gone", version))
+        message, record = self.mailroom.download(mailbox, request.match_info["message_id"], number)
         headers = message_headers(message, number, self.now())
-        if message.message_type != DATA:
+        if record is None:  # a report: headers only
             return web.Response(headers=headers, body=b"")
-        if not 1 <= number <= message.total_chunks:
-            raise Refusal(mesh_error(404, "does_not_exist", version))
-        record = message.chunks.get(number)
-        if record is None:
-            raise Refusal(mesh_error(404, "does_not_exist", version))
         status = 200 if number >= message.total_chunks else 206
         wants_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
         source = chunk_source(self.mailroom.store, message, number, record, wants_gzip)
         if source is None:
-            raise Refusal(mesh_error(404, "does_not_exist", version))
+            raise Refusal(404, "does_not_exist")
         pieces, length, encoding, stored_path = source
         headers.pop("Content-Encoding", None)
         if encoding:
             headers["Content-Encoding"] = encoding
-            if not self.config.strict:
-                headers["mex-Content-Compressed"] = "Y"  # the sandbox says so whenever it gzips
-        content_type = "application/octet-stream"
-        if version >= 2 and message.total_chunks < 2 and message.content_type:
-            content_type = message.content_type
-            if content_type.startswith("text/") and "charset" not in content_type:
-                content_type += "; charset=utf-8"
-        headers["Content-Type"] = content_type
-        faulty = any(firings(request, kind) for kind in ("flip", "reset", "stall"))
-        if stored_path is not None and length is not None and not faulty:
-            return await send_file(request, status, headers, stored_path, length)
-        return await stream_body(
-            self.state, request, status, headers, pieces, length, message, number
+            if self.mailroom.rules.compressed_flag_on_gzip:
+                headers["mex-Content-Compressed"] = "Y"
+        headers["Content-Type"] = _download_content_type(message, version)
+        faults = FaultyStream(
+            self.faults,
+            request,
+            "download",
+            message_id=message.message_id,
+            chunk=number,
+            length=length,
         )
+        if stored_path is not None and length is not None and not faults.active:
+            return await send_stored_chunk(request, status, headers, stored_path, length)
+        return await stream_body(request, status, headers, pieces, length, faults)
 
     async def acknowledge(self, request: web.Request) -> web.StreamResponse:
         mailbox = self.authorise(request)
         version = self.version(request)
-        message = self.mailroom.get(request.match_info["message_id"])
-        if message is None:
-            raise Refusal(mesh_error(404, "does_not_exist", version))
-        if message.recipient != mailbox.mailbox_id:
-            raise Refusal(description_error(403, "Forbidden", version))
+        message = self.mailroom.received(mailbox, request.match_info["message_id"])
         lost = firings(request, "lost_ack")
         if lost:
             applied = lost[0].fault.applied
             if applied:
                 self.mailroom.acknowledge(message)
-            self.state.faults.record(lost[0], "ack", message_id=message.message_id, applied=applied)
-            if request.transport is not None:
-                request.transport.abort()
-            return web.Response(status=499)
+            self.faults.record(lost[0], "ack", message_id=message.message_id, applied=applied)
+            return cut_connection(request)
         self.mailroom.acknowledge(message)
         if version < 2:
             return json_response({"messageId": message.message_id})
         return empty_response()
+
+
+def _download_content_type(message: Message, version: int) -> str:
+    """The sender's content type for a single-chunk v2 download, else octet-stream."""
+    if version < 2 or message.total_chunks >= 2 or not message.content_type:
+        return "application/octet-stream"
+    content_type = message.content_type
+    if content_type.startswith("text/") and "charset" not in content_type:
+        content_type += "; charset=utf-8"
+    return content_type

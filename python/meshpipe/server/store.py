@@ -9,7 +9,7 @@
 * ``memory``: the same layout in a private temporary directory, no fsync, forgotten on close
   (chunk bodies still go to disk, so no chunk is ever held in memory).
 * ``discard``: chunk bodies are checked by the caller and dropped; only metadata is kept, in
-  memory. Downloads of such messages are synthetic (see synthetic.py).
+  memory. Downloads of such messages are synthetic (see streaming.py).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
-from meshpipe.server.server import LocalMeshServer
+from meshpipe.server.local_server import LocalMeshServer
 
 T = TypeVar("T")
 

@@ -22,10 +22,8 @@ from meshpipe.server.config import Directory, ServerConfig
 from meshpipe.server.faults import Fault, FaultInjector, FaultPlan
 from meshpipe.server.mailroom import Mailroom
 from meshpipe.server.models import Clock, Message, SyntheticSpec
-from meshpipe.server.state import ServerState
 from meshpipe.server.store import make_store
-from meshpipe.server.synthetic import synthetic_checksum
-from meshpipe.server.tls import server_ssl_context
+from meshpipe.server.streaming import synthetic_checksum
 
 log = logging.getLogger("meshpipe.server")
 
@@ -49,13 +47,12 @@ class LocalMeshServer:
         self.directory = Directory(self.config.mailboxes, self.config.workflows)
         self.store = make_store(self.config.store, self.config.data_dir)
         self.mailroom = Mailroom(self.config, self.directory, self.store, self.clock)
-        self.state = ServerState(
-            config=self.config,
-            directory=self.directory,
-            mailroom=self.mailroom,
-            authenticator=Authenticator(self.config, self.directory, self.clock),
-            faults=self.faults,
-            clock=self.clock,
+        self.authenticator = Authenticator(
+            self.mailroom.rules,
+            self.directory,
+            self.clock,
+            shared_key=self.config.shared_key,
+            mode=self.config.auth_mode,
         )
         self._runner: web.AppRunner | None = None
         self._expiry_task: asyncio.Task[None] | None = None
@@ -76,12 +73,12 @@ class LocalMeshServer:
         return f"{scheme}://{host}:{self.port}"
 
     async def start(self) -> None:
-        app = build_app(self.state)
+        app = build_app(self.config, self.mailroom, self.authenticator, self.faults)
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, auto_decompress=False
         )
         await self._runner.setup()
-        ssl_context = server_ssl_context(self.config.tls) if self.config.tls else None
+        ssl_context = self.config.tls.server_context() if self.config.tls else None
         site = web.TCPSite(
             self._runner, self.config.host, self.config.port, ssl_context=ssl_context, backlog=512
         )

@@ -1,0 +1,86 @@
+"""The two rule sets a server can follow, as data: ``strict`` (what the live MESH platform
+enforces) and ``sandbox`` (what mesh-sandbox 1.0.137 enforces). One field per row of the
+"strict and sandbox rules, side by side" table in this package's README; the authenticator and
+the mailroom read these fields and nothing else decides by the rule set's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from meshpipe.units import MAX_FILE_SIZE, MAX_REQUEST_SIZE, MIN_CHUNK_SIZE
+
+RulesName = Literal["strict", "sandbox"]
+RULES: tuple[RulesName, ...] = ("strict", "sandbox")
+
+#: A token's timestamp may be this far from the server's time under strict rules (2 hours).
+TOKEN_WINDOW_SECONDS = 2 * 60 * 60
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """What a server checks beyond the rules both sets share. ``None`` limits are not checked."""
+
+    name: RulesName
+    #: token timestamp within this many seconds of server time, else 403
+    token_window_seconds: int | None
+    #: each (mailbox, nonce, nonce count) accepted once, else 403
+    single_use_tokens: bool
+    #: the Authorization header must start with ``NHSMESH ``
+    token_scheme_required: bool
+    #: sender in the workflow's senders and recipient in its receivers, else 417 code 17
+    workflow_entitlement: bool
+    #: every chunk but the last at least this many bytes decompressed, else 417 ChunkTooSmall
+    min_chunk_size: int | None
+    #: a request body must be below this many bytes, else 413 RequestTooLarge
+    max_request_size: int | None
+    #: a message's decoded bytes at most this many, else 413 MessageTooLarge
+    max_message_size: int | None
+    #: an acknowledged message may still be downloaded (the live platform answers 410)
+    download_after_acknowledgement: bool
+    #: an upper-case folder in the data directory is a mailbox (password ``password``)
+    mailboxes_from_data_dir: bool
+    #: gzip downloads say ``mex-Content-Compressed: Y`` whatever the sender flagged
+    compressed_flag_on_gzip: bool
+
+    @classmethod
+    def strict(
+        cls,
+        *,
+        token_window_seconds: int = TOKEN_WINDOW_SECONDS,
+        min_chunk_size: int = MIN_CHUNK_SIZE,
+        max_request_size: int = MAX_REQUEST_SIZE,
+        max_message_size: int = MAX_FILE_SIZE,
+    ) -> RuleSet:
+        """The live platform's rules, with its limits unless a test gives smaller ones."""
+        return cls(
+            name="strict",
+            token_window_seconds=token_window_seconds,
+            single_use_tokens=True,
+            token_scheme_required=True,
+            workflow_entitlement=True,
+            min_chunk_size=min_chunk_size,
+            max_request_size=max_request_size,
+            max_message_size=max_message_size,
+            download_after_acknowledgement=False,
+            mailboxes_from_data_dir=False,
+            compressed_flag_on_gzip=False,
+        )
+
+    @classmethod
+    def sandbox(cls) -> RuleSet:
+        """mesh-sandbox's rules: none of the checks above."""
+        return cls(
+            name="sandbox",
+            token_window_seconds=None,
+            single_use_tokens=False,
+            token_scheme_required=False,
+            workflow_entitlement=False,
+            min_chunk_size=None,
+            max_request_size=None,
+            max_message_size=None,
+            download_after_acknowledgement=True,
+            mailboxes_from_data_dir=True,
+            compressed_flag_on_gzip=True,
+        )
