@@ -7,7 +7,7 @@ Client side, lowest first (a module may import its own layer and the ones below)
     0  meshpipe._meshpipe              the native engine
     1  errors                          the exceptions a caller catches
     2  units, headers, error_body      sizes and codecs; MESH's header rules; error answers
-    3  auth, config, models, synthetic, progress
+    3  auth, config, models, synthetic, progress, memory
     4  client                          one aiohttp session, every endpoint; no retry
     5  retry                           every retry: call_with_retry, RetryingClient, chunk 1
     6  transfer (package)              staged Upload / Download, the journals
@@ -15,7 +15,7 @@ Client side, lowest first (a module may import its own layer and the ones below)
     8  cli, demo, __main__, meshpipe   the commands; the public API (the package itself)
 
 The local server (``meshpipe.server.*``) may import itself, the engine and only the low
-client-side modules errors, units, headers, auth, models and synthetic.
+client-side modules errors, units, headers, auth, models, synthetic and memory.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "meshpipe.models": 3,
     "meshpipe.synthetic": 3,
     "meshpipe.progress": 3,
+    "meshpipe.memory": 3,
     "meshpipe.client": 4,
     "meshpipe.retry": 5,
     "meshpipe.transfer": 6,
@@ -57,6 +58,7 @@ SERVER_MAY_IMPORT = frozenset(
         "meshpipe.auth",
         "meshpipe.models",
         "meshpipe.synthetic",
+        "meshpipe.memory",
     }
 )
 
@@ -123,12 +125,14 @@ def imports_of(module: str, path: Path) -> Iterator[tuple[str, int]]:
 
 
 def layer_of(module: str) -> int | None:
+    """The layer of ``module`` or of the package it lies in (``meshpipe.transfer.upload`` is
+    in ``meshpipe.transfer``); a module directly in meshpipe must be listed itself."""
     name: str | None = module
-    while name:
+    while name and name != "meshpipe":
         if name in LAYERS:
             return LAYERS[name]
         name = name.rpartition(".")[0] or None
-    return None
+    return LAYERS.get(module)
 
 
 def graph() -> dict[str, set[str]]:
