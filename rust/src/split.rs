@@ -600,18 +600,46 @@ mod tests {
         }
     }
 
+    /// Join `handles`, failing the test if any thread is still running after 30 s or panicked.
+    fn join_all_within_30s(handles: Vec<JoinHandle<()>>) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for handle in handles {
+            while !handle.is_finished() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "split thread {:?} still running after the splitter was dropped",
+                    handle.thread().name()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            handle.join().expect("split thread panicked");
+        }
+    }
+
     #[test]
     fn digest_before_the_end_is_refused_and_drop_mid_way_is_clean() {
         let f = file_with(16 * MIB as usize);
-        let options = SplitOptions {
-            chunk_size: 5 * MIB,
-            window: 1,
-            ..SplitOptions::default()
-        };
-        let mut splitter = Splitter::open(f.path(), options).unwrap();
-        let first = splitter.next_chunk().unwrap().unwrap();
-        assert!(matches!(splitter.digest(), Err(Error::State(_))));
-        drop(first);
-        splitter.close();
+        let data = std::fs::read(f.path()).unwrap();
+        for codec in [Codec::none(), Codec::zstd(1).unwrap()] {
+            let options = SplitOptions {
+                codec,
+                chunk_size: 5 * MIB,
+                window: 1,
+                threads: 2,
+                ..SplitOptions::default()
+            };
+            let mut splitter = Splitter::open(f.path(), options).unwrap();
+            let first = splitter.next_chunk().unwrap().unwrap();
+            assert!(matches!(splitter.digest(), Err(Error::State(_))));
+            // Dropped while the reader waits for the only buffer (held here): every thread
+            // must still notice and exit, without a panic.
+            let handles = std::mem::take(&mut splitter.threads);
+            assert_eq!(handles.len(), 4, "reader, hasher and two workers");
+            drop(splitter);
+            join_all_within_30s(handles);
+            // The chunk taken before the drop stays valid, and its buffer can still go home.
+            assert_eq!(first.xxh3_128, xxh3_128(&data[..5 * MIB as usize]));
+            drop(first);
+        }
     }
 }
