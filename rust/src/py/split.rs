@@ -1,14 +1,13 @@
 //! `Splitter`: the core split pipeline as a Python iterator of `Chunk`s.
 
-use std::fs::File;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use super::buffer::PyChunk;
+use super::buffer::{duplicate_descriptor, PyChunk};
 use crate::checksum::{hex128, hex_bytes, FileDigest};
 use crate::codec::Codec;
 use crate::error::Error;
@@ -103,19 +102,8 @@ impl PySplitter {
         let splitter = match source {
             Source::Path(path) => py.detach(|| Splitter::open(&path, options))?,
             Source::Descriptor(fd) => {
-                if fd < 0 {
-                    return Err(Error::InvalidArgument(format!(
-                        "file descriptor {fd} is not valid"
-                    ))
-                    .into());
-                }
-                // SAFETY: the caller passed an open descriptor and keeps it open for this
-                // call; we only duplicate it, and own the duplicate.
-                let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-                let owned = borrowed
-                    .try_clone_to_owned()
-                    .map_err(|e| Error::io(format!("duplicating file descriptor {fd}"), e))?;
-                Splitter::from_file(File::from(owned), format!("file descriptor {fd}"), options)?
+                let file = duplicate_descriptor(fd)?;
+                Splitter::from_file(file, format!("file descriptor {fd}"), options)?
             }
         };
         let plan = Py::new(
