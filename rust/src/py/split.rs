@@ -1,5 +1,6 @@
 //! `Splitter`: the core split pipeline as a Python iterator of `Chunk`s.
 
+use std::collections::BTreeSet;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
@@ -12,7 +13,7 @@ use crate::checksum::{hex128, hex_bytes, FileDigest};
 use crate::codec::Codec;
 use crate::error::Error;
 use crate::plan::{Limits, DEFAULT_CHUNK_SIZE, MAX_FILE_SIZE, MIN_CHUNK_SIZE};
-use crate::split::{default_threads, default_window, SplitOptions, Splitter};
+use crate::split::{default_threads, default_window, ChunkSelection, SplitOptions, Splitter};
 
 use super::PyChunkPlan;
 
@@ -64,6 +65,21 @@ impl PySplitter {
     }
 }
 
+/// Chunk numbers from any iterable of ints (a range, a list, a set); duplicates collapse.
+fn chunk_numbers(numbers: &Bound<'_, PyAny>) -> PyResult<BTreeSet<u32>> {
+    let mut selected = BTreeSet::new();
+    for number in numbers.try_iter()? {
+        let number: i64 = number?.extract()?;
+        let number = u32::try_from(number).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "chunks: {number} is not a chunk number (they count from 1)"
+            ))
+        })?;
+        selected.insert(number);
+    }
+    Ok(selected)
+}
+
 fn closed() -> Error {
     Error::State("the splitter is closed".into())
 }
@@ -71,7 +87,7 @@ fn closed() -> Error {
 #[pymethods]
 impl PySplitter {
     #[new]
-    #[pyo3(signature = (source, *, codec = "none", level = None, chunk_size = DEFAULT_CHUNK_SIZE, threads = None, window = None, sha256 = false, max_file_size = MAX_FILE_SIZE, min_chunk_size = MIN_CHUNK_SIZE))]
+    #[pyo3(signature = (source, *, codec = "none", level = None, chunk_size = DEFAULT_CHUNK_SIZE, threads = None, window = None, sha256 = false, max_file_size = MAX_FILE_SIZE, min_chunk_size = MIN_CHUNK_SIZE, chunks = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -84,8 +100,13 @@ impl PySplitter {
         sha256: bool,
         max_file_size: u64,
         min_chunk_size: u64,
+        chunks: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let codec = Codec::from_name(codec, level)?;
+        let chunks = match chunks {
+            None => ChunkSelection::All,
+            Some(numbers) => ChunkSelection::Only(chunk_numbers(&numbers)?),
+        };
         let threads = threads.unwrap_or_else(default_threads);
         let options = SplitOptions {
             codec,
@@ -98,6 +119,7 @@ impl PySplitter {
                 min_chunk_size,
                 ..Limits::default()
             },
+            chunks,
         };
         let splitter = match source {
             Source::Path(path) => py.detach(|| Splitter::open(&path, options))?,
