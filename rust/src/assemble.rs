@@ -202,9 +202,11 @@ impl Shared {
     }
 
     /// The assembly ended without a file at the destination: drop the partial file unless the
-    /// caller keeps it for a later resume.
+    /// caller keeps it for a later resume (and then let a later assembler open it).
     fn discard_partial(&self) {
-        if !self.options.keep_partial {
+        if self.options.keep_partial {
+            self.partial.unlock();
+        } else {
             self.partial.remove();
         }
     }
@@ -477,7 +479,7 @@ fn check_options(destination: &Path, options: &AssembleOptions) -> Result<()> {
     if !options.completed.is_empty() {
         if options.partial_path.is_none() {
             return Err(Error::InvalidArgument(
-                "completed chunks are re-read from the partial file of an earlier run; pass                  partial_path too"
+                "completed chunks are re-read from the partial file of an earlier run; pass partial_path too"
                     .into(),
             ));
         }

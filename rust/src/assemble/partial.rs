@@ -167,6 +167,13 @@ impl PartialFile {
             .map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))
     }
 
+    /// The assembly is over: let another assembler open this partial file (a later resume in
+    /// this process, while this one is still referenced).
+    pub(super) fn unlock(&self) {
+        // SAFETY: flock on a descriptor we own; it only releases an advisory lock.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+
     /// Delete the file, if it is a regular file (a partial path may name a device).
     pub(super) fn remove(&self) {
         if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_file()) {

@@ -1,6 +1,6 @@
 //! `Assembler` and `ChunkWriter`: the core assembler for Python callers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
@@ -108,7 +108,7 @@ impl PyAssembler {
         max_chunk_size: u64,
         overwrite: bool,
         partial_path: Option<PathBuf>,
-        completed: Option<HashMap<i64, String>>,
+        completed: Option<Bound<'_, PyAny>>,
         keep_partial: bool,
     ) -> PyResult<Self> {
         let mut options = AssembleOptions::new(chunk_count, CodecKind::parse(codec)?);
@@ -121,7 +121,9 @@ impl PyAssembler {
         options.overwrite = overwrite;
         options.partial_path = partial_path;
         options.keep_partial = keep_partial;
-        options.completed = completed_chunks(completed.unwrap_or_default(), chunk_count)?;
+        if let Some(completed) = completed {
+            options.completed = completed_chunks(&completed, chunk_count)?;
+        }
         let inner = py.detach(|| Assembler::create(&destination, options))?;
         Ok(PyAssembler { inner })
     }
@@ -259,19 +261,18 @@ impl PyChunkWriter {
     }
 }
 
-/// Chunk number → xxh3-128 hex, as recorded by an earlier run, checked and parsed.
-fn completed_chunks(completed: HashMap<i64, String>, count: u32) -> PyResult<BTreeMap<u32, u128>> {
-    completed
-        .into_iter()
-        .map(|(number, digest)| {
-            let chunk = u32::try_from(number).map_err(|_| crate::Error::ChunkNumber {
-                chunk: number,
-                count,
-            })?;
-            let digest = parse_hex128(&digest).map_err(|e| {
-                crate::Error::InvalidArgument(format!("completed chunk {number}: {e}"))
-            })?;
-            Ok((chunk, digest))
-        })
-        .collect()
+/// Chunk number → xxh3-128 hex (any mapping), as recorded by an earlier run, checked and parsed.
+fn completed_chunks(completed: &Bound<'_, PyAny>, count: u32) -> PyResult<BTreeMap<u32, u128>> {
+    let mut chunks = BTreeMap::new();
+    for item in completed.call_method0("items")?.try_iter()? {
+        let (number, digest): (i64, String) = item?.extract()?;
+        let chunk = u32::try_from(number).map_err(|_| crate::Error::ChunkNumber {
+            chunk: number,
+            count,
+        })?;
+        let digest = parse_hex128(&digest)
+            .map_err(|e| crate::Error::InvalidArgument(format!("completed chunk {number}: {e}")))?;
+        chunks.insert(chunk, digest);
+    }
+    Ok(chunks)
 }
