@@ -5,6 +5,10 @@ from __future__ import annotations
 import errno
 import gc
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -69,6 +73,39 @@ def test_a_resumed_assembly_writes_only_the_rest_and_verifies_the_whole_file(
     assert "file xxh3-128" in report.verified
     assert destination.read_bytes() == (tmp_path / "extract.csv").read_bytes()
     assert not partial.exists()
+
+
+def test_a_partial_file_survives_a_killed_process(tmp_path: Path, source: SplitResult) -> None:
+    """The first run is SIGKILLed after syncing chunks 2 and 5 (no destructor runs); the
+    second run resumes from what is on disk."""
+    destination, partial = tmp_path / "out.csv", tmp_path / "out.csv.partial"
+    payloads = tmp_path / "payloads"
+    payloads.mkdir()
+    for number in (2, 5):
+        (payloads / str(number)).write_bytes(source.payloads[number - 1])
+    child = textwrap.dedent(
+        f"""
+        import os, signal
+        import meshpipe
+        a = meshpipe.Assembler(
+            {str(destination)!r}, chunk_count=6, codec="zstd", chunk_size={CHUNK},
+            file_size={source.digest.size}, partial_path={str(partial)!r}, keep_partial=True,
+        )
+        for number in (2, 5):
+            writer = a.open_chunk(number)
+            with open(os.path.join({str(payloads)!r}, str(number)), "rb") as f:
+                writer.write(f.read())
+            writer.finish(sync=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", child], capture_output=True, timeout=120)
+    assert run.returncode == -signal.SIGKILL, run.stderr.decode()
+    resumed = assembler(source, destination, partial, completed=recorded(source, [2, 5]))
+    assert (resumed.accepted, resumed.rejected) == ([2, 5], [])
+    write(resumed, source, resumed.missing)
+    assert resumed.finish().xxh3_128 == source.digest.xxh3_128
+    assert destination.read_bytes() == (tmp_path / "extract.csv").read_bytes()
 
 
 def test_a_tampered_completed_chunk_is_rejected_and_written_again(
