@@ -1,6 +1,6 @@
 //! Assemble: chunks arrive in any order, as byte feeds; each is decoded (capped at its planned
 //! length), verified and written at its offset into a partial file beside the destination.
-//! The whole-file digest is fed in file order (see [`WholeHash`](whole_hash)). `finish`
+//! The whole-file digest is fed in file order (one `WholeHash` keeps that order and its rollback). `finish`
 //! verifies the whole file, fsyncs it and renames it into place, never over an existing file
 //! unless `overwrite` is set. Until then nothing is at the destination.
 //!

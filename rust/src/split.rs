@@ -1,12 +1,12 @@
 //! Split: read → checksum → compress, over a bounded window of chunks on worker threads.
 //!
 //! The pipeline has three named stages, one function each, joined by bounded channels:
-//! - [`read_stage`] (one thread) reads the selected chunks in ascending order with positioned
+//! - `read_stage` (one thread) reads the selected chunks in ascending order with positioned
 //!   reads;
-//! - [`hash_stage`] (one thread) feeds the whole-file digest in file order, so hashing chunk i
+//! - `hash_stage` (one thread) feeds the whole-file digest in file order, so hashing chunk i
 //!   overlaps reading chunk i + 1 (in a split of a subset of the chunks there is no whole-file
 //!   digest, and it only passes chunks on);
-//! - [`work_stage`] (`threads` threads) hashes each chunk (xxh3-128) and compresses it;
+//! - `work_stage` (`threads` threads) hashes each chunk (xxh3-128) and compresses it;
 //!
 //! and the consumer takes chunks in order.
 //!
