@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import meshpipe
 from tests.engine.helpers import csv_bytes, split_file
@@ -43,6 +45,35 @@ def test_a_subset_gives_exactly_what_the_full_split_gives(
         (n, full.lengths[n - 1], full.checksums[n - 1], full.payloads[n - 1]) for n in wanted
     ]
     assert got == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.binary(min_size=1, max_size=6000),
+    chunk_size=st.integers(1, 1500),
+    picks=st.lists(st.integers(0, 10**6), max_size=8),
+    codec=st.sampled_from(["none", "gzip", "zstd"]),
+)
+def test_any_subset_matches_the_full_split(
+    tmp_path_factory: pytest.TempPathFactory,
+    data: bytes,
+    chunk_size: int,
+    picks: list[int],
+    codec: meshpipe.Codec,
+) -> None:
+    path = tmp_path_factory.mktemp("subset") / "data.bin"
+    path.write_bytes(data)
+    full = split_file(path, codec=codec, chunk_size=chunk_size, min_chunk_size=1, sha256=False)
+    count = len(full.payloads)
+    wanted = sorted({pick % count + 1 for pick in picks})
+    with meshpipe.Splitter(
+        path, codec=codec, chunk_size=chunk_size, min_chunk_size=1, chunks=wanted, window=1
+    ) as splitter:
+        got = []
+        for chunk in splitter:
+            got.append((chunk.number, chunk.xxh3_128, bytes(chunk)))
+            chunk.release()
+    assert got == [(n, full.checksums[n - 1], full.payloads[n - 1]) for n in wanted]
 
 
 def test_a_subset_has_no_whole_file_digest(tmp_path: Path) -> None:
