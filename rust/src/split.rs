@@ -292,11 +292,6 @@ impl Splitter {
         self.codec
     }
 
-    /// How many chunks this split produces (the plan's count, unless a subset was selected).
-    pub fn selected_count(&self) -> usize {
-        self.order.len()
-    }
-
     /// The next chunk in order, None after the last. Blocks while it is being prepared.
     pub fn next_chunk(&mut self) -> Result<Option<ReadyChunk>> {
         if let Some(message) = &self.error {

@@ -82,6 +82,18 @@ def test_window_bounds_chunks_in_flight(source: Path, codec: meshpipe.Codec, win
     splitter.close()
 
 
+def test_a_subset_split_has_the_same_window_bound(source: Path) -> None:
+    splitter = meshpipe.Splitter(source, chunk_size=5 * MiB, window=1, threads=1, chunks=[1, 3])
+    first = next(splitter)
+    waiter, got = _next_in_thread(splitter)
+    waiter.join(timeout=1.0)
+    assert waiter.is_alive() and not got, "a chunk beyond the window was produced"
+    first.release()
+    waiter.join(timeout=60)
+    assert [(chunk.number, chunk.length) for chunk in got] == [(3, MiB)]
+    splitter.close()
+
+
 def test_strided_input_is_refused(tmp_path: Path) -> None:
     assembler = meshpipe.Assembler(tmp_path / "out", chunk_count=1)
     writer = assembler.open_chunk(1)
