@@ -217,7 +217,7 @@ class Assembler:
 
     Resuming: ``partial_path`` names a stable partial file (on the destination's filesystem)
     instead of a fresh temporary one; it is opened without truncation (created if absent,
-    extended to ``file_size`` when known) and locked against a second assembler.
+    extended to ``file_size`` when known) and locked against a second assembler until this one ends.
     ``keep_partial=True`` leaves it in place on abort, on a failed ``finish`` and on garbage
     collection, for a later run. That run passes ``completed`` (chunk number -> xxh3-128 hex,
     as recorded; needs ``chunk_size``): each is re-read and re-checked, ``accepted`` lists the

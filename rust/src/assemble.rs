@@ -21,7 +21,7 @@
 //!
 //! A chunk is durable once [`ChunkWriter::finish_synced`] (or [`Assembler::sync`]) returns:
 //! record it as done (in a ledger) only after that. A second assembler on the same partial path
-//! is refused while the first is alive (an advisory lock).
+//! is refused until the first has ended (finished, aborted or dropped): an advisory lock.
 //!
 //! I/O errors (a full disk: ENOSPC) name the file and leave the state consistent: the chunk
 //! being written is forgotten and may be written again, chunks already done stay done.
