@@ -4,7 +4,7 @@ Import from ``meshpipe``, not from here.
 """
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Final, Literal, Self, final
 
@@ -117,6 +117,12 @@ class Splitter:
     duplicated, the caller keeps ownership). Memory is bounded by ``window`` chunk buffers:
     while the caller holds ``window`` chunks, ``next()`` waits (GIL released) until one is
     released or garbage-collected, so a single thread must not hold more than ``window - 1``.
+
+    ``chunks`` (chunk numbers from 1: a range, a list, a set) selects a subset: only those
+    chunks are read, compressed and checksummed, yielded in ascending order with exactly the
+    bytes and xxh3-128 a full split gives them (``Chunk.count`` is still the whole file's).
+    Unless it selects every chunk, such a split has no whole-file digest: ``digest()`` raises
+    StateError, and ``sha256=True`` is refused.
     """
 
     def __new__(
@@ -131,6 +137,7 @@ class Splitter:
         sha256: bool = False,
         max_file_size: int = ...,
         min_chunk_size: int = ...,
+        chunks: Iterable[int] | None = None,
     ) -> Self:
         """``min_chunk_size`` is MESH's 5 MiB rule; lower it only for test servers."""
     @property
@@ -140,7 +147,8 @@ class Splitter:
     def __iter__(self) -> Iterator[Chunk]: ...
     def __next__(self) -> Chunk: ...
     def digest(self) -> FileDigest:
-        """The whole-file checksums; only after the last chunk was yielded."""
+        """The whole-file checksums; only after the last chunk was yielded, and only from a
+        split of every chunk."""
     def close(self) -> None: ...
     def __enter__(self) -> Self: ...
     def __exit__(
@@ -189,8 +197,12 @@ class ChunkWriter:
     @property
     def written(self) -> int:
         """Uncompressed bytes written so far."""
-    def write(self, data: Buffer) -> None: ...
-    def finish(self) -> ChunkReport: ...
+    def write(self, data: Buffer) -> None:
+        """On an error (corrupt data, a full disk: OSError with errno ENOSPC naming the file)
+        the attempt is aborted and the chunk may be opened again."""
+    def finish(self, *, sync: bool = False) -> ChunkReport:
+        """Verify the chunk. ``sync=True`` also makes it durable (fdatasync of the partial
+        file) before it counts as done: record a chunk in a ledger only after that."""
     def abort(self) -> None:
         """Forget this attempt; the chunk may be opened again."""
 
@@ -202,6 +214,15 @@ class Assembler:
 
     ``chunk_size=None`` means unknown: chunk k can be opened only once chunks 1..k-1 are done,
     unless ``assume_fixed_chunk_size()`` was called after chunk 1.
+
+    Resuming: ``partial_path`` names a stable partial file (on the destination's filesystem)
+    instead of a fresh temporary one; it is opened without truncation (created if absent,
+    extended to ``file_size`` when known) and locked against a second assembler until this one ends.
+    ``keep_partial=True`` leaves it in place on abort, on a failed ``finish`` and on garbage
+    collection, for a later run. That run passes ``completed`` (chunk number -> xxh3-128 hex,
+    as recorded; needs ``chunk_size``): each is re-read and re-checked, ``accepted`` lists the
+    ones kept and ``rejected`` the torn or changed ones, which are ``missing`` again. The
+    whole-file checksum still covers the finished file, in order.
     """
 
     def __new__(
@@ -217,21 +238,33 @@ class Assembler:
         compute_sha256: bool = False,
         max_chunk_size: int = ...,
         overwrite: bool = False,
+        partial_path: str | os.PathLike[str] | None = None,
+        completed: Mapping[int, str] | None = None,
+        keep_partial: bool = False,
     ) -> Self: ...
     @property
     def destination(self) -> str: ...
     @property
-    def temporary_path(self) -> str: ...
+    def temporary_path(self) -> str:
+        """Where the file is being assembled (``partial_path`` when given)."""
     @property
     def chunk_count(self) -> int: ...
     @property
     def missing(self) -> list[int]: ...
+    @property
+    def accepted(self) -> list[int]:
+        """Completed chunks that were re-read and matched their checksum."""
+    @property
+    def rejected(self) -> list[int]:
+        """Completed chunks that were torn or changed: fetch them again."""
+    def sync(self) -> None:
+        """Make every chunk finished so far durable (one fdatasync of the partial file)."""
     def open_chunk(self, number: int, *, xxh3_128: str | None = None) -> ChunkWriter: ...
     def assume_fixed_chunk_size(self) -> int:
         """After chunk 1 of a multi-chunk message: take its length as every chunk's but the last."""
     def finish(self) -> AssemblyReport: ...
     def abort(self) -> None:
-        """Delete the temporary file. Safe to call more than once."""
+        """End the assembly; deletes the partial file unless ``keep_partial``. Idempotent."""
     def __enter__(self) -> Self: ...
     def __exit__(
         self,

@@ -1,19 +1,43 @@
 //! Assemble: chunks arrive in any order, as byte feeds; each is decoded (capped at its planned
-//! length), verified and written at its offset into a temporary file beside the destination.
-//! The whole-file digest is fed in file order: the first chunk not yet hashed is hashed as it is
-//! written, chunks completed ahead of it are read back (from the page cache) when it completes.
-//! `finish` verifies the whole file, fsyncs it and renames it into place. Until then nothing is
-//! at the destination; an assembler dropped before `finish` deletes its temporary file.
+//! length), verified and written at its offset into a partial file beside the destination.
+//! The whole-file digest is fed in file order (one `WholeHash` keeps that order and its rollback). `finish`
+//! verifies the whole file, fsyncs it and renames it into place, never over an existing file
+//! unless `overwrite` is set. Until then nothing is at the destination.
+//!
+//! # The partial file, and resuming
+//! By default the partial file is a fresh temporary file, deleted by `abort`, by a failed
+//! `finish` and when the assembler is dropped unfinished.
+//!
+//! To survive a crash, name a stable [`partial_path`](AssembleOptions::partial_path) (on the
+//! destination's filesystem) and set [`keep_partial`](AssembleOptions::keep_partial): the
+//! partial file is then opened without truncation (created if absent, extended to the file size
+//! when it is known) and left in place by `abort`, a failed `finish` and drop. A later run
+//! passes the chunks it recorded as done in [`completed`](AssembleOptions::completed) (chunk
+//! number → xxh3-128; needs the chunk size): each is re-read from the partial file and checked
+//! against its checksum; a torn or tampered chunk is dropped and reported in
+//! [`Assembler::resumed`], so the caller fetches it again. The re-read feeds the whole-file
+//! digest, so the finished file is still checked end to end, with no further read of the chunks
+//! at its front.
+//!
+//! A chunk is durable once [`ChunkWriter::finish_synced`] (or [`Assembler::sync`]) returns:
+//! record it as done (in a ledger) only after that. A second assembler on the same partial path
+//! is refused until the first has ended (finished, aborted or dropped): an advisory lock.
+//!
+//! I/O errors (a full disk: ENOSPC) name the file and leave the state consistent: the chunk
+//! being written is forgotten and may be written again, chunks already done stay done.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+mod partial;
+mod whole_hash;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::checksum::{hex128, hex_bytes, FileHasher, Xxh3Hasher};
-use crate::codec::{CodecKind, Decoder};
+use crate::checksum::{hex128, hex_bytes, Xxh3Hasher};
+use crate::codec::{CodecKind, Decoder, Integrity};
 use crate::error::{Error, LengthProblem, Result};
+use partial::{is_short_file, parent_of, sync_folder, PartialFile};
+use whole_hash::WholeHash;
 
 /// Default cap on a chunk's uncompressed length when the plan does not say (a chunk as sent is at
 /// most 100 MB; 1 GiB of output allows generous compression ratios and stops bombs).
@@ -38,6 +62,14 @@ pub struct AssembleOptions {
     pub max_chunk_size: u64,
     /// Replace an existing destination file.
     pub overwrite: bool,
+    /// A stable path for the partial file (opened without truncation), instead of a fresh
+    /// temporary file. It must be on the destination's filesystem.
+    pub partial_path: Option<PathBuf>,
+    /// Leave the partial file in place on abort, on a failed finish and on drop.
+    pub keep_partial: bool,
+    /// Chunks already in the partial file (1-based number → xxh3-128), to re-check and keep.
+    /// Needs `partial_path` and `chunk_size`.
+    pub completed: BTreeMap<u32, u128>,
 }
 
 impl AssembleOptions {
@@ -52,7 +84,33 @@ impl AssembleOptions {
             compute_sha256: false,
             max_chunk_size: DEFAULT_MAX_CHUNK_SIZE,
             overwrite: false,
+            partial_path: None,
+            keep_partial: false,
+            completed: BTreeMap::new(),
         }
+    }
+}
+
+/// What vouched for a chunk's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkCheck {
+    /// Its xxh3-128 matched the one expected (as received, or re-read on resume).
+    Xxh3,
+    /// Only what its codec checks (or nothing, for raw bytes without an expected checksum).
+    Codec(Integrity),
+}
+
+impl ChunkCheck {
+    pub fn name(self) -> &'static str {
+        match self {
+            ChunkCheck::Xxh3 => "xxh3-128",
+            ChunkCheck::Codec(integrity) => integrity.name(),
+        }
+    }
+
+    /// Whether anything was checked at all.
+    pub fn verifies(self) -> bool {
+        self != ChunkCheck::Codec(Integrity::Unverified)
     }
 }
 
@@ -62,7 +120,7 @@ pub struct ChunkReport {
     pub number: u32,
     pub length: u64,
     pub xxh3_128: u128,
-    pub verified_by: &'static str,
+    pub verified_by: ChunkCheck,
 }
 
 /// The outcome for the whole file.
@@ -77,6 +135,15 @@ pub struct AssemblyReport {
     pub verified: Vec<String>,
 }
 
+/// What became of the chunks listed as completed when the assembler was created.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResumeReport {
+    /// Re-read and matching their recorded checksum: kept, not to be fetched again.
+    pub accepted: Vec<u32>,
+    /// Torn (the partial file ends inside them) or changed: fetch them again.
+    pub rejected: Vec<u32>,
+}
+
 #[derive(Debug, Clone)]
 enum Slot {
     Missing,
@@ -84,28 +151,65 @@ enum Slot {
     Done {
         length: u64,
         xxh3_128: u128,
-        verified_by: &'static str,
+        verified_by: ChunkCheck,
     },
+}
+
+impl Slot {
+    fn done_length(&self) -> Option<u64> {
+        match self {
+            Slot::Done { length, .. } => Some(*length),
+            _ => None,
+        }
+    }
+}
+
+/// How an assembler ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    Finished,
+    Aborted,
+}
+
+impl Closed {
+    fn word(self) -> &'static str {
+        match self {
+            Closed::Finished => "finished",
+            Closed::Aborted => "aborted",
+        }
+    }
 }
 
 struct State {
     slots: Vec<Slot>,
     chunk_size: Option<u64>,
-    /// Chunks 0..hashed have been fed to `whole` (in file order).
-    hashed: u32,
-    whole: FileHasher,
-    /// The chunk being hashed as it is written (the first one not yet hashed), with the
-    /// whole-file hashers as they were at its start, to go back to if it is aborted.
-    streaming: Option<(u32, FileHasher)>,
-    closed: Option<&'static str>,
+    whole: WholeHash,
+    closed: Option<Closed>,
 }
 
 struct Shared {
     destination: PathBuf,
-    temporary: PathBuf,
-    file: File,
+    partial: PartialFile,
     options: AssembleOptions,
+    resumed: ResumeReport,
     state: Mutex<State>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent-enough state to report and abort.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The assembly ended without a file at the destination: drop the partial file unless the
+    /// caller keeps it for a later resume (and then let a later assembler open it).
+    fn discard_partial(&self) {
+        if self.options.keep_partial {
+            self.partial.unlock();
+        } else {
+            self.partial.remove();
+        }
+    }
 }
 
 impl Drop for Shared {
@@ -113,18 +217,11 @@ impl Drop for Shared {
         let finished = self
             .state
             .get_mut()
-            .map(|s| s.closed == Some("finished"))
+            .map(|s| s.closed == Some(Closed::Finished))
             .unwrap_or(false);
         if !finished {
-            let _ = std::fs::remove_file(&self.temporary);
+            self.discard_partial();
         }
-    }
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves consistent-enough state to report and abort.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -133,87 +230,42 @@ pub struct Assembler {
     shared: Arc<Shared>,
 }
 
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn temporary_path_for(destination: &Path) -> Result<PathBuf> {
-    let name = destination.file_name().ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "destination {} must name a file",
-            destination.display()
-        ))
-    })?;
-    let unique = format!(
-        ".{}.meshpipe-{}-{}.part",
-        name.to_string_lossy(),
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    Ok(destination.with_file_name(unique))
-}
-
 impl Assembler {
     pub fn create(destination: &Path, options: AssembleOptions) -> Result<Self> {
-        if options.chunk_count == 0 {
-            return Err(Error::InvalidArgument(
-                "a message has at least one chunk".into(),
-            ));
-        }
-        if let (Some(chunk), Some(file)) = (options.chunk_size, options.file_size) {
-            if chunk == 0 {
-                return Err(Error::InvalidArgument("chunk_size must be positive".into()));
-            }
-            let count = file.div_ceil(chunk).max(1);
-            if count != u64::from(options.chunk_count) {
-                return Err(Error::InvalidArgument(format!(
-                    "a {file}-byte file in {chunk}-byte chunks has {count} chunks, not {}",
-                    options.chunk_count
-                )));
-            }
-        }
-        if destination.is_dir() {
-            return Err(Error::io(
-                format!("destination {}", destination.display()),
-                std::io::Error::from(std::io::ErrorKind::IsADirectory),
-            ));
-        }
-        if !options.overwrite && destination.exists() {
-            return Err(Error::io(
-                format!(
-                    "destination {} already exists; remove it or pass overwrite=True",
-                    destination.display()
-                ),
-                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-            ));
-        }
-        let temporary = temporary_path_for(destination)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&temporary)
-            .map_err(|e| Error::io(format!("creating {}", temporary.display()), e))?;
-        if let Some(size) = options.file_size {
-            // Sparse: reserves nothing, but lets chunks land at any offset.
-            if let Err(e) = file.set_len(size) {
-                let _ = std::fs::remove_file(&temporary);
-                return Err(Error::io(format!("sizing {}", temporary.display()), e));
-            }
-        }
+        check_options(destination, &options)?;
+        let partial = match &options.partial_path {
+            Some(path) => PartialFile::open_stable(path, destination)?,
+            None => PartialFile::create_temporary(destination)?,
+        };
         let with_sha = options.compute_sha256 || options.sha256.is_some();
-        let state = State {
+        let mut state = State {
             slots: vec![Slot::Missing; options.chunk_count as usize],
             chunk_size: options.chunk_size,
-            hashed: 0,
-            whole: FileHasher::new(with_sha),
-            streaming: None,
+            whole: WholeHash::new(with_sha),
             closed: None,
+        };
+        let prepared = prepare_partial(&partial, &options).and_then(|()| {
+            if options.completed.is_empty() {
+                Ok(ResumeReport::default())
+            } else {
+                recheck_completed(&partial, &options, &mut state)
+            }
+        });
+        let resumed = match prepared {
+            Ok(resumed) => resumed,
+            Err(e) => {
+                if !options.keep_partial {
+                    partial.remove();
+                }
+                return Err(e);
+            }
         };
         Ok(Assembler {
             shared: Arc::new(Shared {
                 destination: destination.to_path_buf(),
-                temporary,
-                file,
+                partial,
                 options,
+                resumed,
                 state: Mutex::new(state),
             }),
         })
@@ -223,8 +275,20 @@ impl Assembler {
         &self.shared.destination
     }
 
+    /// Where the file is being assembled: the temporary file, or the stable partial path.
     pub fn temporary_path(&self) -> &Path {
-        &self.shared.temporary
+        self.shared.partial.path()
+    }
+
+    /// Which of the chunks listed as completed were kept, and which must be fetched again.
+    pub fn resumed(&self) -> &ResumeReport {
+        &self.shared.resumed
+    }
+
+    /// Make every chunk finished so far durable (one fdatasync of the partial file).
+    pub fn sync(&self) -> Result<()> {
+        check_open(&self.shared.lock())?;
+        self.shared.partial.sync_data()
     }
 
     pub fn chunk_count(&self) -> u32 {
@@ -352,30 +416,31 @@ impl Assembler {
         }
         match finish_locked(shared, &mut state) {
             Ok(report) => {
-                state.closed = Some("finished");
+                state.closed = Some(Closed::Finished);
                 Ok(report)
             }
             Err(e) => {
-                state.closed = Some("aborted");
-                let _ = std::fs::remove_file(&shared.temporary);
+                state.closed = Some(Closed::Aborted);
+                shared.discard_partial();
                 Err(e)
             }
         }
     }
 
-    /// Delete the temporary file; later calls fail with a state error. Idempotent.
+    /// End the assembly: later calls fail with a state error. Deletes the partial file unless
+    /// `keep_partial` was set. Idempotent.
     pub fn abort(&self) {
         let mut state = self.shared.lock();
         if state.closed.is_none() {
-            state.closed = Some("aborted");
-            let _ = std::fs::remove_file(&self.shared.temporary);
+            state.closed = Some(Closed::Aborted);
+            self.shared.discard_partial();
         }
     }
 }
 
 impl Drop for Assembler {
-    /// The assembler owns the temporary file: dropped unfinished, it deletes it, even while
-    /// writers of it are still alive (their later writes fail on a closed assembler).
+    /// The assembler owns the partial file: dropped unfinished, it deletes it (unless kept),
+    /// even while writers of it are still alive (their later writes fail on a closed assembler).
     fn drop(&mut self) {
         self.abort();
     }
@@ -384,8 +449,135 @@ impl Drop for Assembler {
 fn check_open(state: &State) -> Result<()> {
     match state.closed {
         None => Ok(()),
-        Some(how) => Err(Error::State(format!("the assembler was already {how}"))),
+        Some(how) => Err(Error::State(format!(
+            "the assembler was already {}",
+            how.word()
+        ))),
     }
+}
+
+/// Refuse a plan that cannot be right, or a destination that cannot be written, before any file
+/// is created.
+fn check_options(destination: &Path, options: &AssembleOptions) -> Result<()> {
+    if options.chunk_count == 0 {
+        return Err(Error::InvalidArgument(
+            "a message has at least one chunk".into(),
+        ));
+    }
+    if options.chunk_size == Some(0) {
+        return Err(Error::InvalidArgument("chunk_size must be positive".into()));
+    }
+    if let (Some(chunk), Some(file)) = (options.chunk_size, options.file_size) {
+        let count = file.div_ceil(chunk).max(1);
+        if count != u64::from(options.chunk_count) {
+            return Err(Error::InvalidArgument(format!(
+                "a {file}-byte file in {chunk}-byte chunks has {count} chunks, not {}",
+                options.chunk_count
+            )));
+        }
+    }
+    if !options.completed.is_empty() {
+        if options.partial_path.is_none() {
+            return Err(Error::InvalidArgument(
+                "completed chunks are re-read from the partial file of an earlier run; pass partial_path too"
+                    .into(),
+            ));
+        }
+        if options.chunk_size.is_none() {
+            return Err(Error::InvalidArgument(
+                "resuming with completed chunks needs chunk_size (to know where they are)".into(),
+            ));
+        }
+        if let Some(&number) = options
+            .completed
+            .keys()
+            .find(|&&n| n == 0 || n > options.chunk_count)
+        {
+            return Err(Error::ChunkNumber {
+                chunk: i64::from(number),
+                count: options.chunk_count,
+            });
+        }
+    }
+    if destination.is_dir() {
+        return Err(Error::io(
+            format!("destination {}", destination.display()),
+            std::io::Error::from(std::io::ErrorKind::IsADirectory),
+        ));
+    }
+    if !options.overwrite && destination.exists() {
+        return Err(Error::io(
+            format!(
+                "destination {} already exists; remove it or pass overwrite=True",
+                destination.display()
+            ),
+            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        ));
+    }
+    Ok(())
+}
+
+/// Give the partial file its planned size where it is known.
+fn prepare_partial(partial: &PartialFile, options: &AssembleOptions) -> Result<()> {
+    match options.file_size {
+        Some(size) if partial.len()? != size => partial.set_len(size),
+        _ => Ok(()),
+    }
+}
+
+/// Re-read each chunk listed as completed from the partial file and keep those whose xxh3-128
+/// still matches. In chunk order, so the chunks at the front go to the whole-file digest as
+/// they are re-read.
+fn recheck_completed(
+    partial: &PartialFile,
+    options: &AssembleOptions,
+    state: &mut State,
+) -> Result<ResumeReport> {
+    let chunk_size = options.chunk_size.expect("checked by check_options");
+    let present = partial.len()?;
+    let mut report = ResumeReport::default();
+    for (&number, &expected) in &options.completed {
+        let index = number - 1;
+        let offset = u64::from(index) * chunk_size;
+        let length = if number < options.chunk_count {
+            chunk_size
+        } else {
+            // The last chunk ends where the file does (if the size is unknown, where the earlier
+            // run stopped writing; the checksum decides whether that was all of it).
+            options
+                .file_size
+                .map_or(present, |size| size)
+                .saturating_sub(offset)
+                .min(chunk_size)
+        };
+        let mut hasher = Xxh3Hasher::default();
+        let mut position = offset;
+        let whole = &mut state.whole;
+        let reread = partial.read_range(offset, length, |piece| {
+            hasher.update(piece);
+            whole.written(partial, index, position, piece)?;
+            position += piece.len() as u64;
+            Ok(())
+        });
+        match reread {
+            Ok(()) if hasher.digest() == expected => {
+                state.slots[index as usize] = Slot::Done {
+                    length,
+                    xxh3_128: expected,
+                    verified_by: ChunkCheck::Xxh3,
+                };
+                state.whole.completed(partial, &state.slots, index)?;
+                report.accepted.push(number);
+            }
+            Err(e) if !is_short_file(&e) => return Err(e),
+            // Changed since it was recorded, or torn: the partial file ends inside it.
+            _ => {
+                state.whole.rolled_back(index);
+                report.rejected.push(number);
+            }
+        }
+    }
+    Ok(report)
 }
 
 fn missing_in(state: &State) -> Vec<u32> {
@@ -401,7 +593,7 @@ fn missing_in(state: &State) -> Vec<u32> {
 fn finish_locked(shared: &Shared, state: &mut State) -> Result<AssemblyReport> {
     let options = &shared.options;
     let mut size = 0u64;
-    let mut methods: Vec<&'static str> = Vec::new();
+    let mut methods: Vec<ChunkCheck> = Vec::new();
     for slot in &state.slots {
         if let Slot::Done {
             length,
@@ -411,7 +603,7 @@ fn finish_locked(shared: &Shared, state: &mut State) -> Result<AssemblyReport> {
         {
             size += length;
             if !methods.contains(verified_by) {
-                methods.push(verified_by);
+                methods.push(*verified_by);
             }
         }
     }
@@ -430,8 +622,7 @@ fn finish_locked(shared: &Shared, state: &mut State) -> Result<AssemblyReport> {
             });
         }
     }
-    advance_whole_hash(shared, state)?;
-    let digest = state.whole.finish();
+    let digest = state.whole.finish(&shared.partial, &state.slots)?;
     debug_assert_eq!(digest.size, size);
     let mut verified = Vec::new();
     if let Some(expected) = options.xxh3_128 {
@@ -457,28 +648,14 @@ fn finish_locked(shared: &Shared, state: &mut State) -> Result<AssemblyReport> {
         }
         verified.push("file sha256".to_string());
     }
-    for method in methods {
-        if method != "none" {
-            verified.push(format!("chunks {method}"));
-        }
+    for method in methods.into_iter().filter(|m| m.verifies()) {
+        verified.push(format!("chunks {}", method.name()));
     }
-    let file = &shared.file;
-    let temporary = &shared.temporary;
-    file.set_len(size)
-        .map_err(|e| Error::io(format!("sizing {}", temporary.display()), e))?;
-    file.sync_all()
-        .map_err(|e| Error::io(format!("syncing {}", temporary.display()), e))?;
-    place(temporary, &shared.destination, options.overwrite)?;
-    if let Some(parent) = shared.destination.parent() {
-        let parent = if parent.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            parent
-        };
-        if let Ok(dir) = File::open(parent) {
-            let _ = dir.sync_all();
-        }
-    }
+    let partial = &shared.partial;
+    partial.set_len(size)?;
+    partial.sync_all()?;
+    place(partial.path(), &shared.destination, options.overwrite)?;
+    sync_folder(parent_of(&shared.destination));
     Ok(AssemblyReport {
         path: shared.destination.clone(),
         size,
@@ -521,57 +698,6 @@ fn place(temporary: &Path, destination: &Path, overwrite: bool) -> Result<()> {
     }
 }
 
-/// Feed every complete chunk at the front of the file to the whole-file hashers, reading back
-/// what was written (it is in the page cache: it was just written). Chunks that were hashed as
-/// they were written (see `stream_whole`) need no reading back.
-fn advance_whole_hash(shared: &Shared, state: &mut State) -> Result<()> {
-    while (state.hashed as usize) < state.slots.len() {
-        let Slot::Done { length, .. } = state.slots[state.hashed as usize] else {
-            break;
-        };
-        let offset = state.whole.size();
-        hash_back(shared, &mut state.whole, offset, length)?;
-        state.hashed += 1;
-    }
-    Ok(())
-}
-
-/// Hash `length` bytes of the temporary file from `offset` into `whole`.
-fn hash_back(shared: &Shared, whole: &mut FileHasher, offset: u64, length: u64) -> Result<()> {
-    let mut buffer = vec![0u8; length.min(1 << 20) as usize];
-    let mut done = 0u64;
-    while done < length {
-        let n = (length - done).min(buffer.len() as u64) as usize;
-        shared
-            .file
-            .read_exact_at(&mut buffer[..n], offset + done)
-            .map_err(|e| Error::io(format!("reading back {}", shared.temporary.display()), e))?;
-        whole.update(&buffer[..n]);
-        done += n as u64;
-    }
-    Ok(())
-}
-
-/// Bytes of chunk `index` just written at `at`: if every earlier chunk is hashed, hash them
-/// now (after reading back any of this chunk written before the earlier ones were done), so the
-/// whole-file check needs no second read of them.
-fn stream_whole(shared: &Shared, index: u32, at: u64, bytes: &[u8]) -> Result<()> {
-    let mut state = shared.lock();
-    if state.hashed != index {
-        return Ok(());
-    }
-    if state.streaming.as_ref().map(|(i, _)| *i) != Some(index) {
-        let snapshot = state.whole.clone();
-        state.streaming = Some((index, snapshot));
-    }
-    let hashed_to = state.whole.size();
-    if hashed_to < at {
-        hash_back(shared, &mut state.whole, hashed_to, at - hashed_to)?;
-    }
-    state.whole.update(bytes);
-    Ok(())
-}
-
 /// Receives one chunk's bytes. Dropping it unfinished is the same as `abort`.
 pub struct ChunkWriter {
     shared: Arc<Shared>,
@@ -607,12 +733,11 @@ impl ChunkWriter {
         }
     }
 
-    /// Feed the next bytes of the chunk as received (compressed per the codec).
+    /// Feed the next bytes of the chunk as received (compressed per the codec). On an error
+    /// (corrupt data, a full disk) the attempt is aborted: the chunk may be opened again.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
         self.check_open()?;
-        let base = self.offset + self.decoder.produced();
-        let mut position = base;
-        let file = &self.shared.file;
+        let mut position = self.offset + self.decoder.produced();
         let hasher = &mut self.hasher;
         let repeat = self.previous.is_some();
         let shared = &self.shared;
@@ -620,9 +745,11 @@ impl ChunkWriter {
         let result = self.decoder.feed(data, &mut |bytes| {
             hasher.update(bytes);
             if !repeat {
-                file.write_all_at(bytes, position)
-                    .map_err(|e| Error::io(format!("writing {}", shared.temporary.display()), e))?;
-                stream_whole(shared, index, position, bytes)?;
+                shared.partial.write_at(bytes, position)?;
+                shared
+                    .lock()
+                    .whole
+                    .written(&shared.partial, index, position, bytes)?;
             }
             position += bytes.len() as u64;
             Ok(())
@@ -636,33 +763,45 @@ impl ChunkWriter {
 
     /// Complete the chunk: its stream must be whole and its length and checksum right.
     pub fn finish(&mut self) -> Result<ChunkReport> {
+        self.complete(false)
+    }
+
+    /// As [`finish`](Self::finish), and make the chunk durable (fdatasync of the partial file)
+    /// before it counts as done: once this returns, a ledger may record the chunk as written.
+    pub fn finish_synced(&mut self) -> Result<ChunkReport> {
+        self.complete(true)
+    }
+
+    fn complete(&mut self, sync: bool) -> Result<ChunkReport> {
         self.check_open()?;
-        let outcome = self.verify();
-        match outcome {
-            Ok(report) => {
-                self.open = false;
-                if self.previous.is_none() {
-                    let index = self.number - 1;
-                    let mut state = self.shared.lock();
-                    state.slots[index as usize] = Slot::Done {
-                        length: report.length,
-                        xxh3_128: report.xxh3_128,
-                        verified_by: report.verified_by,
-                    };
-                    if state.streaming.take_if(|(i, _)| *i == index).is_some() {
-                        // Every byte of it went to the whole-file hashers as it was written.
-                        debug_assert_eq!(state.whole.size(), self.offset + report.length);
-                        state.hashed += 1;
-                    }
-                    advance_whole_hash(&self.shared, &mut state)?;
-                }
-                Ok(report)
+        let outcome = self.verify().and_then(|report| {
+            if sync && self.previous.is_none() {
+                self.shared.partial.sync_data()?;
             }
+            Ok(report)
+        });
+        let report = match outcome {
+            Ok(report) => report,
             Err(e) => {
                 self.abort();
-                Err(e.for_chunk(self.number))
+                return Err(e.for_chunk(self.number));
             }
+        };
+        self.open = false;
+        if self.previous.is_none() {
+            let index = self.number - 1;
+            let mut state = self.shared.lock();
+            state.slots[index as usize] = Slot::Done {
+                length: report.length,
+                xxh3_128: report.xxh3_128,
+                verified_by: report.verified_by,
+            };
+            let state = &mut *state;
+            state
+                .whole
+                .completed(&self.shared.partial, &state.slots, index)?;
         }
+        Ok(report)
     }
 
     fn verify(&mut self) -> Result<ChunkReport> {
@@ -680,7 +819,7 @@ impl ChunkWriter {
             }
         }
         let actual = self.hasher.digest();
-        let mut verified_by = integrity.name();
+        let mut verified_by = ChunkCheck::Codec(integrity);
         if let Some(expected) = self.expected_xxh3 {
             if expected != actual {
                 return Err(Error::ChecksumMismatch {
@@ -690,7 +829,7 @@ impl ChunkWriter {
                     actual: hex128(actual),
                 });
             }
-            verified_by = "xxh3-128";
+            verified_by = ChunkCheck::Xxh3;
         }
         if let Some((previous_length, previous_xxh3)) = self.previous {
             if (previous_length, previous_xxh3) != (length, actual) {
@@ -726,10 +865,8 @@ impl ChunkWriter {
             if matches!(state.slots[index as usize], Slot::Writing) {
                 state.slots[index as usize] = Slot::Missing;
             }
-            // Bytes of this attempt may have reached the whole-file hashers: take them back.
-            if let Some((_, snapshot)) = state.streaming.take_if(|(i, _)| *i == index) {
-                state.whole = snapshot;
-            }
+            // Bytes of this attempt may have reached the whole-file digest: take them back.
+            state.whole.rolled_back(index);
         }
     }
 }

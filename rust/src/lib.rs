@@ -5,8 +5,10 @@
 //! - [`plan`]: fixed uncompressed chunk boundaries, checked against MESH's limits.
 //! - [`codec`]: none / gzip (ISA-L) / zstd; one-shot compression, incremental capped decoding.
 //! - [`checksum`]: xxh3-128 per chunk and per file, SHA-256 on request.
-//! - [`split`]: the read → hash → compress pipeline over a bounded window of threads.
-//! - [`assemble`]: decode → verify → write at offset, any order; verify, fsync, rename.
+//! - [`split`]: the read → hash → compress pipeline over a bounded window of threads, over all
+//!   of a file's chunks or any subset of them.
+//! - [`assemble`]: decode → verify → write at offset, any order; verify, fsync, rename; resume
+//!   from a stable partial file whose completed chunks are re-checked.
 
 pub mod assemble;
 pub mod checksum;

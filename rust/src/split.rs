@@ -1,15 +1,32 @@
 //! Split: read → checksum → compress, over a bounded window of chunks on worker threads.
 //!
-//! One reader thread reads the file in order with positioned reads; one hasher thread feeds the
-//! whole-file hashers in order; worker threads hash each chunk and compress it; the consumer
-//! takes chunks in order.
+//! The pipeline has three named stages, one function each, joined by bounded channels:
+//! - `read_stage` (one thread) reads the selected chunks in ascending order with positioned
+//!   reads;
+//! - `hash_stage` (one thread) feeds the whole-file digest in file order, so hashing chunk i
+//!   overlaps reading chunk i + 1 (in a split of a subset of the chunks there is no whole-file
+//!   digest, and it only passes chunks on);
+//! - `work_stage` (`threads` threads) hashes each chunk (xxh3-128) and compresses it;
+//!
+//! and the consumer takes chunks in order.
+//!
+//! # Memory bound
 //! Buffers come from two fixed pools, and a chunk's buffers are taken *before* it is read, in
 //! chunk order, so memory is bounded and out-of-order completion can never starve the chunk the
 //! consumer is waiting for:
 //! - codec none: `window` buffers of `chunk_size` (the payload is the read buffer itself);
-//! - gzip/zstd: `window` payload buffers, plus `threads + 2` read buffers.
+//! - gzip/zstd: `window` payload buffers, plus `threads + 2` read buffers (one per worker, one at
+//!   the hash stage, one being read).
+//!
+//! # A subset of the chunks
+//! [`SplitOptions::chunks`] selects which chunks to produce (say, the ones a resumed send still
+//! has to upload, or one machine's share of a message). Only those are read, compressed and
+//! checksummed, in ascending order, with exactly the bytes and xxh3-128 a full split gives them;
+//! the memory bound is the same. Unless it selects every chunk, such a split has no whole-file
+//! digest: [`Splitter::digest`] refuses with a state error saying so (hash the whole file for
+//! that), and `sha256` is refused up front.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +44,40 @@ use crate::plan::{ChunkPlan, Limits, DEFAULT_CHUNK_SIZE};
 /// How often blocked threads look at the cancel flag.
 const POLL: Duration = Duration::from_millis(50);
 
+/// Which of a file's chunks a split produces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ChunkSelection {
+    /// Every chunk, with the whole-file digest.
+    #[default]
+    All,
+    /// These chunk numbers (1-based, as MESH numbers them), produced in ascending order. All of
+    /// them is the same as `All`.
+    Only(BTreeSet<u32>),
+}
+
+impl ChunkSelection {
+    /// The 0-based indexes to produce, in order; every number must be in the plan.
+    fn indexes(&self, plan: &ChunkPlan) -> Result<Vec<u32>> {
+        let count = plan.chunk_count();
+        match self {
+            ChunkSelection::All => Ok((0..count).collect()),
+            ChunkSelection::Only(numbers) => numbers
+                .iter()
+                .map(|&number| {
+                    if number == 0 || number > count {
+                        Err(Error::ChunkNumber {
+                            chunk: i64::from(number),
+                            count,
+                        })
+                    } else {
+                        Ok(number - 1)
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Options for a split.
 #[derive(Debug, Clone)]
 pub struct SplitOptions {
@@ -36,8 +87,11 @@ pub struct SplitOptions {
     pub threads: usize,
     /// Chunks in flight (read and not yet released by the consumer).
     pub window: usize,
+    /// Compute the whole-file SHA-256 too (a split of every chunk only).
     pub sha256: bool,
     pub limits: Limits,
+    /// Which chunks to produce.
+    pub chunks: ChunkSelection,
 }
 
 impl Default for SplitOptions {
@@ -50,6 +104,7 @@ impl Default for SplitOptions {
             window: default_window(threads),
             sha256: false,
             limits: Limits::default(),
+            chunks: ChunkSelection::All,
         }
     }
 }
@@ -160,10 +215,13 @@ struct Job {
 pub struct Splitter {
     plan: ChunkPlan,
     codec: Codec,
-    next_index: u32,
+    /// The 0-based indexes produced, ascending; `order[next..]` are still to come.
+    order: Vec<u32>,
+    next: usize,
     results: Receiver<Result<ReadyChunk>>,
     pending: BTreeMap<u32, ReadyChunk>,
-    digest_rx: Receiver<Result<FileDigest>>,
+    /// None for a split of a subset of the chunks.
+    digest_rx: Option<Receiver<Result<FileDigest>>>,
     digest: Option<FileDigest>,
     error: Option<String>,
     cancel: Arc<AtomicBool>,
@@ -200,103 +258,29 @@ impl Splitter {
             .map_err(|e| Error::io(format!("reading metadata of {name}"), e))?
             .len();
         let plan = ChunkPlan::new(size, options.chunk_size, options.codec, &options.limits)?;
-        let threads = options.threads.min(plan.chunk_count() as usize).max(1);
-        let window = options.window;
-        let buffer_size = plan.chunk_length(0) as usize;
-        let compressed = options.codec.kind() != CodecKind::None;
-
-        // Read buffers: for gzip/zstd, one per worker plus one at the hasher and one being read.
-        let input_pool = Pool::new(if compressed { threads + 2 } else { window }, buffer_size);
-        let output_pool = compressed.then(|| {
-            Pool::new(
-                window,
-                options.codec.max_payload_size(buffer_size as u64) as usize,
-            )
-        });
-
-        let cancel = Arc::new(AtomicBool::new(false));
-        let (read_tx, read_rx) = bounded::<Stage>(1);
-        let (job_tx, job_rx) = bounded::<Job>(threads);
-        let (result_tx, result_rx) = unbounded::<Result<ReadyChunk>>();
-        let (digest_tx, digest_rx) = bounded::<Result<FileDigest>>(1);
-        let file = Arc::new(file);
-
-        let mut handles = Vec::with_capacity(threads + 2);
-        {
-            let cancel = cancel.clone();
-            let result_tx = result_tx.clone();
-            handles.push(
-                std::thread::Builder::new()
-                    .name("meshpipe-read".into())
-                    .spawn(move || {
-                        let outcome = read_loop(
-                            &file,
-                            &name,
-                            plan,
-                            &input_pool,
-                            output_pool.as_ref(),
-                            &read_tx,
-                            &cancel,
-                        );
-                        if let Err(e) = outcome {
-                            cancel.store(true, Ordering::Relaxed);
-                            let _ = result_tx.send(Err(e));
-                        }
-                    })
-                    .map_err(|e| Error::io("starting the reader thread", e))?,
-            );
+        let order = options.chunks.indexes(&plan)?;
+        // A selection of every chunk is a whole-file split, digest included.
+        let whole_file = order.len() == plan.chunk_count() as usize;
+        if options.sha256 && !whole_file {
+            return Err(Error::InvalidArgument(
+                "sha256 is a whole-file digest; a split of some of the chunks cannot give it"
+                    .into(),
+            ));
         }
-        {
-            // The whole-file hashers run on their own thread, so hashing chunk i overlaps
-            // reading chunk i + 1.
-            let sha256 = options.sha256;
-            handles.push(
-                std::thread::Builder::new()
-                    .name("meshpipe-hash".into())
-                    .spawn(move || {
-                        let mut hasher = FileHasher::new(sha256);
-                        for stage in read_rx {
-                            match stage {
-                                Stage::Chunk(job) => {
-                                    hasher.update(job.input.as_slice());
-                                    if job_tx.send(job).is_err() {
-                                        return;
-                                    }
-                                }
-                                Stage::End => {
-                                    let _ = digest_tx.send(Ok(hasher.finish()));
-                                    return;
-                                }
-                            }
-                        }
-                    })
-                    .map_err(|e| Error::io("starting the hasher thread", e))?,
-            );
-        }
-        for worker in 0..threads {
-            let cancel = cancel.clone();
-            let result_tx = result_tx.clone();
-            let job_rx = job_rx.clone();
-            let codec = options.codec;
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("meshpipe-work-{worker}"))
-                    .spawn(move || work_loop(codec, plan, &job_rx, &result_tx, &cancel))
-                    .map_err(|e| Error::io("starting a worker thread", e))?,
-            );
-        }
-
+        let source = Source { file, name, plan };
+        let running = start_pipeline(source, &options, order.clone(), whole_file)?;
         Ok(Splitter {
             plan,
             codec: options.codec,
-            next_index: 0,
-            results: result_rx,
+            order,
+            next: 0,
+            results: running.results,
             pending: BTreeMap::new(),
-            digest_rx,
+            digest_rx: running.digest,
             digest: None,
             error: None,
-            cancel,
-            threads: handles,
+            cancel: running.cancel,
+            threads: running.threads,
         })
     }
 
@@ -313,12 +297,12 @@ impl Splitter {
         if let Some(message) = &self.error {
             return Err(Error::State(format!("the split already failed: {message}")));
         }
-        if self.next_index >= self.plan.chunk_count() {
+        let Some(&wanted) = self.order.get(self.next) else {
             return Ok(None);
-        }
+        };
         loop {
-            if let Some(chunk) = self.pending.remove(&self.next_index) {
-                self.next_index += 1;
+            if let Some(chunk) = self.pending.remove(&wanted) {
+                self.next += 1;
                 return Ok(Some(chunk));
             }
             match self.results.recv() {
@@ -342,22 +326,31 @@ impl Splitter {
         error
     }
 
-    /// Whole-file checksums; available once the last chunk has been taken.
+    /// Whole-file checksums; available once the last chunk has been taken, and only from a
+    /// split of every chunk.
     pub fn digest(&mut self) -> Result<FileDigest> {
         if let Some(d) = &self.digest {
             return Ok(d.clone());
         }
-        if self.next_index < self.plan.chunk_count() {
+        let Some(digest_rx) = &self.digest_rx else {
+            return Err(Error::State(format!(
+                "this split produces {} of the file's {} chunks, so it has no whole-file digest; \
+                 split every chunk, or hash the file, for that",
+                self.order.len(),
+                self.plan.chunk_count()
+            )));
+        };
+        if self.next < self.order.len() {
             return Err(Error::State(format!(
                 "the whole-file digest is known only after the last chunk; {} of {} chunks taken",
-                self.next_index,
+                self.next,
                 self.plan.chunk_count()
             )));
         }
-        let digest = match self.digest_rx.recv() {
+        let digest = match digest_rx.recv() {
             Ok(digest) => digest?,
             // The reader failed after the last chunk (the file changed size): its error is
-            // queued before the hasher gives up.
+            // queued before the hash stage gives up.
             Err(_) => {
                 let error = std::iter::from_fn(|| self.results.try_recv().ok())
                     .find_map(Result::err)
@@ -395,6 +388,107 @@ impl Drop for Splitter {
         // Threads notice within POLL and exit on their own; no join while possibly holding a lock.
         self.cancel.store(true, Ordering::Relaxed);
     }
+}
+
+/// The file being split, as the read stage sees it.
+struct Source {
+    file: File,
+    /// For messages: the path, or "file descriptor N".
+    name: String,
+    plan: ChunkPlan,
+}
+
+/// The two buffer pools of a split (see the module's memory bound).
+struct Pools {
+    input: Pool,
+    /// For gzip/zstd: where compressed payloads go.
+    output: Option<Pool>,
+}
+
+impl Pools {
+    fn new(plan: &ChunkPlan, codec: Codec, threads: usize, window: usize) -> Self {
+        let buffer_size = plan.chunk_length(0) as usize;
+        if codec.kind() == CodecKind::None {
+            return Pools {
+                input: Pool::new(window, buffer_size),
+                output: None,
+            };
+        }
+        let payload_size = codec.max_payload_size(buffer_size as u64) as usize;
+        Pools {
+            input: Pool::new(threads + 2, buffer_size),
+            output: Some(Pool::new(window, payload_size)),
+        }
+    }
+
+    /// One chunk's buffers, payload first; None when cancelled.
+    fn acquire(&self, cancel: &AtomicBool) -> Option<(PooledBuffer, Option<PooledBuffer>)> {
+        let output = match &self.output {
+            Some(pool) => Some(pool.acquire(cancel)?),
+            None => None,
+        };
+        let input = self.input.acquire(cancel)?;
+        Some((input, output))
+    }
+}
+
+/// A started pipeline: what the consumer keeps.
+struct Running {
+    results: Receiver<Result<ReadyChunk>>,
+    digest: Option<Receiver<Result<FileDigest>>>,
+    cancel: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Start the read, hash and work stages of a split of `order` (0-based, ascending).
+fn start_pipeline(
+    source: Source,
+    options: &SplitOptions,
+    order: Vec<u32>,
+    whole_file: bool,
+) -> Result<Running> {
+    let plan = source.plan;
+    let threads = options.threads.min(order.len()).max(1);
+    let pools = Pools::new(&plan, options.codec, threads, options.window);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (stage_tx, stage_rx) = bounded::<Stage>(1);
+    let (job_tx, job_rx) = bounded::<Job>(threads);
+    let (result_tx, result_rx) = unbounded::<Result<ReadyChunk>>();
+    let (digest_tx, digest_rx) = bounded::<Result<FileDigest>>(1);
+    let mut handles = Vec::with_capacity(threads + 2);
+
+    let (reader_cancel, reader_results) = (cancel.clone(), result_tx.clone());
+    handles.push(spawn("meshpipe-read", move || {
+        let outcome = read_stage(&source, &order, &pools, &stage_tx, &reader_cancel);
+        if let Err(e) = outcome {
+            reader_cancel.store(true, Ordering::Relaxed);
+            let _ = reader_results.send(Err(e));
+        }
+    })?);
+    let hasher = whole_file.then(|| FileHasher::new(options.sha256));
+    handles.push(spawn("meshpipe-hash", move || {
+        hash_stage(hasher, &stage_rx, &job_tx, &digest_tx)
+    })?);
+    for worker in 0..threads {
+        let (cancel, results, jobs) = (cancel.clone(), result_tx.clone(), job_rx.clone());
+        let codec = options.codec;
+        handles.push(spawn(&format!("meshpipe-work-{worker}"), move || {
+            work_stage(codec, plan, &jobs, &results, &cancel)
+        })?);
+    }
+    Ok(Running {
+        results: result_rx,
+        digest: whole_file.then_some(digest_rx),
+        cancel,
+        threads: handles,
+    })
+}
+
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(body)
+        .map_err(|e| Error::io(format!("starting the {name} thread"), e))
 }
 
 /// Read `length` bytes at `offset` into `buffer` (replacing its contents). Reads straight into
@@ -440,46 +534,29 @@ fn read_chunk(
     Ok(())
 }
 
-/// What the reader hands to the hasher: a chunk, or the end of a file read in full.
+/// What the read stage hands to the hash stage: a chunk, or the end of the selection.
 enum Stage {
     Chunk(Job),
     End,
 }
 
-fn read_loop(
-    file: &File,
-    name: &str,
-    plan: ChunkPlan,
-    input_pool: &Pool,
-    output_pool: Option<&Pool>,
+/// The read stage: for each selected chunk in order, take its buffers (back-pressure, in chunk
+/// order), read it, pass it on; at the end, check that the file did not change size.
+fn read_stage(
+    source: &Source,
+    order: &[u32],
+    pools: &Pools,
     stages: &Sender<Stage>,
     cancel: &AtomicBool,
 ) -> Result<()> {
-    for index in 0..plan.chunk_count() {
-        // Take this chunk's buffers before reading it: back-pressure, in chunk order.
-        let output = match output_pool {
-            Some(pool) => match pool.acquire(cancel) {
-                Some(buffer) => Some(buffer),
-                None => return Ok(()),
-            },
-            None => None,
-        };
-        let Some(mut input) = input_pool.acquire(cancel) else {
+    for &index in order {
+        let Some((mut input, output)) = pools.acquire(cancel) else {
             return Ok(());
         };
-        let offset = plan.chunk_offset(index);
-        let length = plan.chunk_length(index) as usize;
-        read_chunk(file, &mut input.data, length, offset).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::SourceChanged(format!(
-                    "{name} shrank while it was being split (it was {} bytes); send it again once \
-                     it is no longer being written",
-                    plan.file_size()
-                ))
-            } else {
-                Error::io(format!("reading {name} at offset {offset}"), e)
-            }
-        })?;
+        let offset = source.plan.chunk_offset(index);
+        let length = source.plan.chunk_length(index) as usize;
+        read_chunk(&source.file, &mut input.data, length, offset)
+            .map_err(|e| read_error(source, offset, e))?;
         let job = Job {
             index,
             offset,
@@ -490,22 +567,71 @@ fn read_loop(
             return Ok(());
         }
     }
-    let now = file
-        .metadata()
-        .map_err(|e| Error::io(format!("reading metadata of {name}"), e))?
-        .len();
-    if now != plan.file_size() {
-        return Err(Error::SourceChanged(format!(
-            "{name} changed size while it was being split ({} bytes, now {now}); send it again \
-             once it is no longer being written",
-            plan.file_size()
-        )));
-    }
+    check_unchanged(source)?;
     let _ = stages.send(Stage::End);
     Ok(())
 }
 
-fn work_loop(
+fn read_error(source: &Source, offset: u64, error: std::io::Error) -> Error {
+    if error.kind() == std::io::ErrorKind::UnexpectedEof {
+        Error::SourceChanged(format!(
+            "{} shrank while it was being split (it was {} bytes); send it again once it is no \
+             longer being written",
+            source.name,
+            source.plan.file_size()
+        ))
+    } else {
+        Error::io(format!("reading {} at offset {offset}", source.name), error)
+    }
+}
+
+fn check_unchanged(source: &Source) -> Result<()> {
+    let now = source
+        .file
+        .metadata()
+        .map_err(|e| Error::io(format!("reading metadata of {}", source.name), e))?
+        .len();
+    if now != source.plan.file_size() {
+        return Err(Error::SourceChanged(format!(
+            "{} changed size while it was being split ({} bytes, now {now}); send it again once \
+             it is no longer being written",
+            source.name,
+            source.plan.file_size()
+        )));
+    }
+    Ok(())
+}
+
+/// The hash stage: feed each chunk, in file order, to the whole-file digest (when there is one),
+/// then hand it to the workers; send the digest at the end.
+fn hash_stage(
+    mut hasher: Option<FileHasher>,
+    stages: &Receiver<Stage>,
+    jobs: &Sender<Job>,
+    digest: &Sender<Result<FileDigest>>,
+) {
+    for stage in stages {
+        match stage {
+            Stage::Chunk(job) => {
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(job.input.as_slice());
+                }
+                if jobs.send(job).is_err() {
+                    return;
+                }
+            }
+            Stage::End => {
+                if let Some(hasher) = hasher {
+                    let _ = digest.send(Ok(hasher.finish()));
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// A work stage thread: checksum and compress chunks until the jobs end or the split is cancelled.
+fn work_stage(
     codec: Codec,
     plan: ChunkPlan,
     jobs: &Receiver<Job>,
@@ -600,18 +726,46 @@ mod tests {
         }
     }
 
+    /// Join `handles`, failing the test if any thread is still running after 30 s or panicked.
+    fn join_all_within_30s(handles: Vec<JoinHandle<()>>) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for handle in handles {
+            while !handle.is_finished() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "split thread {:?} still running after the splitter was dropped",
+                    handle.thread().name()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            handle.join().expect("split thread panicked");
+        }
+    }
+
     #[test]
     fn digest_before_the_end_is_refused_and_drop_mid_way_is_clean() {
         let f = file_with(16 * MIB as usize);
-        let options = SplitOptions {
-            chunk_size: 5 * MIB,
-            window: 1,
-            ..SplitOptions::default()
-        };
-        let mut splitter = Splitter::open(f.path(), options).unwrap();
-        let first = splitter.next_chunk().unwrap().unwrap();
-        assert!(matches!(splitter.digest(), Err(Error::State(_))));
-        drop(first);
-        splitter.close();
+        let data = std::fs::read(f.path()).unwrap();
+        for codec in [Codec::none(), Codec::zstd(1).unwrap()] {
+            let options = SplitOptions {
+                codec,
+                chunk_size: 5 * MIB,
+                window: 1,
+                threads: 2,
+                ..SplitOptions::default()
+            };
+            let mut splitter = Splitter::open(f.path(), options).unwrap();
+            let first = splitter.next_chunk().unwrap().unwrap();
+            assert!(matches!(splitter.digest(), Err(Error::State(_))));
+            // Dropped while the reader waits for the only buffer (held here): every thread
+            // must still notice and exit, without a panic.
+            let handles = std::mem::take(&mut splitter.threads);
+            assert_eq!(handles.len(), 4, "reader, hasher and two workers");
+            drop(splitter);
+            join_all_within_30s(handles);
+            // The chunk taken before the drop stays valid, and its buffer can still go home.
+            assert_eq!(first.xxh3_128, xxh3_128(&data[..5 * MIB as usize]));
+            drop(first);
+        }
     }
 }

@@ -56,6 +56,7 @@ proptest! {
             window: 3,
             sha256: true,
             limits: small_limits(),
+            ..SplitOptions::default()
         };
         let mut splitter = Splitter::open(&source, options).unwrap();
         let chunks: Vec<_> = splitter.by_ref().map(|c| {

@@ -51,19 +51,47 @@ def test_chunks_outlive_the_splitter(source: Path) -> None:
     assert len(bytes(first)) == first.payload_size > 0
 
 
-def test_window_bounds_chunks_in_flight(source: Path) -> None:
-    """With a window of 1, the next chunk is prepared only after the last one is released."""
-    splitter = meshpipe.Splitter(source, chunk_size=5 * MiB, window=1, threads=1)
-    first = next(splitter)
-    first.release()
-    second = next(splitter)
-    assert second.number == 2
-    del second  # garbage collection returns the buffer too
+def _next_in_thread(splitter: meshpipe.Splitter) -> tuple[threading.Thread, list[meshpipe.Chunk]]:
+    got: list[meshpipe.Chunk] = []
+    waiter = threading.Thread(target=lambda: got.append(next(splitter)), daemon=True)
+    waiter.start()
+    return waiter, got
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip"])
+@pytest.mark.parametrize("window", [1, 2])
+def test_window_bounds_chunks_in_flight(source: Path, codec: meshpipe.Codec, window: int) -> None:
+    """While the caller holds ``window`` chunks no further chunk is produced; releasing one
+    (explicitly or by garbage collection) lets exactly the next one through. A splitter whose
+    window did not bound its buffers would hand the waiting thread a chunk here."""
+    splitter = meshpipe.Splitter(source, chunk_size=5 * MiB, window=window, threads=1, codec=codec)
+    held = [next(splitter) for _ in range(window)]
+    assert [chunk.number for chunk in held] == list(range(1, window + 1))
+    waiter, got = _next_in_thread(splitter)
+    waiter.join(timeout=1.0)
+    assert waiter.is_alive() and not got, "a chunk beyond the window was produced"
+    held.pop(0).release()
+    waiter.join(timeout=60)
+    assert not waiter.is_alive() and [chunk.number for chunk in got] == [window + 1]
+    del held, got  # garbage collection returns the buffers too
     gc.collect()
-    third = next(splitter)
-    assert (third.number, third.length) == (3, MiB)
-    with pytest.raises(StopIteration):
-        next(splitter)
+    rest = list(splitter)
+    assert [chunk.number for chunk in rest] == list(range(window + 2, 4))
+    if rest:
+        assert rest[-1].length == MiB
+    splitter.close()
+
+
+def test_a_subset_split_has_the_same_window_bound(source: Path) -> None:
+    splitter = meshpipe.Splitter(source, chunk_size=5 * MiB, window=1, threads=1, chunks=[1, 3])
+    first = next(splitter)
+    waiter, got = _next_in_thread(splitter)
+    waiter.join(timeout=1.0)
+    assert waiter.is_alive() and not got, "a chunk beyond the window was produced"
+    first.release()
+    waiter.join(timeout=60)
+    assert [(chunk.number, chunk.length) for chunk in got] == [(3, MiB)]
+    splitter.close()
 
 
 def test_strided_input_is_refused(tmp_path: Path) -> None:

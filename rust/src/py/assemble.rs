@@ -1,5 +1,6 @@
 //! `Assembler` and `ChunkWriter`: the core assembler for Python callers.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
@@ -7,7 +8,7 @@ use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use super::buffer::BorrowedBytes;
+use super::buffer::with_bytes;
 use crate::assemble::{
     AssembleOptions, Assembler, AssemblyReport, ChunkReport, ChunkWriter, DEFAULT_MAX_CHUNK_SIZE,
 };
@@ -31,7 +32,7 @@ impl From<ChunkReport> for PyChunkReport {
             number: r.number,
             length: r.length,
             xxh3_128: hex128(r.xxh3_128),
-            verified_by: r.verified_by,
+            verified_by: r.verified_by.name(),
         }
     }
 }
@@ -92,7 +93,7 @@ pub struct PyAssembler {
 #[pymethods]
 impl PyAssembler {
     #[new]
-    #[pyo3(signature = (destination, *, chunk_count, codec = "none", chunk_size = None, file_size = None, xxh3_128 = None, sha256 = None, compute_sha256 = false, max_chunk_size = DEFAULT_MAX_CHUNK_SIZE, overwrite = false))]
+    #[pyo3(signature = (destination, *, chunk_count, codec = "none", chunk_size = None, file_size = None, xxh3_128 = None, sha256 = None, compute_sha256 = false, max_chunk_size = DEFAULT_MAX_CHUNK_SIZE, overwrite = false, partial_path = None, completed = None, keep_partial = false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -106,6 +107,9 @@ impl PyAssembler {
         compute_sha256: bool,
         max_chunk_size: u64,
         overwrite: bool,
+        partial_path: Option<PathBuf>,
+        completed: Option<Bound<'_, PyAny>>,
+        keep_partial: bool,
     ) -> PyResult<Self> {
         let mut options = AssembleOptions::new(chunk_count, CodecKind::parse(codec)?);
         options.chunk_size = chunk_size;
@@ -115,6 +119,11 @@ impl PyAssembler {
         options.compute_sha256 = compute_sha256;
         options.max_chunk_size = max_chunk_size;
         options.overwrite = overwrite;
+        options.partial_path = partial_path;
+        options.keep_partial = keep_partial;
+        if let Some(completed) = completed {
+            options.completed = completed_chunks(&completed, chunk_count)?;
+        }
         let inner = py.detach(|| Assembler::create(&destination, options))?;
         Ok(PyAssembler { inner })
     }
@@ -137,6 +146,20 @@ impl PyAssembler {
     #[getter]
     fn missing(&self) -> Vec<u32> {
         self.inner.missing()
+    }
+
+    #[getter]
+    fn accepted(&self) -> Vec<u32> {
+        self.inner.resumed().accepted.clone()
+    }
+
+    #[getter]
+    fn rejected(&self) -> Vec<u32> {
+        self.inner.resumed().rejected.clone()
+    }
+
+    fn sync(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(py.detach(|| self.inner.sync())?)
     }
 
     #[pyo3(signature = (number, *, xxh3_128 = None))]
@@ -170,7 +193,8 @@ impl PyAssembler {
         slf
     }
 
-    /// Leaving the block without finish() (or on an exception) deletes the temporary file.
+    /// Leaving the block without finish() (or on an exception) aborts: the partial file is
+    /// deleted unless keep_partial was set.
     #[pyo3(signature = (*_args))]
     fn __exit__(&self, _args: &Bound<'_, PyTuple>) {
         self.inner.abort();
@@ -210,20 +234,21 @@ impl PyChunkWriter {
     }
 
     fn write(&self, py: Python<'_>, data: PyBuffer<u8>) -> PyResult<()> {
-        let bytes = BorrowedBytes::from_buffer(&data)?;
-        let result = if bytes.len() < DETACH_THRESHOLD {
-            // SAFETY: `data` (the export) is alive for this whole call.
-            self.lock().write(unsafe { bytes.as_slice() })
-        } else {
-            // SAFETY: as above; `data` outlives the GIL-free section.
-            py.detach(move || self.lock().write(unsafe { bytes.as_slice() }))
-        };
-        drop(data);
-        Ok(result?)
+        Ok(with_bytes(py, &data, DETACH_THRESHOLD, |bytes| {
+            self.lock().write(bytes)
+        })??)
     }
 
-    fn finish(&self, py: Python<'_>) -> PyResult<PyChunkReport> {
-        let report = py.detach(|| self.lock().finish())?;
+    #[pyo3(signature = (*, sync = false))]
+    fn finish(&self, py: Python<'_>, sync: bool) -> PyResult<PyChunkReport> {
+        let report = py.detach(|| {
+            let mut writer = self.lock();
+            if sync {
+                writer.finish_synced()
+            } else {
+                writer.finish()
+            }
+        })?;
         Ok(report.into())
     }
 
@@ -234,4 +259,20 @@ impl PyChunkWriter {
     fn __repr__(&self) -> String {
         format!("ChunkWriter(number={})", self.number)
     }
+}
+
+/// Chunk number → xxh3-128 hex (any mapping), as recorded by an earlier run, checked and parsed.
+fn completed_chunks(completed: &Bound<'_, PyAny>, count: u32) -> PyResult<BTreeMap<u32, u128>> {
+    let mut chunks = BTreeMap::new();
+    for item in completed.call_method0("items")?.try_iter()? {
+        let (number, digest): (i64, String) = item?.extract()?;
+        let chunk = u32::try_from(number).map_err(|_| crate::Error::ChunkNumber {
+            chunk: number,
+            count,
+        })?;
+        let digest = parse_hex128(&digest)
+            .map_err(|e| crate::Error::InvalidArgument(format!("completed chunk {number}: {e}")))?;
+        chunks.insert(chunk, digest);
+    }
+    Ok(chunks)
 }

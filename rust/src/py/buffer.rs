@@ -1,10 +1,31 @@
-//! Zero-copy handoff of bytes between Rust and Python. All `unsafe` of the bindings is here.
+//! Zero-copy handoff of bytes and descriptors between Rust and Python. All `unsafe` of the
+//! bindings is in this module; the other binding modules call only its safe functions.
 //!
 //! - [`PyChunk`] exports a chunk's payload through the buffer protocol: `memoryview(chunk)` and
 //!   aiohttp's writes read the pooled buffer directly.
-//! - [`BorrowedBytes`] lets a GIL-free section read a Python buffer the caller keeps exported.
+//! - [`with_bytes`] lets a (possibly GIL-free) section read a Python buffer in place.
+//! - [`duplicate_descriptor`] turns a caller's file descriptor into a file of our own.
+//!
+//! # Soundness
+//! - A chunk's payload is a `Vec<u8>` owned by the `PyChunk`, behind a mutex. `__getbuffer__`
+//!   hands out its pointer only while the payload is present, counts the export, and stores a
+//!   strong reference to the chunk in the view; `release()` refuses to drop the payload while
+//!   any export is counted, and nothing else moves or resizes the Vec. So the pointer is valid
+//!   for as long as any view lives, and the memory is read-only to Python (`readonly = 1`,
+//!   writable requests are refused).
+//! - [`with_bytes`] builds a slice from a `PyBuffer` borrowed for the whole call: the export
+//!   (and so the exporter's memory) outlives the slice, which never escapes the closure. The
+//!   slice may be read with the GIL released; Python code could still write to a mutable
+//!   exporter (a `bytearray`) from another thread meanwhile, which can change the bytes read but
+//!   not their validity (a `u8` has no invalid values, and a `bytearray` cannot be resized while
+//!   exported).
+//! - [`duplicate_descriptor`] only borrows the raw descriptor for the duration of a `dup`, and
+//!   owns the duplicate; a closed or invalid descriptor makes `dup` fail (an error), it is never
+//!   closed or used afterwards.
 
 use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::os::raw::{c_int, c_void};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -164,41 +185,62 @@ impl PyChunk {
     }
 }
 
-/// A read-only view of a Python buffer that a GIL-free section may read.
-pub struct BorrowedBytes {
+/// A read-only view of a Python buffer, sendable into a GIL-free section of [`with_bytes`].
+struct BorrowedBytes {
     pointer: *const u8,
     length: usize,
 }
 
-// SAFETY: the bytes are only read, and only while the `PyBuffer` they came from is alive (the
-// caller holds it across the GIL-free section), which keeps the exporter from freeing them.
+// SAFETY: the bytes are only read, and only inside `with_bytes`, while the `PyBuffer` they came
+// from is borrowed (see the module's soundness notes).
 unsafe impl Send for BorrowedBytes {}
 
 impl BorrowedBytes {
-    /// Borrow a C-contiguous buffer of bytes; strided buffers are refused.
-    pub fn from_buffer(buffer: &PyBuffer<u8>) -> PyResult<Self> {
-        if !buffer.is_c_contiguous() {
-            return Err(PyValueError::new_err(
-                "data must be a C-contiguous bytes-like object",
-            ));
-        }
-        Ok(BorrowedBytes {
-            pointer: buffer.buf_ptr() as *const u8,
-            length: buffer.len_bytes(),
-        })
-    }
-
-    pub fn len(&self) -> usize {
-        self.length
-    }
-
-    /// # Safety
-    /// The `PyBuffer` this came from must still be alive.
-    pub unsafe fn as_slice(&self) -> &[u8] {
+    fn slice(&self) -> &[u8] {
         if self.length == 0 {
             return &[];
         }
-        // SAFETY: per the contract above, pointer and length describe a live export.
+        // SAFETY: built in `with_bytes` from a live, C-contiguous export of `length` bytes,
+        // which outlives `self` (it is dropped before `with_bytes` returns).
         unsafe { std::slice::from_raw_parts(self.pointer, self.length) }
     }
+}
+
+/// Call `read` with the bytes of a C-contiguous Python buffer, in place (no copy); strided
+/// buffers are refused. From `detach_from` bytes on, the GIL is released around `read`.
+pub fn with_bytes<R: Send>(
+    py: Python<'_>,
+    buffer: &PyBuffer<u8>,
+    detach_from: usize,
+    read: impl FnOnce(&[u8]) -> R + Send,
+) -> PyResult<R> {
+    if !buffer.is_c_contiguous() {
+        return Err(PyValueError::new_err(
+            "data must be a C-contiguous bytes-like object",
+        ));
+    }
+    let bytes = BorrowedBytes {
+        pointer: buffer.buf_ptr() as *const u8,
+        length: buffer.len_bytes(),
+    };
+    Ok(if bytes.length < detach_from {
+        read(bytes.slice())
+    } else {
+        py.detach(move || read(bytes.slice()))
+    })
+}
+
+/// A file of our own from a file descriptor the caller keeps open (and keeps owning).
+pub fn duplicate_descriptor(fd: RawFd) -> crate::Result<File> {
+    if fd < 0 {
+        return Err(crate::Error::InvalidArgument(format!(
+            "file descriptor {fd} is not valid"
+        )));
+    }
+    // SAFETY: the descriptor is only borrowed for the `dup` below (see the module's notes).
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let owned = borrowed
+        .try_clone_to_owned()
+        .map_err(|e| crate::Error::io(format!("duplicating file descriptor {fd}"), e))?;
+    Ok(File::from(owned))
 }

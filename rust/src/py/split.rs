@@ -1,19 +1,19 @@
 //! `Splitter`: the core split pipeline as a Python iterator of `Chunk`s.
 
-use std::fs::File;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::collections::BTreeSet;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use super::buffer::PyChunk;
+use super::buffer::{duplicate_descriptor, PyChunk};
 use crate::checksum::{hex128, hex_bytes, FileDigest};
 use crate::codec::Codec;
 use crate::error::Error;
 use crate::plan::{Limits, DEFAULT_CHUNK_SIZE, MAX_FILE_SIZE, MIN_CHUNK_SIZE};
-use crate::split::{default_threads, default_window, SplitOptions, Splitter};
+use crate::split::{default_threads, default_window, ChunkSelection, SplitOptions, Splitter};
 
 use super::PyChunkPlan;
 
@@ -65,6 +65,21 @@ impl PySplitter {
     }
 }
 
+/// Chunk numbers from any iterable of ints (a range, a list, a set); duplicates collapse.
+fn chunk_numbers(numbers: &Bound<'_, PyAny>) -> PyResult<BTreeSet<u32>> {
+    let mut selected = BTreeSet::new();
+    for number in numbers.try_iter()? {
+        let number: i64 = number?.extract()?;
+        let number = u32::try_from(number).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "chunks: {number} is not a chunk number (they count from 1)"
+            ))
+        })?;
+        selected.insert(number);
+    }
+    Ok(selected)
+}
+
 fn closed() -> Error {
     Error::State("the splitter is closed".into())
 }
@@ -72,7 +87,7 @@ fn closed() -> Error {
 #[pymethods]
 impl PySplitter {
     #[new]
-    #[pyo3(signature = (source, *, codec = "none", level = None, chunk_size = DEFAULT_CHUNK_SIZE, threads = None, window = None, sha256 = false, max_file_size = MAX_FILE_SIZE, min_chunk_size = MIN_CHUNK_SIZE))]
+    #[pyo3(signature = (source, *, codec = "none", level = None, chunk_size = DEFAULT_CHUNK_SIZE, threads = None, window = None, sha256 = false, max_file_size = MAX_FILE_SIZE, min_chunk_size = MIN_CHUNK_SIZE, chunks = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -85,8 +100,13 @@ impl PySplitter {
         sha256: bool,
         max_file_size: u64,
         min_chunk_size: u64,
+        chunks: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let codec = Codec::from_name(codec, level)?;
+        let chunks = match chunks {
+            None => ChunkSelection::All,
+            Some(numbers) => ChunkSelection::Only(chunk_numbers(&numbers)?),
+        };
         let threads = threads.unwrap_or_else(default_threads);
         let options = SplitOptions {
             codec,
@@ -99,23 +119,13 @@ impl PySplitter {
                 min_chunk_size,
                 ..Limits::default()
             },
+            chunks,
         };
         let splitter = match source {
             Source::Path(path) => py.detach(|| Splitter::open(&path, options))?,
             Source::Descriptor(fd) => {
-                if fd < 0 {
-                    return Err(Error::InvalidArgument(format!(
-                        "file descriptor {fd} is not valid"
-                    ))
-                    .into());
-                }
-                // SAFETY: the caller passed an open descriptor and keeps it open for this
-                // call; we only duplicate it, and own the duplicate.
-                let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-                let owned = borrowed
-                    .try_clone_to_owned()
-                    .map_err(|e| Error::io(format!("duplicating file descriptor {fd}"), e))?;
-                Splitter::from_file(File::from(owned), format!("file descriptor {fd}"), options)?
+                let file = duplicate_descriptor(fd)?;
+                Splitter::from_file(file, format!("file descriptor {fd}"), options)?
             }
         };
         let plan = Py::new(
