@@ -8,7 +8,7 @@ import os
 import sqlite3
 import struct
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,10 +88,13 @@ def _refuse_location(shown: str) -> NoReturn:
     )
 
 
-def check_sqlite_file(path: Path) -> None:
-    """Refuse, touching nothing, a file that is not an intact SQLite database. A missing or
-    empty file is a new ledger, unless a write-ahead log beside it holds data (then the
-    database file was truncated or deleted)."""
+def check_sqlite_file(location: Location) -> None:
+    """Refuse, touching nothing, a file that is not an intact SQLite database holding a
+    meshpipe ledger (read through a read-only connection: even switching another program's
+    database to WAL would change it). A missing or empty file is a new ledger, unless a
+    write-ahead log beside it holds data (then the database file was truncated or deleted)."""
+    assert location.path is not None
+    path = location.path
     shown = str(path)
     wal = Path(f"{path}-wal")
     wal_holds_data = wal.exists() and wal.stat().st_size > 0
@@ -133,6 +136,28 @@ def check_sqlite_file(path: Path) -> None:
             code="truncated",
             location=shown,
         )
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as connection:
+            names = {
+                name
+                for (name,) in connection.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'"
+                )
+            }
+    except sqlite3.Error as error:
+        raise translate(error, location) from error
+    if names and schema_migrations.name not in names:
+        _refuse_foreign(location, names)
+
+
+def _refuse_foreign(location: Location, names: set[str]) -> NoReturn:
+    raise LedgerError(
+        f"{location.display} holds tables that are not a meshpipe ledger "
+        f"({', '.join(sorted(names))} without {schema_migrations.name}); nothing was changed: "
+        "point --state-dir or --ledger elsewhere",
+        code="not-a-ledger",
+        location=location.display,
+    )
 
 
 def translate(error: BaseException, location: Location) -> LedgerError:
@@ -230,13 +255,7 @@ def _schema_version(connection: Connection, location: Location) -> int:
         return int(found or 0)
     ours = {table.name for table in LEDGER_TABLES} & names
     if ours or (location.is_sqlite and names):
-        raise LedgerError(
-            f"{location.display} holds tables that are not a meshpipe ledger "
-            f"({', '.join(sorted(ours or names))} without {schema_migrations.name}); nothing "
-            "was changed: point --state-dir or --ledger elsewhere",
-            code="not-a-ledger",
-            location=location.display,
-        )
+        _refuse_foreign(location, ours or names)
     return 0
 
 

@@ -105,7 +105,7 @@ class Ledger:
         self._clock = clock
         self._claims: dict[int, _Heartbeat] = {}
         if location.path is not None:
-            check_sqlite_file(location.path)
+            check_sqlite_file(location)
         self._engine = create_ledger_engine(location, busy_timeout=busy_timeout)
         self._closed = False
         try:
