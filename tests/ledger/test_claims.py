@@ -60,9 +60,8 @@ def test_a_second_process_is_refused_then_waits(
     record = begin_send(ledger, source)
     with worker("claim", ledger_location, str(record.id)) as holder:
         assert read_line(holder) == f"claimed {holder.pid}@{this_host()}"
-        with pytest.raises(TransferBusyError) as busy:
-            with ledger.claim(record):
-                pass
+        with pytest.raises(TransferBusyError) as busy, ledger.claim(record):
+            pass
         assert busy.value.owner == f"{holder.pid}@{this_host()}"
         assert busy.value.code == "busy" and busy.value.transfer == record.id
         assert str(holder.pid) in str(busy.value)
@@ -114,17 +113,19 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_stops(
 ) -> None:
     record = begin_send(ledger, source)
     later = datetime.now(UTC) + timedelta(hours=1)
-    with Ledger.open(ledger_location, clock=lambda: later) as other:
-        with ledger.claim(record):
-            with Ledger.open(ledger_location) as now, pytest.raises(TransferBusyError):
-                with now.claim(record):
-                    pass
-            with other.claim(record) as taken:  # an hour on, the lease has run out
-                assert taken.expires_at > later
-                with pytest.raises(TransferBusyError) as lost:
-                    ledger.chunk_sent(record, 1, checksum(1), 10)
-                assert "taken over" in str(lost.value)
-                other.chunk_sent(record, 1, checksum(1), 10)
+    with Ledger.open(ledger_location, clock=lambda: later) as other, ledger.claim(record):
+        with (
+            Ledger.open(ledger_location) as now,
+            pytest.raises(TransferBusyError),
+            now.claim(record),
+        ):
+            pass
+        with other.claim(record) as taken:  # an hour on, the lease has run out
+            assert taken.expires_at > later
+            with pytest.raises(TransferBusyError) as lost:
+                ledger.chunk_sent(record, 1, checksum(1), 10)
+            assert "taken over" in str(lost.value)
+            other.chunk_sent(record, 1, checksum(1), 10)
     kinds = [e.kind for e in ledger.events(record)]
     assert "taken_over" in kinds
     assert [e.detail["because"] for e in ledger.events(record) if e.kind == "taken_over"] == [
@@ -149,9 +150,8 @@ def test_a_claim_renews_its_lease(ledger: Ledger, source: Path) -> None:
 def test_a_claim_is_not_taken_twice_by_one_ledger(ledger: Ledger, source: Path) -> None:
     record = begin_send(ledger, source)
     with ledger.claim(record):
-        with pytest.raises(LedgerError) as twice:
-            with ledger.claim(record):
-                pass
+        with pytest.raises(LedgerError) as twice, ledger.claim(record):
+            pass
         assert twice.value.code == "invalid-state"
     with ledger.claim(record):  # released: free again
         pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def test_events_are_in_order_and_page(ledger: Ledger, source: Path) -> None:
     ]
     every = ledger.events(record)
     assert [e.id for e in every] == sorted(e.id for e in every)
-    assert all(a.at <= b.at for a, b in zip(every, every[1:], strict=False))
+    assert all(a.at <= b.at for a, b in itertools.pairwise(every))
     first = ledger.events(record, limit=4)
     rest = ledger.events(record, after_id=first[-1].id)
     assert first + rest == every

@@ -130,9 +130,8 @@ def test_a_corrupt_page_is_reported_as_corrupt(tmp_path: Path, source: Path) -> 
         data[page * page_size : (page + 1) * page_size] = b"\xa5" * page_size
     path.write_bytes(bytes(data))
     before = _digest(path)
-    with pytest.raises(LedgerError) as refused:
-        with Ledger.open(path) as ledger:
-            ledger.history()
+    with pytest.raises(LedgerError) as refused, Ledger.open(path) as ledger:
+        ledger.history()
     assert refused.value.code in ("corrupt", "not-a-database")
     assert str(path) in str(refused.value)
     assert _digest(path) == before

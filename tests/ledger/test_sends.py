@@ -43,7 +43,11 @@ def test_a_full_send_moves_through_its_states(ledger: Ledger, source: Path) -> N
     ledger.chunk_sent(record, 1, checksum(1), 90)
     assert ledger.accepted_chunks(record) == {}
     uploading = ledger.set_message_id(record, "MSG-1")
-    assert (uploading.state, uploading.message_id, uploading.chunks_done) == ("uploading", "MSG-1", 1)
+    assert (uploading.state, uploading.message_id, uploading.chunks_done) == (
+        "uploading",
+        "MSG-1",
+        1,
+    )
     assert ledger.accepted_chunks(record) == {1: checksum(1)}
     ledger.chunk_sent(record, 3, checksum(3), 70)
     ledger.chunk_accepted(record, 3)
@@ -143,9 +147,7 @@ def test_a_failed_send_resumes_where_it_was(ledger: Ledger, source: Path) -> Non
     assert finished.value.code == "invalid-state"
 
 
-def test_a_failed_send_without_a_message_id_resumes_preparing(
-    ledger: Ledger, source: Path
-) -> None:
+def test_a_failed_send_without_a_message_id_resumes_preparing(ledger: Ledger, source: Path) -> None:
     record = begin_send(ledger, source)
     ledger.mark_failed(record, "MESH unreachable")
     assert ledger.resume(record).state == "preparing"

@@ -181,7 +181,7 @@ def translate(error: BaseException, location: Location) -> LedgerError:
                 code="not-a-database",
                 location=shown,
             )
-        if "malformed" in low or isinstance(original, sqlite3.DatabaseError) and "corrupt" in low:
+        if "malformed" in low or (isinstance(original, sqlite3.DatabaseError) and "corrupt" in low):
             return LedgerError(
                 f"ledger {shown} is corrupt (SQLite: {text}). Nothing was changed: restore it "
                 "from a backup, or move it aside to start a new ledger",

@@ -156,7 +156,9 @@ Index("ix_meshpipe_transfers_created", transfers.c.created_at)
 chunks: Final = Table(
     "meshpipe_chunks",
     metadata,
-    Column("transfer_id", Key, ForeignKey("meshpipe_transfers.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "transfer_id", Key, ForeignKey("meshpipe_transfers.id", ondelete="CASCADE"), nullable=False
+    ),
     Column("number", Integer, nullable=False),
     Column("state", String(8), nullable=False),
     Column("xxh3_128", String(32), nullable=False),  # of the uncompressed bytes
@@ -172,7 +174,9 @@ events: Final = Table(
     "meshpipe_events",
     metadata,
     Column("id", Key, primary_key=True, autoincrement=True),
-    Column("transfer_id", Key, ForeignKey("meshpipe_transfers.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "transfer_id", Key, ForeignKey("meshpipe_transfers.id", ondelete="CASCADE"), nullable=False
+    ),
     Column("at", UtcDateTime, nullable=False),
     Column("kind", String(32), nullable=False),
     Column("detail", Document, nullable=False),

@@ -492,8 +492,7 @@ class Ledger:
                 return
             if row.xxh3_128 is not None:
                 raise self._error(
-                    f"the source's xxh3-128 was {row.xxh3_128}, now {xxh3_128}: the source "
-                    "changed",
+                    f"the source's xxh3-128 was {row.xxh3_128}, now {xxh3_128}: the source changed",
                     "checksum-mismatch",
                     row.id,
                 )
@@ -628,9 +627,7 @@ class Ledger:
         """Forget the message and its chunks (MESH no longer holds the partial message): the
         send is ``preparing`` again, to be sent into a new message."""
         with self._transaction(write=True) as connection:
-            row = self._change(
-                connection, transfer, "send", (*_SEND_WORKING, "failed"), "restart"
-            )
+            row = self._change(connection, transfer, "send", (*_SEND_WORKING, "failed"), "restart")
             connection.execute(delete(chunks).where(chunks.c.transfer_id == row.id))
             self._set(
                 connection,
@@ -726,9 +723,7 @@ class Ledger:
         only after the fsync). The same chunk again is a no-op; a different checksum is
         refused. Chunk 1 of a multi-chunk message also records the chunk size, if unknown."""
         with self._transaction(write=True) as connection:
-            row = self._change(
-                connection, transfer, "receive", ("downloading",), "write a chunk"
-            )
+            row = self._change(connection, transfer, "receive", ("downloading",), "write a chunk")
             self._check_chunk(row, number)
             existing = self._chunk(connection, row.id, number)
             if existing is not None:
@@ -761,9 +756,7 @@ class Ledger:
         """Forget written chunks that failed their re-check in the partial file (a torn or
         tampered write), so that they are fetched again."""
         with self._transaction(write=True) as connection:
-            row = self._change(
-                connection, transfer, "receive", ("downloading",), "discard chunks"
-            )
+            row = self._change(connection, transfer, "receive", ("downloading",), "discard chunks")
             removed = connection.execute(
                 delete(chunks)
                 .where(chunks.c.transfer_id == row.id, chunks.c.number.in_(sorted(numbers)))
@@ -802,7 +795,9 @@ class Ledger:
             self._event(connection, row.id, "delivered", destination=row.path)
             return cast(ReceiveRecord, self._read(connection, row.id))
 
-    def record_hook(self, transfer: TransferRef, ok: bool, detail: str | None = None) -> HookOutcome:
+    def record_hook(
+        self, transfer: TransferRef, ok: bool, detail: str | None = None
+    ) -> HookOutcome:
         """Record one run of the application hook (after delivery, before acknowledgement)."""
         with self._transaction(write=True) as connection:
             row = self._change(connection, transfer, "receive", ("delivered",), "run a hook")
@@ -871,9 +866,7 @@ class Ledger:
         """Append an event that changes no state (a retry and its cause, an error, a note);
         ``detail`` must be JSON-serialisable."""
         with self._transaction(write=True) as connection:
-            row = self._change(
-                connection, transfer, None, _ALL_STATES, f"record a {kind} event"
-            )
+            row = self._change(connection, transfer, None, _ALL_STATES, f"record a {kind} event")
             self._event(connection, row.id, kind, **detail)
 
     # --- claims --------------------------------------------------------------------------
@@ -981,7 +974,9 @@ class Ledger:
                 .returning(transfers.c.owner)
             ).first()
             if released is not None:
-                self._event(connection, transfer_id, "released", owner=f"{os.getpid()}@{this_host()}")
+                self._event(
+                    connection, transfer_id, "released", owner=f"{os.getpid()}@{this_host()}"
+                )
 
 
 _ALL_STATES: Final = (
