@@ -11,6 +11,8 @@ command -v autoreconf >/dev/null || need+=(autoconf)
 command -v aclocal >/dev/null || need+=(automake)
 command -v libtoolize >/dev/null || need+=(libtool)
 command -v make >/dev/null || need+=(make)
+# The ledger tests (and a PostgreSQL ledger) need Debian's PostgreSQL server (initdb, pg_ctl).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
     echo "bootstrap: installing ${need[*]}" >&2
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
