@@ -16,7 +16,7 @@ from typing import Any, Final, NoReturn
 
 from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 
 from meshpipe.ledger.errors import LedgerError
 from meshpipe.ledger.schema import LEDGER_TABLES, MIGRATIONS, SCHEMA_VERSION, schema_migrations
@@ -242,9 +242,7 @@ def transaction(engine: Engine, location: Location, *, write: bool) -> Iterator[
                 connection.execution_options(**{_WRITE: True})
             with connection.begin():
                 yield connection
-    except DBAPIError as error:
-        raise translate(error, location) from error
-    except SQLAlchemyError as error:
+    except DBAPIError as error:  # the database's own errors; others are meshpipe's bugs
         raise translate(error, location) from error
 
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Final, Self, cast
 
-from sqlalchemy import Connection, Row, delete, func, insert, select, update
+from sqlalchemy import Connection, Integer, Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from meshpipe.headers import SendHeaders
@@ -187,9 +187,8 @@ class Ledger:
         self, connection: Connection, transfer_id: int, kind: EventKind, **detail: Any
     ) -> None:
         connection.execute(
-            insert(events).values(
-                transfer_id=transfer_id, at=self._clock(), kind=kind, detail=detail
-            )
+            _EVENT,
+            {"transfer_id": transfer_id, "at": self._clock(), "kind": kind, "detail": detail},
         )
 
     def _change(
@@ -206,18 +205,20 @@ class Ledger:
         transfer_id = _transfer_id(transfer)
         now = self._clock()
         heartbeat = self._claims.get(transfer_id)
-        values: dict[str, Any] = {"updated_at": now}
         if heartbeat is None:
-            mine: ColumnElement[bool] = transfers.c.owner_token.is_(None)
+            row = connection.execute(
+                _STAMP_UNCLAIMED, {"transfer": transfer_id, "now": now}
+            ).first()
         else:
-            mine = transfers.c.owner_token == heartbeat.token
-            values["lease_expires_at"] = now + self._lease
-        row = connection.execute(
-            update(transfers)
-            .where(transfers.c.id == transfer_id, mine)
-            .values(**values)
-            .returning(*transfers.c)
-        ).first()
+            row = connection.execute(
+                _STAMP_CLAIMED,
+                {
+                    "transfer": transfer_id,
+                    "now": now,
+                    "token": heartbeat.token,
+                    "expires": now + self._lease,
+                },
+            ).first()
         if row is None:
             found = connection.execute(
                 select(transfers).where(transfers.c.id == transfer_id)
@@ -266,16 +267,10 @@ class Ledger:
             )
 
     def _chunk(self, connection: Connection, transfer_id: int, number: int) -> Row[Any] | None:
-        return connection.execute(
-            select(chunks).where(chunks.c.transfer_id == transfer_id, chunks.c.number == number)
-        ).first()
+        return connection.execute(_CHUNK, {"transfer": transfer_id, "chunk_number": number}).first()
 
     def _count_done(self, connection: Connection, transfer_id: int, delta: int) -> None:
-        connection.execute(
-            update(transfers)
-            .where(transfers.c.id == transfer_id)
-            .values(chunks_done=transfers.c.chunks_done + delta)
-        )
+        connection.execute(_COUNT_DONE, {"transfer": transfer_id, "delta": delta})
 
     def _set(self, connection: Connection, transfer_id: int, **values: Any) -> None:
         connection.execute(update(transfers).where(transfers.c.id == transfer_id).values(**values))
@@ -511,14 +506,17 @@ class Ledger:
             existing = self._chunk(connection, row.id, number)
             if existing is None:
                 connection.execute(
-                    insert(chunks).values(
-                        transfer_id=row.id,
-                        number=number,
-                        state="sent",
-                        xxh3_128=xxh3_128,
-                        payload_size=payload_size,
-                        sent_at=now,
-                    )
+                    _INSERT_CHUNK,
+                    {
+                        "transfer_id": row.id,
+                        "number": number,
+                        "state": "sent",
+                        "xxh3_128": xxh3_128,
+                        "payload_size": payload_size,
+                        "length": None,
+                        "sent_at": now,
+                        "done_at": None,
+                    },
                 )
             elif existing.state == "accepted":
                 raise self._error(
@@ -555,7 +553,7 @@ class Ledger:
         with self._transaction(write=True) as connection:
             row = self._change(connection, transfer, "send", _SEND_WORKING, "set a message id")
             if row.message_id == message_id:
-                return cast(SendRecord, _record(row))
+                return cast(SendRecord, self._read(connection, row.id))
             if row.message_id is not None:
                 raise self._error(
                     f"already has message id {row.message_id}; restart_send() before a new one",
@@ -596,9 +594,7 @@ class Ledger:
             if existing.state == "accepted":
                 return
             connection.execute(
-                update(chunks)
-                .where(chunks.c.transfer_id == row.id, chunks.c.number == number)
-                .values(state="accepted", done_at=self._clock())
+                _ACCEPT_CHUNK, {"transfer": row.id, "chunk_number": number, "now": self._clock()}
             )
             self._count_done(connection, row.id, 1)
             self._event(connection, row.id, "chunk_accepted", number=number)
@@ -736,14 +732,17 @@ class Ledger:
                     )
                 return
             connection.execute(
-                insert(chunks).values(
-                    transfer_id=row.id,
-                    number=number,
-                    state="written",
-                    xxh3_128=xxh3_128,
-                    length=length,
-                    done_at=self._clock(),
-                )
+                _INSERT_CHUNK,
+                {
+                    "transfer_id": row.id,
+                    "number": number,
+                    "state": "written",
+                    "xxh3_128": xxh3_128,
+                    "payload_size": None,
+                    "length": length,
+                    "sent_at": None,
+                    "done_at": self._clock(),
+                },
             )
             self._count_done(connection, row.id, 1)
             if number == 1 and row.chunk_size is None and row.chunk_count > 1:
@@ -978,6 +977,55 @@ class Ledger:
                     connection, transfer_id, "released", owner=f"{os.getpid()}@{this_host()}"
                 )
 
+
+# The statements of every change, built once (the per-chunk calls run them for each chunk).
+_GUARD_COLUMNS: Final = [
+    transfers.c[name]
+    for name in (
+        "id",
+        "direction",
+        "state",
+        "message_id",
+        "path",
+        "xxh3_128",
+        "chunk_size",
+        "chunk_count",
+        "chunks_done",
+        "hook_attempts",
+    )
+]
+_STAMP_UNCLAIMED: Final = (
+    update(transfers)
+    .where(transfers.c.id == bindparam("transfer"), transfers.c.owner_token.is_(None))
+    .values(updated_at=bindparam("now", type_=transfers.c.updated_at.type))
+    .returning(*_GUARD_COLUMNS)
+)
+_STAMP_CLAIMED: Final = (
+    update(transfers)
+    .where(transfers.c.id == bindparam("transfer"), transfers.c.owner_token == bindparam("token"))
+    .values(
+        updated_at=bindparam("now", type_=transfers.c.updated_at.type),
+        lease_expires_at=bindparam("expires", type_=transfers.c.lease_expires_at.type),
+    )
+    .returning(*_GUARD_COLUMNS)
+)
+_CHUNK: Final = select(chunks).where(
+    chunks.c.transfer_id == bindparam("transfer"), chunks.c.number == bindparam("chunk_number")
+)
+_COUNT_DONE: Final = (
+    update(transfers)
+    .where(transfers.c.id == bindparam("transfer"))
+    .values(chunks_done=transfers.c.chunks_done + bindparam("delta", type_=Integer))
+)
+_ACCEPT_CHUNK: Final = (
+    update(chunks)
+    .where(
+        chunks.c.transfer_id == bindparam("transfer"), chunks.c.number == bindparam("chunk_number")
+    )
+    .values(state="accepted", done_at=bindparam("now", type_=chunks.c.done_at.type))
+)
+_INSERT_CHUNK: Final = insert(chunks)
+_EVENT: Final = insert(events)
 
 _ALL_STATES: Final = (
     "preparing",
