@@ -28,6 +28,7 @@ from meshpipe.server.config import (
 from meshpipe.server.faults import FaultPlan, FaultPlanError
 from meshpipe.server.local_server import LocalMeshServer
 from meshpipe.server.rules import RULES
+from meshpipe.units import size_argument
 
 DEFAULT_PORT = 8700
 SANDBOX_DEFAULT_SHARED_KEY = "Banana"
@@ -61,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="strict",
         help="strict: the live platform's limits; sandbox: answer as mesh-sandbox does",
     )
+    parser.add_argument(
+        "--max-decoded-chunk-size",
+        type=size_argument,
+        metavar="SIZE",
+        help="refuse (413) a chunk as soon as it decodes past SIZE, e.g. 1GiB "
+        "(default: strict rules the 50 GB message limit, sandbox rules 4 GiB)",
+    )
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables HTTPS")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="CA that signs client certificates")
@@ -89,6 +97,8 @@ def config_from_args(
         values["store"] = args.store
     elif "store" not in values:
         values["store"] = "dir" if values.get("data_dir") else "memory"
+    if args.max_decoded_chunk_size is not None:
+        values["max_decoded_chunk_size"] = args.max_decoded_chunk_size
     values["mailboxes"] = load_mailboxes(args.mailboxes)
     values["workflows"] = load_workflows(args.workflows)
     if args.tls_cert or args.tls_key:

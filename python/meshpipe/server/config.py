@@ -216,6 +216,8 @@ class ServerConfig:
     min_chunk_size: int = MIN_CHUNK_SIZE
     max_request_size: int = MAX_REQUEST_SIZE
     max_message_size: int = MAX_FILE_SIZE
+    #: None: the rule set's own cap (strict: the message limit; sandbox: 4 GiB)
+    max_decoded_chunk_size: int | None = None
     inbox_expiry_days: int = INBOX_EXPIRY_DAYS
     retention_days: int = MESSAGE_RETENTION_DAYS
     token_window_seconds: int = TOKEN_WINDOW_SECONDS
@@ -238,17 +240,22 @@ class ServerConfig:
             raise ConfigError(f"port must be 0..65535, not {self.port}")
         if not self.shared_key:
             raise ConfigError("the shared key must not be empty")
+        if self.max_decoded_chunk_size is not None and self.max_decoded_chunk_size <= 0:
+            raise ConfigError(
+                f"the decoded chunk size cap must be positive, not {self.max_decoded_chunk_size}"
+            )
 
     @property
     def rule_set(self) -> RuleSet:
         """The rules this server follows (``rules``), with this config's limits."""
         if self.rules == "sandbox":
-            return RuleSet.sandbox()
+            return RuleSet.sandbox(max_decoded_chunk_size=self.max_decoded_chunk_size)
         return RuleSet.strict(
             token_window_seconds=self.token_window_seconds,
             min_chunk_size=self.min_chunk_size,
             max_request_size=self.max_request_size,
             max_message_size=self.max_message_size,
+            max_decoded_chunk_size=self.max_decoded_chunk_size,
         )
 
 

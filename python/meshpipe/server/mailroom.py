@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from meshpipe.headers import SendHeaders
-from meshpipe.server.checker import ChunkChecker, ChunkCheckError
+from meshpipe.server.checker import ChunkChecker, ChunkCheckError, DecodedTooLarge
 from meshpipe.server.config import Directory, Mailbox, ServerConfig
 from meshpipe.server.models import (
     ACCEPTED,
@@ -71,6 +71,16 @@ def _refused_if_malformed(message: Message, number: int) -> Iterator[None]:
     except ChunkCheckError as exc:
         log.warning("chunk %d of %s refused: %s", number, message.message_id, exc)
         raise Refusal(400, "invalid_file_format", message_id=message.message_id) from None
+
+
+@contextlib.contextmanager
+def _refused_if_too_large(refusal: Refusal) -> Iterator[None]:
+    """A body that decodes past its cap is refused (413) there, the rest never decoded."""
+    try:
+        yield
+    except DecodedTooLarge as exc:
+        log.warning("upload refused: %s", exc)
+        raise refusal from None
 
 
 class Mailroom:
@@ -407,19 +417,26 @@ class Mailroom:
         self, message: Message, number: int, body: AsyncIterable[bytes]
     ) -> ChunkRecord:
         """Stream the body through the checker into the store (committed only when every rule
-        holds); the decoded size and digest are recorded."""
+        holds); the decoded size and digest are recorded. A compressed body is decoded off the
+        event loop, in bounded pieces, and refused as soon as it decodes past its cap."""
         writer = self.store.chunk_writer(message, number)
-        checker = ChunkChecker(message.content_encoding, payload_compressed=message.compressed)
+        cap, refusal = self._decoded_cap(message, number)
+        checker = ChunkChecker(
+            message.content_encoding, payload_compressed=message.compressed, decoded_limit=cap
+        )
         limit = self.rules.max_request_size
         committed = False
         try:
             async for piece in body:
                 if limit is not None and checker.stored_size + len(piece) >= limit:
                     raise Refusal(413, "request_too_large", maximum=limit)
-                with _refused_if_malformed(message, number):
-                    checker.update(piece)
+                with _refused_if_malformed(message, number), _refused_if_too_large(refusal):
+                    if checker.decodes:
+                        await asyncio.to_thread(checker.update, piece)
+                    else:
+                        checker.update(piece)
                 writer.write(piece)
-            with _refused_if_malformed(message, number):
+            with _refused_if_malformed(message, number), _refused_if_too_large(refusal):
                 result = checker.finish()
             self._check_chunk_size(message, number, result.size)
             if result.stored_size == 0 and number == 1:
@@ -435,6 +452,21 @@ class Mailroom:
         finally:
             if not committed:
                 writer.abort()
+
+    def _decoded_cap(self, message: Message, number: int) -> tuple[int, Refusal]:
+        """The most bytes chunk ``number`` may decode to, and the refusal past it: the rule
+        set's chunk cap, or what is left of the message limit when that is less."""
+        cap = self.rules.max_decoded_chunk_size
+        refusal = Refusal(
+            413, "chunk_decodes_too_large", message_id=message.message_id, maximum=cap
+        )
+        largest = self.rules.max_message_size
+        if largest is not None:
+            earlier = sum(c.size or c.stored_size for n, c in message.chunks.items() if n != number)
+            if largest - earlier < cap:
+                cap = max(largest - earlier, 0)
+                refusal = Refusal(413, "message_too_large", maximum=largest)
+        return cap, refusal
 
     def _check_chunk_size(self, message: Message, number: int, size: int) -> None:
         smallest = self.rules.min_chunk_size

@@ -70,6 +70,12 @@ CATALOGUE: dict[str, Entry] = {
         "RequestTooLarge",
         "A request body must be below {maximum} bytes; send smaller chunks",
     ),
+    "chunk_decodes_too_large": Entry(
+        "mesh",
+        "SEND",
+        "ChunkDecodesTooLarge",
+        "A chunk must decode to at most {maximum} bytes; send smaller chunks",
+    ),
     "message_too_large": Entry(
         "mesh", "SEND", "MessageTooLarge", "The message exceeds the {maximum} byte limit"
     ),

@@ -9,13 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from meshpipe.units import MAX_FILE_SIZE, MAX_REQUEST_SIZE, MIN_CHUNK_SIZE
+from meshpipe.units import MAX_FILE_SIZE, MAX_REQUEST_SIZE, MIN_CHUNK_SIZE, GiB
 
 RulesName = Literal["strict", "sandbox"]
 RULES: tuple[RulesName, ...] = ("strict", "sandbox")
 
 #: A token's timestamp may be this far from the server's time under strict rules (2 hours).
 TOKEN_WINDOW_SECONDS = 2 * 60 * 60
+#: Under sandbox rules a chunk may decode to at most this many bytes. mesh-sandbox holds a
+#: chunk's body in memory, so no suite written for it sends chunks anywhere near this size;
+#: the cap stops a decompression bomb (or an endless body) from running the server's disk and
+#: CPU without bound.
+SANDBOX_MAX_DECODED_CHUNK_SIZE = 4 * GiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +42,9 @@ class RuleSet:
     max_request_size: int | None
     #: a message's decoded bytes at most this many, else 413 MessageTooLarge
     max_message_size: int | None
+    #: a chunk's decoded bytes at most this many, else 413 ChunkDecodesTooLarge, refused as soon
+    #: as decoding passes it (both sets: a decompression bomb is never expanded further)
+    max_decoded_chunk_size: int
     #: an acknowledged message may still be downloaded (the live platform answers 410)
     download_after_acknowledgement: bool
     #: an upper-case folder in the data directory is a mailbox (password ``password``)
@@ -52,8 +60,10 @@ class RuleSet:
         min_chunk_size: int = MIN_CHUNK_SIZE,
         max_request_size: int = MAX_REQUEST_SIZE,
         max_message_size: int = MAX_FILE_SIZE,
+        max_decoded_chunk_size: int | None = None,
     ) -> RuleSet:
-        """The live platform's rules, with its limits unless a test gives smaller ones."""
+        """The live platform's rules, with its limits unless a test gives smaller ones. A chunk
+        may decode to the whole message limit unless ``max_decoded_chunk_size`` says less."""
         return cls(
             name="strict",
             token_window_seconds=token_window_seconds,
@@ -63,14 +73,16 @@ class RuleSet:
             min_chunk_size=min_chunk_size,
             max_request_size=max_request_size,
             max_message_size=max_message_size,
+            max_decoded_chunk_size=max_decoded_chunk_size or max_message_size,
             download_after_acknowledgement=False,
             mailboxes_from_data_dir=False,
             compressed_flag_on_gzip=False,
         )
 
     @classmethod
-    def sandbox(cls) -> RuleSet:
-        """mesh-sandbox's rules: none of the checks above."""
+    def sandbox(cls, *, max_decoded_chunk_size: int | None = None) -> RuleSet:
+        """mesh-sandbox's rules: none of the checks above, but a decoded chunk size cap
+        (:data:`SANDBOX_MAX_DECODED_CHUNK_SIZE` unless ``max_decoded_chunk_size`` says)."""
         return cls(
             name="sandbox",
             token_window_seconds=None,
@@ -80,6 +92,7 @@ class RuleSet:
             min_chunk_size=None,
             max_request_size=None,
             max_message_size=None,
+            max_decoded_chunk_size=max_decoded_chunk_size or SANDBOX_MAX_DECODED_CHUNK_SIZE,
             download_after_acknowledgement=True,
             mailboxes_from_data_dir=True,
             compressed_flag_on_gzip=True,
