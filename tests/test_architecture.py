@@ -12,7 +12,8 @@ Client side, lowest first (a module may import its own layer and the ones below)
     5  retry                           every retry: call_with_retry, RetryingClient, chunk 1
     6  transfer (package)              staged Upload / Download, the journals
     7  sync, ledger                    the blocking facade; the durable record of transfers
-    8  cli, demo, __main__, meshpipe   the commands; the public API (the package itself)
+    8  durable (package)               transfers recorded in the ledger: resume, exactly once
+    9  cli, demo, __main__, meshpipe   the commands; the public API (the package itself)
 
 The local server (``meshpipe.server.*``) may import itself, the engine and only the low
 client-side modules errors, units, headers, auth, models, synthetic and memory.
@@ -43,10 +44,11 @@ LAYERS: dict[str, int] = {
     "meshpipe.transfer": 6,
     "meshpipe.sync": 7,
     "meshpipe.ledger": 7,
-    "meshpipe.cli": 8,
-    "meshpipe.demo": 8,
-    "meshpipe.__main__": 8,
-    "meshpipe": 8,
+    "meshpipe.durable": 8,
+    "meshpipe.cli": 9,
+    "meshpipe.demo": 9,
+    "meshpipe.__main__": 9,
+    "meshpipe": 9,
 }
 SERVER = "meshpipe.server"
 SERVER_MAY_IMPORT = frozenset(

@@ -1,0 +1,63 @@
+"""The ledger writer: calls run in order on one thread, off the event loop; a failed call
+stops every later one and is raised to the caller."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from meshpipe.durable import LedgerWriter
+
+
+async def test_calls_run_in_order_on_one_other_thread() -> None:
+    writer = LedgerWriter()
+    seen: list[tuple[int, str]] = []
+
+    def record(number: int) -> None:
+        time.sleep(0.001 * (5 - number % 5))  # later calls are quicker: order must still hold
+        seen.append((number, threading.current_thread().name))
+
+    for number in range(20):
+        writer.submit(record, number)
+    assert await writer.call(lambda: len(seen)) == 20
+    await writer.close()
+    assert [number for number, _ in seen] == list(range(20))
+    threads = {name for _, name in seen}
+    assert len(threads) == 1
+    assert threads != {threading.current_thread().name}
+
+
+async def test_submit_does_not_wait_for_the_call() -> None:
+    writer = LedgerWriter()
+    release = threading.Event()
+    writer.submit(release.wait)
+    # The event loop goes on while the queued call blocks its own thread.
+    await asyncio.sleep(0)
+    assert not release.is_set()
+    release.set()
+    await writer.close()
+
+
+async def test_a_failed_call_is_raised_and_stops_later_calls() -> None:
+    writer = LedgerWriter()
+    later: list[int] = []
+    both_queued = threading.Event()
+
+    def fail() -> None:
+        both_queued.wait()
+        raise ValueError("disk I/O error")
+
+    writer.submit(fail)
+    writer.submit(later.append, 1)  # queued before the failure is known
+    both_queued.set()
+    with pytest.raises(ValueError, match="disk I/O error"):
+        await writer.drain()
+    assert later == []
+    with pytest.raises(ValueError, match="disk I/O error"):
+        writer.submit(later.append, 2)
+    with pytest.raises(ValueError, match="disk I/O error"):
+        await writer.close()
+    assert later == []
