@@ -29,3 +29,13 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own meshpipe state directory (ledger, partial files), inherited by
+    the commands it starts, so no test reads or writes the user's own ledger."""
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("MESHPIPE_STATE_DIR", str(state))
+    monkeypatch.delenv("MESHPIPE_LEDGER", raising=False)
+    return state

@@ -28,6 +28,7 @@ from meshpipe import units
 from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.config import load_config
 from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
+from meshpipe.ledger import Ledger, resolve_ledger_location
 from meshpipe.models import ReportMessage
 from meshpipe.progress import Progress
 from meshpipe.retry import RetryingClient
@@ -64,6 +65,23 @@ def _connection_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--profile", help="profile name in the config file (MESHPIPE_PROFILE)")
     group.add_argument("--config", help="TOML config file (MESHPIPE_CONFIG)")
     group.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr")
+
+
+def _ledger_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("transfer ledger (resume, exactly-once)")
+    group.add_argument(
+        "--state-dir",
+        help="directory of the ledger and partial files (MESHPIPE_STATE_DIR; default "
+        "~/.local/share/meshpipe)",
+    )
+    group.add_argument(
+        "--ledger", help="ledger file or postgresql:// URL (MESHPIPE_LEDGER; beats --state-dir)"
+    )
+
+
+def _open_ledger(args: argparse.Namespace) -> Ledger:
+    """The ledger chosen by --ledger / --state-dir / the environment (created if missing)."""
+    return Ledger.open(resolve_ledger_location(args.ledger, args.state_dir))
 
 
 def build_parser() -> argparse.ArgumentParser:
