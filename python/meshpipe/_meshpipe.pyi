@@ -6,7 +6,7 @@ Import from ``meshpipe``, not from here.
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Final, Literal, Self, final
+from typing import Final, Literal, Self, TypeAlias, final
 
 from typing_extensions import Buffer
 
@@ -27,6 +27,8 @@ __all__ = [
     "MIN_CHUNK_SIZE",
     "Assembler",
     "AssemblyReport",
+    "BodyChecker",
+    "BodyReport",
     "Chunk",
     "ChunkPlan",
     "ChunkReport",
@@ -157,6 +159,43 @@ class Splitter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+# --- check ----------------------------------------------------------------------------------
+
+_BodyEncoding: TypeAlias = Literal["identity", "gzip", "sniff-zstd"]
+
+@final
+class BodyReport:
+    @property
+    def stored_size(self) -> int:
+        """Bytes received."""
+    @property
+    def decoded_size(self) -> int:
+        """Bytes after decoding (``stored_size`` for a body that was not decoded)."""
+    @property
+    def xxh3_128(self) -> str:
+        """xxh3-128 of the decoded bytes."""
+    @property
+    def decoded(self) -> bool:
+        """Whether the body was decoded (gzip, or a payload that began with zstd's magic)."""
+
+@final
+class BodyChecker:
+    """Checks a body as it streams in, keeping nothing: undoes its encoding (``gzip``: an HTTP
+    Content-Encoding; ``sniff-zstd``: a flagged payload, decoded as zstd when it starts with
+    zstd's magic number), counts and hashes the decoded bytes. ``update`` releases the GIL for
+    pieces of 16 KiB or more. Decoding past ``limit`` bytes raises ChunkLengthError at once (a
+    bomb is never expanded); a zstd frame whose window exceeds ``2**window_log_max`` bytes
+    (default 8 MiB) is refused; corrupt or truncated data raises CodecError."""
+
+    def __new__(
+        cls, encoding: _BodyEncoding = "identity", *, limit: int = ..., window_log_max: int = 23
+    ) -> Self: ...
+    @property
+    def stored_size(self) -> int: ...
+    def update(self, data: Buffer) -> None: ...
+    def finish(self) -> BodyReport:
+        """The body is complete: checks its end and reports (once)."""
 
 # --- assemble -----------------------------------------------------------------------------
 

@@ -17,6 +17,9 @@ pub const DEFAULT_GZIP_LEVEL: i32 = 1;
 /// The default zstd level (level 1 is both faster and smaller than 3 on CSV extracts).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
+/// The largest zstd window a decoder accepts by default: 2^27 = 128 MiB.
+pub const DEFAULT_WINDOW_LOG_MAX: u32 = 27;
+
 /// Size of the decoders' output buffer.
 const DECODE_BUFFER: usize = 256 * 1024;
 
@@ -311,7 +314,8 @@ impl Output {
     ) -> Result<()> {
         let mut buffer = std::mem::take(&mut self.buffer);
         let result = loop {
-            let room = usize::try_from(self.limit - self.produced + 1).unwrap_or(usize::MAX);
+            let room = usize::try_from((self.limit - self.produced).saturating_add(1))
+                .unwrap_or(usize::MAX);
             let window = buffer.len().min(room);
             let (consumed, written) = match inflater.step(input, &mut buffer[..window]) {
                 Ok(step) => step,
@@ -339,10 +343,21 @@ impl Decoder {
     /// A decoder that refuses to produce more than `limit` bytes. `exact` says whether `limit` is
     /// the planned length (for the error message); a shorter result is checked by the caller.
     pub fn new(kind: CodecKind, limit: u64, exact: bool) -> Result<Self> {
+        Self::with_window_log_max(kind, limit, exact, DEFAULT_WINDOW_LOG_MAX)
+    }
+
+    /// As [`Decoder::new`], refusing zstd frames whose window exceeds `2^window_log_max`
+    /// bytes (the decoder's memory for one stream), e.g. 23 (8 MiB: every level up to 19).
+    pub fn with_window_log_max(
+        kind: CodecKind,
+        limit: u64,
+        exact: bool,
+        window_log_max: u32,
+    ) -> Result<Self> {
         let inner = match kind {
             CodecKind::None => Inner::Raw,
             CodecKind::Gzip => Inner::Gzip(Box::new(GzipInflater::new())),
-            CodecKind::Zstd => Inner::Zstd(ZstdInflater::new()?),
+            CodecKind::Zstd => Inner::Zstd(ZstdInflater::new(window_log_max)?),
         };
         let buffer = match kind {
             CodecKind::None => Vec::new(),
@@ -586,12 +601,12 @@ struct ZstdInflater {
 }
 
 impl ZstdInflater {
-    fn new() -> Result<Self> {
+    fn new(window_log_max: u32) -> Result<Self> {
         let mut decoder = zstd::stream::raw::Decoder::new()
             .map_err(|e| Error::io("creating a zstd decoder", e))?;
-        // Cap the window at 128 MiB so a hostile frame cannot demand more memory.
+        // Cap the window so a hostile frame cannot demand more memory.
         decoder
-            .set_parameter(zstd::stream::raw::DParameter::WindowLogMax(27))
+            .set_parameter(zstd::stream::raw::DParameter::WindowLogMax(window_log_max))
             .map_err(|e| Error::io("configuring zstd", e))?;
         Ok(ZstdInflater {
             decoder,

@@ -11,6 +11,7 @@
 //!   from a stable partial file whose completed chunks are re-checked.
 
 pub mod assemble;
+pub mod check;
 pub mod checksum;
 pub mod codec;
 pub mod error;

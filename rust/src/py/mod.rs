@@ -3,6 +3,7 @@
 
 mod assemble;
 mod buffer;
+mod check;
 mod errors;
 mod split;
 
@@ -125,6 +126,8 @@ fn _meshpipe(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<assemble::PyChunkWriter>()?;
     m.add_class::<assemble::PyChunkReport>()?;
     m.add_class::<assemble::PyAssemblyReport>()?;
+    m.add_class::<check::PyBodyChecker>()?;
+    m.add_class::<check::PyBodyReport>()?;
     m.add_function(wrap_pyfunction!(xxh3_128_file, m)?)?;
     m.add_function(wrap_pyfunction!(sha256_file, m)?)?;
     Ok(())
