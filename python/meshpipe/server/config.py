@@ -170,25 +170,53 @@ class Directory:
         return [m for m in self.receivers(workflow_id) if m.ods_code and m.ods_code == ods]
 
 
+ClientCertMode = Literal["none", "optional", "required"]
+CLIENT_CERT_MODES: tuple[str, ...] = ("none", "optional", "required")
+
+
 @dataclass(frozen=True, slots=True)
 class TLSSettings:
+    """HTTPS with the server's certificate, and what it asks of clients: ``required`` (the MESH
+    platform's mutual TLS: a certificate signed by ``client_ca``, else the handshake fails),
+    ``optional`` (checked against ``client_ca`` when sent) or ``none`` (no client certificates,
+    which must be said: no combination of settings means that by default)."""
+
     cert: Path
     key: Path
     client_ca: Path | None = None
-    client_cert: Literal["optional", "required"] = "required"
+    client_cert: ClientCertMode = "required"
+
+    def __post_init__(self) -> None:
+        if self.client_cert not in CLIENT_CERT_MODES:
+            raise ConfigError(
+                f"client certificate mode must be one of {', '.join(CLIENT_CERT_MODES)}, "
+                f"not {self.client_cert!r}"
+            )
+        if self.client_cert != "none" and self.client_ca is None:
+            raise ConfigError(
+                f"--tls-client-cert {self.client_cert} needs --tls-client-ca (the CA that signs "
+                "client certificates); without it no client certificate could be checked. "
+                "Give the CA, or say --tls-client-cert none to accept clients without one"
+            )
+        if self.client_cert == "none" and self.client_ca is not None:
+            raise ConfigError(
+                "--tls-client-ca was given with --tls-client-cert none, so it would never be "
+                "used; say --tls-client-cert required (or optional) to check client certificates"
+            )
 
     def server_context(self) -> ssl.SSLContext:
-        """TLS 1.2+; with ``client_ca`` the client must (``required``) or may (``optional``)
-        present a certificate signed by it, as the MESH platform requires."""
+        """TLS 1.2+; the client must (``required``) or may (``optional``) present a certificate
+        signed by ``client_ca``, or is not asked for one (``none``)."""
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
             context.load_cert_chain(self.cert, self.key)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot load TLS certificate {self.cert} / key: {exc}") from None
-        if self.client_ca is None:
+        if self.client_cert == "none":
             context.verify_mode = ssl.CERT_NONE
             return context
+        assert self.client_ca is not None  # checked at construction
         try:
             context.load_verify_locations(cafile=str(self.client_ca))
         except (OSError, ssl.SSLError) as exc:

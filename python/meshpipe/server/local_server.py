@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from meshpipe.server.app import build_app
-from meshpipe.server.authorize import Authenticator
+from meshpipe.server.authorize import Authenticator, UsedTokens
 from meshpipe.server.config import Directory, ServerConfig
 from meshpipe.server.faults import Fault, FaultInjector, FaultPlan
 from meshpipe.server.mailroom import Mailroom
@@ -47,12 +47,16 @@ class LocalMeshServer:
         self.directory = Directory(self.config.mailboxes, self.config.workflows)
         self.store = make_store(self.config.store, self.config.data_dir)
         self.mailroom = Mailroom(self.config, self.directory, self.store, self.clock)
+        # Only rules with single-use tokens keep a journal (the sandbox's data directory stays
+        # as the sandbox would leave it).
+        journal = self.store.used_tokens_journal() if self.mailroom.rules.single_use_tokens else None
         self.authenticator = Authenticator(
             self.mailroom.rules,
             self.directory,
             self.clock,
             shared_key=self.config.shared_key,
             mode=self.config.auth_mode,
+            used=UsedTokens(self.clock, journal),
         )
         self._runner: web.AppRunner | None = None
         self._expiry_task: asyncio.Task[None] | None = None
@@ -103,6 +107,7 @@ class LocalMeshServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self.authenticator.used.close()
         self.store.close()
 
     async def __aenter__(self) -> LocalMeshServer:
