@@ -26,7 +26,9 @@ TOKEN = "admin-token-for-the-tests-0123456789"
 def admin_answers(server: LocalMeshServer, **headers: str) -> list[int]:
     base = f"{server.url}/messageexchange/admin"
     return [
-        requests.post(f"{base}/clock", json={"seconds": 0}, headers=headers, timeout=10).status_code,
+        requests.post(
+            f"{base}/clock", json={"seconds": 0}, headers=headers, timeout=10
+        ).status_code,
         requests.get(f"{base}/faults", headers=headers, timeout=10).status_code,
         requests.delete(f"{server.url}/admin/reset", headers=headers, timeout=10).status_code,
     ]

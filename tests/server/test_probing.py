@@ -71,7 +71,9 @@ def test_strict_rules_answer_alike_for_unknown_and_other_mailboxes_messages(
 
 
 @pytest.mark.parametrize("rules", ["strict", "sandbox"])
-def test_malformed_paging_parameters_are_400_with_a_reason(threaded_server: Start, rules: str) -> None:
+def test_malformed_paging_parameters_are_400_with_a_reason(
+    threaded_server: Start, rules: str
+) -> None:
     server = threaded_server(rules=rules)
     bad_cursor = get(server, "inbox?continue_from=" + "%21" * 30)
     assert bad_cursor.status_code == 400
@@ -106,7 +108,9 @@ def test_the_chunk_count_is_bounded_by_the_rules(threaded_server: Start) -> None
         assert send(server, b"x" * 1000, **{"mex-Chunk-Range": f"1:{limit}"}).status_code == 202
 
 
-def test_a_replayed_token_is_refused_after_a_restart(tmp_path: Path, threaded_server: Start) -> None:
+def test_a_replayed_token_is_refused_after_a_restart(
+    tmp_path: Path, threaded_server: Start
+) -> None:
     settings = {"rules": "strict", "store": "dir", "data_dir": tmp_path}
     once = token("X26ABC1")
     inbox = "/messageexchange/X26ABC1/inbox"

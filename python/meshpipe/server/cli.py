@@ -100,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--header-timeout",
         type=float,
         metavar="SECONDS",
-        help=f"close a connection that has not sent a whole request head within SECONDS "
-        f"of opening or of the previous answer, and bound TLS handshakes ({HEADER_TIMEOUT_SECONDS:g})",
+        help="close a connection that has not sent a whole request head within SECONDS of "
+        "opening or of the previous answer; bounds TLS handshakes too "
+        f"({HEADER_TIMEOUT_SECONDS:g})",
     )
     parser.add_argument(
         "--body-timeout",

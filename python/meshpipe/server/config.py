@@ -316,7 +316,9 @@ class ServerConfig:
             if not value > 0:
                 raise ConfigError(f"the {name} must be a positive number of seconds, not {value}")
         if self.min_body_rate < 0:
-            raise ConfigError(f"the minimum body rate must be ≥ 0 bytes/s, not {self.min_body_rate}")
+            raise ConfigError(
+                f"the minimum body rate must be ≥ 0 bytes/s, not {self.min_body_rate}"
+            )
         if self.max_connections < 1:
             raise ConfigError(f"the connection cap must be at least 1, not {self.max_connections}")
         self._check_admin()

@@ -205,7 +205,7 @@ class GuardedConnection(asyncio.Protocol):
             return None
         return self.handler.eof_received()
 
-    def connection_lost(self, exc: BaseException | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self.phase = "closed"
         self._cancel_timer()
         self._owner.forget(self)

@@ -51,7 +51,9 @@ class LocalMeshServer:
         self.mailroom = Mailroom(self.config, self.directory, self.store, self.clock)
         # Only rules with single-use tokens keep a journal (the sandbox's data directory stays
         # as the sandbox would leave it).
-        journal = self.store.used_tokens_journal() if self.mailroom.rules.single_use_tokens else None
+        journal = (
+            self.store.used_tokens_journal() if self.mailroom.rules.single_use_tokens else None
+        )
         self.authenticator = Authenticator(
             self.mailroom.rules,
             self.directory,
