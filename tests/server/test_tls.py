@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -163,3 +164,15 @@ def test_refused_handshakes_are_logged_with_peer_and_reason(
     assert "CERTIFICATE_VERIFY_FAILED" in stranger
     cert = (str(pki["client"]), str(pki["client_key"]))
     assert requests.get(ping, verify=str(pki["ca"]), cert=cert, timeout=10).status_code == 200
+
+
+def test_a_handshake_that_never_comes_is_dropped_and_logged(
+    threaded_server: Start, pki: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="meshpipe.server")
+    tls = TLSSettings(pki["server"], pki["server_key"], pki["ca"])
+    server = threaded_server(tls=tls, header_timeout_seconds=1)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as silent:
+        assert silent.recv(100) == b""  # closed by the server, without a word
+    [dropped] = wait_for_record(caplog, "TLS handshake from")
+    assert "failed" in dropped and "longer than 1 seconds" in dropped

@@ -240,8 +240,10 @@ class GuardedConnection(asyncio.Protocol):
             self._owner.forget(self)
             raise
         except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
-            level = logging.WARNING if isinstance(exc, ssl.SSLError) else logging.INFO
-            log.log(level, "TLS handshake from %s refused: %s", self.peer, handshake_failure(exc))
+            if isinstance(exc, ssl.SSLError):
+                log.warning("TLS handshake from %s refused: %s", self.peer, handshake_failure(exc))
+            else:  # a timeout, or the peer went away
+                log.info("TLS handshake from %s failed: %s", self.peer, handshake_failure(exc))
             raw.abort()
             self._owner.forget(self)
             return
@@ -308,7 +310,10 @@ class GuardedConnection(asyncio.Protocol):
         now = self._loop.time()
         if self.phase == "head":
             if self._received:
-                self._close_slow("no whole request head", self._config.header_timeout_seconds)
+                self._close_slow(
+                    "no whole request head",
+                    f"{self._config.header_timeout_seconds:g} s allowed, --header-timeout",
+                )
             else:
                 self._close(None)  # idle: closed without a word
             return
@@ -326,16 +331,15 @@ class GuardedConnection(asyncio.Protocol):
         if now < self._deadline:
             self._set_timer(self._deadline)
             return
-        self._close_slow("request body too slow", self._config.body_timeout_seconds)
-
-    def _close_slow(self, what: str, seconds: float) -> None:
-        log.info(
-            "closed the connection from %s: %s (%gs allowed, --header-timeout, --body-timeout, "
-            "--min-body-rate)",
-            self.peer,
-            what,
-            seconds,
+        config = self._config
+        self._close_slow(
+            "request body too slow",
+            f"pauses up to {config.body_timeout_seconds:g} s, --body-timeout; at least "
+            f"{config.min_body_rate} bytes/s, --min-body-rate",
         )
+
+    def _close_slow(self, what: str, allowed: str) -> None:
+        log.info("closed the connection from %s: %s (%s)", self.peer, what, allowed)
         text = f"Request timeout: {what} within the time allowed; the connection is closed"
         self._close(_answer(408, "Request Timeout", text))
 
