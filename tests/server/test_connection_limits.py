@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from meshpipe.errors import ConfigError
-from meshpipe.server import LocalMeshServer, ServerConfig
+from meshpipe.server import Fault, FaultPlan, LocalMeshServer, ServerConfig
 from meshpipe.server.cli import build_parser, config_from_args
 from tests.peers import token
 
@@ -146,3 +146,22 @@ def test_limit_flags_and_their_checks() -> None:
     ):
         with pytest.raises(ConfigError):
             ServerConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_time_the_server_holds_a_body_back_is_not_the_clients(threaded_server: Start) -> None:
+    """The server stops reading for three body timeouts (a planned stall mid-upload, as a slow
+    disk or a long decode would); the client, sending as fast as it may, is not cut off."""
+    stall = Fault("stall", route="send", after_bytes=65536, seconds=1.5)
+    server = threaded_server(body_timeout_seconds=0.5, faults=FaultPlan((stall,)))
+    sent = requests.post(
+        f"{server.url}/messageexchange/X26ABC1/outbox",
+        headers={
+            "Authorization": token("X26ABC1"),
+            "mex-To": "X26ABC2",
+            "mex-WorkflowID": "TEST_WORKFLOW",
+        },
+        data=b"z" * 8_000_000,
+        timeout=30,
+    )
+    assert sent.status_code == 202
+    assert [entry["fault"] for entry in server.fault_log] == ["stall"]
