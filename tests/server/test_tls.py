@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +18,6 @@ from mesh_client import MeshClient
 
 from meshpipe.errors import ConfigError
 from meshpipe.server import LocalMeshServer, TLSSettings
-from meshpipe.server.cli import main
 from tests.peers import SANDBOX_SHARED_KEY
 
 Start = Callable[..., LocalMeshServer]
@@ -126,14 +127,18 @@ def test_client_certificate_modes_cannot_mean_open_by_accident(pki: dict[str, Pa
     assert TLSSettings(cert, key, ca).server_context().verify_mode == ssl.CERT_REQUIRED
 
 
-def test_serve_refuses_to_start_with_required_client_certs_and_no_ca(
-    pki: dict[str, Path], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_serve_refuses_to_start_with_required_client_certs_and_no_ca(pki: dict[str, Path]) -> None:
     tls = ["--tls-cert", str(pki["server"]), "--tls-key", str(pki["server_key"])]
-    assert main(tls) == 2  # --tls-client-cert defaults to required
-    assert "needs --tls-client-ca" in capsys.readouterr().err
-    assert main([*tls, "--tls-client-cert", "optional"]) == 2
-    assert "--tls-client-cert none" in capsys.readouterr().err
+    for extra in ([], ["--tls-client-cert", "optional"]):  # required is the default
+        started = subprocess.run(
+            [sys.executable, "-m", "meshpipe.server", "--port", "0", *tls, *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,  # a server that starts anyway would run until then
+        )
+        assert started.returncode == 2, started
+        assert "needs --tls-client-ca" in started.stderr
+        assert "--tls-client-cert none" in started.stderr and started.stdout == ""
 
 
 def wait_for_record(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
