@@ -62,7 +62,7 @@ def test_logs_and_errors_hide_secrets(
     server_records = [r for r in caplog.records if r.name.startswith("meshpipe.server")]
     logged = "\n".join(record.getMessage() for record in server_records)
     # The check can fail: the server logged its start and each of the four refusals.
-    assert "meshpipe MESH server on" in logged
+    assert "meshpipe MESH server listening on" in logged
     assert logged.count("refused ") == 4, logged
     assert "token_invalid" in logged and "unregistered_recipient" in logged
     assert SECRET_KEY not in logged and SECRET_PASSWORD not in logged

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import ssl
+import subprocess
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +16,7 @@ import requests
 import trustme
 from mesh_client import MeshClient
 
+from meshpipe.errors import ConfigError
 from meshpipe.server import LocalMeshServer, TLSSettings
 from tests.peers import SANDBOX_SHARED_KEY
 
@@ -108,3 +114,70 @@ def test_cli_serves_mutual_tls_and_mesh_client_pages(pki: dict[str, Path]) -> No
             for message_id in sent:
                 receiver.acknowledge_message(message_id)
             assert receiver.list_messages() == []
+
+
+def test_client_certificate_modes_cannot_mean_open_by_accident(pki: dict[str, Path]) -> None:
+    cert, key, ca = pki["server"], pki["server_key"], pki["ca"]
+    for mode in ("required", "optional"):
+        with pytest.raises(ConfigError, match="--tls-client-ca"):
+            TLSSettings(cert, key, None, mode)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="never be used"):
+        TLSSettings(cert, key, ca, "none")
+    assert TLSSettings(cert, key, None, "none").server_context().verify_mode == ssl.CERT_NONE
+    assert TLSSettings(cert, key, ca).server_context().verify_mode == ssl.CERT_REQUIRED
+
+
+def test_serve_refuses_to_start_with_required_client_certs_and_no_ca(pki: dict[str, Path]) -> None:
+    tls = ["--tls-cert", str(pki["server"]), "--tls-key", str(pki["server_key"])]
+    for extra in ([], ["--tls-client-cert", "optional"]):  # required is the default
+        started = subprocess.run(
+            [sys.executable, "-m", "meshpipe.server", "--port", "0", *tls, *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,  # a server that starts anyway would run until then
+        )
+        assert started.returncode == 2, started
+        assert "needs --tls-client-ca" in started.stderr
+        assert "--tls-client-cert none" in started.stderr and started.stdout == ""
+
+
+def wait_for_record(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    """The log messages containing ``text``, once there is one (the server logs from its own
+    thread, after the client has seen the handshake fail)."""
+    for _ in range(200):
+        found = [r.getMessage() for r in caplog.records if text in r.getMessage()]
+        if found:
+            return found
+        threading.Event().wait(0.05)
+    raise AssertionError(f"no log record with {text!r}: {caplog.text}")
+
+
+def test_refused_handshakes_are_logged_with_peer_and_reason(
+    threaded_server: Start, pki: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="meshpipe.server")
+    server = threaded_server(tls=TLSSettings(pki["server"], pki["server_key"], pki["ca"]))
+    ping = f"{server.url}/messageexchange/_ping"
+    with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
+        requests.get(ping, verify=str(pki["ca"]), timeout=10)
+    [missing] = wait_for_record(caplog, "PEER_DID_NOT_RETURN_A_CERTIFICATE")
+    assert missing.startswith("TLS handshake from 127.0.0.1:") and "refused" in missing
+    caplog.clear()
+    with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
+        requests.get(ping, verify=str(pki["ca"]), cert=str(pki["stranger"]), timeout=10)
+    [stranger] = wait_for_record(caplog, "TLS handshake from")
+    assert "CERTIFICATE_VERIFY_FAILED" in stranger
+    cert = (str(pki["client"]), str(pki["client_key"]))
+    assert requests.get(ping, verify=str(pki["ca"]), cert=cert, timeout=10).status_code == 200
+
+
+def test_a_handshake_that_never_comes_is_dropped_and_logged(
+    threaded_server: Start, pki: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="meshpipe.server")
+    tls = TLSSettings(pki["server"], pki["server_key"], pki["ca"])
+    server = threaded_server(tls=tls, header_timeout_seconds=1)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as silent:
+        assert silent.recv(100) == b""  # closed by the server, without a word
+    [dropped] = wait_for_record(caplog, "TLS handshake from")
+    assert "failed" in dropped and "longer than 1 seconds" in dropped

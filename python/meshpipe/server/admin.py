@@ -1,9 +1,12 @@
-"""mesh-sandbox's admin API (test hooks, no auth), at the sandbox's paths, plus meshpipe's own:
-synthetic messages, the fault plan and log, and the clock."""
+"""mesh-sandbox's admin API (test hooks), at the sandbox's paths, plus meshpipe's own:
+synthetic messages, the fault plan and log, and the clock. With an admin token every one of
+them needs ``Authorization: Bearer <token>`` (compared in constant time, never logged)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hmac
 import json
 from datetime import timedelta
 from typing import Any
@@ -41,10 +44,40 @@ def _invalid(name: str, text: str) -> Refusal:
     return invalid(value_error("body", name, text))
 
 
+BEARER = "bearer "
+
+
+def bearer_matches(header: str | None, token: str) -> bool:
+    """Whether an Authorization header is ``Bearer <token>`` (the comparison takes the same
+    time wherever the first difference is)."""
+    value = (header or "").strip()
+    given = value[len(BEARER) :].strip() if value.lower().startswith(BEARER) else ""
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
 class AdminRoutes:
-    def __init__(self, mailroom: Mailroom, faults: FaultInjector) -> None:
+    def __init__(
+        self, mailroom: Mailroom, faults: FaultInjector, *, token: str | None = None
+    ) -> None:
         self.mailroom = mailroom
         self.faults = faults
+        self._token = token
+
+    def __repr__(self) -> str:
+        return f"AdminRoutes(token={'set' if self._token else 'none'})"
+
+    def _guarded(self, handler: Handler) -> Handler:
+        token = self._token
+        if token is None:
+            return handler
+
+        @functools.wraps(handler)
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if not bearer_matches(request.headers.get("Authorization"), token):
+                raise Refusal(403, "admin_token")
+            return await handler(request)
+
+        return guarded
 
     def register(self, app: web.Application) -> None:
         r = app.router
@@ -56,23 +89,24 @@ class AdminRoutes:
             ("GET", "/admin/mailbox/{mailbox}", self.get_mailbox, "mailbox"),
             ("GET", "/admin/message/{message_id}", self.get_message, "message"),
         )
+        routes: list[tuple[str, str, Handler, str]] = []
         for prefix, tag in (("", ""), ("/messageexchange", "-mx")):
             for method, path, handler, name in both:
-                route_name = f"admin:{name}{tag}"
-                if method == "GET":
-                    r.add_get(f"{prefix}{path}", handler, name=route_name)
-                else:
-                    r.add_route(method, f"{prefix}{path}", handler, name=route_name)
-        r.add_get(
-            "/messageexchange/mailbox/{mailbox}", self.get_mailbox, name="admin:mailbox_public"
-        )
-        r.add_post("/messageexchange/admin/report", self.create_report, name="admin:report")
-        r.add_post(
-            "/messageexchange/admin/synthetic", self.create_synthetic, name="admin:synthetic"
-        )
-        r.add_get("/messageexchange/admin/faults", self.get_faults, name="admin:faults")
-        r.add_put("/messageexchange/admin/faults", self.put_faults, name="admin:faults_put")
-        r.add_post("/messageexchange/admin/clock", self.advance_clock, name="admin:clock")
+                routes.append((method, f"{prefix}{path}", handler, f"admin:{name}{tag}"))
+        routes += [
+            ("GET", "/messageexchange/mailbox/{mailbox}", self.get_mailbox, "admin:mailbox_public"),
+            ("POST", "/messageexchange/admin/report", self.create_report, "admin:report"),
+            ("POST", "/messageexchange/admin/synthetic", self.create_synthetic, "admin:synthetic"),
+            ("GET", "/messageexchange/admin/faults", self.get_faults, "admin:faults"),
+            ("PUT", "/messageexchange/admin/faults", self.put_faults, "admin:faults_put"),
+            ("POST", "/messageexchange/admin/clock", self.advance_clock, "admin:clock"),
+        ]
+        for method, path, handler, name in routes:
+            guarded = self._guarded(handler)
+            if method == "GET":
+                r.add_get(path, guarded, name=name)
+            else:
+                r.add_route(method, path, guarded, name=name)
 
     async def reset(self, request: web.Request) -> web.StreamResponse:
         self.mailroom.reset()

@@ -1,5 +1,6 @@
-"""The aiohttp application: the routes, and the two middlewares every request passes through:
-the fault plan's request-level faults, then the one place refusals become responses."""
+"""The aiohttp application: the routes, and the middlewares every request passes through: the
+connection's phase (for its time limits), the fault plan's request-level faults, then the one
+place refusals become responses. The admin routes are there only when the config enables them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from aiohttp.typedefs import Middleware
 from meshpipe.server.admin import AdminRoutes
 from meshpipe.server.authorize import Authenticator
 from meshpipe.server.config import ServerConfig
+from meshpipe.server.connections import Connections
 from meshpipe.server.faults import FIRINGS, FaultInjector, cut_connection
 from meshpipe.server.mailroom import Mailroom
 from meshpipe.server.negotiation import api_version_or_1, json_response
@@ -97,14 +99,24 @@ async def refusal_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 def build_app(
-    config: ServerConfig, mailroom: Mailroom, authenticator: Authenticator, faults: FaultInjector
+    config: ServerConfig,
+    mailroom: Mailroom,
+    authenticator: Authenticator,
+    faults: FaultInjector,
+    connections: Connections | None = None,
 ) -> web.Application:
+    """The application; with ``connections``, its first middleware tells each connection when
+    a request's head has arrived and its answer is done (for their time limits)."""
+    middlewares = [refusal_middleware, fault_middleware(faults)]
+    if connections is not None:
+        middlewares.insert(0, connections.middleware())
     app = web.Application(
-        middlewares=[refusal_middleware, fault_middleware(faults)],
+        middlewares=middlewares,
         client_max_size=16 * 1024 * 1024,
     )
     mesh = MeshRoutes(config, mailroom, authenticator, faults)
     mesh.register(app)
-    AdminRoutes(mailroom, faults).register(app)
+    if config.admin_enabled:
+        AdminRoutes(mailroom, faults, token=config.admin_token).register(app)
     mesh.register_mailbox_routes(app)
     return app

@@ -18,6 +18,11 @@ from typing import Any
 
 from meshpipe.errors import ConfigError
 from meshpipe.server.config import (
+    ADMIN_TOKEN_ENV,
+    BODY_TIMEOUT_SECONDS,
+    CLIENT_CERT_MODES,
+    HEADER_TIMEOUT_SECONDS,
+    MAX_CONNECTIONS,
     STORE_MODES,
     ServerConfig,
     TLSSettings,
@@ -72,7 +77,51 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables HTTPS")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="CA that signs client certificates")
-    parser.add_argument("--tls-client-cert", choices=("optional", "required"), default="required")
+    parser.add_argument(
+        "--tls-client-cert",
+        choices=CLIENT_CERT_MODES,
+        default="required",
+        help="required (default; needs --tls-client-ca), optional (checked when sent; needs "
+        "--tls-client-ca) or none (no client certificates)",
+    )
+    parser.add_argument(
+        "--admin-api",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve the admin API (reset, clock, faults, ...); default: on when bound to "
+        "loopback, off otherwise, where it also needs an admin token",
+    )
+    parser.add_argument(
+        "--admin-token",
+        help=f"admin requests must send 'Authorization: Bearer TOKEN' (env {ADMIN_TOKEN_ENV}, "
+        "which keeps it out of process lists); at least 16 characters",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="close a connection that has not sent a whole request head within SECONDS of "
+        "opening or of the previous answer; bounds TLS handshakes too "
+        f"({HEADER_TIMEOUT_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        metavar="SECONDS",
+        help=f"close a request whose body pauses for SECONDS ({BODY_TIMEOUT_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--min-body-rate",
+        type=size_argument,
+        metavar="SIZE",
+        help="...or averages under SIZE a second, e.g. 4KiB (16KiB; 0 = pauses only)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help=f"answer 503 to connections beyond N open at once ({MAX_CONNECTIONS})",
+    )
     parser.add_argument("--faults", type=Path, help="fault plan (JSON) to inject")
     parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")
     return parser
@@ -99,6 +148,16 @@ def config_from_args(
         values["store"] = "dir" if values.get("data_dir") else "memory"
     if args.max_decoded_chunk_size is not None:
         values["max_decoded_chunk_size"] = args.max_decoded_chunk_size
+    for flag, key in (
+        ("admin_api", "admin_api"),
+        ("admin_token", "admin_token"),
+        ("header_timeout", "header_timeout_seconds"),
+        ("body_timeout", "body_timeout_seconds"),
+        ("min_body_rate", "min_body_rate"),
+        ("max_connections", "max_connections"),
+    ):
+        if getattr(args, flag) is not None:
+            values[key] = getattr(args, flag)
     values["mailboxes"] = load_mailboxes(args.mailboxes)
     values["workflows"] = load_workflows(args.workflows)
     if args.tls_cert or args.tls_key:
@@ -110,6 +169,17 @@ def config_from_args(
     elif args.tls_client_ca:
         raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
     return ServerConfig(**values)
+
+
+def startup_line(server: LocalMeshServer) -> str:
+    """What the server listens on, as bound, and (last, for scripts) the URL clients on this
+    machine use when that differs (a wildcard bind)."""
+    scheme = "https" if server.config.tls else "http"
+    bound = [f"{scheme}://{address}" for address in server.bound_addresses]
+    line = f"meshpipe serve: listening on {', '.join(bound)}"
+    if bound != [server.url]:
+        line += f"; from this machine: {server.url}"
+    return line
 
 
 async def _serve(server: LocalMeshServer) -> None:
@@ -125,7 +195,7 @@ async def _serve(server: LocalMeshServer) -> None:
                 "store 'memory': messages live in a temporary directory until exit "
                 "(give --data-dir for the durable dir store)"
             )
-        print(f"meshpipe serve: listening on {server.url}", flush=True)
+        print(startup_line(server), flush=True)
         await stop.wait()
 
 

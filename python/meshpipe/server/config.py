@@ -8,6 +8,7 @@ the ones mesh-sandbox ships, so code written against the sandbox works unchanged
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import ssl
@@ -33,6 +34,33 @@ DEFAULT_PASSWORD = "password"
 INBOX_EXPIRY_DAYS = 5
 #: Every message is deleted this long after it was sent.
 MESSAGE_RETENTION_DAYS = 30
+
+#: A connection must deliver a whole request head (request line and headers) within this many
+#: seconds of opening (or of the previous answer on it), else it is closed (408 when part of a
+#: request had arrived). Also the longest a TLS handshake may take.
+HEADER_TIMEOUT_SECONDS = 30.0
+#: A request body may pause for at most this many seconds ...
+BODY_TIMEOUT_SECONDS = 30.0
+#: ... and must average at least this many bytes a second (16 KiB/s = 128 kbit/s): each byte
+#: received buys 1/rate seconds, never more than the pause above from now.
+MIN_BODY_RATE = 16 * 1024
+#: At most this many connections open at once; more are answered 503 and closed.
+MAX_CONNECTIONS = 512
+#: An admin token shorter than this is refused (it guards deleting every message).
+MIN_ADMIN_TOKEN_LENGTH = 16
+#: meshpipe's own environment variable for the admin token (a flag shows in process lists).
+ADMIN_TOKEN_ENV = "MESHPIPE_ADMIN_TOKEN"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (as given to bind) is reachable only from this machine: ``localhost``
+    or a loopback address. Any other name counts as reachable from the network."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,25 +198,53 @@ class Directory:
         return [m for m in self.receivers(workflow_id) if m.ods_code and m.ods_code == ods]
 
 
+ClientCertMode = Literal["none", "optional", "required"]
+CLIENT_CERT_MODES: tuple[str, ...] = ("none", "optional", "required")
+
+
 @dataclass(frozen=True, slots=True)
 class TLSSettings:
+    """HTTPS with the server's certificate, and what it asks of clients: ``required`` (the MESH
+    platform's mutual TLS: a certificate signed by ``client_ca``, else the handshake fails),
+    ``optional`` (checked against ``client_ca`` when sent) or ``none`` (no client certificates,
+    which must be said: no combination of settings means that by default)."""
+
     cert: Path
     key: Path
     client_ca: Path | None = None
-    client_cert: Literal["optional", "required"] = "required"
+    client_cert: ClientCertMode = "required"
+
+    def __post_init__(self) -> None:
+        if self.client_cert not in CLIENT_CERT_MODES:
+            raise ConfigError(
+                f"client certificate mode must be one of {', '.join(CLIENT_CERT_MODES)}, "
+                f"not {self.client_cert!r}"
+            )
+        if self.client_cert != "none" and self.client_ca is None:
+            raise ConfigError(
+                f"--tls-client-cert {self.client_cert} needs --tls-client-ca (the CA that signs "
+                "client certificates); without it no client certificate could be checked. "
+                "Give the CA, or say --tls-client-cert none to accept clients without one"
+            )
+        if self.client_cert == "none" and self.client_ca is not None:
+            raise ConfigError(
+                "--tls-client-ca was given with --tls-client-cert none, so it would never be "
+                "used; say --tls-client-cert required (or optional) to check client certificates"
+            )
 
     def server_context(self) -> ssl.SSLContext:
-        """TLS 1.2+; with ``client_ca`` the client must (``required``) or may (``optional``)
-        present a certificate signed by it, as the MESH platform requires."""
+        """TLS 1.2+; the client must (``required``) or may (``optional``) present a certificate
+        signed by ``client_ca``, or is not asked for one (``none``)."""
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
             context.load_cert_chain(self.cert, self.key)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot load TLS certificate {self.cert} / key: {exc}") from None
-        if self.client_ca is None:
+        if self.client_cert == "none":
             context.verify_mode = ssl.CERT_NONE
             return context
+        assert self.client_ca is not None  # checked at construction
         try:
             context.load_verify_locations(cafile=str(self.client_ca))
         except (OSError, ssl.SSLError) as exc:
@@ -213,6 +269,15 @@ class ServerConfig:
     mailboxes: tuple[Mailbox, ...] = DEFAULT_MAILBOXES
     workflows: tuple[Workflow, ...] = DEFAULT_WORKFLOWS
     tls: TLSSettings | None = None
+    #: the admin API: None = on when bound to loopback only, off otherwise
+    admin_api: bool | None = None
+    #: with it, every admin request needs ``Authorization: Bearer <token>``; required when the
+    #: admin API is on and the server is reachable from the network
+    admin_token: str | None = field(default=None, repr=False)
+    header_timeout_seconds: float = HEADER_TIMEOUT_SECONDS
+    body_timeout_seconds: float = BODY_TIMEOUT_SECONDS
+    min_body_rate: int = MIN_BODY_RATE
+    max_connections: int = MAX_CONNECTIONS
     min_chunk_size: int = MIN_CHUNK_SIZE
     max_request_size: int = MAX_REQUEST_SIZE
     max_message_size: int = MAX_FILE_SIZE
@@ -244,6 +309,43 @@ class ServerConfig:
             raise ConfigError(
                 f"the decoded chunk size cap must be positive, not {self.max_decoded_chunk_size}"
             )
+        for name, value in (
+            ("header timeout", self.header_timeout_seconds),
+            ("body timeout", self.body_timeout_seconds),
+        ):
+            if not value > 0:
+                raise ConfigError(f"the {name} must be a positive number of seconds, not {value}")
+        if self.min_body_rate < 0:
+            raise ConfigError(
+                f"the minimum body rate must be ≥ 0 bytes/s, not {self.min_body_rate}"
+            )
+        if self.max_connections < 1:
+            raise ConfigError(f"the connection cap must be at least 1, not {self.max_connections}")
+        self._check_admin()
+
+    def _check_admin(self) -> None:
+        token = self.admin_token
+        if token is not None and len(token) < MIN_ADMIN_TOKEN_LENGTH:
+            raise ConfigError(
+                f"the admin token must be at least {MIN_ADMIN_TOKEN_LENGTH} characters "
+                "(e.g. the output of: python -c 'import secrets; print(secrets.token_urlsafe())')"
+            )
+        if self.admin_enabled and not self.loopback_only and token is None:
+            raise ConfigError(
+                f"the admin API on {self.host!r} (reachable from the network) needs an admin "
+                f"token: set {ADMIN_TOKEN_ENV} (or --admin-token); without one anyone who can "
+                "reach the port could delete messages, move the clock and plan faults. Or "
+                "leave the admin API off (the default off loopback)"
+            )
+
+    @property
+    def loopback_only(self) -> bool:
+        """Bound to a loopback address only (the admin API's default is on)."""
+        return is_loopback(self.host)
+
+    @property
+    def admin_enabled(self) -> bool:
+        return self.admin_api if self.admin_api is not None else self.loopback_only
 
     @property
     def rule_set(self) -> RuleSet:
@@ -264,7 +366,8 @@ ENV_AUTH_MODES = {"full": "full", "no_auth": "full", "none": "none", "canned": "
 
 
 def env_defaults(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The sandbox's environment variables, mapped to ServerConfig fields (flags override them).
+    """The sandbox's environment variables, mapped to ServerConfig fields (flags override them),
+    and meshpipe's own ``MESHPIPE_ADMIN_TOKEN``.
 
     ``STORE_MODE=file`` means meshpipe's durable ``dir`` store; ``canned`` (the sandbox's read-only
     demo store) has no equivalent and is refused. ``AUTH_MODE=no_auth`` is the sandbox's default
@@ -298,6 +401,8 @@ def env_defaults(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
                 values[key] = int(env[name])
             except ValueError:
                 raise ConfigError(f"{name} must be a whole number of days") from None
+    if env.get(ADMIN_TOKEN_ENV):
+        values["admin_token"] = env[ADMIN_TOKEN_ENV]
     if env.get("ENV"):
         values["env"] = env["ENV"]
     if env.get("BUILD_LABEL"):

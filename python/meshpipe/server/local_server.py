@@ -1,7 +1,8 @@
 """LocalMeshServer: the server as an async context manager that starts on a free port.
 
 async with LocalMeshServer(store="dir", data_dir=path, rules="sandbox") as server:
-    server.url          # http://127.0.0.1:<port>
+    server.url              # http://127.0.0.1:<port>, for clients on this machine
+    server.bound_addresses  # what it listens on, e.g. ["0.0.0.0:8700"]
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 from aiohttp import web
 
 from meshpipe.server.app import build_app
-from meshpipe.server.authorize import Authenticator
+from meshpipe.server.authorize import Authenticator, UsedTokens
 from meshpipe.server.config import Directory, ServerConfig
+from meshpipe.server.connections import Connections
 from meshpipe.server.faults import Fault, FaultInjector, FaultPlan
 from meshpipe.server.mailroom import Mailroom
 from meshpipe.server.models import Clock, Message, SyntheticSpec
@@ -47,14 +49,24 @@ class LocalMeshServer:
         self.directory = Directory(self.config.mailboxes, self.config.workflows)
         self.store = make_store(self.config.store, self.config.data_dir)
         self.mailroom = Mailroom(self.config, self.directory, self.store, self.clock)
+        # Only rules with single-use tokens keep a journal (the sandbox's data directory stays
+        # as the sandbox would leave it).
+        journal = (
+            self.store.used_tokens_journal() if self.mailroom.rules.single_use_tokens else None
+        )
         self.authenticator = Authenticator(
             self.mailroom.rules,
             self.directory,
             self.clock,
             shared_key=self.config.shared_key,
             mode=self.config.auth_mode,
+            used=UsedTokens(self.clock, journal),
         )
+        # Built now, so a certificate that does not load is a ConfigError before listening.
+        self._ssl_context = self.config.tls.server_context() if self.config.tls else None
+        self.connections = Connections(self.config, self._ssl_context)
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self._expiry_task: asyncio.Task[None] | None = None
         self.port: int = self.config.port
 
@@ -64,35 +76,68 @@ class LocalMeshServer:
 
     @property
     def url(self) -> str:
+        """A URL clients on this machine connect to (a wildcard bind's loopback address)."""
         scheme = "https" if self.config.tls else "http"
         host = self.config.host
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
         if ":" in host:
             host = f"[{host}]"
-        if host in ("0.0.0.0", "[::]"):
-            host = "127.0.0.1"
         return f"{scheme}://{host}:{self.port}"
 
+    @property
+    def bound_addresses(self) -> list[str]:
+        """``host:port`` of every socket the server listens on (empty until started)."""
+        addresses: list[str] = []
+        for sock in self._listener.sockets if self._listener is not None else ():
+            host, port = sock.getsockname()[:2]
+            addresses.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        return addresses
+
     async def start(self) -> None:
-        app = build_app(self.config, self.mailroom, self.authenticator, self.faults)
+        connections = self.connections
+        app = build_app(self.config, self.mailroom, self.authenticator, self.faults, connections)
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, auto_decompress=False
         )
         await self._runner.setup()
-        ssl_context = self.config.tls.server_context() if self.config.tls else None
-        site = web.TCPSite(
-            self._runner, self.config.host, self.config.port, ssl_context=ssl_context, backlog=512
+        assert self._runner.server is not None
+        connections.serve(self._runner.server)
+        loop = asyncio.get_running_loop()
+        # TLS is set up per connection (Connections), so handshakes are bounded and logged.
+        self._listener = await loop.create_server(
+            connections, self.config.host or None, self.config.port, backlog=512
         )
-        await site.start()
-        addresses = self._runner.addresses
-        if addresses:
-            self.port = int(addresses[0][1])
+        if self._listener.sockets:
+            self.port = int(self._listener.sockets[0].getsockname()[1])
         self._expiry_task = asyncio.create_task(self._expire_periodically())
         log.info(
-            "meshpipe MESH server on %s (store %s, rules %s)",
-            self.url,
+            "meshpipe MESH server listening on %s (store %s, rules %s); clients here use %s",
+            ", ".join(self.bound_addresses),
             self.config.store,
             self.config.rules,
+            self.url,
         )
+        self._log_admin_exposure()
+
+    def _log_admin_exposure(self) -> None:
+        config = self.config
+        where = ", ".join(self.bound_addresses)
+        if config.admin_enabled and not config.loopback_only:
+            log.warning(
+                "THE ADMIN API IS REACHABLE FROM THE NETWORK on %s: whoever has the admin token "
+                "can delete messages, move the clock and plan faults. Keep the token secret, "
+                "or bind to 127.0.0.1, or drop --admin-api",
+                where,
+            )
+        elif not config.admin_enabled and not config.loopback_only:
+            log.info(
+                "admin API off (bound to %s, reachable from the network); --admin-api with "
+                "an admin token turns it on",
+                where,
+            )
 
     async def close(self) -> None:
         if self._expiry_task is not None:
@@ -100,9 +145,14 @@ class LocalMeshServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry_task
             self._expiry_task = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self.connections.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self.authenticator.used.close()
         self.store.close()
 
     async def __aenter__(self) -> LocalMeshServer:

@@ -360,6 +360,10 @@ class Mailroom:
             raise Refusal(422, "unsupported_encoding")
         if chunk_range is None or chunk_range[0] != 1:
             raise Refusal(417, "invalid_chunks")
+        if chunk_range[1] > self.rules.max_chunks:
+            raise Refusal(
+                417, "too_many_chunks", maximum=self.rules.max_chunks, total=chunk_range[1]
+            )
         recipient = self.directory.get(headers.to)
         if recipient is None:
             raise Refusal(417, "unregistered_recipient")
@@ -383,7 +387,9 @@ class Mailroom:
         if upload.chunk_range is None or upload.chunk_range[0] != number:
             raise Refusal(417, "invalid_chunks", message_id=message_id)
         message = self.get(message_id)
-        if message is None:
+        if message is None or (
+            message.sender != sender.mailbox_id and self.rules.others_messages_hidden
+        ):
             raise Refusal(404, "not_found")
         if message.sender != sender.mailbox_id:
             raise Refusal(403, "forbidden")
@@ -502,7 +508,9 @@ class Mailroom:
     def received(self, mailbox: Mailbox, message_id: str) -> Message:
         """A message in ``mailbox``'s inbox (any status), for download or acknowledgement."""
         message = self.get(message_id)
-        if message is None:
+        if message is None or (
+            message.recipient != mailbox.mailbox_id and self.rules.others_messages_hidden
+        ):
             raise Refusal(404, "does_not_exist")
         if message.recipient != mailbox.mailbox_id:
             raise Refusal(403, "forbidden")

@@ -20,7 +20,8 @@ def server_process(
     stderr: IO[bytes] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """Start ``python -m meshpipe.server --port 0 ARGS`` and yield (url, process) once it
-    listens: it picks its own free port and prints its URL, so there is no port race. ``env``
+    listens: it picks its own free port and prints its URL (the last word of its start-up
+    line: the one clients on this machine use), so there is no port race. ``env``
     adds to this process's environment (e.g. the sandbox's SHARED_KEY); the server is stopped
     (terminated, then killed) on exit unless the caller already stopped it."""
     process = subprocess.Popen(

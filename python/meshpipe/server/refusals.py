@@ -49,6 +49,12 @@ CATALOGUE: dict[str, Entry] = {
         "InvalidHeaderChunks",
         "Invalid chunk values sent in mex-Chunk-Range header",
     ),
+    "too_many_chunks": Entry(
+        "mesh",
+        "SEND",
+        "InvalidHeaderChunks",
+        "A message may have at most {maximum} chunks; mex-Chunk-Range asked for {total}",
+    ),
     "unsupported_encoding": Entry(
         "mesh", "SEND", "UnsupportedContentEncoding", "Unsupported content encoding"
     ),
@@ -97,6 +103,11 @@ CATALOGUE: dict[str, Entry] = {
     "multiple_choices": Entry("plain", description="Multiple Choices"),
     "mailbox_does_not_exist": Entry("plain", description="mailbox does not exist"),
     "internal": Entry("internal", description=INTERNAL_ERROR_TEXT),
+    # meshpipe's admin API and connection limits
+    "admin_token": Entry(
+        "plain",
+        description="The admin API needs the header 'Authorization: Bearer <admin token>'",
+    ),
     "invalid_request": Entry("validation"),
 }
 

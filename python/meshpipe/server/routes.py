@@ -33,6 +33,7 @@ from meshpipe.server.refusals import (
     out_of_range,
     too_long,
     too_short,
+    value_error,
 )
 from meshpipe.server.streaming import chunk_source, request_body, send_stored_chunk, stream_body
 from meshpipe.server.views import message_headers, rich_item, tracking_body
@@ -52,7 +53,7 @@ def encode_cursor(message_id: str) -> str:
 def decode_cursor(cursor: str) -> str | None:
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         return None
     value = data.get("message_id") if isinstance(data, dict) else None
     return str(value) if value else None
@@ -341,9 +342,7 @@ class MeshRoutes:
         version = self.version(request)
         last_id: str | None = None
         if continue_from:
-            last_id = continue_from.upper() if version < 2 else decode_cursor(continue_from)
-            if last_id is None:
-                raise Refusal(500, "internal")
+            last_id = continue_from.upper() if version < 2 else _cursor(continue_from)
         messages = self.mailroom.inbox(mailbox.mailbox_id)
         predicate = workflow_predicate(workflow_filter)
         if predicate is not None:
@@ -376,16 +375,25 @@ class MeshRoutes:
             return self.now() - timedelta(days=30)
         try:
             moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        except ValueError:
-            raise Refusal(500, "internal") from None
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            return moment.astimezone(UTC)
+        except (ValueError, OverflowError):
+            raise invalid(
+                value_error(
+                    "query",
+                    "start_time",
+                    f"start_time must be an ISO 8601 date and time, e.g. "
+                    f"2024-01-31T09:30:00Z; {raw!r} is not one",
+                )
+            ) from None
 
     def _rich(
         self, request: web.Request, mailbox: Mailbox, messages: list[Message], kind: str, limit: int
     ) -> web.StreamResponse:
         start = self._start_time(request)
         cursor = self._continue_from(request)
-        last_id = decode_cursor(cursor) if cursor else None
+        last_id = _cursor(cursor) if cursor else None
         messages = [m for m in messages if m.created > start]
         page, next_id = page_after(messages, last_id, limit)
         base = f"/messageexchange/{mailbox.mailbox_id}/{kind}/rich"
@@ -493,6 +501,22 @@ class MeshRoutes:
         if version < 2:
             return json_response({"messageId": message.message_id})
         return empty_response()
+
+
+def _cursor(continue_from: str) -> str:
+    """The message id in a v2 ``continue_from`` cursor; 400 when it is not one this server
+    gave out."""
+    last_id = decode_cursor(continue_from)
+    if last_id is None:
+        raise invalid(
+            value_error(
+                "query",
+                "continue_from",
+                "continue_from must be the cursor from the previous page's links.next "
+                "(copy that link as it is)",
+            )
+        )
+    return last_id
 
 
 def _download_content_type(message: Message, version: int) -> str:

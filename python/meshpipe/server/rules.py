@@ -21,6 +21,17 @@ TOKEN_WINDOW_SECONDS = 2 * 60 * 60
 #: the cap stops a decompression bomb (or an endless body) from running the server's disk and
 #: CPU without bound.
 SANDBOX_MAX_DECODED_CHUNK_SIZE = 4 * GiB
+#: Under sandbox rules a message may have at most this many chunks. mesh-sandbox checks no
+#: count; this one keeps a message's bookkeeping (which chunks are missing, tracking) bounded
+#: while leaving room for any suite written for the sandbox (which holds every chunk in memory).
+SANDBOX_MAX_CHUNKS = 100_000
+
+
+def most_chunks(max_message_size: int, min_chunk_size: int) -> int:
+    """How many chunks a message can have when every chunk but the last decodes to at least
+    ``min_chunk_size`` bytes and the whole to at most ``max_message_size``: (N - 1) chunks of
+    the minimum must fit, so N ≤ max // min + 1 (9,537 with MESH's 50 GB and 5 MiB)."""
+    return max_message_size // min_chunk_size + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +53,9 @@ class RuleSet:
     max_request_size: int | None
     #: a message's decoded bytes at most this many, else 413 MessageTooLarge
     max_message_size: int | None
+    #: a message has at most this many chunks (``mex-Chunk-Range: 1:N``), else 417
+    #: InvalidHeaderChunks
+    max_chunks: int
     #: a chunk's decoded bytes at most this many, else 413 ChunkDecodesTooLarge, refused as soon
     #: as decoding passes it (both sets: a decompression bomb is never expanded further)
     max_decoded_chunk_size: int
@@ -51,6 +65,9 @@ class RuleSet:
     mailboxes_from_data_dir: bool
     #: gzip downloads say ``mex-Content-Compressed: Y`` whatever the sender flagged
     compressed_flag_on_gzip: bool
+    #: another mailbox's message is answered as if it did not exist (404, as for an unknown
+    #: id); otherwise 403, as mesh-sandbox answers, which tells a caller that the id exists
+    others_messages_hidden: bool
 
     @classmethod
     def strict(
@@ -73,16 +90,19 @@ class RuleSet:
             min_chunk_size=min_chunk_size,
             max_request_size=max_request_size,
             max_message_size=max_message_size,
+            max_chunks=most_chunks(max_message_size, min_chunk_size),
             max_decoded_chunk_size=max_decoded_chunk_size or max_message_size,
             download_after_acknowledgement=False,
             mailboxes_from_data_dir=False,
             compressed_flag_on_gzip=False,
+            others_messages_hidden=True,
         )
 
     @classmethod
     def sandbox(cls, *, max_decoded_chunk_size: int | None = None) -> RuleSet:
         """mesh-sandbox's rules: none of the checks above, but a decoded chunk size cap
-        (:data:`SANDBOX_MAX_DECODED_CHUNK_SIZE` unless ``max_decoded_chunk_size`` says)."""
+        (:data:`SANDBOX_MAX_DECODED_CHUNK_SIZE` unless ``max_decoded_chunk_size`` says) and a
+        chunk count cap (:data:`SANDBOX_MAX_CHUNKS`)."""
         return cls(
             name="sandbox",
             token_window_seconds=None,
@@ -92,8 +112,10 @@ class RuleSet:
             min_chunk_size=None,
             max_request_size=None,
             max_message_size=None,
+            max_chunks=SANDBOX_MAX_CHUNKS,
             max_decoded_chunk_size=max_decoded_chunk_size or SANDBOX_MAX_DECODED_CHUNK_SIZE,
             download_after_acknowledgement=True,
             mailboxes_from_data_dir=True,
             compressed_flag_on_gzip=True,
+            others_messages_hidden=False,
         )

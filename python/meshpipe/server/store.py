@@ -30,6 +30,9 @@ from meshpipe.server.sandbox_import import message_from_sandbox
 log = logging.getLogger("meshpipe.server")
 
 METADATA_SUFFIX = ".msg"
+#: The used-token journal, a file in the data directory's root (a file, and lower case, so it
+#: is never taken for a mailbox folder).
+USED_TOKENS_FILE = ".meshpipe-used-tokens"
 
 
 class ChunkWriter(ABC):
@@ -141,6 +144,10 @@ class MessageStore(ABC):
         """Upper-case mailbox directories found in the store (the sandbox adds such mailboxes)."""
         return []
 
+    def used_tokens_journal(self) -> Path | None:
+        """Where the authentication tokens already used are journalled (durable stores only)."""
+        return None
+
     def clear(self) -> None:  # noqa: B027 - optional hook, a no-op unless overridden
         """Remove everything (non-durable stores only)."""
 
@@ -183,6 +190,9 @@ class DirStore(MessageStore):
             with contextlib.suppress(OSError):
                 stale.unlink()
         return messages
+
+    def used_tokens_journal(self) -> Path | None:
+        return self.root / USED_TOKENS_FILE if self.durable else None
 
     def mailbox_dirs(self) -> list[str]:
         return sorted(
