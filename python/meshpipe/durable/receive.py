@@ -418,11 +418,12 @@ async def _writer() -> AsyncIterator[LedgerWriter]:
     writer = LedgerWriter("meshpipe-receive-ledger")
     try:
         yield writer
-    except BaseException:
+    except BaseException as failure:
         try:
             await writer.close()
         except BaseException as error:
-            log.error("the ledger could not record everything: %s", error)
+            if error is not failure:
+                log.error("the ledger could not record everything: %s", error)
         raise
     await writer.close()
 
@@ -484,7 +485,7 @@ def _first_length(chunks: list[ChunkRecord]) -> int | None:
 def _xxh3_or_none(path: Path) -> str | None:
     try:
         return xxh3_128_file(path)
-    except FileNotFoundError:
+    except OSError:
         return None
 
 
