@@ -225,7 +225,11 @@ class DurableReceiver:
         record as it is once held."""
         stack = contextlib.ExitStack()
         try:
-            await writer.call(stack.enter_context, self.ledger.claim(record, wait=self.claim_wait))
+            # Not on the writer: a refused claim must not stop the writer taking work.
+            await writer.drain()
+            await asyncio.to_thread(
+                stack.enter_context, self.ledger.claim(record, wait=self.claim_wait)
+            )
         except TransferBusyError as error:
             raise TransferBusyError(
                 f"message {record.message_id} is being received by another process: {error}",
