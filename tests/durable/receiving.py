@@ -90,7 +90,9 @@ class Serve:
         )
 
     def acks(self) -> int:
-        return sum(1 for entry in self.log() if entry["route"] == "ack" and entry.get("seconds") == 0)
+        return sum(
+            1 for entry in self.log() if entry["route"] == "ack" and entry.get("seconds") == 0
+        )
 
     def status(self, message_id: str) -> str:
         return str(self.admin("GET", f"message/{message_id}")["status"]).lower()

@@ -37,7 +37,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
         yield running
 
 
-def crash_while_holding(server: Serve, message_id: str, out: Path, chunk: int, done: int) -> set[int]:
+def crash_while_holding(
+    server: Serve, message_id: str, out: Path, chunk: int, done: int
+) -> set[int]:
     """Start a receive, wait until ``chunk`` is held and ``done`` chunks are recorded, then
     SIGKILL it; return the chunks the ledger recorded written."""
     process = start_meshpipe(

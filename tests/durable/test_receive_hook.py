@@ -99,6 +99,7 @@ def test_failing_hook_leaves_the_message_unacknowledged_then_runs_again(
     assert record.hook is not None and (record.hook.ok, record.hook.attempts) == (False, 1)
 
     flag.unlink()
+    server.faults()
     again = run_meshpipe(server.url, "receive", message_id, "--out", str(out), "--exec", command)
     assert again.returncode == 0, again.stderr
     assert server.downloads() == {}
