@@ -22,8 +22,8 @@ from tests.durable.receiving import (
     PATIENCE,
     RECIPIENT,
     SENDER,
-    meshpipe_argv,
     mesh_env,
+    meshpipe_argv,
     receive_record,
 )
 from tests.peers import Sandbox
