@@ -88,6 +88,24 @@ def _open_ledger(args: argparse.Namespace) -> Ledger:
     return Ledger.open(resolve_ledger_location(args.ledger, args.state_dir))
 
 
+def _history_parser(commands: Any) -> None:
+    history = commands.add_parser("history", help="transfers recorded in the ledger")
+    history.add_argument(
+        "transfer", nargs="?", metavar="MESSAGE_ID_OR_LOCAL_ID", help="show its events"
+    )
+    history.add_argument("--json", action="store_true")
+    history.add_argument("--local-id")
+    history.add_argument("--message-id")
+    history.add_argument("--mailbox")
+    history.add_argument("--workflow-id")
+    history.add_argument("--state", help="e.g. uploading, delivered, acknowledged, failed")
+    history.add_argument("--since", help="created at or after (YYYY-MM-DD or ISO date-time, UTC)")
+    history.add_argument("--until", help="created before (YYYY-MM-DD or ISO date-time, UTC)")
+    history.add_argument("--limit", type=_positive, default=50)
+    history.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr")
+    _ledger_flags(history)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROGRAM, description="Fast, verified file transfers through NHS England's MESH."
@@ -150,21 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     _ledger_flags(receive)
     _connection_flags(receive)
 
-    history = commands.add_parser("history", help="transfers recorded in the ledger")
-    history.add_argument(
-        "transfer", nargs="?", metavar="MESSAGE_ID_OR_LOCAL_ID", help="show its events"
-    )
-    history.add_argument("--json", action="store_true")
-    history.add_argument("--local-id")
-    history.add_argument("--message-id")
-    history.add_argument("--mailbox")
-    history.add_argument("--workflow-id")
-    history.add_argument("--state", help="e.g. uploading, delivered, acknowledged, failed")
-    history.add_argument("--since", help="created at or after (YYYY-MM-DD or ISO date-time, UTC)")
-    history.add_argument("--until", help="created before (YYYY-MM-DD or ISO date-time, UTC)")
-    history.add_argument("--limit", type=_positive, default=50)
-    history.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr")
-    _ledger_flags(history)
+    _history_parser(commands)
 
     inbox = commands.add_parser("inbox", help="list message ids ready to download")
     inbox.add_argument("--workflow-filter")

@@ -29,7 +29,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 from meshpipe.errors import MeshpipeError
 from meshpipe.models import MessageMetadata
@@ -203,13 +203,13 @@ class CallableHook:
 
 def as_hook(hook: Hook | HookFunction | str | None) -> Hook | None:
     """A Hook from a command line (str), a Python function, or a Hook as it is."""
-    if hook is None or isinstance(hook, CommandHook | CallableHook):
-        return hook
+    if hook is None:
+        return None
     if isinstance(hook, str):
         return CommandHook(hook)
-    if callable(hook) and not hasattr(hook, "run"):
-        return CallableHook(hook)
-    return hook  # type: ignore[return-value]
+    if hasattr(hook, "run") and hasattr(hook, "describe"):
+        return cast(Hook, hook)
+    return CallableHook(hook)
 
 
 __all__ = [

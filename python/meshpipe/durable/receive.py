@@ -289,7 +289,9 @@ class DurableReceiver:
         adopted = await self._adopt(writer, record, chunks)
         if adopted is not None:
             return adopted, ["chunks xxh3-128 (re-read)"], len(chunks)
-        plan = ReceivePlan.of(options["metadata"], options.get("decode_payload", True))  # type: ignore[arg-type]
+        metadata = options["metadata"]
+        assert metadata is not None
+        plan = ReceivePlan.of(metadata, options.get("decode_payload", True))
         completed = {chunk.number: chunk.xxh3_128 for chunk in chunks}
         chunk_size = record.chunk_size or _first_length(chunks)
         if completed and (plan.in_order or chunk_size is None):
