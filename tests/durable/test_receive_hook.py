@@ -137,3 +137,21 @@ def test_no_ledger_receives_without_recording(server: Serve, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert receive_record(message_id) is None
     assert out.stat().st_size == SIZE
+
+
+def test_receive_all_runs_the_durable_path_per_message(
+    server: Serve, tmp_path: Path, hook: tuple[str, Path, Path]
+) -> None:
+    command, log, _ = hook
+    server.admin("DELETE", "reset/X26ABC2")  # only this test's messages in the inbox
+    first, second = server.synthetic(SIZE, seed=14), server.synthetic(SIZE, seed=15)
+    inbox = tmp_path / "inbox"
+    done = run_meshpipe(server.url, "receive", "--all", "--out-dir", str(inbox), "--exec", command)
+    assert done.returncode == 0, done.stderr
+    listed = dict(line.split("\t") for line in done.stdout.splitlines())
+    assert set(listed) == {first, second}
+    assert sorted(run["env"]["MESHPIPE_MESSAGE_ID"] for run in runs(log)) == sorted(listed)  # type: ignore[index]
+    for message_id, path in listed.items():
+        record = receive_record(message_id)
+        assert record is not None and record.state == "acknowledged"
+        assert record.destination == path
