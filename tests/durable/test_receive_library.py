@@ -145,3 +145,17 @@ async def test_receive_all_goes_through_the_ledger(
     for message_id in (first, second):
         record = ledger.find_receive(RECIPIENT, message_id)
         assert record is not None and record.state == "acknowledged"
+
+
+async def test_existing_destination_is_refused_before_anything_is_recorded(
+    server: LocalMeshServer, client: MeshClient, ledger: Ledger, tmp_path: Path
+) -> None:
+    message_id = message(server, 36)
+    out = tmp_path / "taken.bin"
+    out.write_bytes(b"someone else's file")
+    with pytest.raises(MeshpipeError, match="already exists; remove it"):
+        await DurableReceiver(ledger).receive(client, message_id, out)
+    assert ledger.find_receive(RECIPIENT, message_id) is None
+    assert out.read_bytes() == b"someone else's file"
+    elsewhere = await DurableReceiver(ledger).receive(client, message_id, tmp_path / "new.bin")
+    assert elsewhere.result.acknowledged

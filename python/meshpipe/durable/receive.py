@@ -136,7 +136,12 @@ class DurableReceiver:
         plan = ReceivePlan.of(metadata, options.get("decode_payload", True))
         async with _writer() as writer:
             record = await writer.call(
-                self._find_or_begin, client.mailbox, metadata, Path(destination), plan
+                self._find_or_begin,
+                client.mailbox,
+                metadata,
+                Path(destination),
+                plan,
+                options.get("overwrite", False),
             )
             _check_destination(record, Path(destination), recorded_destination)
             async with self._claimed(writer, record) as claimed:
@@ -190,14 +195,25 @@ class DurableReceiver:
             return DurableReceiveResult(result, record.id, "already-delivered", 0, record.hook)
 
     def _find_or_begin(
-        self, mailbox: str, metadata: MessageMetadata, destination: Path, plan: ReceivePlan
+        self,
+        mailbox: str,
+        metadata: MessageMetadata,
+        destination: Path,
+        plan: ReceivePlan,
+        overwrite: bool,
     ) -> ReceiveRecord:
         """The ledger's record of the message, begun now if there is none (runs on the
-        writer's thread)."""
+        writer's thread). A destination that exists is refused before anything is recorded,
+        unless ``overwrite``."""
         found = self.ledger.find_receive(mailbox, metadata.message_id)
         if found is not None:
             return found
         target = Path(os.path.abspath(destination))
+        if target.exists() and not overwrite:
+            raise MeshpipeError(
+                f"destination {target} already exists; remove it, choose another --out, or "
+                "pass --overwrite"
+            )
         checksum = plan.checksum
         try:
             return self.ledger.begin_receive(
