@@ -5,6 +5,7 @@ the changed chunk fetched again; a second receiver of the same message is refuse
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,6 +92,13 @@ def test_killed_receive_resumes_without_refetching(
     assert not partial_path_for(out, message_id).exists()
     if checksum:
         assert "file xxh3-128" in finished.stderr
+    shown = run_meshpipe(server.url, "history", message_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    (lifecycle,) = json.loads(shown.stdout)
+    kinds = [event["kind"] for event in lifecycle["events"]]
+    assert kinds.count("chunk_written") == CHUNKS  # each chunk once, across both runs
+    assert "taken_over" in kinds and "resumed" in kinds  # the killed run's claim, the new run
+    assert kinds[-2:] == ["acknowledged", "released"]
 
 
 def test_tampered_partial_file_is_caught_and_refetched(server: Serve, tmp_path: Path) -> None:

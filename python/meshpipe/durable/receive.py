@@ -283,7 +283,8 @@ class DurableReceiver:
         if record.state == "delivered":
             verified = ["file xxh3-128 (re-read)"]
         else:
-            if record.state == "failed":
+            if record.state == "failed" or record.chunks_done:
+                # A new attempt at a receive an earlier run began: an event marks it.
                 resumed = await writer.call(self.ledger.resume, record, "receive run again")
                 assert isinstance(resumed, ReceiveRecord)
                 record = resumed
