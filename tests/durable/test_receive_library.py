@@ -4,6 +4,8 @@ before a crash adopted without downloading it again, receive_all through the sam
 
 from __future__ import annotations
 
+import shlex
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -159,3 +161,17 @@ async def test_existing_destination_is_refused_before_anything_is_recorded(
     assert out.read_bytes() == b"someone else's file"
     elsewhere = await DurableReceiver(ledger).receive(client, message_id, tmp_path / "new.bin")
     assert elsewhere.result.acknowledged
+
+
+async def test_command_hook_from_the_library(
+    server: LocalMeshServer, client: MeshClient, ledger: Ledger, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    script = "import sys, pathlib; pathlib.Path(sys.argv[1]).write_text(sys.argv[2])"
+    command = shlex.join([sys.executable, "-c", script, str(marker)])
+    receiver = DurableReceiver(ledger, hook=command, state_dir=tmp_path / "state")
+    message_id = message(server, 37)
+    out = tmp_path / "out.bin"
+    received = await receiver.receive(client, message_id, out)
+    assert received.hook is not None and received.hook.ok
+    assert marker.read_text() == str(out)

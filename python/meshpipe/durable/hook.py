@@ -158,7 +158,7 @@ class CommandHook:
                 str(delivery.metadata_path),
                 env=hook_environment(delivery),
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=sys.stderr.fileno(),
+                stdout=_standard_error(),
             )
         except OSError as error:
             raise HookError(
@@ -170,6 +170,15 @@ class CommandHook:
                 f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
             )
             raise HookError(f"{self.describe()} {how}")
+
+
+def _standard_error() -> int | None:
+    """This process's standard error as a descriptor (None: inherit standard output, when
+    standard error is not a real file, as under a test runner's capture)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 HookFunction = Callable[[Delivery], Awaitable[object] | object]
