@@ -1,8 +1,9 @@
 """The ``meshpipe`` command line.
 
     meshpipe send PATH --to MAILBOX --workflow-id WF [--compress none|gzip|zstd] ...
-    meshpipe receive MESSAGE_ID --out PATH [--no-ack]
+    meshpipe receive MESSAGE_ID --out PATH [--no-ack] [--exec CMD] [--no-ledger]
     meshpipe receive --all --out-dir DIR
+    meshpipe history [--json] [filters] | history MESSAGE_ID_OR_LOCAL_ID
     meshpipe inbox [--json] | ack ID... | track ID [--json] | lookup ODS WORKFLOW | handshake
     meshpipe serve ...   (the local MESH server)      meshpipe demo ...
 
@@ -27,6 +28,8 @@ from typing import Any, Final, TextIO
 from meshpipe import units
 from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.config import load_config
+from meshpipe.durable import CommandHook, DurableReceiver, DurableReceiveResult
+from meshpipe.durable.history import history_filter, show_history
 from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
 from meshpipe.ledger import Ledger, resolve_ledger_location
 from meshpipe.models import ReportMessage
@@ -35,6 +38,7 @@ from meshpipe.retry import RetryingClient
 from meshpipe.transfer import (
     DEFAULT_CONCURRENCY,
     ReceiveFailure,
+    ReceiveOptions,
     ReceiveResult,
     receive_all,
     receive_message,
@@ -84,6 +88,24 @@ def _open_ledger(args: argparse.Namespace) -> Ledger:
     return Ledger.open(resolve_ledger_location(args.ledger, args.state_dir))
 
 
+def _history_parser(commands: Any) -> None:
+    history = commands.add_parser("history", help="transfers recorded in the ledger")
+    history.add_argument(
+        "transfer", nargs="?", metavar="MESSAGE_ID_OR_LOCAL_ID", help="show its events"
+    )
+    history.add_argument("--json", action="store_true")
+    history.add_argument("--local-id")
+    history.add_argument("--message-id")
+    history.add_argument("--mailbox")
+    history.add_argument("--workflow-id")
+    history.add_argument("--state", help="e.g. uploading, delivered, acknowledged, failed")
+    history.add_argument("--since", help="created at or after (YYYY-MM-DD or ISO date-time, UTC)")
+    history.add_argument("--until", help="created before (YYYY-MM-DD or ISO date-time, UTC)")
+    history.add_argument("--limit", type=_positive, default=50)
+    history.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr")
+    _ledger_flags(history)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROGRAM, description="Fast, verified file transfers through NHS England's MESH."
@@ -130,7 +152,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     receive.add_argument("--concurrency", type=_positive, default=DEFAULT_CONCURRENCY)
     receive.add_argument("--json", action="store_true", help="print results as JSON")
+    receive.add_argument(
+        "--exec",
+        dest="exec_command",
+        metavar="CMD",
+        help="run CMD PATH METADATA_JSON after delivery, before acknowledging (no shell; "
+        "MESHPIPE_IDEMPOTENCY_KEY and more in its environment); a failure leaves the message "
+        "unacknowledged",
+    )
+    receive.add_argument(
+        "--no-ledger",
+        action="store_true",
+        help="no resume or exactly-once: do not record the receive in the ledger",
+    )
+    _ledger_flags(receive)
     _connection_flags(receive)
+
+    _history_parser(commands)
 
     inbox = commands.add_parser("inbox", help="list message ids ready to download")
     inbox.add_argument("--workflow-filter")
@@ -229,40 +267,82 @@ async def _send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 async def _receive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.all == bool(args.message_id):
         raise MessageHeaderError("give either a MESSAGE_ID with --out, or --all with --out-dir")
-    async with _client(args) as client:
-        if not args.all:
-            if not args.out:
-                raise MessageHeaderError("give --out PATH for the received file")
-            progress = Progress(err, label="receive")
-            try:
-                result = await receive_message(
-                    client,
-                    args.message_id,
-                    args.out,
-                    acknowledge=not args.no_ack,
-                    concurrency=args.concurrency,
-                    overwrite=args.overwrite,
-                    decode_payload=not args.keep_zstd,
-                    progress=progress,
-                )
-            finally:
-                progress.close()
-            if args.json:
-                _print_json(result, out)
-            else:
-                out.write(f"{result.path}\n")
-                err.write(f"{PROGRAM}: {result.message_id}: {_verified_text(result)}\n")
-            return 0
-        if not args.out_dir:
-            raise MessageHeaderError("give --out-dir DIR with --all")
-        results = await receive_all(
-            client,
-            args.out_dir,
-            workflow_filter=args.workflow_filter,
-            acknowledge=not args.no_ack,
-            concurrency=args.concurrency,
-            decode_payload=not args.keep_zstd,
+    if args.no_ledger and args.exec_command:
+        raise MessageHeaderError(
+            "--exec needs the ledger (it runs once per delivery): drop --no-ledger"
         )
+    if not args.all and not args.out:
+        raise MessageHeaderError("give --out PATH for the received file")
+    if args.all and not args.out_dir:
+        raise MessageHeaderError("give --out-dir DIR with --all")
+    receiver = None if args.no_ledger else _durable_receiver(args)
+    try:
+        async with _client(args) as client:
+            if args.all:
+                return _report_all(args, await _receive_all(args, client, receiver), out, err)
+            return await _receive_one(args, client, receiver, out, err)
+    finally:
+        if receiver is not None:
+            receiver.ledger.close()
+
+
+def _durable_receiver(args: argparse.Namespace) -> DurableReceiver:
+    hook = CommandHook(args.exec_command) if args.exec_command else None
+    return DurableReceiver(_open_ledger(args), hook=hook, state_dir=args.state_dir)
+
+
+async def _receive_one(
+    args: argparse.Namespace,
+    client: MeshClient,
+    receiver: DurableReceiver | None,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    progress = Progress(err, label="receive")
+    options: ReceiveOptions = {
+        "acknowledge": not args.no_ack,
+        "concurrency": args.concurrency,
+        "overwrite": args.overwrite,
+        "decode_payload": not args.keep_zstd,
+        "progress": progress,
+    }
+    try:
+        if receiver is None:
+            result = await receive_message(client, args.message_id, args.out, **options)
+            note = _verified_text(result)
+        else:
+            durable = await receiver.receive(client, args.message_id, args.out, **options)
+            result, note = durable.result, _durable_text(durable)
+    finally:
+        progress.close()
+    if args.json:
+        _print_json(result, out)
+    else:
+        out.write(f"{result.path}\n")
+        err.write(f"{PROGRAM}: {result.message_id}: {note}\n")
+    return 0
+
+
+async def _receive_all(
+    args: argparse.Namespace, client: MeshClient, receiver: DurableReceiver | None
+) -> list[ReceiveResult | ReportMessage | ReceiveFailure]:
+    return await receive_all(
+        client,
+        args.out_dir,
+        workflow_filter=args.workflow_filter,
+        acknowledge=not args.no_ack,
+        concurrency=args.concurrency,
+        decode_payload=not args.keep_zstd,
+        receiver=receiver.receive_message if receiver is not None else None,
+    )
+
+
+def _report_all(
+    args: argparse.Namespace,
+    results: list[ReceiveResult | ReportMessage | ReceiveFailure],
+    out: TextIO,
+    err: TextIO,
+) -> int:
     failures = 0
     for item in results:
         if isinstance(item, ReceiveFailure):
@@ -275,6 +355,35 @@ async def _receive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.json:
         _print_json([item for item in results if not isinstance(item, ReceiveFailure)], out)
     return 1 if failures else 0
+
+
+def _durable_text(durable: DurableReceiveResult) -> str:
+    if durable.outcome == "already-delivered":
+        done = "acknowledged" if durable.result.acknowledged else "not acknowledged (--no-ack)"
+        return (
+            f"already delivered to {durable.result.path} (ledger transfer "
+            f"{durable.transfer_id}); {done}, not written again"
+        )
+    text = _verified_text(durable.result)
+    if durable.kept_chunks:
+        text += f"; resumed: {durable.kept_chunks} chunk(s) kept from an earlier run"
+    return text
+
+
+async def _history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    filters = history_filter(
+        local_id=args.local_id,
+        message_id=args.message_id,
+        mailbox=args.mailbox,
+        workflow_id=args.workflow_id,
+        state=args.state,
+        since=args.since,
+        until=args.until,
+    )
+    with _open_ledger(args) as ledger:
+        return show_history(
+            ledger, out, name=args.transfer, filters=filters, limit=args.limit, as_json=args.json
+        )
 
 
 def _verified_text(result: ReceiveResult) -> str:
@@ -345,6 +454,7 @@ _HANDLERS: Final[dict[str, Handler]] = {
     "track": _track,
     "lookup": _lookup,
     "handshake": _handshake,
+    "history": _history,
 }
 
 

@@ -5,8 +5,27 @@ send is not made twice, and a message is delivered once.
 :mod:`meshpipe.durable.writer` runs the ledger's blocking writes on one thread of their own,
 in order, so that recording a chunk overlaps the next chunk on the wire; the journals wait
 for a write only where the next step depends on it.
+
+Receiving: :mod:`meshpipe.durable.receive` (:class:`DurableReceiver`: resume, exactly-once
+delivery, the claim), :mod:`meshpipe.durable.receive_journal` (the download's stages in the
+ledger), :mod:`meshpipe.durable.hook` (the application hook run before acknowledgement), and
+:mod:`meshpipe.durable.history` (``meshpipe history``: the ledger as text or JSON).
 """
 
+from meshpipe.durable.hook import CallableHook, CommandHook, Delivery, Hook, HookError
+from meshpipe.durable.receive import DurableReceiver, DurableReceiveResult, partial_path_for
+from meshpipe.durable.receive_journal import LedgerReceiveJournal
 from meshpipe.durable.writer import LedgerWriter
 
-__all__ = ["LedgerWriter"]
+__all__ = [
+    "CallableHook",
+    "CommandHook",
+    "Delivery",
+    "DurableReceiveResult",
+    "DurableReceiver",
+    "Hook",
+    "HookError",
+    "LedgerReceiveJournal",
+    "LedgerWriter",
+    "partial_path_for",
+]

@@ -9,6 +9,7 @@ inspect, attempts per message and per chunk, acknowledge. Both tell a journal
 
 from meshpipe.transfer.download import (
     Download,
+    MessageReceiver,
     ReceiveFailure,
     ReceiveOptions,
     ReceivePlan,
@@ -36,6 +37,7 @@ from meshpipe.transfer.upload import (
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "Download",
+    "MessageReceiver",
     "ProgressCallback",
     "ReceiveFailure",
     "ReceiveJournal",

@@ -22,9 +22,10 @@ import dataclasses
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypedDict
+from typing import Final, Protocol, TypedDict
 
 from typing_extensions import Unpack
 
@@ -120,6 +121,15 @@ class ReceiveOptions(TypedDict, total=False):
     ``progress`` [None]: ``progress(done, total)`` per chunk written (total: the size a
     meshpipe sender declared, else the bytes written so far). ``journal`` [a no-op]: told each
     stage.
+
+    Resuming (a durable receive passes these; the transfer itself keeps no record):
+    ``partial_path`` [a fresh temporary file]: a stable partial file beside the destination.
+    ``keep_partial`` [False]: leave it in place when the receive fails. ``completed`` [none]:
+    chunks already in it (number -> xxh3-128), re-checked when reopened (the journal is told
+    which were kept and which were torn or changed) and not downloaded again; only the first
+    message attempt uses them. ``chunk_size`` [the sender's declared one]: the chunk size when
+    the sender declared none (a resumed plain sender's: chunk 1's length). ``sync_chunks``
+    [False]: make each chunk durable (fdatasync) before the journal is told it was verified.
     """
 
     acknowledge: bool
@@ -131,6 +141,11 @@ class ReceiveOptions(TypedDict, total=False):
     metadata: MessageMetadata | None
     progress: ProgressCallback | None
     journal: ReceiveJournal | None
+    partial_path: str | os.PathLike[str] | None
+    keep_partial: bool
+    completed: Mapping[int, str] | None
+    chunk_size: int | None
+    sync_chunks: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +204,11 @@ class Download:
         self.message_attempts = options.get("message_attempts", 2)
         self.metadata = options.get("metadata")
         self.journal = options.get("journal") or ReceiveJournal()
+        self.partial_path = options.get("partial_path")
+        self.keep_partial = options.get("keep_partial", False)
+        self.completed = dict(options.get("completed") or {})
+        self.chunk_size = options.get("chunk_size")
+        self.sync_chunks = options.get("sync_chunks", False)
         self._progress_callback = options.get("progress")
         self.progress = Progress(self._progress_callback, None)
         self.plan: ReceivePlan | None = None
@@ -226,22 +246,31 @@ class Download:
         raise ValueError("message_attempts must be at least 1")
 
     async def attempt_message(self) -> AssemblyReport:
-        """Download every chunk into a new Assembler, then verify, fsync and rename."""
+        """Download every missing chunk into an Assembler, then verify, fsync and rename."""
         plan = self._require_plan()
         checksum = plan.checksum
+        completed, self.completed = self.completed, {}  # a later attempt starts afresh
+        chunk_size = checksum.chunk_size if checksum is not None else self.chunk_size
         assembler = Assembler(
             self.destination,
             chunk_count=plan.chunk_count,
             codec=plan.codec,
-            chunk_size=checksum.chunk_size if checksum is not None else None,
+            chunk_size=chunk_size,
             file_size=checksum.size if checksum is not None else None,
             xxh3_128=checksum.xxh3_128 if checksum is not None else None,
             sha256=checksum.sha256 if checksum is not None else None,
             overwrite=self.overwrite,
+            partial_path=self.partial_path,
+            completed=completed or None,
+            keep_partial=self.keep_partial,
         )
         self.progress.restart()
         try:
-            await self._fetch_all(assembler)
+            if completed:
+                await self.journal.reopened(assembler.accepted, assembler.rejected)
+                for _ in assembler.accepted:
+                    self.progress.add(chunk_size or 0)
+            await self._fetch_all(assembler, chunk_size)
             return await asyncio.to_thread(assembler.finish)
         except BaseException:
             assembler.abort()
@@ -282,7 +311,7 @@ class Download:
                 expect_encoding="gzip" if plan.codec == "gzip" else "identity",
             )
             await sink.flush()
-            report = await asyncio.to_thread(writer.finish)
+            report = await asyncio.to_thread(lambda: writer.finish(sync=self.sync_chunks))
         except BaseException as error:
             writer.abort()
             if isinstance(error, _VERIFICATION_ERRORS):
@@ -318,18 +347,18 @@ class Download:
 
     # --- pieces --------------------------------------------------------------------------------
 
-    async def _fetch_all(self, assembler: Assembler) -> None:
+    async def _fetch_all(self, assembler: Assembler, chunk_size: int | None) -> None:
         plan = self._require_plan()
-        numbers = range(1, plan.chunk_count + 1)
+        numbers = assembler.missing
         if plan.in_order:
             for number in numbers:
                 await self.fetch_chunk(assembler, number)
             return
-        if plan.checksum is None and plan.chunk_count > 1:
+        if chunk_size is None and plan.chunk_count > 1:
             # A plain sender: chunk 1's length is every chunk's but the last.
             await self.fetch_chunk(assembler, 1)
             assembler.assume_fixed_chunk_size()
-            numbers = range(2, plan.chunk_count + 1)
+            numbers = [number for number in numbers if number != 1]
         window = asyncio.Semaphore(self.concurrency)
 
         async def fetch(number: int) -> None:
@@ -443,6 +472,19 @@ def _inbox_target(directory: Path, metadata: MessageMetadata, decode_payload: bo
     return directory / f"{message_id}-{name}" if target.exists() else target
 
 
+class MessageReceiver(Protocol):
+    """How :func:`receive_all` receives one DATA message: :func:`receive_message` by default;
+    a durable receive (resume, exactly-once) passes its own."""
+
+    async def __call__(
+        self,
+        client: MeshClient,
+        message_id: str,
+        destination: str | os.PathLike[str],
+        **options: Unpack[ReceiveOptions],
+    ) -> ReceiveResult: ...
+
+
 async def receive_all(
     client: MeshClient,
     out_dir: str | os.PathLike[str],
@@ -451,10 +493,12 @@ async def receive_all(
     acknowledge: bool = True,
     concurrency: int = DEFAULT_CONCURRENCY,
     decode_payload: bool = True,
+    receiver: MessageReceiver | None = None,
 ) -> list[ReceiveResult | ReportMessage | ReceiveFailure]:
-    """Receive every message in the inbox into ``out_dir`` (see :func:`_inbox_target`).
-    Reports are returned typed (and acknowledged when ``acknowledge``); a failed message is
-    returned as ReceiveFailure and left in the inbox."""
+    """Receive every message in the inbox into ``out_dir`` (see :func:`_inbox_target`), each
+    with ``receiver`` (default :func:`receive_message`). Reports are returned typed (and
+    acknowledged when ``acknowledge``); a failed message is returned as ReceiveFailure and
+    left in the inbox."""
     directory = Path(out_dir)
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     endpoints = RetryingClient(client)
@@ -467,7 +511,7 @@ async def receive_all(
                     await endpoints.acknowledge(message_id)
                 results.append(ReportMessage.from_metadata(metadata))
                 continue
-            received = await receive_message(
+            received = await (receiver or receive_message)(
                 client,
                 message_id,
                 _inbox_target(directory, metadata, decode_payload),

@@ -10,7 +10,8 @@ said so). The default journals do nothing. A cancelled transfer (Ctrl-C, a crash
 Send, in order: ``prepared``; ``chunk_sending(1)``; ``message_created``;
 ``chunk_accepted(1)``; then for chunks 2..N-1 (concurrently, each ``chunk_sending`` before its
 ``chunk_accepted``) and last chunk N: ``chunk_sending``, ``chunk_accepted``; then ``completed``
-or ``failed``. Receive: ``started``; ``chunk_verified`` per chunk (again if a chunk is fetched
+or ``failed``. Receive: ``started``; ``reopened`` (resuming only: which recorded chunks
+the partial file still holds); ``chunk_verified`` per chunk (again if a chunk is fetched
 again); ``assembled``; ``acknowledged`` (when acknowledging); or ``failed``.
 """
 
@@ -48,6 +49,11 @@ class ReceiveJournal:
 
     async def started(self, metadata: MessageMetadata) -> None:
         """The message's headers were read; nothing has been written yet."""
+
+    async def reopened(self, accepted: list[int], rejected: list[int]) -> None:
+        """A partial file was reopened with chunks recorded before: ``accepted`` re-read and
+        matched their checksums (not downloaded again); ``rejected`` were torn or changed and
+        are downloaded again."""
 
     async def chunk_verified(self, number: int, xxh3_128: str, length: int) -> None:
         """Chunk ``number`` was written and verified (``length`` uncompressed bytes)."""
