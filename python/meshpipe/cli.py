@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, TextIO
 
 from meshpipe import units
+from meshpipe._meshpipe import __version__
 from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.config import load_config
 from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROGRAM, description="Fast, verified file transfers through NHS England's MESH."
     )
+    parser.add_argument("--version", action="version", version=f"{PROGRAM} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     send = commands.add_parser("send", help="send a file; prints the message id")
@@ -127,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     receive.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     receive.add_argument(
         "--keep-zstd", action="store_true", help="keep a meshpipe zstd payload compressed"
+    )
+    receive.add_argument(
+        "--require-verified",
+        action="store_true",
+        help="refuse (leave in the inbox, write nothing) a message that carries nothing to "
+        "verify it against: no meshpipe checksum and no compression",
     )
     receive.add_argument("--concurrency", type=_positive, default=DEFAULT_CONCURRENCY)
     receive.add_argument("--json", action="store_true", help="print results as JSON")
@@ -243,6 +251,7 @@ async def _receive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     concurrency=args.concurrency,
                     overwrite=args.overwrite,
                     decode_payload=not args.keep_zstd,
+                    require_verified=args.require_verified,
                     progress=progress,
                 )
             finally:
@@ -251,7 +260,7 @@ async def _receive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 _print_json(result, out)
             else:
                 out.write(f"{result.path}\n")
-                err.write(f"{PROGRAM}: {result.message_id}: {_verified_text(result)}\n")
+            err.write(f"{PROGRAM}: {result.message_id}: {_verified_text(result)}\n")
             return 0
         if not args.out_dir:
             raise MessageHeaderError("give --out-dir DIR with --all")
@@ -262,6 +271,7 @@ async def _receive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             acknowledge=not args.no_ack,
             concurrency=args.concurrency,
             decode_payload=not args.keep_zstd,
+            require_verified=args.require_verified,
         )
     failures = 0
     for item in results:
@@ -270,8 +280,11 @@ async def _receive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             err.write(f"{PROGRAM}: message {item.message_id} not received: {item.error}\n")
         elif isinstance(item, ReportMessage):
             err.write(f"{PROGRAM}: {item.describe()}\n")
-        elif isinstance(item, ReceiveResult) and not args.json:
-            out.write(f"{item.message_id}\t{item.path}\n")
+        elif isinstance(item, ReceiveResult):
+            if not args.json:
+                out.write(f"{item.message_id}\t{item.path}\n")
+            if not item.verified:
+                err.write(f"{PROGRAM}: {item.message_id}: {_verified_text(item)}\n")
     if args.json:
         _print_json([item for item in results if not isinstance(item, ReceiveFailure)], out)
     return 1 if failures else 0
@@ -280,7 +293,11 @@ async def _receive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _verified_text(result: ReceiveResult) -> str:
     if result.verified:
         return "verified " + ", ".join(result.verified)
-    return "received; nothing to verify it against (the sender gave no checksum or compression)"
+    return (
+        f"WARNING: {result.path} was NOT verified: the sender gave no checksum and no "
+        "compression, so damage on the way cannot be detected; check it another way, or use "
+        "--require-verified to refuse such messages"
+    )
 
 
 async def _inbox(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

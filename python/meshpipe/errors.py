@@ -106,9 +106,15 @@ class MessageHeaderError(MeshpipeError, ValueError):
 class MeshConnectionError(MeshpipeError, ConnectionError):
     """MESH could not be reached, or the connection failed or timed out mid-request.
 
-    ``retryable`` is True: an idempotent request may be sent again (see meshpipe.retry)."""
+    ``retryable`` is True: an idempotent request may be sent again (see meshpipe.retry).
+    ``request_sent`` is False when no connection was made (refused, unreachable, a TLS
+    handshake that failed), so nothing reached MESH; True when the request may have arrived."""
 
     retryable = True
+
+    def __init__(self, message: str, *, request_sent: bool = True) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
 
 
 class MeshProtocolError(MeshpipeError):
@@ -203,6 +209,15 @@ class ChunkTransferError(MeshpipeError):
         self.message_id = message_id
 
 
+class UnverifiedMessageError(MeshpipeError):
+    """Verification was required and the message carries nothing to verify it against (no
+    meshpipe checksum, no compression): it was neither written nor acknowledged."""
+
+    def __init__(self, message: str, *, message_id: str) -> None:
+        super().__init__(message)
+        self.message_id = message_id
+
+
 class MeshReportError(MeshpipeError):
     """A REPORT message (non-delivery or error report) was found where data was expected.
 
@@ -241,4 +256,5 @@ __all__ = [
     "PlanError",
     "SourceChangedError",
     "StateError",
+    "UnverifiedMessageError",
 ]
