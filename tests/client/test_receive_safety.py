@@ -5,6 +5,7 @@ downloaded again), an existing destination; and error texts that say it once."""
 from __future__ import annotations
 
 import gzip
+import logging
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,11 @@ async def test_receive_all_takes_a_long_file_name(
 
 
 async def test_a_message_with_nothing_to_verify_is_refused_when_verification_is_required(
-    sender: MeshClient, recipient: MeshClient, workflow: str, tmp_path: Path
+    sender: MeshClient,
+    recipient: MeshClient,
+    workflow: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     message_id = await sender.send_message(SendHeaders(RECIPIENT, workflow), b"plain\n")
     destination = tmp_path / "plain.txt"
@@ -93,6 +98,10 @@ async def test_a_message_with_nothing_to_verify_is_refused_when_verification_is_
         recipient, tmp_path / "in", workflow_filter=workflow, require_verified=True
     )
     assert [type(item) for item in results] == [ReceiveFailure]
+    # returned, not also logged as a warning or error (a CLI would print it twice)
+    assert not [
+        r for r in caplog.records if r.levelno >= logging.WARNING and message_id in r.getMessage()
+    ]
     assert entries(tmp_path / "in") == []
     received = await receive_message(recipient, message_id, destination)
     assert received.verified == [] and received.acknowledged
