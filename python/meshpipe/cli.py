@@ -1,15 +1,17 @@
 """The ``meshpipe`` command line.
 
     meshpipe send PATH --to MAILBOX --workflow-id WF [--compress none|gzip|zstd] ...
-    meshpipe receive MESSAGE_ID --out PATH [--no-ack]
-    meshpipe receive --all --out-dir DIR
+    meshpipe receive MESSAGE_ID --out PATH [--no-ack] [--overwrite] [--require-verified]
+    meshpipe receive --all --out-dir DIR [--require-verified]
     meshpipe inbox [--json] | ack ID... | track ID [--json] | lookup ODS WORKFLOW | handshake
-    meshpipe serve ...   (the local MESH server)      meshpipe demo ...
+    meshpipe serve ...   (the local MESH server)      meshpipe demo ...      meshpipe --version
 
 Connection flags (``--url --mailbox --password --shared-key --cert --key --ca --profile
 --config``) sit beside the environment variables MESH_URL, MESH_MAILBOX, MESH_PASSWORD,
 MESH_SHARED_KEY, MESH_CLIENT_CERT, MESH_CLIENT_KEY, MESH_CA_CERT. Exit status 0 on success;
 otherwise 1 (2 for usage or configuration errors, 130 if interrupted) and one line on stderr.
+A received message that could not be verified (nothing to verify it against) gets a WARNING
+line on stderr; ``--require-verified`` refuses it instead.
 """
 
 from __future__ import annotations

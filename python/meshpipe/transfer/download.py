@@ -64,7 +64,6 @@ RECEIVE_PIECE_SIZE: Final = 1 * MiB
 _VERIFICATION_ERRORS: Final = (ChecksumMismatchError, CodecError, ChunkLengthError)
 
 
-
 def receive_codec(metadata: MessageMetadata, decode_payload: bool) -> tuple[Codec, str]:
     """(assembler codec, Accept-Encoding) for a message."""
     stored_gzip = (metadata.content_encoding or "").lower() == "gzip"
