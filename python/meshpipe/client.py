@@ -173,11 +173,13 @@ def _ssl_error_in(error: BaseException) -> ssl.SSLError | None:
     for _ in range(6):
         if seen is None:
             return None
-        if isinstance(seen, ssl.SSLError) and not isinstance(seen, ssl.SSLCertVerificationError):
-            return seen
-        os_error = getattr(seen, "os_error", None)
+        os_error = getattr(seen, "os_error", None)  # aiohttp's connector errors wrap it
         if isinstance(os_error, ssl.SSLError):
-            return os_error if not isinstance(os_error, ssl.SSLCertVerificationError) else None
+            seen = os_error
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return None
+        if isinstance(seen, ssl.SSLError):
+            return seen
         seen = seen.__cause__ or seen.__context__
     return None
 
@@ -229,10 +231,16 @@ class _Failure:
             )
         if self.tls:
             refusal = _ssl_error_in(error)
+            reason = getattr(refusal, "reason", None) or str(refusal)
+            if refusal is not None and reason == "WRONG_VERSION_NUMBER":
+                return MeshConnectionError(
+                    f"{what} failed: the server did not answer in TLS ({refusal}); check the "
+                    "MESH URL's scheme (https://) and port",
+                    request_sent=connected,
+                )
             if refusal is not None:
                 return MeshConnectionError(
-                    f"{what} failed: the server refused the TLS handshake: "
-                    f"{refusal.reason or refusal}; {_TLS_HINT}",
+                    f"{what} failed: the server refused the TLS handshake: {reason}; {_TLS_HINT}",
                     request_sent=connected,
                 )
             fresh = self.attempt is not None and self.attempt.new_connection

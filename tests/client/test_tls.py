@@ -15,7 +15,7 @@ from meshpipe import errors
 from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.config import MeshConfig
 from meshpipe.retry import RetryPolicy
-from tests.peers import free_port
+from tests.peers import Sandbox, free_port
 
 
 @dataclass
@@ -125,4 +125,16 @@ async def test_untrusted_server_is_refused(tls_server: TLSServer) -> None:
     )
     async with MeshClient(config, SETTINGS) as client:
         with pytest.raises(errors.MeshConnectionError, match="failed"):
+            await client.ping()
+
+
+async def test_https_to_a_plain_http_server_says_so(sandbox: Sandbox) -> None:
+    config = MeshConfig(
+        sandbox.url.replace("http://", "https://"),
+        "X26ABC1",
+        "p",  # type: ignore[arg-type]
+        "k",  # type: ignore[arg-type]
+    )
+    async with MeshClient(config, SETTINGS) as client:
+        with pytest.raises(errors.MeshConnectionError, match="did not answer in TLS"):
             await client.ping()
