@@ -49,6 +49,7 @@ from meshpipe.errors import (
     PlanError,
     SourceChangedError,
     StateError,
+    UnverifiedMessageError,
 )
 from meshpipe.headers import SendHeaders
 from meshpipe.models import (
@@ -128,6 +129,7 @@ __all__ = [
     "StateError",
     "SyncMeshClient",
     "TrackingInfo",
+    "UnverifiedMessageError",
     "__version__",
     "load_config",
     "receive_all",

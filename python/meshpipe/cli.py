@@ -1,16 +1,19 @@
 """The ``meshpipe`` command line.
 
     meshpipe send PATH --to MAILBOX --workflow-id WF [--compress none|gzip|zstd] ...
-    meshpipe receive MESSAGE_ID --out PATH [--no-ack] [--exec CMD] [--no-ledger]
-    meshpipe receive --all --out-dir DIR
+    meshpipe receive MESSAGE_ID --out PATH [--no-ack] [--overwrite] [--require-verified]
+                     [--exec CMD] [--no-ledger]
+    meshpipe receive --all --out-dir DIR [--require-verified]
     meshpipe history [--json] [filters] | history MESSAGE_ID_OR_LOCAL_ID
     meshpipe inbox [--json] | ack ID... | track ID [--json] | lookup ODS WORKFLOW | handshake
-    meshpipe serve ...   (the local MESH server)      meshpipe demo ...
+    meshpipe serve ...   (the local MESH server)      meshpipe demo ...      meshpipe --version
 
 Connection flags (``--url --mailbox --password --shared-key --cert --key --ca --profile
 --config``) sit beside the environment variables MESH_URL, MESH_MAILBOX, MESH_PASSWORD,
 MESH_SHARED_KEY, MESH_CLIENT_CERT, MESH_CLIENT_KEY, MESH_CA_CERT. Exit status 0 on success;
 otherwise 1 (2 for usage or configuration errors, 130 if interrupted) and one line on stderr.
+A received message that could not be verified (nothing to verify it against) gets a WARNING
+line on stderr; ``--require-verified`` refuses it instead.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, TextIO
 
 from meshpipe import units
+from meshpipe._meshpipe import __version__
 from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.config import load_config
 from meshpipe.durable import CommandHook, DurableReceiver, DurableReceiveResult
@@ -110,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROGRAM, description="Fast, verified file transfers through NHS England's MESH."
     )
+    parser.add_argument("--version", action="version", version=f"{PROGRAM} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     send = commands.add_parser("send", help="send a file; prints the message id")
@@ -149,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     receive.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     receive.add_argument(
         "--keep-zstd", action="store_true", help="keep a meshpipe zstd payload compressed"
+    )
+    receive.add_argument(
+        "--require-verified",
+        action="store_true",
+        help="refuse (leave in the inbox, write nothing) a message that carries nothing to "
+        "verify it against: no meshpipe checksum and no compression",
     )
     receive.add_argument("--concurrency", type=_positive, default=DEFAULT_CONCURRENCY)
     receive.add_argument("--json", action="store_true", help="print results as JSON")
@@ -304,6 +315,7 @@ async def _receive_one(
         "concurrency": args.concurrency,
         "overwrite": args.overwrite,
         "decode_payload": not args.keep_zstd,
+        "require_verified": args.require_verified,
         "progress": progress,
     }
     try:
@@ -319,7 +331,7 @@ async def _receive_one(
         _print_json(result, out)
     else:
         out.write(f"{result.path}\n")
-        err.write(f"{PROGRAM}: {result.message_id}: {note}\n")
+    err.write(f"{PROGRAM}: {result.message_id}: {note}\n")
     return 0
 
 
@@ -334,6 +346,7 @@ async def _receive_all(
         concurrency=args.concurrency,
         decode_payload=not args.keep_zstd,
         receiver=receiver.receive_message if receiver is not None else None,
+        require_verified=args.require_verified,
     )
 
 
@@ -350,8 +363,11 @@ def _report_all(
             err.write(f"{PROGRAM}: message {item.message_id} not received: {item.error}\n")
         elif isinstance(item, ReportMessage):
             err.write(f"{PROGRAM}: {item.describe()}\n")
-        elif isinstance(item, ReceiveResult) and not args.json:
-            out.write(f"{item.message_id}\t{item.path}\n")
+        elif isinstance(item, ReceiveResult):
+            if not args.json:
+                out.write(f"{item.message_id}\t{item.path}\n")
+            if not item.verified:
+                err.write(f"{PROGRAM}: {item.message_id}: {_verified_text(item)}\n")
     if args.json:
         _print_json([item for item in results if not isinstance(item, ReceiveFailure)], out)
     return 1 if failures else 0
@@ -389,7 +405,11 @@ async def _history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _verified_text(result: ReceiveResult) -> str:
     if result.verified:
         return "verified " + ", ".join(result.verified)
-    return "received; nothing to verify it against (the sender gave no checksum or compression)"
+    return (
+        f"WARNING: {result.path} was NOT verified: the sender gave no checksum and no "
+        "compression, so damage on the way cannot be detected; check it another way, or use "
+        "--require-verified to refuse such messages"
+    )
 
 
 async def _inbox(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -20,12 +20,13 @@ import asyncio
 import json
 import logging
 import platform
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from types import TracebackType
+from types import SimpleNamespace, TracebackType
 from typing import Any, Final, Self
 from urllib.parse import quote, urlsplit
 
@@ -59,15 +60,22 @@ class ClientSettings:
     """Connection pool, timeouts (seconds) and retry policy of one client (the policy is
     applied by meshpipe.retry and meshpipe.transfer; the client itself never retries).
 
-    ``request_timeout`` bounds a whole small request (JSON calls, HEAD, acknowledge);
-    ``transfer_timeout`` bounds a whole chunk upload or download; ``read_timeout`` bounds any
-    wait for the next bytes of a response.
+    ``connect_timeout`` [15 s] bounds making a connection (TCP and TLS). ``request_timeout``
+    [30 s] bounds a whole control request, from connecting to the last byte of the answer:
+    handshake, inbox and outbox listings, count, HEAD, tracking, lookup, acknowledge, ping.
+    Chunk uploads and downloads have no fixed time limit but a stall timeout: when no bytes
+    move for ``stall_timeout`` [60 s] (no piece of the body is accepted by the socket, or no
+    byte of the answer arrives), the transfer is aborted, and retried by the caller's policy;
+    60 s is long for a healthy server, even one storing a 100 MB chunk before it answers.
+    ``transfer_timeout`` [1800 s] is a backstop for a whole chunk (a 100 MiB chunk at
+    0.5 Mbit/s) against a server that trickles bytes to defeat the stall timeout.
+    The default ``retry`` policy rides out a 60 s outage (:class:`meshpipe.config.RetryPolicy`).
     """
 
     max_connections: int = 16
-    connect_timeout: float = 30.0
-    read_timeout: float = 300.0
-    request_timeout: float = 120.0
+    connect_timeout: float = 15.0
+    stall_timeout: float = 60.0
+    request_timeout: float = 30.0
     transfer_timeout: float = 1800.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     user_agent: str = CLIENT_VERSION
@@ -75,7 +83,7 @@ class ClientSettings:
     def __post_init__(self) -> None:
         if self.max_connections < 1:
             raise ValueError("max_connections must be at least 1")
-        for name in ("connect_timeout", "read_timeout", "request_timeout", "transfer_timeout"):
+        for name in ("connect_timeout", "stall_timeout", "request_timeout", "transfer_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
 
@@ -90,6 +98,7 @@ class BufferPayload(aiohttp_payload.Payload):
         *,
         piece_size: int = WRITE_PIECE_SIZE,
         content_type: str = "application/octet-stream",
+        stall_timeout: float | None = None,
     ) -> None:
         view = memoryview(buffer)
         if view.ndim != 1 or view.itemsize != 1:
@@ -98,7 +107,10 @@ class BufferPayload(aiohttp_payload.Payload):
         self._view: memoryview | None = view
         self._size = view.nbytes
         self._piece_size = piece_size
+        self._stall_timeout = stall_timeout
         self.bytes_written = 0
+        #: Set when a piece could not be handed to the socket within ``stall_timeout``.
+        self.stalled = False
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         raise TypeError("a binary chunk payload cannot be decoded")
@@ -116,9 +128,16 @@ class BufferPayload(aiohttp_payload.Payload):
         self.bytes_written = 0
         for offset in range(0, end, self._piece_size):
             piece = view[offset : min(offset + self._piece_size, end)]
-            await writer.write(piece)
-            self.bytes_written += piece.nbytes
-            piece.release()
+            size = piece.nbytes
+            try:
+                async with asyncio.timeout(self._stall_timeout):
+                    await writer.write(piece)
+            except TimeoutError:
+                self.stalled = True
+                raise
+            finally:
+                piece.release()
+            self.bytes_written += size
 
     def release(self) -> None:
         if self._view is not None:
@@ -127,14 +146,114 @@ class BufferPayload(aiohttp_payload.Payload):
             self._value = None
 
 
-def _translate(error: BaseException, method: str, path: str) -> MeshConnectionError:
-    if isinstance(error, TimeoutError):
-        return MeshConnectionError(f"{method} {path} timed out; check the network or retry later")
-    kind = type(error).__name__
-    detail = str(error) or kind
-    return MeshConnectionError(
-        f"{method} {path} failed: {kind}: {detail}; check the MESH URL and network"
-    )
+@dataclass(slots=True)
+class _Attempt:
+    """What one request went through, noted by the session's trace hooks."""
+
+    new_connection: bool = False
+
+
+async def _note_new_connection(
+    session: aiohttp.ClientSession, context: SimpleNamespace, params: object
+) -> None:
+    attempt = getattr(context, "trace_request_ctx", None)
+    if isinstance(attempt, _Attempt):
+        attempt.new_connection = True
+
+
+_TLS_HINT: Final = (
+    "check --cert/--key/--ca (MESH_CLIENT_CERT, MESH_CLIENT_KEY, MESH_CA_CERT): the client "
+    "certificate must be one this server accepts"
+)
+
+
+def _ssl_error_in(error: BaseException) -> ssl.SSLError | None:
+    """An SSL error (other than the server's certificate failing our checks) behind ``error``."""
+    seen: BaseException | None = error
+    for _ in range(6):
+        if seen is None:
+            return None
+        os_error = getattr(seen, "os_error", None)  # aiohttp's connector errors wrap it
+        if isinstance(os_error, ssl.SSLError):
+            seen = os_error
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return None
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """How to describe a failed request: what it was, over TLS or not, and its limits."""
+
+    what: str
+    settings: ClientSettings
+    tls: bool
+    attempt: _Attempt | None = None
+    time_limit: float | None = None
+    payload: BufferPayload | None = None
+
+    def translate(self, error: BaseException) -> MeshConnectionError:
+        """A MeshConnectionError saying what failed and what to check (``request_sent`` is
+        False when no connection was made)."""
+        what, settings = self.what, self.settings
+        if self.payload is not None and self.payload.stalled:
+            return MeshConnectionError(
+                f"{what} stalled: the server took no bytes of the body for "
+                f"{settings.stall_timeout:g}s (the stall timeout); aborted, to be retried"
+            )
+        if isinstance(error, aiohttp.ConnectionTimeoutError):
+            return MeshConnectionError(
+                f"{what} failed: no connection within {settings.connect_timeout:g}s; check the "
+                "MESH URL and network",
+                request_sent=False,
+            )
+        if isinstance(error, aiohttp.SocketTimeoutError):
+            return MeshConnectionError(
+                f"{what} stalled: no bytes from the server for {settings.stall_timeout:g}s (the "
+                "stall timeout); aborted, to be retried"
+            )
+        if isinstance(error, TimeoutError):
+            limit = self.time_limit or settings.request_timeout
+            return MeshConnectionError(
+                f"{what} timed out: no complete answer within {limit:g}s; check the network or "
+                "retry later"
+            )
+        connected = not isinstance(error, aiohttp.ClientConnectorError)
+        detail = str(error) or type(error).__name__
+        if isinstance(error, aiohttp.ClientConnectorCertificateError):
+            return MeshConnectionError(
+                f"{what} failed: the server's TLS certificate is not trusted ({detail}); check "
+                "--ca (MESH_CA_CERT) and the host name in the MESH URL",
+                request_sent=False,
+            )
+        if self.tls:
+            refusal = _ssl_error_in(error)
+            reason = getattr(refusal, "reason", None) or str(refusal)
+            if refusal is not None and reason == "WRONG_VERSION_NUMBER":
+                return MeshConnectionError(
+                    f"{what} failed: the server did not answer in TLS ({refusal}); check the "
+                    "MESH URL's scheme (https://) and port",
+                    request_sent=connected,
+                )
+            if refusal is not None:
+                return MeshConnectionError(
+                    f"{what} failed: the server refused the TLS handshake: {reason}; {_TLS_HINT}",
+                    request_sent=connected,
+                )
+            fresh = self.attempt is not None and self.attempt.new_connection
+            if fresh and isinstance(error, aiohttp.ServerDisconnectedError | ConnectionResetError):
+                return MeshConnectionError(
+                    f"{what} failed: the server refused the TLS handshake: it closed a new "
+                    "connection without answering, as a server does when it refuses a missing "
+                    f"or untrusted client certificate; {_TLS_HINT}"
+                )
+        return MeshConnectionError(
+            f"{what} failed: {type(error).__name__}: {detail}; check the MESH URL and network",
+            request_sent=connected,
+        )
 
 
 _CONNECTION_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
@@ -191,6 +310,8 @@ class MeshClient:
         if self._session is not None and not self._session.closed:
             return
         self._loop = asyncio.get_running_loop()
+        tracing = aiohttp.TraceConfig()
+        tracing.on_connection_create_end.append(_note_new_connection)
         connector = aiohttp.TCPConnector(
             limit=self.settings.max_connections,
             limit_per_host=self.settings.max_connections,
@@ -201,7 +322,7 @@ class MeshClient:
             total=None,
             connect=self.settings.connect_timeout,
             sock_connect=self.settings.connect_timeout,
-            sock_read=self.settings.read_timeout,
+            sock_read=self.settings.stall_timeout,
         )
         self._session = aiohttp.ClientSession(
             base_url=None,
@@ -209,6 +330,7 @@ class MeshClient:
             timeout=timeout,
             auto_decompress=False,
             raise_for_status=False,
+            trace_configs=[tracing],
             headers={"User-Agent": self.settings.user_agent, "Accept-Encoding": "identity"},
         )
         # aiohttp silently re-sends an idempotent request once when a kept-alive connection
@@ -292,6 +414,7 @@ class MeshClient:
         specific MeshHTTPError. ``path`` starts with ``/``."""
         session = self.session
         limit = time_limit or self.settings.request_timeout
+        attempt = _Attempt()
         try:
             async with asyncio.timeout(limit):
                 async with session.request(
@@ -300,13 +423,37 @@ class MeshClient:
                     headers=self._headers(headers, auth=auth),
                     params=params,
                     data=data,
+                    trace_request_ctx=attempt,
                 ) as response:
                     if response.status not in expect:
                         raise await self._raise_for(response, method, path, message_id)
                     body = await response.read()
                     return response.status, CIMultiDict(response.headers), body
         except _CONNECTION_ERRORS as error:
-            raise _translate(error, method, path) from error
+            failure = self._failure(
+                f"{method} {path}",
+                attempt,
+                time_limit=limit,
+                payload=data if isinstance(data, BufferPayload) else None,
+            )
+            raise failure.translate(error) from error
+
+    def _failure(
+        self,
+        what: str,
+        attempt: _Attempt | None = None,
+        *,
+        time_limit: float | None = None,
+        payload: BufferPayload | None = None,
+    ) -> _Failure:
+        return _Failure(
+            what,
+            self.settings,
+            tls=self.config.url.startswith("https://"),
+            attempt=attempt,
+            time_limit=time_limit,
+            payload=payload,
+        )
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         """One request whose answer is JSON (None for an empty body)."""
@@ -367,7 +514,11 @@ class MeshClient:
             request_headers["Content-Encoding"] = content_encoding
         if extra_headers:
             request_headers.update(extra_headers)
-        payload = BufferPayload(body, content_type=request_headers["Content-Type"])
+        payload = BufferPayload(
+            body,
+            content_type=request_headers["Content-Type"],
+            stall_timeout=self.settings.stall_timeout,
+        )
         try:
             _, _, response = await self.request(
                 "POST",
@@ -407,7 +558,7 @@ class MeshClient:
         }
         if content_encoding:
             headers["Content-Encoding"] = content_encoding
-        payload = BufferPayload(body)
+        payload = BufferPayload(body, stall_timeout=self.settings.stall_timeout)
         try:
             await self.request(
                 "POST",
@@ -537,10 +688,12 @@ class MeshClient:
         suffix = f"/inbox/{quote(message_id)}" + (f"/{number}" if number > 1 else "")
         path = self._mailbox_path(suffix)
         opened = False
+        attempt = _Attempt()
         try:
             async with self.session.get(
                 self._url(path),
                 headers=self._headers({"Accept-Encoding": accept_encoding}),
+                trace_request_ctx=attempt,
             ) as response:
                 if response.status not in (200, 206):
                     raise await self._raise_for(response, "GET", path, message_id)
@@ -549,7 +702,7 @@ class MeshClient:
         except _CONNECTION_ERRORS as error:
             if opened:
                 raise  # raised by the caller's body: it is the caller's to translate
-            raise _translate(error, "GET", path) from error
+            raise self._failure(f"GET {path}", attempt).translate(error) from error
 
     async def download_chunk(
         self,
@@ -566,7 +719,10 @@ class MeshClient:
         ``expect_encoding`` (``"gzip"`` or ``"identity"``): MeshProtocolError, before any byte
         reaches the sink, if the response's Content-Encoding is another."""
         received = 0
-        path = f"GET message {message_id} chunk {number}"
+        failure = self._failure(
+            f"GET chunk {number} of message {message_id}",
+            time_limit=self.settings.transfer_timeout,
+        )
         try:
             async with asyncio.timeout(self.settings.transfer_timeout):
                 async with self.open_download(
@@ -590,10 +746,10 @@ class MeshClient:
             cause = wrapped.__cause__
             assert cause is not None
             raise cause from cause.__cause__
-        except TimeoutError as error:
-            raise _translate(error, "GET", path) from error
-        except (aiohttp.ClientError, OSError) as error:
-            raise _translate(error, "GET", path) from error
+        except MeshConnectionError:
+            raise  # already said what failed (opening the download)
+        except _CONNECTION_ERRORS as error:
+            raise failure.translate(error) from error
         if metadata.content_length is not None and received != metadata.content_length:
             raise MeshConnectionError(
                 f"chunk {number} of {message_id}: got {received} of "

@@ -53,24 +53,38 @@ ENVIRONMENT_ALIASES: Final[Mapping[str, str]] = {
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """``attempts`` tries in all (1 = never retry); the delay before try k (k ≥ 2) is a random
-    value in [0, min(max_delay, base_delay · 2^(k-2))] ("full jitter")."""
+    """How long, and how, a failed request is tried again (meshpipe.retry applies it).
 
-    attempts: int = 4
+    The limit is time: after a request first fails, it is tried again until ``budget`` seconds
+    have passed since that failure (default 120 s: a server restart or outage of 60 s is ridden
+    out with as much again to spare), the last try timed for the end of the budget.
+    ``attempts`` bounds the tries in all as well (None, the default: only the budget; 1: never
+    retry). The wait before try k (k ≥ 2) is a random value in
+    [0, min(max_delay, base_delay · 2^(k-2))] ("full jitter": up to 0.5 s, 1 s, 2 s, ... and at
+    most 10 s, so a server that is back is tried again within 10 s). A server's Retry-After is
+    waited for when it is longer, unless it is beyond ``max_retry_after`` or the budget left:
+    then the error stands.
+    """
+
+    budget: float = 120.0
+    attempts: int | None = None
     base_delay: float = 0.5
-    max_delay: float = 20.0
+    max_delay: float = 10.0
     #: The longest Retry-After (from a 429 or 503) that is honoured; longer ones fail.
     max_retry_after: float = 120.0
 
     def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError("attempts must be at least 1")
+        if self.attempts is not None and self.attempts < 1:
+            raise ValueError("attempts must be at least 1 (or None: bounded by the budget only)")
+        if self.budget < 0:
+            raise ValueError("the retry budget must not be negative")
         if self.base_delay < 0 or self.max_delay < 0:
             raise ValueError("delays must not be negative")
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before try ``attempt`` (2, 3, ...)."""
-        ceiling = min(self.max_delay, self.base_delay * (2 ** max(0, attempt - 2)))
+        exponent = min(max(0, attempt - 2), 64)
+        ceiling = min(self.max_delay, self.base_delay * (2**exponent))
         return (rng or random).uniform(0, ceiling)
 
     def delay_after(self, attempt: int, error: BaseException) -> float | None:

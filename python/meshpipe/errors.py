@@ -106,17 +106,24 @@ class MessageHeaderError(MeshpipeError, ValueError):
 class MeshConnectionError(MeshpipeError, ConnectionError):
     """MESH could not be reached, or the connection failed or timed out mid-request.
 
-    ``retryable`` is True: an idempotent request may be sent again (see meshpipe.retry)."""
+    ``retryable`` is True: an idempotent request may be sent again (see meshpipe.retry).
+    ``request_sent`` is False when no connection was made (refused, unreachable, a TLS
+    handshake that failed), so nothing reached MESH; True when the request may have arrived."""
 
     retryable = True
+
+    def __init__(self, message: str, *, request_sent: bool = True) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
 
 
 class MeshProtocolError(MeshpipeError):
     """MESH answered with something the protocol does not allow (e.g. a missing header)."""
 
 
-#: The statuses that say MESH is busy or a gateway failed: retrying later is safe.
-TRANSIENT_STATUSES = frozenset({425, 429, 502, 503, 504})
+#: The statuses that say MESH is busy, timed the request out or a gateway failed: retrying later
+#: is safe.
+TRANSIENT_STATUSES = frozenset({408, 425, 429, 502, 503, 504})
 
 
 class MeshHTTPError(MeshpipeError):
@@ -162,7 +169,8 @@ class MeshHTTPError(MeshpipeError):
     @property
     def retryable(self) -> bool:
         """Whether an idempotent request may be sent again after this answer: MESH was busy
-        (425, 429), a gateway failed (502, 503, 504) or MESH itself failed (5xx). The one
+        (425, 429), timed the request out (408), a gateway failed (502, 503, 504) or MESH itself
+        failed (5xx). The one
         answer to "is this retryable" (meshpipe.retry asks it); never for any other 4xx."""
         return self.status in TRANSIENT_STATUSES or self.status >= 500
 
@@ -200,6 +208,15 @@ class ChunkTransferError(MeshpipeError):
     def __init__(self, message: str, *, chunk: int, message_id: str | None = None) -> None:
         super().__init__(message)
         self.chunk = chunk
+        self.message_id = message_id
+
+
+class UnverifiedMessageError(MeshpipeError):
+    """Verification was required and the message carries nothing to verify it against (no
+    meshpipe checksum, no compression): it was neither written nor acknowledged."""
+
+    def __init__(self, message: str, *, message_id: str) -> None:
+        super().__init__(message)
         self.message_id = message_id
 
 
@@ -241,4 +258,5 @@ __all__ = [
     "PlanError",
     "SourceChangedError",
     "StateError",
+    "UnverifiedMessageError",
 ]

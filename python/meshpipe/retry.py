@@ -1,5 +1,7 @@
 """When and how a MESH request is tried again: every retry of meshpipe runs through
-:func:`call_with_retry` (exponential backoff with full jitter, :class:`RetryPolicy`).
+:func:`call_with_retry` (capped exponential backoff with full jitter, within a time budget:
+:class:`RetryPolicy`; by default tries go on for 120 s after the first failure, so a 60 s
+server restart is ridden out).
 
 Retried: connection errors and timeouts, the transient statuses 425, 429, 502, 503, 504 and
 other 5xx (the errors' own ``retryable``), and only for idempotent requests (GET, HEAD, PUT
@@ -14,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from meshpipe.client import MeshClient
 from meshpipe.config import RetryPolicy
@@ -28,6 +31,27 @@ log = logging.getLogger("meshpipe.retry")
 T = TypeVar("T")
 
 _REQUEST_ERRORS = (MeshConnectionError, MeshHTTPError)
+
+
+class RetryClock(Protocol):
+    """Where :func:`call_with_retry` reads the time and waits (a test can pass a virtual one)."""
+
+    def now(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class MonotonicClock:
+    """The real clock: ``time.monotonic`` and ``asyncio.sleep``."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+_CLOCK = MonotonicClock()
 
 
 def is_retryable(error: BaseException, *, idempotent: bool) -> bool:
@@ -43,32 +67,86 @@ async def call_with_retry(
     idempotent: bool,
     what: str,
     also: tuple[type[Exception], ...] = (),
+    also_attempts: int | None = None,
+    also_when: Callable[[Exception], bool] | None = None,
+    clock: RetryClock = _CLOCK,
 ) -> T:
-    """Run ``operation`` until it succeeds, a non-retryable error occurs or tries run out.
+    """Run ``operation`` until it succeeds, a non-retryable error occurs, or the policy's
+    budget (seconds since the first failure) or attempts run out.
 
-    ``also``: further error types tried again (e.g. a chunk that failed verification).
+    ``also``: further error types tried again (e.g. a chunk that failed verification), at most
+    ``also_attempts`` tries in all when given, and only those for which ``also_when`` holds
+    when given (e.g. not a refused decompression bomb, which the same bytes would be again).
     ``CancelledError`` is never caught; the last error propagates unchanged.
     """
     caught: tuple[type[Exception], ...] = (*_REQUEST_ERRORS, *also)
     attempt = 1
+    also_failures = 0
+    deadline: float | None = None
     while True:
         try:
             return await operation()
         except caught as error:
-            retryable = isinstance(error, also) or is_retryable(error, idempotent=idempotent)
-            if attempt >= policy.attempts or not retryable:
+            now = clock.now()
+            if deadline is None:
+                deadline = now + policy.budget
+            if isinstance(error, also):
+                also_failures += 1
+                retryable = (also_attempts is None or also_failures < also_attempts) and (
+                    also_when is None or also_when(error)
+                )
+            else:
+                retryable = is_retryable(error, idempotent=idempotent)
+            if not retryable:
+                raise
+            wait = _next_wait(policy, attempt + 1, error, deadline - now)
+            if wait is None:
+                log.warning(
+                    "%s failed (%s): giving up after %d tries within the retry budget of %gs",
+                    what,
+                    error,
+                    attempt,
+                    policy.budget,
+                )
                 raise
             attempt += 1
-            wait = policy.delay_after(attempt, error)
-            if wait is None:
-                raise
             log.warning("%s failed (%s); try %d in %.2fs", what, error, attempt, wait)
-            await asyncio.sleep(wait)
+            await clock.sleep(wait)
+
+
+def _next_wait(
+    policy: RetryPolicy, attempt: int, error: BaseException, remaining: float
+) -> float | None:
+    """Seconds before try ``attempt``, or None when no try is left: the attempts are used up,
+    the budget is spent, or the server's Retry-After reaches past either."""
+    if policy.attempts is not None and attempt > policy.attempts:
+        return None
+    if remaining <= 0:
+        return None
+    wait = policy.delay_after(attempt, error)
+    if wait is None:
+        return None
+    retry_after = getattr(error, "retry_after", None)
+    if isinstance(retry_after, int | float) and retry_after > remaining:
+        return None  # the server asked us to stay away longer than the budget allows
+    # The last try lands at the end of the budget rather than never.
+    return min(wait, remaining)
+
+
+def _may_have_been_stored(error: BaseException) -> bool:
+    """Whether a failed chunk 1 may still have created the message: not when the connection
+    was never made (nothing reached MESH), nor after 425 or 429 (MESH refused it)."""
+    if isinstance(error, MeshConnectionError):
+        return error.request_sent
+    if isinstance(error, MeshHTTPError):
+        return error.retryable and error.status not in (425, 429)
+    return False
 
 
 class _FirstChunkPost:
-    """One try of chunk 1: after an ambiguous failure of the previous try, MESH is asked first
-    whether the message exists (and then it is not posted again)."""
+    """One try of chunk 1: after an ambiguous failure, MESH is asked first whether the message
+    exists (and then it is not posted again). A lookup that fails for a passing reason is
+    retried like the post itself; ``unresolved`` is the ambiguous failure not yet cleared up."""
 
     def __init__(
         self,
@@ -79,43 +157,42 @@ class _FirstChunkPost:
         self._post = post
         self._find_existing = find_existing
         self._local_id = local_id
-        self._ambiguous: BaseException | None = None
+        self.unresolved: BaseException | None = None
 
     async def __call__(self) -> str:
-        failure, self._ambiguous = self._ambiguous, None
+        failure = self.unresolved
         if failure is not None:
-            existing = await self._look_up(failure)
+            try:
+                existing = await self._find_existing()
+            except _REQUEST_ERRORS as lookup_error:
+                if not lookup_error.retryable:
+                    raise self.duplicate_risk(lookup_error) from failure
+                raise  # tried again within the budget; the failure stays unresolved
+            self.unresolved = None
             if existing is not None:
+                log.warning(
+                    "chunk 1 failed ambiguously (%s) but MESH holds message %s with local id "
+                    "%r: continuing with it",
+                    failure,
+                    existing,
+                    self._local_id,
+                )
                 return existing
             log.warning("chunk 1 failed (%s) and MESH has no such message: re-sending", failure)
         try:
             return await self._post()
         except _REQUEST_ERRORS as error:
-            # 425 and 429 are MESH refusing the request: nothing was stored.
-            refused = isinstance(error, MeshHTTPError) and error.status in (425, 429)
-            if error.retryable and not refused:
-                self._ambiguous = error
+            if _may_have_been_stored(error):
+                self.unresolved = error
             raise
 
-    async def _look_up(self, failure: BaseException) -> str | None:
-        try:
-            existing = await self._find_existing()
-        except _REQUEST_ERRORS as lookup_error:
-            raise MeshDuplicateRiskError(
-                f"sending chunk 1 failed ({failure}) and MESH could not be asked whether the "
-                f"message with local id {self._local_id!r} was created ({lookup_error}); nothing "
-                "was re-sent. Check with `meshpipe track` before sending again.",
-                local_id=self._local_id,
-            ) from failure
-        if existing is not None:
-            log.warning(
-                "chunk 1 failed ambiguously (%s) but MESH holds message %s with local id %r: "
-                "continuing with it",
-                failure,
-                existing,
-                self._local_id,
-            )
-        return existing
+    def duplicate_risk(self, last: BaseException) -> MeshDuplicateRiskError:
+        return MeshDuplicateRiskError(
+            f"sending chunk 1 failed ({self.unresolved}) and MESH could not be asked whether "
+            f"the message with local id {self._local_id!r} was created (last: {last}); nothing "
+            "was re-sent. Check with `meshpipe track --local-id` before sending again.",
+            local_id=self._local_id,
+        )
 
 
 async def post_first_chunk_safely(
@@ -124,17 +201,25 @@ async def post_first_chunk_safely(
     policy: RetryPolicy,
     *,
     local_id: str,
+    clock: RetryClock = _CLOCK,
 ) -> str:
     """Send chunk 1 (which creates the message) without ever creating a duplicate.
 
-    After an ambiguous failure (the connection broke or timed out, a gateway or server status),
-    ``find_existing`` asks MESH (rich outbox, then tracking by local id) for a message with
-    ``local_id``: if there is one, its id is returned and nothing is re-posted; if MESH says
-    there is none, chunk 1 is posted again; if MESH cannot tell, MeshDuplicateRiskError is
-    raised. A 429 or 425 is never ambiguous (MESH refused it) and is simply retried.
+    After an ambiguous failure (the connection broke or timed out after it was made, a gateway
+    or server status), ``find_existing`` asks MESH (rich outbox, then tracking by local id) for
+    a message with ``local_id``: if there is one, its id is returned and nothing is re-posted;
+    if MESH says there is none, chunk 1 is posted again; a lookup that fails for a passing
+    reason (MESH still down) is tried again within the policy's budget. If MESH cannot tell
+    before the budget runs out, MeshDuplicateRiskError is raised. A refused connection, 429 or
+    425 is never ambiguous (nothing was stored) and is simply retried.
     """
     first = _FirstChunkPost(post, find_existing, local_id)
-    return await call_with_retry(first, policy, idempotent=True, what="chunk 1")
+    try:
+        return await call_with_retry(first, policy, idempotent=True, what="chunk 1", clock=clock)
+    except _REQUEST_ERRORS as error:
+        if first.unresolved is None:
+            raise
+        raise first.duplicate_risk(error) from error
 
 
 class RetryingClient:
@@ -209,6 +294,8 @@ class RetryingClient:
 
 
 __all__ = [
+    "MonotonicClock",
+    "RetryClock",
     "RetryPolicy",
     "RetryingClient",
     "call_with_retry",

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
+import meshpipe
 from meshpipe import cli
+from meshpipe.headers import SendHeaders
+from meshpipe.sync import SyncMeshClient
 from meshpipe.units import size_argument
-from tests.client.conftest import RECIPIENT, SENDER, MiB
+from tests.client.conftest import RECIPIENT, SENDER, MiB, make_config
 from tests.peers import SANDBOX_PASSWORD, SANDBOX_SHARED_KEY, Sandbox
 
 SECRET_KEY = SANDBOX_SHARED_KEY
@@ -243,3 +246,45 @@ def test_profile_flag(
     status, out, err = run(capsys, "handshake", "--config", str(config_file), "--profile", "sbx")
     assert status == 0, err
     assert out.startswith(f"{SENDER}: handshake ok")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"meshpipe {meshpipe.__version__}"
+
+
+def send_plain(sandbox: Sandbox, workflow: str, body: bytes) -> str:
+    """A message from a plain sender: no meshpipe checksum, no compression."""
+    client = SyncMeshClient(make_config(sandbox.url, SENDER))
+    with client:
+        return client.send_message(SendHeaders(RECIPIENT, workflow), body)
+
+
+def test_receive_require_verified_and_the_unverified_warning(
+    env: Sandbox, capsys: pytest.CaptureFixture[str], workflow: str, tmp_path: Path
+) -> None:
+    message_id = send_plain(env, workflow, b"plain\n")
+    destination = tmp_path / "plain.txt"
+    receive = ("receive", message_id, "--out", str(destination), "--mailbox", RECIPIENT)
+    status, out, err = run(capsys, *receive, "--require-verified")
+    assert status == 1 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "nothing to verify" in err
+    assert not destination.exists()
+
+    out_dir = tmp_path / "inbox"
+    all_of = ("receive", "--all", "--out-dir", str(out_dir), "--workflow-filter", workflow)
+    status, out, err = run(capsys, *all_of, "--mailbox", RECIPIENT, "--require-verified")
+    assert status == 1 and out == ""
+    assert message_id in err and len(err.strip().splitlines()) == 1  # printed once
+    assert list(out_dir.iterdir()) == []
+
+    destination.write_bytes(b"mine")
+    status, _, err = run(capsys, *receive)
+    assert status == 1 and "--overwrite" in err and "overwrite=True" in err
+
+    status, out, err = run(capsys, *receive, "--overwrite")
+    assert status == 0 and out.strip() == str(destination)
+    assert "WARNING" in err and "NOT verified" in err and "--require-verified" in err
+    assert destination.read_bytes() == b"plain\n"

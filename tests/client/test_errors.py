@@ -106,7 +106,7 @@ def test_status_mapping(status: int, code: str | None, kind: str, cls: type[Mesh
     error = error_for(status, body)
     assert type(error) is cls
     assert error.kind == kind
-    assert error.retryable is (status >= 500 or status == 429)
+    assert error.retryable is (status >= 500 or status in (408, 429))
 
 
 def test_auth_descriptions() -> None:

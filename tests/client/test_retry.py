@@ -49,6 +49,7 @@ def test_delay_is_bounded_full_jitter() -> None:
         (http(400), True, False),
         (http(403), True, False),
         (http(423), True, False),
+        (http(413), True, False),  # a refused bomb or oversized body: the same again
         (MeshConnectionError("reset"), True, True),
         (MeshConnectionError("reset"), False, False),
     ],

@@ -15,7 +15,7 @@ from meshpipe import errors
 from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.config import MeshConfig
 from meshpipe.retry import RetryPolicy
-from tests.peers import free_port
+from tests.peers import Sandbox, free_port
 
 
 @dataclass
@@ -85,8 +85,33 @@ async def test_no_client_certificate_is_refused(tls_server: TLSServer) -> None:
         ca_cert=tls_server.ca_file,  # type: ignore[arg-type]
     )
     async with MeshClient(config, SETTINGS) as client:
-        with pytest.raises(errors.MeshConnectionError):
+        with pytest.raises(errors.MeshConnectionError) as caught:
             await client.ping()
+    message = str(caught.value)
+    assert "the server refused the TLS handshake" in message
+    assert "--cert/--key/--ca" in message and "Server disconnected" not in message
+
+
+async def test_a_certificate_from_another_ca_is_refused_clearly(
+    tls_server: TLSServer, tmp_path: Path
+) -> None:
+    stranger = trustme.CA().issue_cert("meshpipe.X26.api.mesh-client.nhs.uk")
+    cert_file, key_file = tmp_path / "stranger.pem", tmp_path / "stranger.key"
+    stranger.private_key_pem.write_to_path(str(key_file))
+    cert_file.write_bytes(b"".join(blob.bytes() for blob in stranger.cert_chain_pems))
+    config = MeshConfig(
+        tls_server.url,
+        "X26ABC1",
+        "p",  # type: ignore[arg-type]
+        "k",  # type: ignore[arg-type]
+        client_cert=cert_file,
+        client_key=key_file,
+        ca_cert=tls_server.ca_file,
+    )
+    async with MeshClient(config, SETTINGS) as client:
+        with pytest.raises(errors.MeshConnectionError, match="refused the TLS handshake"):
+            await client.ping()
+    assert tls_server.seen_subjects == []
 
 
 async def test_untrusted_server_is_refused(tls_server: TLSServer) -> None:
@@ -100,4 +125,16 @@ async def test_untrusted_server_is_refused(tls_server: TLSServer) -> None:
     )
     async with MeshClient(config, SETTINGS) as client:
         with pytest.raises(errors.MeshConnectionError, match="failed"):
+            await client.ping()
+
+
+async def test_https_to_a_plain_http_server_says_so(sandbox: Sandbox) -> None:
+    config = MeshConfig(
+        sandbox.url.replace("http://", "https://"),
+        "X26ABC1",
+        "p",  # type: ignore[arg-type]
+        "k",  # type: ignore[arg-type]
+    )
+    async with MeshClient(config, SETTINGS) as client:
+        with pytest.raises(errors.MeshConnectionError, match="did not answer in TLS"):
             await client.ping()

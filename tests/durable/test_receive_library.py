@@ -175,3 +175,18 @@ async def test_command_hook_from_the_library(
     received = await receiver.receive(client, message_id, out)
     assert received.hook is not None and received.hook.ok
     assert marker.read_text() == str(out)
+
+
+def test_the_partial_file_name_fits_beside_a_long_destination_name(tmp_path: Path) -> None:
+    from meshpipe.durable.receive import MAX_NAME_BYTES, partial_path_for
+    from meshpipe.transfer import safe_filename
+
+    message_id = "20261203134307829131_4A6A1B"
+    long_name = safe_filename("é" * 150 + ".csv", message_id)  # as receive_all names it
+    partial = partial_path_for(tmp_path / long_name, message_id)
+    assert len(partial.name.encode()) <= MAX_NAME_BYTES
+    assert partial == partial_path_for(tmp_path / long_name, message_id)  # stable across runs
+    assert partial.parent == tmp_path and partial.name.startswith(".")
+    partial.write_bytes(b"")  # the filesystem takes it
+    short = partial_path_for(tmp_path / "extract.csv", message_id)
+    assert short.name == f".extract.csv.{message_id}.meshpipe-partial"

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -76,9 +77,19 @@ Outcome = Literal["delivered", "already-delivered"]
 RecordedDestination = Literal["refuse", "use"]
 
 
+#: The longest file name most filesystems take (ext4, xfs, btrfs: bytes of UTF-8).
+MAX_NAME_BYTES: Final = 255
+
+
 def partial_path_for(destination: Path, message_id: str) -> Path:
-    """The stable partial file of ``message_id`` received into ``destination``."""
-    return destination.with_name(f".{destination.name}.{message_id}{PARTIAL_SUFFIX}")
+    """The stable partial file of ``message_id`` received into ``destination``:
+    ``.<name>.<message id>.meshpipe-partial``, or with a long name, a hash of it in its place
+    (the same for every run), so that the partial's name fits where the destination's does."""
+    name = f".{destination.name}.{message_id}{PARTIAL_SUFFIX}"
+    if len(name.encode()) > MAX_NAME_BYTES:
+        digest = hashlib.sha256(destination.name.encode()).hexdigest()[:16]
+        name = f".{digest}.{message_id}{PARTIAL_SUFFIX}"
+    return destination.with_name(name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,9 +6,11 @@ data) and decides the codec. **message attempt**: chunks download concurrently i
 engine's Assembler, streamed; the Assembler checks the whole-file xxh3-128 when the sender gave
 one, fsyncs and renames; a whole-file mismatch downloads the message again (``message_attempts``
 in all). **chunk attempt**: one download of one chunk; a chunk that fails verification (gzip
-CRC, zstd checksum, length) or the network is tried again, ``chunk_attempts`` in all.
-**acknowledge**: only after the file is in place. Nothing is ever left at the destination
-unless verified.
+CRC, zstd checksum, length) is tried again, ``chunk_attempts`` in all; one that fails on the
+network is tried again within the client's retry budget (meshpipe.config.RetryPolicy); a
+chunk refused as a decompression bomb is never downloaded again. **acknowledge**: only after
+the file is in place. Nothing is ever left at the destination unless verified; with
+``require_verified`` a message that carries nothing to verify it against is refused.
 
 ``Accept-Encoding`` is ``gzip`` only for messages stored gzip (then the stored bytes arrive as
 they are and the engine inflates them); otherwise ``identity``, so that no server compresses an
@@ -18,7 +20,8 @@ uncompressed message on the fly (NHS's sandbox does it at gzip level 9: about 10
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import errno
+import hashlib
 import logging
 import os
 import re
@@ -40,6 +43,7 @@ from meshpipe.errors import (
     MeshHTTPError,
     MeshpipeError,
     MeshReportError,
+    UnverifiedMessageError,
 )
 from meshpipe.models import ContentChecksum, MessageMetadata, ReportMessage
 from meshpipe.retry import RetryingClient, call_with_retry, is_retryable
@@ -115,9 +119,12 @@ class ReceiveOptions(TypedDict, total=False):
     ``acknowledge`` [True]: acknowledge once the file is in place. ``concurrency`` [4]: chunks
     in flight. ``overwrite`` [False]: replace an existing destination. ``decode_payload``
     [True]: restore the original of a meshpipe zstd send (False keeps the ``.zst`` stream).
-    ``chunk_attempts`` [3]: downloads of one chunk that fails verification or the network.
-    ``message_attempts`` [2]: downloads of the whole message after a whole-file checksum
-    failure. ``metadata`` [read with HEAD]: the message's headers, when already read.
+    ``chunk_attempts`` [3]: downloads of one chunk that fails verification (network failures
+    are retried within the client's retry budget instead). ``require_verified`` [False]:
+    refuse (unwritten, unacknowledged) a message with nothing to verify it against: no
+    meshpipe checksum and no compression. ``message_attempts`` [2]: downloads of the whole
+    message after a whole-file checksum failure. ``metadata`` [read with HEAD]: the
+    message's headers, when already read.
     ``progress`` [None]: ``progress(done, total)`` per chunk written (total: the size a
     meshpipe sender declared, else the bytes written so far). ``journal`` [a no-op]: told each
     stage.
@@ -137,6 +144,7 @@ class ReceiveOptions(TypedDict, total=False):
     overwrite: bool
     decode_payload: bool
     chunk_attempts: int
+    require_verified: bool
     message_attempts: int
     metadata: MessageMetadata | None
     progress: ProgressCallback | None
@@ -198,9 +206,9 @@ class Download:
         self.concurrency = options.get("concurrency", DEFAULT_CONCURRENCY)
         self.overwrite = options.get("overwrite", False)
         self.decode_payload = options.get("decode_payload", True)
-        self.chunk_policy = dataclasses.replace(
-            client.settings.retry, attempts=options.get("chunk_attempts", 3)
-        )
+        self.chunk_policy = client.settings.retry
+        self.chunk_attempts = options.get("chunk_attempts", 3)
+        self.require_verified = options.get("require_verified", False)
         self.message_attempts = options.get("message_attempts", 2)
         self.metadata = options.get("metadata")
         self.journal = options.get("journal") or ReceiveJournal()
@@ -226,6 +234,14 @@ class Download:
                 report=report,
             )
         self.plan = ReceivePlan.of(self.metadata, self.decode_payload)
+        if self.require_verified and self.plan.checksum is None and self.plan.codec == "none":
+            raise UnverifiedMessageError(
+                f"message {self.message_id} carries nothing to verify it against (the sender "
+                "gave no meshpipe checksum and no compression), and verification is required; "
+                "it was neither written nor acknowledged. Receive it without --require-verified "
+                "(require_verified=False) to accept it unverified.",
+                message_id=self.message_id,
+            )
         declared = self.plan.checksum.size if self.plan.checksum is not None else None
         self.progress = Progress(self._progress_callback, None, declared=declared or 0)
         await self.journal.started(self.metadata)
@@ -251,19 +267,22 @@ class Download:
         checksum = plan.checksum
         completed, self.completed = self.completed, {}  # a later attempt starts afresh
         chunk_size = checksum.chunk_size if checksum is not None else self.chunk_size
-        assembler = Assembler(
-            self.destination,
-            chunk_count=plan.chunk_count,
-            codec=plan.codec,
-            chunk_size=chunk_size,
-            file_size=checksum.size if checksum is not None else None,
-            xxh3_128=checksum.xxh3_128 if checksum is not None else None,
-            sha256=checksum.sha256 if checksum is not None else None,
-            overwrite=self.overwrite,
-            partial_path=self.partial_path,
-            completed=completed or None,
-            keep_partial=self.keep_partial,
-        )
+        try:
+            assembler = Assembler(
+                self.destination,
+                chunk_count=plan.chunk_count,
+                codec=plan.codec,
+                chunk_size=chunk_size,
+                file_size=checksum.size if checksum is not None else None,
+                xxh3_128=checksum.xxh3_128 if checksum is not None else None,
+                sha256=checksum.sha256 if checksum is not None else None,
+                overwrite=self.overwrite,
+                partial_path=self.partial_path,
+                completed=completed or None,
+                keep_partial=self.keep_partial,
+            )
+        except FileExistsError:
+            raise self._exists() from None
         self.progress.restart()
         try:
             if completed:
@@ -272,9 +291,20 @@ class Download:
                     self.progress.add(chunk_size or 0)
             await self._fetch_all(assembler, chunk_size)
             return await asyncio.to_thread(assembler.finish)
+        except FileExistsError:
+            assembler.abort()
+            raise self._exists() from None
         except BaseException:
             assembler.abort()
             raise
+
+    def _exists(self) -> FileExistsError:
+        error = FileExistsError(
+            f"{self.destination} already exists; remove it, or pass --overwrite "
+            "(overwrite=True) to replace it"
+        )
+        error.errno = errno.EEXIST
+        return error
 
     async def fetch_chunk(self, assembler: Assembler, number: int) -> None:
         """Chunk attempts for chunk ``number``; failures name the chunk."""
@@ -285,8 +315,18 @@ class Download:
                 idempotent=True,
                 what=f"chunk {number} of message {self.message_id}",
                 also=_VERIFICATION_ERRORS,
+                also_attempts=self.chunk_attempts,
+                also_when=lambda error: not self._refused_for_good(number, error),
             )
         except _VERIFICATION_ERRORS as error:
+            if self._refused_for_good(number, error):
+                raise ChunkTransferError(
+                    f"chunk {number} of message {self.message_id} was refused: {error}; it was "
+                    "not downloaded again (it would be refused again) and the message was not "
+                    "acknowledged: ask the sender about it",
+                    chunk=number,
+                    message_id=self.message_id,
+                ) from error
             raise self._chunk_failed(number, error) from error
         except (MeshConnectionError, MeshHTTPError) as error:
             if not is_retryable(error, idempotent=True):
@@ -373,11 +413,23 @@ class Download:
             failure = first_failure(group_error)
             raise failure from failure.__cause__
 
+    def _refused_for_good(self, number: int, error: Exception) -> bool:
+        """Whether chunk ``number`` decoded past a size cap (a decompression bomb, stopped
+        there): the same stored bytes would again, so it is not downloaded again. Past an
+        exact planned length (a meshpipe checksum's, or a plain sender's middle chunk, as long
+        as chunk 1) it may be damage on the way (a flipped byte can lengthen a gzip stream),
+        retried like a checksum or codec failure."""
+        if not (isinstance(error, ChunkLengthError) and error.actual > error.expected):
+            return False
+        plan = self._require_plan()
+        exact = plan.checksum is not None or 1 < number < plan.chunk_count
+        return not exact
+
     def _chunk_failed(self, number: int, error: BaseException) -> ChunkTransferError:
         return ChunkTransferError(
-            f"chunk {number} of message {self.message_id} failed {self.chunk_policy.attempts} "
-            f"times (last: {error}); the message was not acknowledged: try again later, or ask "
-            "the sender to resend",
+            f"chunk {number} of message {self.message_id} could not be received (last: "
+            f"{error}); the message was not acknowledged: try again later, or ask the sender "
+            "to resend",
             chunk=number,
             message_id=self.message_id,
         )
@@ -446,13 +498,42 @@ async def receive_report(
 
 
 _UNSAFE_NAME: Final = re.compile(r"[^A-Za-z0-9._-]")
+#: The longest received file name, in bytes: 255 (the usual file-name limit) less the 44 bytes
+#: the Assembler adds for its temporary file (``.{name}.meshpipe-{pid}-{counter}.part``: pid up
+#: to 7 digits, counter up to 20) and 11 to spare, so the temporary name fits too.
+MAX_NAME_BYTES: Final = 200
+#: An extension longer than this is not kept when a name is shortened.
+_MAX_EXTENSION: Final = 16
 
 
-def safe_filename(name: str | None, message_id: str) -> str:
-    """A file name from mex-FileName with no directory part or odd characters."""
-    base = os.path.basename((name or "").replace("\\", "/")).strip()
+def _fit(name: str, limit: int, original: str) -> str:
+    """``name`` (ASCII) cut to ``limit`` bytes keeping its extension, made unique by a hash of
+    ``original``; unchanged when it fits."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(original.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    stem, dot, extension = name.rpartition(".")
+    if not dot or not stem or len(extension) > _MAX_EXTENSION:
+        stem, extension = name, ""
+    suffix = f"-{digest}" + (f".{extension}" if extension else "")
+    return stem[: max(1, limit - len(suffix))] + suffix
+
+
+def safe_filename(name: str | None, message_id: str, *, limit: int = MAX_NAME_BYTES) -> str:
+    """A file name from mex-FileName: no directory part, only ``A-Za-z0-9._-`` (others become
+    ``_``), not starting with ``.`` or ``-`` (so never hidden, nor taken as an option by a
+    shell command), and at most ``limit`` bytes: a longer name is cut, keeping its extension,
+    with a hash of the full name so that two long names stay apart."""
+    original = (name or "").replace("\\", "/")
+    base = os.path.basename(original).strip()
     base = _UNSAFE_NAME.sub("_", base).lstrip(".")
-    return base or f"{message_id}.dat"
+    if base.startswith("-"):
+        base = "_" + base.lstrip("-")
+    if not base.strip("_"):
+        base = ""
+    if not base:
+        base = _UNSAFE_NAME.sub("_", message_id).lstrip(".-") + ".dat"
+    return _fit(base, limit, original or message_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,9 +548,12 @@ def _inbox_target(directory: Path, metadata: MessageMetadata, decode_payload: bo
     message_id = metadata.message_id
     name = safe_filename(metadata.filename, message_id)
     if decode_payload and name.endswith(".zst") and receive_codec(metadata, True)[0] == "zstd":
-        name = name[: -len(".zst")] or f"{message_id}.dat"
+        name = name[: -len(".zst")] or safe_filename(None, message_id)
     target = directory / name
-    return directory / f"{message_id}-{name}" if target.exists() else target
+    if not target.exists():
+        return target
+    prefixed = f"{_UNSAFE_NAME.sub('_', message_id)}-{name}"
+    return directory / _fit(prefixed, MAX_NAME_BYTES, f"{message_id}-{metadata.filename}")
 
 
 class MessageReceiver(Protocol):
@@ -494,11 +578,13 @@ async def receive_all(
     concurrency: int = DEFAULT_CONCURRENCY,
     decode_payload: bool = True,
     receiver: MessageReceiver | None = None,
+    require_verified: bool = False,
 ) -> list[ReceiveResult | ReportMessage | ReceiveFailure]:
     """Receive every message in the inbox into ``out_dir`` (see :func:`_inbox_target`), each
     with ``receiver`` (default :func:`receive_message`). Reports are returned typed (and
     acknowledged when ``acknowledge``); a failed message is returned as ReceiveFailure and
-    left in the inbox."""
+    left in the inbox (with ``require_verified``, so is one that carries nothing to verify it
+    against)."""
     directory = Path(out_dir)
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     endpoints = RetryingClient(client)
@@ -518,10 +604,12 @@ async def receive_all(
                 acknowledge=acknowledge,
                 concurrency=concurrency,
                 decode_payload=decode_payload,
+                require_verified=require_verified,
                 metadata=metadata,
             )
             results.append(received)
         except (MeshpipeError, OSError) as error:
-            log.error("message %s not received: %s", message_id, error)
+            # returned to the caller, who reports it (the CLI prints it once)
+            log.info("message %s not received: %s", message_id, error)
             results.append(ReceiveFailure(message_id, error))
     return results
