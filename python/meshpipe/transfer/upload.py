@@ -27,10 +27,10 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from typing_extensions import Unpack
 
@@ -150,10 +150,21 @@ class _ChunkPost:
         self._upload = upload
         self._chunk = chunk
         self.tries = 0
+        self._last_error: BaseException | None = None
 
     async def __call__(self) -> None:
         upload, chunk = self._upload, self._chunk
         self.tries += 1
+        if self._last_error is not None:
+            await upload.journal.chunk_retrying(chunk.number, self.tries, self._last_error)
+        try:
+            await self._post()
+        except Exception as error:
+            self._last_error = error
+            raise
+
+    async def _post(self) -> None:
+        upload, chunk = self._upload, self._chunk
         try:
             await upload.client.send_chunk(
                 upload.require_message_id(),
@@ -211,6 +222,7 @@ class Upload:
         self.xxh3_128 = ""
         self.bytes_sent = 0
         self.progress = Progress(progress, 0)
+        self._identity: tuple[int, int, int, int] | None = None
 
     @property
     def local_id(self) -> str:
@@ -236,6 +248,13 @@ class Upload:
 
     async def prepare(self) -> None:
         """Check the headers, plan the file, read chunk 1 and hash the whole file."""
+        if self.splitter is None:
+            await self.plan_file()
+        await self.read_first()
+
+    async def plan_file(self) -> None:
+        """Check the headers and plan the file (nothing is read yet): after this the local id,
+        the codec and the plan are known, so a durable record can be begun."""
         self.headers = self._complete_headers().validate()
         if self.codec == "none" and (await asyncio.to_thread(os.stat, self.source)).st_size == 0:
             # MESH refuses an empty body (417, code 02). An empty gzip stream (20 bytes) is not
@@ -256,7 +275,11 @@ class Upload:
         )
         self.chunks = iter(self.splitter)
         self.progress = Progress(self._progress_callback, self.plan.file_size)
-        self.first, self.xxh3_128 = await self._read_first_and_hash()
+
+    async def read_first(self) -> None:
+        """Read chunk 1 and hash the whole file (unless ``xxh3_128`` is already known, as on a
+        resume that has just checked it), and put the checksum in the headers."""
+        self.first, self.xxh3_128 = await self._read_first_and_hash(self.xxh3_128)
         checksum = ContentChecksum(
             xxh3_128=self.xxh3_128,
             size=self.plan.file_size,
@@ -265,6 +288,42 @@ class Upload:
         ).header_value()
         self.headers = self.headers.replace(checksum=checksum)
         await self.journal.prepared(self.local_id, self.plan, self.xxh3_128)
+
+    async def resume(self, message_id: str, xxh3_128: str, accepted: Collection[int]) -> None:
+        """Take up a message created before: ``message_id``, whose chunks ``accepted`` MESH
+        already holds, of this file whose whole-file hash was just checked to be
+        ``xxh3_128``. The chunk source becomes the other chunks, and always the last (MESH
+        overwrites a re-sent chunk 2..N of an uploading message), so that :meth:`send_middle`
+        and :meth:`send_last` finish the message. ``headers`` must be those sent in chunk 1."""
+        self.headers = self.headers.validate()
+        self._identity = await asyncio.to_thread(_identity, self.source)
+        whole = await asyncio.to_thread(
+            ChunkPlan,
+            self._identity[0],
+            self.chunk_size,
+            codec=self.codec,
+            max_file_size=self.max_file_size,
+        )
+        count = whole.chunk_count
+        if count < 2:
+            raise MeshpipeError(f"message {message_id} has one chunk: nothing to resume")
+        remaining = sorted({n for n in range(2, count + 1) if n not in accepted} | {count})
+        self.splitter = await asyncio.to_thread(
+            Splitter,
+            self.source,
+            codec=self.codec,
+            level=self.level,
+            chunk_size=self.chunk_size,
+            window=self.window_size + 1,
+            max_file_size=self.max_file_size,
+            chunks=remaining,
+        )
+        self.chunks = iter(self.splitter)
+        self.message_id = message_id
+        self.xxh3_128 = xxh3_128
+        self.progress = Progress(self._progress_callback, self.plan.file_size)
+        done = [n for n in range(1, count + 1) if n not in remaining]
+        self.progress.add(sum(self.plan.chunk_length(n) for n in done))
 
     async def send_first(self) -> str:
         """Send chunk 1 (it creates the message); the message id becomes the upload's."""
@@ -333,16 +392,36 @@ class Upload:
 
     async def run(self) -> SendResult:
         """Every stage in order; the journal is told the outcome."""
-        try:
+
+        async def stages() -> None:
             await self.prepare()
             await self.send_first()
             if self.plan.chunk_count > 1:
-                last = await self.send_middle()
-                if last is None:
-                    raise MeshpipeError(
-                        f"the engine yielded fewer than {self.plan.chunk_count} chunks"
-                    )
-                await self.send_last(last)
+                await self._send_rest()
+
+        return await self._run(stages())
+
+    async def run_resumed(
+        self, message_id: str, xxh3_128: str, accepted: Collection[int]
+    ) -> SendResult:
+        """:meth:`resume`, then the chunks MESH does not hold, the last one last; the
+        journal is told the outcome."""
+
+        async def stages() -> None:
+            await self.resume(message_id, xxh3_128, accepted)
+            await self._send_rest()
+
+        return await self._run(stages())
+
+    async def _send_rest(self) -> None:
+        last = await self.send_middle()
+        if last is None:
+            raise MeshpipeError(f"the engine yielded no chunk {self.plan.chunk_count}")
+        await self.send_last(last)
+
+    async def _run(self, stages: Coroutine[Any, Any, None]) -> SendResult:
+        try:
+            await stages
             result = self.result()
         except Exception as error:
             await self.journal.failed(error)
@@ -419,8 +498,13 @@ class Upload:
         """The one place chunks come from."""
         return await asyncio.to_thread(next, self.chunks, None)
 
-    async def _read_first_and_hash(self) -> tuple[Chunk, str]:
-        if self.plan.chunk_count == 1:
+    async def _read_first_and_hash(self, known: str) -> tuple[Chunk, str]:
+        if known and self.plan.chunk_count > 1:
+            # Checked just now by the caller; the Splitter's digest is compared with it before
+            # the last chunk, as for a first send.
+            first = await self._next_chunk()
+            expected = known
+        elif self.plan.chunk_count == 1:
             # The only chunk has been read, so the Splitter's digest is already the file's.
             first = await self._next_chunk()
             expected = self.splitter.digest().xxh3_128 if self.splitter else ""
@@ -433,9 +517,26 @@ class Upload:
             )
         if first is None:
             raise MeshpipeError("the engine yielded no chunk for the file")
+        if known and expected != known:
+            release(first)
+            raise SourceChangedError(
+                f"{self.source} changed (xxh3-128 {known} before, {expected} now); nothing was sent"
+            )
         return first, expected
 
     def _check_source(self) -> None:
+        """Before the last chunk: the file is what chunk 1 said it is. A full split compares
+        its own digest; a subset split (a resume) has none, so the file's size, modification
+        time and inode are compared with what they were when the resume checked its hash."""
+        if self._identity is not None:
+            now = _identity(self.source)
+            if now != self._identity:
+                raise SourceChangedError(
+                    f"{self.source} changed while the rest of it was being sent (size, "
+                    "modification time or inode differ); the message was not completed: "
+                    "send it again"
+                )
+            return
         actual = self.splitter.digest().xxh3_128 if self.splitter else ""
         if actual != self.xxh3_128:
             raise SourceChangedError(
@@ -446,6 +547,12 @@ class Upload:
     def _count_sent(self, chunk: Chunk) -> None:
         self.bytes_sent += chunk.payload_size
         self.progress.add(chunk.length)
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    """(size, modification time in ns, inode, device) of the file at ``path`` now."""
+    info = os.stat(path)
+    return info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev
 
 
 async def send_file(
