@@ -262,17 +262,7 @@ async def _send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         try:
             if args.no_ledger:
                 result = await send_file(
-                    client,
-                    args.path,
-                    to=headers.to,
-                    workflow_id=headers.workflow_id,
-                    local_id=headers.local_id,
-                    subject=headers.subject,
-                    filename=headers.filename,
-                    partner_id=headers.partner_id,
-                    content_type=headers.content_type,
-                    progress=progress,
-                    **_send_options(args),
+                    client, args.path, headers, progress=progress, **_send_options(args)
                 )
                 message_id = result.message_id
             else:

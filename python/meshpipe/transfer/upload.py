@@ -558,35 +558,22 @@ def _identity(path: Path) -> tuple[int, int, int, int]:
 async def send_file(
     client: MeshClient,
     source: str | os.PathLike[str],
+    headers: SendHeaders,
     *,
-    to: str,
-    workflow_id: str,
-    local_id: str | None = None,
-    subject: str | None = None,
-    filename: str | None = None,
-    partner_id: str | None = None,
-    content_type: str | None = None,
     progress: ProgressCallback | None = None,
     journal: SendJournal | None = None,
     **options: Unpack[SendOptions],
 ) -> SendResult:
-    """Send a file as one MESH message (chunked when larger than ``chunk_size``).
+    """Send a file as one MESH message with ``headers`` (chunked when larger than
+    ``chunk_size``).
 
-    The header keywords build one :class:`meshpipe.headers.SendHeaders`, checked before
-    anything is sent (MessageHeaderError names the header and the rule); ``options`` are
+    The headers are checked before anything is sent (MessageHeaderError names the header and
+    the rule); a missing local id or file name is filled in. ``options`` are
     :class:`SendOptions`. ChunkSizeError, before anything is sent, when the plan breaks MESH's
     chunk rules. ``progress(done, total)`` is called per chunk accepted; ``journal`` is told
-    each stage.
+    each stage. Nothing is recorded: :class:`meshpipe.durable.DurableSend` is the resumable,
+    idempotent send.
     """
-    headers = SendHeaders(
-        to=to,
-        workflow_id=workflow_id,
-        local_id=local_id,
-        subject=subject,
-        filename=filename,
-        partner_id=partner_id,
-        content_type=content_type,
-    )
     return await Upload(
         client, source, headers, progress=progress, journal=journal, **options
     ).run()
