@@ -101,6 +101,13 @@ class HoldingProxy(FaultProxy):
         await gate.opened.wait()
         return not gate.drop
 
+    async def drop_held_and_settle(self) -> None:
+        """Drop the held requests and wait until no request is in flight (a killed sender's
+        requests already forwarded are answered by the server, and counted, before this
+        returns)."""
+        self.drop_held()
+        await asyncio.wait_for(self.wait_until(lambda: not any(self.in_flight.values())), WAIT)
+
     def uploads_since(self, mark: int) -> list[int]:
         return sorted(self.uploads[mark:])
 

@@ -37,7 +37,7 @@ async def crash_after_chunk_1(command: SendCommand, proxy: HoldingProxy, *more: 
     """Run ``command`` and SIGKILL it while chunk 2 is held (chunk 1 accepted)."""
     proxy.hold(2)
     await kill_when_held(await command.start(*more), proxy)
-    proxy.drop_held()
+    await proxy.drop_held_and_settle()
 
 
 def rewrite_keeping_size_and_mtime(path: Path) -> None:

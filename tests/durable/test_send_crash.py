@@ -41,6 +41,7 @@ POINTS = {
     "after-chunk1": KillPoint(2),
     "midway": KillPoint(4, answered=(2, 3)),
     "last-in-flight": KillPoint(6),
+    "last-answer-lost": KillPoint(6, after_forward=True),
 }
 MATRIX = [("serve", name) for name in POINTS] + [
     ("sandbox", "chunk1-answer-lost"),
@@ -62,7 +63,7 @@ async def test_a_killed_send_resumes_into_one_complete_message(
     command = SendCommand(proxy.url, source, workflow)
     proxy.hold(kill.chunk, after_forward=kill.after_forward)
     await kill_when_held(await command.start(), proxy, kill.answered)
-    proxy.drop_held()
+    await proxy.drop_held_and_settle()
     crashed = ledger_send()
     before = accepted_chunks(crashed)
     mark = len(proxy.uploads)
@@ -73,15 +74,18 @@ async def test_a_killed_send_resumes_into_one_complete_message(
     message_id = finished.out.strip()
     resent = proxy.uploads_since(mark)
     assert not set(resent) & before, f"chunks {set(resent) & before} were accepted before"
-    on_mesh_unrecorded = {1} if kill.after_forward else set()
+    on_mesh_unrecorded = {kill.chunk} if kill.after_forward else set()
     assert resent == sorted(CHUNKS - before - on_mesh_unrecorded)
     if kill.chunk >= 2:
         assert 1 in before and crashed.message_id == message_id
-        assert "resuming message" in finished.err
     if kill.chunk == 6:
-        assert before == CHUNKS - {6} and resent == [6]
-    if kill.after_forward:
+        assert before == CHUNKS - {6}
+    if kill.chunk == 1 and kill.after_forward:
         assert "created before the interruption" in finished.err
+    if kill.chunk == 6 and kill.after_forward:
+        assert resent == [] and "completed on MESH before the interruption" in finished.err
+    elif kill.chunk >= 2:
+        assert "resuming message" in finished.err
     assert [item[0] for item in await sent_messages(upstream, workflow)] == [message_id]
     digest = await asyncio.to_thread(received_digest, upstream, message_id, source, tmp_path)
     assert digest == ledger_send().source.xxh3_128 == xxh3_128_file(source)

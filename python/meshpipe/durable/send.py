@@ -17,8 +17,9 @@ at once with TransferBusyError naming the holder: there is never a second writer
 is checked (size, modification time, inode, then the whole-file xxh3-128: the resume's only
 pass over the file before the first new chunk; SourceChangedError naming what changed, nothing
 sent); the recorded plan (chunk size, codec, level) and headers are reused. A known message
-id is tracked: completed on MESH -> recorded completed; gone (404/410, expired, error) ->
-the send restarts into a new message, said so; uploading -> only the chunks not recorded
+id is tracked: completed on MESH (accepted, acknowledged, or undeliverable: read by nobody
+before its expiry) -> recorded completed; gone (404/410 to tracking or to a chunk, or tracking
+says error) -> the send restarts into a new message, said so; uploading -> only the chunks not recorded
 accepted are sent, into the same message, the last one last. No message id yet (a crash
 before MESH answered chunk 1) -> MESH is asked for the local id: a message found is adopted,
 else the file is sent from chunk 1 with the same local id.
@@ -55,6 +56,7 @@ from meshpipe.errors import (
     MeshHTTPError,
     MeshNotFoundError,
     MeshpipeError,
+    MeshProtocolError,
     SourceChangedError,
 )
 from meshpipe.headers import SendHeaders
@@ -76,6 +78,9 @@ SendOutcome = Literal["sent", "resumed", "already-sent", "restarted"]
 interrupted send's message, so the file went as a new one."""
 
 _COMPLETE = ("accepted", "acknowledged")
+#: Tracking states of a message that was completed: undeliverable is a completed message left
+#: unread past its inbox expiry (sending it again is the sender's decision: --again).
+_WAS_COMPLETED = (*_COMPLETE, "undeliverable")
 _GONE_STATUSES = (404, 410)
 
 
@@ -321,17 +326,22 @@ class DurableSend:
         assert record.message_id is not None and record.local_id is not None
         message_id = record.message_id
         status = await self._tracked_status(message_id)
-        if status in _COMPLETE:
+        if not status:
+            raise MeshProtocolError(
+                f"MESH tracking gave no status for message {message_id}, so whether to resume "
+                f"or replace it is unknown; check it with `meshpipe track {message_id}`"
+            )
+        if status in _WAS_COMPLETED:
             await asyncio.to_thread(self._record_completed, record)
             self._notice(
                 f"message {message_id} (local id {record.local_id}) was completed on MESH "
-                "before the interruption; nothing sent"
+                f"before the interruption ({status}); nothing sent"
             )
             return DurableSendResult(
                 "already-sent", message_id, record.local_id, record.id, record.chunk_count
             )
         if status != "uploading":
-            raise _MessageGone(f"MESH reports message {message_id} as {status or 'unknown'}")
+            raise _MessageGone(f"MESH reports message {message_id} as {status}")
         accepted = await asyncio.to_thread(self.ledger.accepted_chunks, record)
         self._notice(
             f"resuming message {message_id} (local id {record.local_id}): {len(accepted)} of "
