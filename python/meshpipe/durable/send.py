@@ -18,9 +18,10 @@ is checked (size, modification time, inode, then the whole-file xxh3-128: the re
 pass over the file before the first new chunk; SourceChangedError naming what changed, nothing
 sent); the recorded plan (chunk size, codec, level) and headers are reused. A known message
 id is tracked: completed on MESH (accepted, acknowledged, or undeliverable: read by nobody
-before its expiry) -> recorded completed; gone (404/410 to tracking or to a chunk, or tracking
-says error) -> the send restarts into a new message, said so; uploading -> only the chunks not recorded
-accepted are sent, into the same message, the last one last. No message id yet (a crash
+before its expiry) -> recorded completed; gone (404/410 to tracking or to a chunk, or
+tracking says error) -> the send restarts into a new message, said so; uploading -> only the
+chunks not recorded accepted are sent, into the same message, the last one last. No message
+id yet (a crash
 before MESH answered chunk 1) -> MESH is asked for the local id: a message found is adopted,
 else the file is sent from chunk 1 with the same local id.
 
