@@ -247,3 +247,34 @@ async def test_retries_of_a_chunk_are_recorded_as_events(tmp_path: Path) -> None
     assert [(r["chunk"], r["attempt"]) for r in retries] == [(2, 2)]
     assert "503" in str(retries[0]["error"])
     assert SANDBOX_PASSWORD not in str(retries)
+
+
+async def test_a_chunk_refused_with_410_replaces_the_message(
+    proxy: HoldingProxy, source: Path, workflow: str, tmp_path: Path
+) -> None:
+    command = SendCommand(proxy.url, source, workflow)
+    await crash_after_chunk_1(command, proxy)
+    lost = ledger_send().message_id
+    plan = {"faults": [{"kind": "status", "route": "send_chunk", "status": 410}]}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.put(f"{proxy.upstream}/messageexchange/admin/faults", json=plan) as answer,
+    ):
+        assert answer.status == 200
+    mark = len(proxy.uploads)
+
+    finished = await command.run()
+
+    assert finished.status == 0, finished.err
+    message_id = finished.out.strip()
+    assert message_id != lost
+    assert f"MESH no longer holds message {lost} (HTTP 410 to chunk 2)" in finished.err
+    # the new message from chunk 1; chunks 3.. of the old one may have gone alongside chunk 2,
+    # but never its last chunk
+    resent = proxy.uploads_since(mark)
+    assert resent.count(1) == 1 and resent.count(6) == 1 and set(resent) == set(range(1, 7))
+    digest = await asyncio.to_thread(received_digest, proxy.upstream, message_id, source, tmp_path)
+    assert digest == ledger_send().source.xxh3_128
+    with Ledger.open(resolve_ledger_location(None, None)) as ledger:
+        kinds = [event.kind for event in ledger.events(ledger_send())]
+    assert kinds.count("failed") == 1 and "restarted" in kinds
