@@ -1,7 +1,9 @@
 """Send a file as one MESH message, in stages: :class:`Upload` (prepare, first, middle, last).
 
-**prepare**: the headers are checked, the engine's Splitter plans the file and reads and
-compresses it on its own threads; the whole-file xxh3-128 is computed while chunk 1 is read.
+**prepare** (``plan_file`` then ``read_first``): the headers are checked and the engine's
+Splitter plans the file (so a durable record can begin before anything is read); then it reads
+and compresses it on its own threads, and the whole-file xxh3-128 is computed while chunk 1 is
+read (or taken as given, when a resume has just checked it).
 **first**: chunk 1 goes alone (it creates the message and returns its id), never re-posted
 blindly (retry.post_first_chunk_safely). **middle**: chunks 2..N-1 go concurrently within a
 bounded window, a slot being taken *before* the next chunk is read, so memory stays at about
@@ -17,8 +19,12 @@ The whole-file xxh3-128 travels in ``mex-Content-Checksum`` as
 (models.ContentChecksum).
 
 The message id and the chunk source are the upload's state, and the middle and last stages
-read chunks from that one source: a resumed send can run them over the chunks not yet
-accepted, into the message it already created.
+read chunks from that one source. **resume** (``run_resumed``) sets them for a message created
+before: the message id, the hash sent in its chunk 1, and a Splitter over the chunks MESH does
+not hold (and always the last); such a subset has no whole-file digest, so before the last
+chunk the file's size, modification time and inode are compared with what they were when the
+resume began. The durable layer (meshpipe.durable) decides what to resume; this module knows
+nothing of the ledger.
 """
 
 from __future__ import annotations
