@@ -278,3 +278,22 @@ async def test_a_chunk_refused_with_410_replaces_the_message(
     with Ledger.open(resolve_ledger_location(None, None)) as ledger:
         kinds = [event.kind for event in ledger.events(ledger_send())]
     assert kinds.count("failed") == 1 and "restarted" in kinds
+
+
+async def test_a_file_sent_anew_with_again_is_not_resumed_as_the_old_send(
+    proxy: HoldingProxy, source: Path, workflow: str
+) -> None:
+    command = SendCommand(proxy.url, source, workflow)
+    await crash_after_chunk_1(command, proxy)
+    await asyncio.to_thread(append, source)
+    refused = await command.run()
+    assert refused.status == 1 and "changed since the interrupted send" in refused.err
+    anew = await command.run("--again")
+    assert anew.status == 0, anew.err
+
+    later = await command.run()
+
+    assert later.status == 0, later.err
+    assert "resuming" not in later.err and later.out not in ("", anew.out)
+    statuses = sorted(status or "" for _, status in await sent_messages(proxy.upstream, workflow))
+    assert statuses == ["accepted", "accepted", "uploading"]  # the interrupted one never done

@@ -4,11 +4,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 from meshpipe._meshpipe import xxh3_128_file
 from meshpipe.errors import SourceChangedError
 from meshpipe.headers import SendHeaders
-from meshpipe.ledger import HistoryFilter, Ledger, SendRecord, SendState, SourceFile
+from meshpipe.ledger import (
+    HistoryFilter,
+    Ledger,
+    SendRecord,
+    SendState,
+    SourceFile,
+    TransferSummary,
+)
 from meshpipe.models import ContentChecksum
 
 #: The states of a send that is not finished: it can be resumed.
@@ -28,31 +36,42 @@ def unfinished_send_of(
 ) -> SendRecord | None:
     """The newest unfinished send from ``mailbox`` of the file at absolute ``path`` to
     ``recipient`` in ``workflow_id`` that may have put something on MESH (one that sent
-    nothing saves nothing by being resumed), if any."""
+    nothing saves nothing by being resumed) and that no later send of the file completed
+    (``--again`` sent it anew), if any."""
+
+    def same(item: TransferSummary) -> bool:
+        return item.path == path and (item.counterparty or "").upper() == recipient
+
     found: list[int] = []
     for state in UNFINISHED:
-        before: int | None = None
-        while True:
-            page = ledger.history(
-                HistoryFilter(
-                    mailbox=mailbox, workflow_id=workflow_id, state=state, direction="send"
-                ),
-                before_id=before,
-                limit=200,
-            )
-            if not page:
-                break
-            found += [
-                item.id
-                for item in page
-                if item.path == path and (item.counterparty or "").upper() == recipient
-            ]
-            before = page[-1].id
+        found += [item.id for item in _sends(ledger, mailbox, workflow_id, state) if same(item)]
     for transfer_id in sorted(found, reverse=True):
+        for item in _sends(ledger, mailbox, workflow_id, "completed"):
+            if item.id < transfer_id:
+                break
+            if same(item):
+                return None  # superseded, as is every older one
         record = ledger.transfer(transfer_id)
         if isinstance(record, SendRecord) and anything_sent(ledger, record):
             return record
     return None
+
+
+def _sends(
+    ledger: Ledger, mailbox: str, workflow_id: str, state: SendState
+) -> Iterator[TransferSummary]:
+    """The sends from ``mailbox`` in ``workflow_id`` in ``state``, newest first, page by page."""
+    before: int | None = None
+    while True:
+        page = ledger.history(
+            HistoryFilter(mailbox=mailbox, workflow_id=workflow_id, state=state, direction="send"),
+            before_id=before,
+            limit=200,
+        )
+        if not page:
+            return
+        yield from page
+        before = page[-1].id
 
 
 def check_source(record: SendRecord) -> str:
