@@ -1,6 +1,7 @@
 """The ``meshpipe`` command line.
 
     meshpipe send PATH --to MAILBOX --workflow-id WF [--compress none|gzip|zstd] ...
+    meshpipe send --resume LOCAL_ID    (the same send again resumes it too; --again, --no-ledger)
     meshpipe receive MESSAGE_ID --out PATH [--no-ack]
     meshpipe receive --all --out-dir DIR
     meshpipe inbox [--json] | ack ID... | track ID [--json] | lookup ODS WORKFLOW | handshake
@@ -87,12 +88,8 @@ def _open_ledger(args: argparse.Namespace) -> Ledger:
     return Ledger.open(resolve_ledger_location(args.ledger, args.state_dir))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROGRAM, description="Fast, verified file transfers through NHS England's MESH."
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_send_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``meshpipe send``: the file, its headers, the plan, the ledger flags."""
     send = commands.add_parser(
         "send",
         help="send a file; prints the message id",
@@ -144,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _ledger_flags(send)
     _connection_flags(send)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM, description="Fast, verified file transfers through NHS England's MESH."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_send_command(commands)
 
     receive = commands.add_parser("receive", help="download, verify and acknowledge")
     receive.add_argument("message_id", nargs="?")
