@@ -64,6 +64,7 @@ from meshpipe.headers import SendHeaders
 from meshpipe.ledger import Ledger, LedgerError, SendRecord, SourceFile
 from meshpipe.retry import RetryingClient
 from meshpipe.transfer import (
+    FileIdentity,
     ProgressCallback,
     SendOptions,
     SendResult,
@@ -351,7 +352,7 @@ class DurableSend:
         upload = self._upload_for(record)
         try:
             async with self._journal(record, upload):
-                result = await upload.run_resumed(message_id, xxh3_128, accepted)
+                result = await upload.run_resumed(message_id, xxh3_128, accepted, _identity(record))
         except ChunkTransferError as error:
             cause = error.__cause__
             if isinstance(cause, MeshHTTPError) and cause.status in _GONE_STATUSES:
@@ -435,6 +436,11 @@ class DurableSend:
                 await writer.close()
             except LedgerError as error:
                 log.warning("transfer %d: a ledger write failed: %s", record.id, error)
+
+
+def _identity(record: SendRecord) -> FileIdentity:
+    source = record.source
+    return source.size, source.mtime_ns, source.inode, source.device
 
 
 async def send_durably(

@@ -26,6 +26,7 @@ from meshpipe.transfer.results import (
     SendResult,
 )
 from meshpipe.transfer.upload import (
+    FileIdentity,
     SendOptions,
     Upload,
     find_sent_message,
@@ -36,6 +37,7 @@ from meshpipe.transfer.upload import (
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "Download",
+    "FileIdentity",
     "ProgressCallback",
     "ReceiveFailure",
     "ReceiveJournal",

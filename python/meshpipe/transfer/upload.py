@@ -75,6 +75,9 @@ from meshpipe.units import (
 
 log = logging.getLogger("meshpipe.transfer")
 
+FileIdentity = tuple[int, int, int, int]
+"""A file as a resume knows it: (size, modification time in ns, inode, device)."""
+
 
 def new_local_id() -> str:
     """A unique mex-LocalID (no patient data), kept for every retry of one send."""
@@ -228,7 +231,7 @@ class Upload:
         self.xxh3_128 = ""
         self.bytes_sent = 0
         self.progress = Progress(progress, 0)
-        self._identity: tuple[int, int, int, int] | None = None
+        self._identity: FileIdentity | None = None
 
     @property
     def local_id(self) -> str:
@@ -295,17 +298,26 @@ class Upload:
         self.headers = self.headers.replace(checksum=checksum)
         await self.journal.prepared(self.local_id, self.plan, self.xxh3_128)
 
-    async def resume(self, message_id: str, xxh3_128: str, accepted: Collection[int]) -> None:
+    async def resume(
+        self,
+        message_id: str,
+        xxh3_128: str,
+        accepted: Collection[int],
+        identity: FileIdentity | None = None,
+    ) -> None:
         """Take up a message created before: ``message_id``, whose chunks ``accepted`` MESH
         already holds, of this file whose whole-file hash was just checked to be
-        ``xxh3_128``. The chunk source becomes the other chunks, and always the last (MESH
+        ``xxh3_128`` while it had ``identity`` (size, mtime in ns, inode, device; by default
+        as it is now). The chunk source becomes the other chunks, and always the last (MESH
         overwrites a re-sent chunk 2..N of an uploading message), so that :meth:`send_middle`
         and :meth:`send_last` finish the message. ``headers`` must be those sent in chunk 1."""
         self.headers = self.headers.validate()
-        self._identity = await asyncio.to_thread(_identity, self.source)
+        known = identity or await asyncio.to_thread(_identity, self.source)
+        self._identity = known
+        self._check_source()
         whole = await asyncio.to_thread(
             ChunkPlan,
-            self._identity[0],
+            known[0],
             self.chunk_size,
             codec=self.codec,
             max_file_size=self.max_file_size,
@@ -408,13 +420,17 @@ class Upload:
         return await self._run(stages())
 
     async def run_resumed(
-        self, message_id: str, xxh3_128: str, accepted: Collection[int]
+        self,
+        message_id: str,
+        xxh3_128: str,
+        accepted: Collection[int],
+        identity: FileIdentity | None = None,
     ) -> SendResult:
         """:meth:`resume`, then the chunks MESH does not hold, the last one last; the
         journal is told the outcome."""
 
         async def stages() -> None:
-            await self.resume(message_id, xxh3_128, accepted)
+            await self.resume(message_id, xxh3_128, accepted, identity)
             await self._send_rest()
 
         return await self._run(stages())
@@ -538,9 +554,8 @@ class Upload:
             now = _identity(self.source)
             if now != self._identity:
                 raise SourceChangedError(
-                    f"{self.source} changed while the rest of it was being sent (size, "
-                    "modification time or inode differ); the message was not completed: "
-                    "send it again"
+                    f"{self.source} changed while it was being resumed (size, modification "
+                    "time or inode differ); the message was not completed: send it again"
                 )
             return
         actual = self.splitter.digest().xxh3_128 if self.splitter else ""
@@ -555,7 +570,7 @@ class Upload:
         self.progress.add(chunk.length)
 
 
-def _identity(path: Path) -> tuple[int, int, int, int]:
+def _identity(path: Path) -> FileIdentity:
     """(size, modification time in ns, inode, device) of the file at ``path`` now."""
     info = os.stat(path)
     return info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev
