@@ -312,12 +312,13 @@ class Upload:
         overwrites a re-sent chunk 2..N of an uploading message), so that :meth:`send_middle`
         and :meth:`send_last` finish the message. ``headers`` must be those sent in chunk 1."""
         self.headers = self.headers.validate()
-        known = identity or await asyncio.to_thread(_identity, self.source)
-        self._identity = known
+        if identity is None:
+            identity = await asyncio.to_thread(_identity, self.source)
+        self._identity = identity
         self._check_source()
         whole = await asyncio.to_thread(
             ChunkPlan,
-            known[0],
+            identity[0],
             self.chunk_size,
             codec=self.codec,
             max_file_size=self.max_file_size,
