@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from tests.peers import SANDBOX_PASSWORD, SANDBOX_SHARED_KEY, Sandbox, free_port, run_sandbox
 
+from meshpipe.headers import SendHeaders
 from meshpipe.memory import peak_rss
 from meshpipe.synthetic import write_csv
 from meshpipe.units import MiB
@@ -89,8 +90,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
                     sent = await send_file(
                         client,
                         path,
-                        to=RECIPIENT,
-                        workflow_id=WORKFLOW,
+                        SendHeaders(to=RECIPIENT, workflow_id=WORKFLOW),
                         codec=spec["codec"],
                         chunk_size=spec["chunk_size"],
                         concurrency=spec.get("concurrency", 4),

@@ -1,6 +1,7 @@
 """The ``meshpipe`` command line.
 
     meshpipe send PATH --to MAILBOX --workflow-id WF [--compress none|gzip|zstd] ...
+    meshpipe send --resume LOCAL_ID    (the same send again resumes it too; --again, --no-ledger)
     meshpipe receive MESSAGE_ID --out PATH [--no-ack] [--overwrite] [--require-verified]
                      [--exec CMD] [--no-ledger]
     meshpipe receive --all --out-dir DIR [--require-verified]
@@ -32,9 +33,10 @@ from meshpipe import units
 from meshpipe._meshpipe import __version__
 from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.config import load_config
-from meshpipe.durable import CommandHook, DurableReceiver, DurableReceiveResult
+from meshpipe.durable import CommandHook, DurableReceiver, DurableReceiveResult, DurableSend
 from meshpipe.durable.history import history_filter, show_history
 from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
+from meshpipe.headers import SendHeaders
 from meshpipe.ledger import Ledger, resolve_ledger_location
 from meshpipe.models import ReportMessage
 from meshpipe.progress import Progress
@@ -44,6 +46,7 @@ from meshpipe.transfer import (
     ReceiveFailure,
     ReceiveOptions,
     ReceiveResult,
+    SendOptions,
     receive_all,
     receive_message,
     send_file,
@@ -110,18 +113,37 @@ def _history_parser(commands: Any) -> None:
     _ledger_flags(history)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROGRAM, description="Fast, verified file transfers through NHS England's MESH."
+def _add_send_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``meshpipe send``: the file, its headers, the plan, the ledger flags."""
+    send = commands.add_parser(
+        "send",
+        help="send a file; prints the message id",
+        description="Send a file as one MESH message and print its id. The send is recorded "
+        "in the ledger: the same command after an interruption resumes it (only the chunks "
+        "MESH does not hold are sent, into the same message), and a local id already sent "
+        "prints the existing message id instead of sending again.",
     )
-    parser.add_argument("--version", action="version", version=f"{PROGRAM} {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    send = commands.add_parser("send", help="send a file; prints the message id")
-    send.add_argument("path")
-    send.add_argument("--to", required=True, help="recipient mailbox id")
-    send.add_argument("--workflow-id", required=True)
-    send.add_argument("--local-id", help="your reference (default: a fresh unique id)")
+    send.add_argument("path", nargs="?", help="the file (optional with --resume)")
+    send.add_argument("--to", help="recipient mailbox id")
+    send.add_argument("--workflow-id")
+    send.add_argument(
+        "--local-id",
+        help="your reference (default: a fresh unique id); a local id already sent is not "
+        "sent again",
+    )
+    send.add_argument(
+        "--resume",
+        metavar="LOCAL_ID",
+        help="resume the interrupted send of LOCAL_ID (its recorded file, recipient, workflow)",
+    )
+    send.add_argument(
+        "--again",
+        action="store_true",
+        help="send a new message even if this local id (or this file) was sent before",
+    )
+    send.add_argument(
+        "--no-ledger", action="store_true", help="do not record the send (no resume, no check)"
+    )
     send.add_argument("--subject")
     send.add_argument("--filename", help="name the recipient sees (default: the file's)")
     send.add_argument("--content-type")
@@ -142,7 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=units.MAX_FILE_SIZE,
         help="refuse larger files (default %(default)s bytes, NHS's advertised 50 GB)",
     )
+    _ledger_flags(send)
     _connection_flags(send)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM, description="Fast, verified file transfers through NHS England's MESH."
+    )
+    parser.add_argument("--version", action="version", version=f"{PROGRAM} {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_send_command(commands)
 
     receive = commands.add_parser("receive", help="download, verify and acknowledge")
     receive.add_argument("message_id", nargs="?")
@@ -247,32 +280,78 @@ def _print_json(value: Any, out: TextIO) -> None:
     out.write("\n")
 
 
+def _send_options(args: argparse.Namespace) -> SendOptions:
+    return {
+        "max_file_size": args.max_file_size,
+        "codec": args.compress,
+        "level": args.level,
+        "chunk_size": args.chunk_size,
+        "concurrency": args.concurrency,
+        "sequential": args.sequential,
+    }
+
+
+def _check_send_usage(args: argparse.Namespace) -> None:
+    if args.no_ledger and (args.resume or args.again):
+        raise MessageHeaderError("--resume and --again need the ledger: drop --no-ledger")
+    if args.resume and (args.local_id or args.again):
+        raise MessageHeaderError("--resume LOCAL_ID names the send: drop --local-id/--again")
+    if args.path is None and not args.resume:
+        raise MessageHeaderError("give the PATH of the file to send (or --resume LOCAL_ID)")
+
+
 async def _send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    _check_send_usage(args)
+    headers = SendHeaders(
+        to=args.to or "",
+        workflow_id=args.workflow_id or "",
+        local_id=args.local_id,
+        subject=args.subject,
+        filename=args.filename,
+        partner_id=args.partner_id,
+        content_type=args.content_type,
+    )
     progress = Progress(err, label="send")
     async with _client(args) as client:
         try:
-            result = await send_file(
-                client,
-                args.path,
-                to=args.to,
-                workflow_id=args.workflow_id,
-                local_id=args.local_id,
-                subject=args.subject,
-                filename=args.filename,
-                partner_id=args.partner_id,
-                content_type=args.content_type,
-                max_file_size=args.max_file_size,
-                codec=args.compress,
-                level=args.level,
-                chunk_size=args.chunk_size,
-                concurrency=args.concurrency,
-                sequential=args.sequential,
-                progress=progress,
-            )
+            if args.no_ledger:
+                result = await send_file(
+                    client, args.path, headers, progress=progress, **_send_options(args)
+                )
+                message_id = result.message_id
+            else:
+                message_id = await _send_durably(args, client, headers, progress, err)
         finally:
             progress.close()
-    out.write(f"{result.message_id}\n")
+    out.write(f"{message_id}\n")
     return 0
+
+
+async def _send_durably(
+    args: argparse.Namespace,
+    client: MeshClient,
+    headers: SendHeaders,
+    progress: Progress,
+    err: TextIO,
+) -> str:
+    def notice(text: str) -> None:
+        progress.close()
+        err.write(f"{PROGRAM}: {text}\n")
+        err.flush()
+
+    with _open_ledger(args) as ledger:
+        result = await DurableSend(
+            client,
+            ledger,
+            args.path,
+            headers,
+            again=args.again,
+            resume_local_id=args.resume,
+            notice=notice,
+            progress=progress,
+            **_send_options(args),
+        ).run()
+    return result.message_id
 
 
 async def _receive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

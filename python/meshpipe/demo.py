@@ -30,6 +30,7 @@ from meshpipe._meshpipe import xxh3_128_file
 from meshpipe.client import MeshClient
 from meshpipe.config import MeshConfig, Secret
 from meshpipe.errors import MeshpipeError
+from meshpipe.headers import SendHeaders
 from meshpipe.memory import peak_rss
 from meshpipe.progress import Progress
 from meshpipe.server.process import server_process
@@ -111,9 +112,7 @@ async def _run(
         sent = await send_file(
             client,
             source,
-            to=RECIPIENT,
-            workflow_id=WORKFLOW,
-            subject="meshpipe demo extract",
+            SendHeaders(to=RECIPIENT, workflow_id=WORKFLOW, subject="meshpipe demo extract"),
             codec=args.compress,
             chunk_size=args.chunk_size,
             concurrency=args.concurrency,

@@ -101,9 +101,11 @@ class SyncMeshClient:
     def lookup(self, ods_code: str, workflow_id: str) -> list[Endpoint]:
         return self._retried(lambda endpoints: endpoints.lookup(ods_code, workflow_id))
 
-    def send_file(self, source: str | os.PathLike[str], **options: Any) -> SendResult:
-        """transfer.send_file, blocking: ``to=``, ``workflow_id=`` and its other options."""
-        return self.run(lambda client: send_file(client, source, **options))
+    def send_file(
+        self, source: str | os.PathLike[str], headers: SendHeaders, **options: Any
+    ) -> SendResult:
+        """transfer.send_file, blocking: the headers and its other options."""
+        return self.run(lambda client: send_file(client, source, headers, **options))
 
     def receive_message(
         self, message_id: str, destination: str | os.PathLike[str], **options: Any

@@ -150,7 +150,7 @@ async def test_missing_workflow(sender: MeshClient, small_file: Path) -> None:
     assert (caught.value.status, caught.value.kind) == (400, "missing_header")
     # ...and meshpipe refuses an empty one before sending (the sandbox would accept it).
     with pytest.raises(errors.MessageHeaderError, match="workflow id") as refused:
-        await send_file(sender, small_file, to=RECIPIENT, workflow_id="")
+        await send_file(sender, small_file, SendHeaders(to=RECIPIENT, workflow_id=""))
     assert (refused.value.header, refused.value.rule) == ("mex-WorkflowID", "missing")
 
 
@@ -158,7 +158,9 @@ async def test_control_characters_refused_before_sending(
     sender: MeshClient, small_file: Path, workflow: str
 ) -> None:
     with pytest.raises(errors.MessageHeaderError, match="control character") as caught:
-        await send_file(sender, small_file, to=RECIPIENT, workflow_id=workflow, subject="a\tb")
+        await send_file(
+            sender, small_file, SendHeaders(to=RECIPIENT, workflow_id=workflow, subject="a\tb")
+        )
     assert (caught.value.header, caught.value.rule) == ("mex-Subject", "control_character")
 
 
@@ -176,9 +178,7 @@ async def test_chunk_size_refused_before_sending(
         await send_file(
             sender,
             multi_file,
-            to=RECIPIENT,
-            workflow_id=workflow,
-            local_id=local_id,
+            SendHeaders(to=RECIPIENT, workflow_id=workflow, local_id=local_id),
             chunk_size=MiB,
         )
     assert await find_sent_message(sender, local_id) is None
@@ -287,7 +287,9 @@ def test_sync_facade_transfers(sandbox: Sandbox, workflow: str, multi_file: Path
         SyncMeshClient(make_config(sandbox.url, SENDER)) as sender,
         SyncMeshClient(make_config(sandbox.url, RECIPIENT)) as recipient,
     ):
-        sent = sender.send_file(multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * MiB)
+        sent = sender.send_file(
+            multi_file, SendHeaders(to=RECIPIENT, workflow_id=workflow), chunk_size=5 * MiB
+        )
         received = recipient.receive_message(sent.message_id, destination)
     assert received.size == multi_file.stat().st_size
     assert destination.read_bytes() == multi_file.read_bytes()
@@ -303,7 +305,7 @@ async def test_no_secret_or_token_in_logs(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     result = await send_file(
-        sender, multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * MiB
+        sender, multi_file, SendHeaders(to=RECIPIENT, workflow_id=workflow), chunk_size=5 * MiB
     )
     await receive_message(recipient, result.message_id, tmp_path / "out.csv")
     with pytest.raises(errors.MeshUnknownRecipientError) as caught:

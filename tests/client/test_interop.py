@@ -14,6 +14,7 @@ import pytest
 import zstandard
 
 from meshpipe.client import MeshClient
+from meshpipe.headers import SendHeaders
 from meshpipe.models import ContentChecksum
 from meshpipe.transfer import receive_message, send_file
 from tests.client.conftest import RECIPIENT, SENDER, MiB, write_csv
@@ -49,12 +50,14 @@ async def test_meshpipe_to_mesh_client(
     result = await send_file(
         sender,
         source,
-        to=RECIPIENT,
-        workflow_id=workflow,
-        local_id=local_id,
-        subject="interop subject",
-        filename="extract.csv",
-        codec=codec,  # type: ignore[arg-type]
+        SendHeaders(
+            to=RECIPIENT,
+            workflow_id=workflow,
+            local_id=local_id,
+            subject="interop subject",
+            filename="extract.csv",
+        ),
+        codec=codec,
         chunk_size=5 * MiB,
     )
     assert result.chunk_count == (1 if shape == "single" else 3)
@@ -132,11 +135,10 @@ async def test_zstd_between_meshpipe_peers(
     result = await send_file(
         sender,
         multi_file,
-        to=RECIPIENT,
-        workflow_id=workflow,
+        SendHeaders(to=RECIPIENT, workflow_id=workflow),
         codec="zstd",
         chunk_size=5 * MiB,
-        min_payload_size=0,  # the sandbox does not apply MESH's minimum to zstd payloads
+        min_payload_size=0,
     )
     assert result.bytes_sent < len(content(multi_file))
     info = await recipient.head(result.message_id)
@@ -156,11 +158,10 @@ async def test_zstd_between_meshpipe_peers(
     second = await send_file(
         sender,
         multi_file,
-        to=RECIPIENT,
-        workflow_id=workflow,
+        SendHeaders(to=RECIPIENT, workflow_id=workflow),
         codec="zstd",
         chunk_size=5 * MiB,
-        min_payload_size=0,  # the sandbox does not apply MESH's minimum to zstd payloads
+        min_payload_size=0,
     )
     kept = tmp_path / "kept.zst"
     await receive_message(recipient, second.message_id, kept, decode_payload=False)
@@ -173,7 +174,11 @@ async def test_meshpipe_to_meshpipe_gzip_random_data(
     source = tmp_path / "random.bin"
     source.write_bytes(uuid.uuid4().bytes * (700_000))  # 11.2 MB, 3 chunks
     result = await send_file(
-        sender, source, to=RECIPIENT, workflow_id=workflow, codec="gzip", chunk_size=5 * MiB
+        sender,
+        source,
+        SendHeaders(to=RECIPIENT, workflow_id=workflow),
+        codec="gzip",
+        chunk_size=5 * MiB,
     )
     destination = tmp_path / "out.bin"
     received = await receive_message(recipient, result.message_id, destination)
@@ -196,9 +201,8 @@ async def test_many_chunks_both_ways(
     result = await send_file(
         sender,
         source,
-        to=RECIPIENT,
-        workflow_id=workflow,
-        codec=codec,  # type: ignore[arg-type]
+        SendHeaders(to=RECIPIENT, workflow_id=workflow),
+        codec=codec,
         chunk_size=5 * MiB,
         concurrency=8,
     )
@@ -227,12 +231,12 @@ async def test_empty_file_both_ways(
 ) -> None:
     empty = tmp_path / "empty.csv"
     empty.write_bytes(b"")
-    first = await send_file(sender, empty, to=RECIPIENT, workflow_id=workflow)
+    first = await send_file(sender, empty, SendHeaders(to=RECIPIENT, workflow_id=workflow))
     assert first.codec == "gzip" and first.file_size == 0
     peer = mesh_client_for(RECIPIENT)
     _, data = await asyncio.to_thread(read_with_mesh_client, peer, first.message_id)
     assert data == b""
-    second = await send_file(sender, empty, to=RECIPIENT, workflow_id=workflow)
+    second = await send_file(sender, empty, SendHeaders(to=RECIPIENT, workflow_id=workflow))
     received = await receive_message(recipient, second.message_id, tmp_path / "got.csv")
     assert received.size == 0 and content(tmp_path / "got.csv") == b""
     await asyncio.to_thread(peer.acknowledge_message, first.message_id)
@@ -265,11 +269,10 @@ async def test_awkward_sizes_round_trip(
     result = await send_file(
         sender,
         source,
-        to=RECIPIENT,
-        workflow_id=workflow,
-        codec=codec,  # type: ignore[arg-type]
+        SendHeaders(to=RECIPIENT, workflow_id=workflow),
+        codec=codec,
         chunk_size=5 * MiB,
-        min_payload_size=0,  # the sandbox does not apply MESH's minimum to zstd payloads
+        min_payload_size=0,
     )
     assert result.chunk_count == max(1, -(-size // (5 * MiB)))
     destination = tmp_path / "out.csv"

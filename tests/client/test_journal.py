@@ -11,6 +11,7 @@ import pytest
 from meshpipe import errors
 from meshpipe._meshpipe import AssemblyReport, ChunkPlan, xxh3_128_file
 from meshpipe.client import ClientSettings, MeshClient
+from meshpipe.headers import SendHeaders
 from meshpipe.models import MessageMetadata
 from meshpipe.retry import RetryingClient
 from meshpipe.server import LocalMeshServer
@@ -122,9 +123,7 @@ async def test_send_and_receive_journals_see_every_stage_in_order(
     result = await send_file(
         local_sender,
         source,
-        to=RECIPIENT,
-        workflow_id=WORKFLOW,
-        local_id="journal-test",
+        SendHeaders(to=RECIPIENT, workflow_id=WORKFLOW, local_id="journal-test"),
         chunk_size=5 * MiB,
         journal=sent_journal,
     )
@@ -172,7 +171,10 @@ async def test_failures_reach_the_journal(
     sent_journal = RecordingSendJournal()
     with pytest.raises(errors.MeshUnknownRecipientError) as refused:
         await send_file(
-            local_sender, source, to="X26NOBODY", workflow_id=WORKFLOW, journal=sent_journal
+            local_sender,
+            source,
+            SendHeaders(to="X26NOBODY", workflow_id=WORKFLOW),
+            journal=sent_journal,
         )
     assert [call[0] for call in sent_journal.calls] == ["prepared", "chunk_sending", "failed"]
     assert sent_journal.calls[-1] == ("failed", refused.value)

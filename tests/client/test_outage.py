@@ -228,8 +228,7 @@ async def test_a_send_rides_out_a_server_restart(
                     send_file(
                         client,
                         multi_file,
-                        to=RECIPIENT,
-                        workflow_id=workflow,
+                        SendHeaders(to=RECIPIENT, workflow_id=workflow),
                         chunk_size=5 * MiB,
                         journal=DownAfterFirstChunk(gate),
                     )
@@ -249,7 +248,7 @@ async def test_a_first_chunk_rides_out_a_server_that_is_down(
         with RetryLog() as log:
             async with MeshClient(make_config(gate.url, SENDER), budget_settings()) as client:
                 sending = asyncio.ensure_future(
-                    send_file(client, small_file, to=RECIPIENT, workflow_id=workflow)
+                    send_file(client, small_file, SendHeaders(to=RECIPIENT, workflow_id=workflow))
                 )
                 await restart_after_retries(gate, log, sending)
                 result = await sending
@@ -266,7 +265,7 @@ async def test_a_receive_rides_out_a_server_restart(
     tmp_path: Path,
 ) -> None:
     sent = await send_file(
-        sender, multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * MiB
+        sender, multi_file, SendHeaders(to=RECIPIENT, workflow_id=workflow), chunk_size=5 * MiB
     )
     async with asyncio.timeout(HANG_GUARD):
         with RetryLog() as log:

@@ -59,8 +59,7 @@ async def test_middle_chunks_in_flight_together_and_last_chunk_last(
     result = await send_file(
         proxied_sender,
         four_chunk_file,
-        to=RECIPIENT,
-        workflow_id=workflow,
+        SendHeaders(to=RECIPIENT, workflow_id=workflow),
         chunk_size=5 * MiB,
         concurrency=4,
     )
@@ -84,8 +83,7 @@ async def test_sequential_mode_sends_one_chunk_at_a_time(
     await send_file(
         proxied_sender,
         four_chunk_file,
-        to=RECIPIENT,
-        workflow_id=workflow,
+        SendHeaders(to=RECIPIENT, workflow_id=workflow),
         chunk_size=5 * MiB,
         sequential=True,
     )
@@ -103,7 +101,10 @@ async def test_transient_chunk_failures_are_retried(
     busy = proxy.add(Rule("POST", CHUNK_UPLOAD, "status", times=2, status=503))
     dropped = proxy.add(Rule("POST", CHUNK_UPLOAD, "drop_after", times=1))
     result = await send_file(
-        proxied_sender, multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * MiB
+        proxied_sender,
+        multi_file,
+        SendHeaders(to=RECIPIENT, workflow_id=workflow),
+        chunk_size=5 * MiB,
     )
     assert (busy.hits, dropped.hits) == (2, 1)
     # chunks 2 and 3 once each, plus a try again for each of the three faults
@@ -128,10 +129,8 @@ async def test_ambiguous_first_chunk_is_never_duplicated(
     result = await send_file(
         proxied_sender,
         multi_file,
-        to=RECIPIENT,
-        workflow_id=workflow,
+        SendHeaders(to=RECIPIENT, workflow_id=workflow, local_id="ambiguous-first-chunk"),
         chunk_size=5 * MiB,
-        local_id="ambiguous-first-chunk",
     )
     assert drop.hits == 1
     first_posts = [s for s in proxy.seen if s.method == "POST" and s.path.endswith("/outbox")]
@@ -154,7 +153,9 @@ async def test_failed_first_chunk_not_stored_is_sent_again(
     # a gateway error before MESH stored anything: the outbox shows nothing, so it is re-sent
     source = write_csv(tmp_path / "one.csv", 1000)
     gateway = proxy.add(Rule("POST", FIRST_CHUNK, "status", times=1, status=502))
-    result = await send_file(proxied_sender, source, to=RECIPIENT, workflow_id=workflow)
+    result = await send_file(
+        proxied_sender, source, SendHeaders(to=RECIPIENT, workflow_id=workflow)
+    )
     assert gateway.hits == 1
     assert await recipient.list_inbox(workflow_filter=workflow) == [result.message_id]
 
@@ -173,8 +174,7 @@ async def test_a_failing_chunk_cancels_the_send_and_is_named(
         await send_file(
             proxied_sender,
             four_chunk_file,
-            to=RECIPIENT,
-            workflow_id=workflow,
+            SendHeaders(to=RECIPIENT, workflow_id=workflow),
             chunk_size=5 * MiB,
         )
     assert caught.value.chunk == 3
@@ -200,7 +200,10 @@ async def test_source_change_stops_before_the_last_chunk(
     monkeypatch.setattr(meshpipe.transfer.upload, "xxh3_128_file", lambda path: "0" * 32)
     with pytest.raises(errors.SourceChangedError, match="changed while it was being sent"):
         await send_file(
-            proxied_sender, multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * MiB
+            proxied_sender,
+            multi_file,
+            SendHeaders(to=RECIPIENT, workflow_id=workflow),
+            chunk_size=5 * MiB,
         )
     assert not any(e.chunk_range == "3:3" for e in proxy.events)
 
@@ -218,10 +221,9 @@ async def test_corrupt_download_is_fetched_again(
     result = await send_file(
         sender,
         multi_file,
-        to=RECIPIENT,
-        workflow_id=workflow,
+        SendHeaders(to=RECIPIENT, workflow_id=workflow),
         chunk_size=5 * MiB,
-        codec=codec,  # type: ignore[arg-type]
+        codec=codec,
     )
     corrupt = proxy.add(Rule("GET", r"/messageexchange/X26ABC2/inbox/[0-9A-F]+/2", "corrupt"))
     dropped = proxy.add(Rule("GET", r"/messageexchange/X26ABC2/inbox/[0-9A-F]+/3", "drop_after"))
@@ -242,7 +244,11 @@ async def test_persistently_corrupt_chunk_is_named_and_not_acknowledged(
     tmp_path: Path,
 ) -> None:
     result = await send_file(
-        sender, multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * MiB, codec="gzip"
+        sender,
+        multi_file,
+        SendHeaders(to=RECIPIENT, workflow_id=workflow),
+        chunk_size=5 * MiB,
+        codec="gzip",
     )
     corrupt = proxy.add(
         Rule("GET", r"/messageexchange/X26ABC2/inbox/[0-9A-F]+/2", "corrupt", times=99)
@@ -265,8 +271,7 @@ async def test_progress_is_reported_per_chunk(
     result = await send_file(
         sender,
         multi_file,
-        to=RECIPIENT,
-        workflow_id=workflow,
+        SendHeaders(to=RECIPIENT, workflow_id=workflow),
         chunk_size=5 * MiB,
         progress=lambda done, total: sent_progress.append((done, total)),
     )
@@ -304,10 +309,8 @@ async def test_cancellation_propagates_and_never_completes_the_message(
         send_file(
             proxied_sender,
             four_chunk_file,
-            to=RECIPIENT,
-            workflow_id=workflow,
+            SendHeaders(to=RECIPIENT, workflow_id=workflow, local_id=f"{workflow}-cancelled"),
             chunk_size=5 * MiB,
-            local_id=f"{workflow}-cancelled",
         )
     )
     async with asyncio.timeout(30):
@@ -356,9 +359,13 @@ async def test_receive_all_keeps_going_past_a_failed_message(
     tmp_path: Path,
 ) -> None:
     bad = await send_file(
-        sender, multi_file, to=RECIPIENT, workflow_id=workflow, chunk_size=5 * MiB, codec="gzip"
+        sender,
+        multi_file,
+        SendHeaders(to=RECIPIENT, workflow_id=workflow),
+        chunk_size=5 * MiB,
+        codec="gzip",
     )
-    good = await send_file(sender, small_file, to=RECIPIENT, workflow_id=workflow)
+    good = await send_file(sender, small_file, SendHeaders(to=RECIPIENT, workflow_id=workflow))
     corrupt = proxy.add(
         Rule("GET", rf"/messageexchange/X26ABC2/inbox/{bad.message_id}/2", "corrupt", times=99)
     )
@@ -389,10 +396,8 @@ async def test_duplicate_check_falls_back_to_tracking_by_local_id(
     result = await send_file(
         proxied_sender,
         multi_file,
-        to=RECIPIENT,
-        workflow_id=workflow,
+        SendHeaders(to=RECIPIENT, workflow_id=workflow, local_id=f"{workflow}-fallback"),
         chunk_size=5 * MiB,
-        local_id=f"{workflow}-fallback",
     )
     looked_up = [e.path for e in proxy.events if e.kind == "start" and "tracking" in e.path]
     assert looked_up == [f"/messageexchange/X26ABC1/outbox/tracking/{workflow}-fallback"]

@@ -14,6 +14,7 @@ from pathlib import Path
 from meshpipe import xxh3_128_file
 from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.durable import partial_path_for
+from meshpipe.headers import SendHeaders
 from meshpipe.transfer import send_file
 from tests.client.conftest import FAST_RETRY, make_config
 from tests.client.proxy import FaultProxy, Rule
@@ -58,7 +59,7 @@ async def test_killed_receive_resumes_against_mesh_sandbox(
     settings = ClientSettings(retry=FAST_RETRY)
     async with MeshClient(make_config(sandbox.url, SENDER), settings) as sender:
         sent = await send_file(
-            sender, source, to=RECIPIENT, workflow_id="DURABLE_TEST", chunk_size=CHUNK
+            sender, source, SendHeaders(to=RECIPIENT, workflow_id="DURABLE_TEST"), chunk_size=CHUNK
         )
     message_id = sent.message_id
     out = tmp_path / "received.bin"

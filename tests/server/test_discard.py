@@ -12,6 +12,7 @@ import xxhash
 import zstandard
 from mesh_client import MeshClient
 
+from meshpipe.headers import SendHeaders
 from meshpipe.server import LocalMeshServer, synthetic_bytes, synthetic_xxh3_128
 from meshpipe.server.checker import ChunkChecker, ChunkCheckError
 from tests.peers import SANDBOX_SHARED_KEY, auth_headers
@@ -203,8 +204,7 @@ async def test_discard_checks_meshpipe_client_chunks(tmp_path: Path, codec: str)
             sent = await send_file(
                 client,
                 source,
-                to="X26ABC2",
-                workflow_id="TEST_WORKFLOW",
+                SendHeaders(to="X26ABC2", workflow_id="TEST_WORKFLOW"),
                 codec=codec,
                 chunk_size=chunk_size,
                 min_payload_size=0,
@@ -245,8 +245,7 @@ async def test_strict_rules_measure_an_opaque_zstd_payload_by_its_body(tmp_path:
             await send_file(
                 client,
                 source,
-                to="X26ABC2",
-                workflow_id="TEST_WORKFLOW",
+                SendHeaders(to="X26ABC2", workflow_id="TEST_WORKFLOW"),
                 codec="zstd",
                 chunk_size=chunk_size,
             )
@@ -255,8 +254,7 @@ async def test_strict_rules_measure_an_opaque_zstd_payload_by_its_body(tmp_path:
             await send_file(
                 client,
                 source,
-                to="X26ABC2",
-                workflow_id="TEST_WORKFLOW",
+                SendHeaders(to="X26ABC2", workflow_id="TEST_WORKFLOW"),
                 codec="zstd",
                 chunk_size=chunk_size,
                 min_payload_size=0,

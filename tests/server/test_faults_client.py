@@ -15,6 +15,7 @@ import pytest
 from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.config import MeshConfig
 from meshpipe.errors import MeshpipeError
+from meshpipe.headers import SendHeaders
 from meshpipe.retry import RetryPolicy
 from meshpipe.server import Fault, FaultPlan, LocalMeshServer
 from meshpipe.transfer import receive_message, send_file
@@ -57,7 +58,10 @@ async def send(server: LocalMeshServer, source: Path) -> str | None:
     async with client(server, "X26ABC1") as sender:
         try:
             result = await send_file(
-                sender, source, to="X26ABC2", workflow_id="TEST_WORKFLOW", chunk_size=CHUNK
+                sender,
+                source,
+                SendHeaders(to="X26ABC2", workflow_id="TEST_WORKFLOW"),
+                chunk_size=CHUNK,
             )
         except MeshpipeError:
             return None

@@ -6,6 +6,8 @@ send is not made twice, and a message is delivered once.
 in order, so that recording a chunk overlaps the next chunk on the wire; the journals wait
 for a write only where the next step depends on it.
 
+Sending: :mod:`meshpipe.durable.send` makes a send idempotent and resumable
+(:class:`DurableSend`), recording it with :mod:`meshpipe.durable.send_journal`.
 Receiving: :mod:`meshpipe.durable.receive` (:class:`DurableReceiver`: resume, exactly-once
 delivery, the claim), :mod:`meshpipe.durable.receive_journal` (the download's stages in the
 ledger), :mod:`meshpipe.durable.hook` (the application hook run before acknowledgement), and
@@ -15,6 +17,8 @@ ledger), :mod:`meshpipe.durable.hook` (the application hook run before acknowled
 from meshpipe.durable.hook import CallableHook, CommandHook, Delivery, Hook, HookError
 from meshpipe.durable.receive import DurableReceiver, DurableReceiveResult, partial_path_for
 from meshpipe.durable.receive_journal import LedgerReceiveJournal
+from meshpipe.durable.send import DurableSend, DurableSendResult, SendOutcome, send_durably
+from meshpipe.durable.send_journal import LedgerSendJournal
 from meshpipe.durable.writer import LedgerWriter
 
 __all__ = [
@@ -23,9 +27,14 @@ __all__ = [
     "Delivery",
     "DurableReceiveResult",
     "DurableReceiver",
+    "DurableSend",
+    "DurableSendResult",
     "Hook",
     "HookError",
     "LedgerReceiveJournal",
+    "LedgerSendJournal",
     "LedgerWriter",
+    "SendOutcome",
     "partial_path_for",
+    "send_durably",
 ]

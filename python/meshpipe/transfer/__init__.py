@@ -27,6 +27,7 @@ from meshpipe.transfer.results import (
     SendResult,
 )
 from meshpipe.transfer.upload import (
+    FileIdentity,
     SendOptions,
     Upload,
     find_sent_message,
@@ -37,6 +38,7 @@ from meshpipe.transfer.upload import (
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "Download",
+    "FileIdentity",
     "MessageReceiver",
     "ProgressCallback",
     "ReceiveFailure",

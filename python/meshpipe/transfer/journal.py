@@ -9,10 +9,12 @@ said so). The default journals do nothing. A cancelled transfer (Ctrl-C, a crash
 
 Send, in order: ``prepared``; ``chunk_sending(1)``; ``message_created``;
 ``chunk_accepted(1)``; then for chunks 2..N-1 (concurrently, each ``chunk_sending`` before its
-``chunk_accepted``) and last chunk N: ``chunk_sending``, ``chunk_accepted``; then ``completed``
-or ``failed``. Receive: ``started``; ``reopened`` (resuming only: which recorded chunks
-the partial file still holds); ``chunk_verified`` per chunk (again if a chunk is fetched
-again); ``assembled``; ``acknowledged`` (when acknowledging); or ``failed``.
+``chunk_accepted``, with ``chunk_retrying`` before each try after the first) and last chunk
+N: ``chunk_sending``, ``chunk_accepted``; then ``completed`` or ``failed``. A resumed send
+(Upload.run_resumed) skips ``prepared``, chunk 1 and ``message_created``. Receive:
+``started``; ``reopened`` (resuming only: which recorded chunks the partial file still
+holds); ``chunk_verified`` per chunk (again if a chunk is fetched again); ``assembled``;
+``acknowledged`` (when acknowledging); or ``failed``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ class SendJournal:
 
     async def message_created(self, message_id: str) -> None:
         """MESH accepted chunk 1 and named the message (before any other chunk is sent)."""
+
+    async def chunk_retrying(self, number: int, attempt: int, error: BaseException) -> None:
+        """Chunk ``number`` (n ≥ 2) is about to be tried again (try ``attempt``) after
+        ``error``."""
 
     async def chunk_accepted(self, number: int) -> None:
         """MESH answered 202 to chunk ``number``."""

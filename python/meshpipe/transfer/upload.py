@@ -1,7 +1,9 @@
 """Send a file as one MESH message, in stages: :class:`Upload` (prepare, first, middle, last).
 
-**prepare**: the headers are checked, the engine's Splitter plans the file and reads and
-compresses it on its own threads; the whole-file xxh3-128 is computed while chunk 1 is read.
+**prepare** (``plan_file`` then ``read_first``): the headers are checked and the engine's
+Splitter plans the file (so a durable record can begin before anything is read); then it reads
+and compresses it on its own threads, and the whole-file xxh3-128 is computed while chunk 1 is
+read (or taken as given, when a resume has just checked it).
 **first**: chunk 1 goes alone (it creates the message and returns its id), never re-posted
 blindly (retry.post_first_chunk_safely). **middle**: chunks 2..N-1 go concurrently within a
 bounded window, a slot being taken *before* the next chunk is read, so memory stays at about
@@ -17,8 +19,12 @@ The whole-file xxh3-128 travels in ``mex-Content-Checksum`` as
 (models.ContentChecksum).
 
 The message id and the chunk source are the upload's state, and the middle and last stages
-read chunks from that one source: a resumed send can run them over the chunks not yet
-accepted, into the message it already created.
+read chunks from that one source. **resume** (``run_resumed``) sets them for a message created
+before: the message id, the hash sent in its chunk 1, and a Splitter over the chunks MESH does
+not hold (and always the last); such a subset has no whole-file digest, so before the last
+chunk the file's size, modification time and inode are compared with what they were when the
+resume began. The durable layer (meshpipe.durable) decides what to resume; this module knows
+nothing of the ledger.
 """
 
 from __future__ import annotations
@@ -27,10 +33,10 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from typing_extensions import Unpack
 
@@ -68,6 +74,9 @@ from meshpipe.units import (
 )
 
 log = logging.getLogger("meshpipe.transfer")
+
+FileIdentity = tuple[int, int, int, int]
+"""A file as a resume knows it: (size, modification time in ns, inode, device)."""
 
 
 def new_local_id() -> str:
@@ -150,10 +159,21 @@ class _ChunkPost:
         self._upload = upload
         self._chunk = chunk
         self.tries = 0
+        self._last_error: BaseException | None = None
 
     async def __call__(self) -> None:
         upload, chunk = self._upload, self._chunk
         self.tries += 1
+        if self._last_error is not None:
+            await upload.journal.chunk_retrying(chunk.number, self.tries, self._last_error)
+        try:
+            await self._post()
+        except Exception as error:
+            self._last_error = error
+            raise
+
+    async def _post(self) -> None:
+        upload, chunk = self._upload, self._chunk
         try:
             await upload.client.send_chunk(
                 upload.require_message_id(),
@@ -211,6 +231,7 @@ class Upload:
         self.xxh3_128 = ""
         self.bytes_sent = 0
         self.progress = Progress(progress, 0)
+        self._identity: FileIdentity | None = None
 
     @property
     def local_id(self) -> str:
@@ -236,6 +257,13 @@ class Upload:
 
     async def prepare(self) -> None:
         """Check the headers, plan the file, read chunk 1 and hash the whole file."""
+        if self.splitter is None:
+            await self.plan_file()
+        await self.read_first()
+
+    async def plan_file(self) -> None:
+        """Check the headers and plan the file (nothing is read yet): after this the local id,
+        the codec and the plan are known, so a durable record can be begun."""
         self.headers = self._complete_headers().validate()
         if self.codec == "none" and (await asyncio.to_thread(os.stat, self.source)).st_size == 0:
             # MESH refuses an empty body (417, code 02). An empty gzip stream (20 bytes) is not
@@ -256,7 +284,11 @@ class Upload:
         )
         self.chunks = iter(self.splitter)
         self.progress = Progress(self._progress_callback, self.plan.file_size)
-        self.first, self.xxh3_128 = await self._read_first_and_hash()
+
+    async def read_first(self) -> None:
+        """Read chunk 1 and hash the whole file (unless ``xxh3_128`` is already known, as on a
+        resume that has just checked it), and put the checksum in the headers."""
+        self.first, self.xxh3_128 = await self._read_first_and_hash(self.xxh3_128)
         checksum = ContentChecksum(
             xxh3_128=self.xxh3_128,
             size=self.plan.file_size,
@@ -265,6 +297,52 @@ class Upload:
         ).header_value()
         self.headers = self.headers.replace(checksum=checksum)
         await self.journal.prepared(self.local_id, self.plan, self.xxh3_128)
+
+    async def resume(
+        self,
+        message_id: str,
+        xxh3_128: str,
+        accepted: Collection[int],
+        identity: FileIdentity | None = None,
+    ) -> None:
+        """Take up a message created before: ``message_id``, whose chunks ``accepted`` MESH
+        already holds, of this file whose whole-file hash was just checked to be
+        ``xxh3_128`` while it had ``identity`` (size, mtime in ns, inode, device; by default
+        as it is now). The chunk source becomes the other chunks, and always the last (MESH
+        overwrites a re-sent chunk 2..N of an uploading message), so that :meth:`send_middle`
+        and :meth:`send_last` finish the message. ``headers`` must be those sent in chunk 1."""
+        self.headers = self.headers.validate()
+        if identity is None:
+            identity = await asyncio.to_thread(_identity, self.source)
+        self._identity = identity
+        self._check_source()
+        whole = await asyncio.to_thread(
+            ChunkPlan,
+            identity[0],
+            self.chunk_size,
+            codec=self.codec,
+            max_file_size=self.max_file_size,
+        )
+        count = whole.chunk_count
+        if count < 2:
+            raise MeshpipeError(f"message {message_id} has one chunk: nothing to resume")
+        remaining = sorted({n for n in range(2, count + 1) if n not in accepted} | {count})
+        self.splitter = await asyncio.to_thread(
+            Splitter,
+            self.source,
+            codec=self.codec,
+            level=self.level,
+            chunk_size=self.chunk_size,
+            window=self.window_size + 1,
+            max_file_size=self.max_file_size,
+            chunks=remaining,
+        )
+        self.chunks = iter(self.splitter)
+        self.message_id = message_id
+        self.xxh3_128 = xxh3_128
+        self.progress = Progress(self._progress_callback, self.plan.file_size)
+        done = [n for n in range(1, count + 1) if n not in remaining]
+        self.progress.add(sum(self.plan.chunk_length(n) for n in done))
 
     async def send_first(self) -> str:
         """Send chunk 1 (it creates the message); the message id becomes the upload's."""
@@ -333,16 +411,40 @@ class Upload:
 
     async def run(self) -> SendResult:
         """Every stage in order; the journal is told the outcome."""
-        try:
+
+        async def stages() -> None:
             await self.prepare()
             await self.send_first()
             if self.plan.chunk_count > 1:
-                last = await self.send_middle()
-                if last is None:
-                    raise MeshpipeError(
-                        f"the engine yielded fewer than {self.plan.chunk_count} chunks"
-                    )
-                await self.send_last(last)
+                await self._send_rest()
+
+        return await self._run(stages())
+
+    async def run_resumed(
+        self,
+        message_id: str,
+        xxh3_128: str,
+        accepted: Collection[int],
+        identity: FileIdentity | None = None,
+    ) -> SendResult:
+        """:meth:`resume`, then the chunks MESH does not hold, the last one last; the
+        journal is told the outcome."""
+
+        async def stages() -> None:
+            await self.resume(message_id, xxh3_128, accepted, identity)
+            await self._send_rest()
+
+        return await self._run(stages())
+
+    async def _send_rest(self) -> None:
+        last = await self.send_middle()
+        if last is None:
+            raise MeshpipeError(f"the engine yielded no chunk {self.plan.chunk_count}")
+        await self.send_last(last)
+
+    async def _run(self, stages: Coroutine[Any, Any, None]) -> SendResult:
+        try:
+            await stages
             result = self.result()
         except Exception as error:
             await self.journal.failed(error)
@@ -419,8 +521,13 @@ class Upload:
         """The one place chunks come from."""
         return await asyncio.to_thread(next, self.chunks, None)
 
-    async def _read_first_and_hash(self) -> tuple[Chunk, str]:
-        if self.plan.chunk_count == 1:
+    async def _read_first_and_hash(self, known: str) -> tuple[Chunk, str]:
+        if known and self.plan.chunk_count > 1:
+            # Checked just now by the caller; the Splitter's digest is compared with it before
+            # the last chunk, as for a first send.
+            first = await self._next_chunk()
+            expected = known
+        elif self.plan.chunk_count == 1:
             # The only chunk has been read, so the Splitter's digest is already the file's.
             first = await self._next_chunk()
             expected = self.splitter.digest().xxh3_128 if self.splitter else ""
@@ -433,9 +540,25 @@ class Upload:
             )
         if first is None:
             raise MeshpipeError("the engine yielded no chunk for the file")
+        if known and expected != known:
+            release(first)
+            raise SourceChangedError(
+                f"{self.source} changed (xxh3-128 {known} before, {expected} now); nothing was sent"
+            )
         return first, expected
 
     def _check_source(self) -> None:
+        """Before the last chunk: the file is what chunk 1 said it is. A full split compares
+        its own digest; a subset split (a resume) has none, so the file's size, modification
+        time and inode are compared with what they were when the resume checked its hash."""
+        if self._identity is not None:
+            now = _identity(self.source)
+            if now != self._identity:
+                raise SourceChangedError(
+                    f"{self.source} changed while it was being resumed (size, modification "
+                    "time or inode differ); the message was not completed: send it again"
+                )
+            return
         actual = self.splitter.digest().xxh3_128 if self.splitter else ""
         if actual != self.xxh3_128:
             raise SourceChangedError(
@@ -448,38 +571,31 @@ class Upload:
         self.progress.add(chunk.length)
 
 
+def _identity(path: Path) -> FileIdentity:
+    """(size, modification time in ns, inode, device) of the file at ``path`` now."""
+    info = os.stat(path)
+    return info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev
+
+
 async def send_file(
     client: MeshClient,
     source: str | os.PathLike[str],
+    headers: SendHeaders,
     *,
-    to: str,
-    workflow_id: str,
-    local_id: str | None = None,
-    subject: str | None = None,
-    filename: str | None = None,
-    partner_id: str | None = None,
-    content_type: str | None = None,
     progress: ProgressCallback | None = None,
     journal: SendJournal | None = None,
     **options: Unpack[SendOptions],
 ) -> SendResult:
-    """Send a file as one MESH message (chunked when larger than ``chunk_size``).
+    """Send a file as one MESH message with ``headers`` (chunked when larger than
+    ``chunk_size``).
 
-    The header keywords build one :class:`meshpipe.headers.SendHeaders`, checked before
-    anything is sent (MessageHeaderError names the header and the rule); ``options`` are
+    The headers are checked before anything is sent (MessageHeaderError names the header and
+    the rule); a missing local id or file name is filled in. ``options`` are
     :class:`SendOptions`. ChunkSizeError, before anything is sent, when the plan breaks MESH's
     chunk rules. ``progress(done, total)`` is called per chunk accepted; ``journal`` is told
-    each stage.
+    each stage. Nothing is recorded: :class:`meshpipe.durable.DurableSend` is the resumable,
+    idempotent send.
     """
-    headers = SendHeaders(
-        to=to,
-        workflow_id=workflow_id,
-        local_id=local_id,
-        subject=subject,
-        filename=filename,
-        partner_id=partner_id,
-        content_type=content_type,
-    )
     return await Upload(
         client, source, headers, progress=progress, journal=journal, **options
     ).run()

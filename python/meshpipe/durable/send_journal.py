@@ -1,0 +1,79 @@
+"""A send's stages recorded in the ledger: the :class:`~meshpipe.transfer.SendJournal` that a
+durable send gives its :class:`~meshpipe.transfer.Upload`.
+
+What waits and what does not (through one :class:`~meshpipe.durable.writer.LedgerWriter`, so
+facts are committed in the order they happened):
+
+* ``prepared``: the whole-file xxh3-128 (set_source_checksum), awaited;
+* chunk 1 ``chunk_sending``: awaited, so that a process killed while chunk 1 is on the wire
+  leaves a record that chunk 1 went, and a resume asks MESH for the message by local id;
+* ``message_created``: set_message_id, awaited before chunk 2 may go (a resume needs the id);
+* chunks 2..N-1 ``chunk_sending``/``chunk_accepted``: queued (``submit``), committed while the
+  next chunk is on the wire; a chunk whose acceptance had not reached the disk at a crash is
+  simply sent again;
+* chunk N ``chunk_sending``: awaited, after every earlier fact (the queue drains first), so
+  that when MESH completes the message every other chunk is already recorded accepted;
+* retries: queued as ``retry`` events; ``completed``/``failed``: awaited.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from meshpipe._meshpipe import ChunkPlan
+from meshpipe.durable.writer import LedgerWriter
+from meshpipe.ledger import Ledger, SendRecord
+from meshpipe.transfer import SendJournal, SendResult
+
+log = logging.getLogger("meshpipe.durable")
+
+
+class LedgerSendJournal(SendJournal):
+    """Records one send (``transfer``, already begun in ``ledger`` and claimed by this
+    process) through ``writer``."""
+
+    def __init__(self, ledger: Ledger, writer: LedgerWriter, transfer: SendRecord) -> None:
+        self._ledger = ledger
+        self._writer = writer
+        self._id = transfer.id
+        self._chunk_count = transfer.chunk_count
+
+    async def prepared(self, local_id: str, plan: ChunkPlan, xxh3_128: str) -> None:
+        await self._writer.call(self._ledger.set_source_checksum, self._id, xxh3_128)
+
+    async def chunk_sending(self, number: int, xxh3_128: str, payload_size: int) -> None:
+        if number in (1, self._chunk_count):
+            await self._writer.call(
+                self._ledger.chunk_sent, self._id, number, xxh3_128, payload_size
+            )
+        else:
+            self._writer.submit(self._ledger.chunk_sent, self._id, number, xxh3_128, payload_size)
+
+    async def chunk_retrying(self, number: int, attempt: int, error: BaseException) -> None:
+        self._writer.submit(
+            self._ledger.record_event,
+            self._id,
+            "retry",
+            chunk=number,
+            attempt=attempt,
+            error=str(error),
+        )
+
+    async def message_created(self, message_id: str) -> None:
+        await self._writer.call(self._ledger.set_message_id, self._id, message_id)
+
+    async def chunk_accepted(self, number: int) -> None:
+        if number != 1:  # set_message_id recorded chunk 1 accepted
+            self._writer.submit(self._ledger.chunk_accepted, self._id, number)
+
+    async def completed(self, result: SendResult) -> None:
+        await self._writer.call(self._ledger.finish_send, self._id, "completed")
+
+    async def failed(self, error: BaseException) -> None:
+        try:
+            await self._writer.call(self._ledger.mark_failed, self._id, str(error) or repr(error))
+        except Exception as ledger_error:  # the send's own error is the one to report
+            log.warning("transfer %d: could not record the failure: %s", self._id, ledger_error)
+
+
+__all__ = ["LedgerSendJournal"]
