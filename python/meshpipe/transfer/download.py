@@ -48,6 +48,7 @@ from meshpipe.errors import (
 from meshpipe.models import ContentChecksum, MessageMetadata, ReportMessage
 from meshpipe.retry import RetryingClient, call_with_retry, is_retryable
 from meshpipe.transfer.journal import ReceiveJournal
+from meshpipe.transfer.leftovers import remove_abandoned_parts
 from meshpipe.transfer.results import (
     DEFAULT_CONCURRENCY,
     Progress,
@@ -249,6 +250,8 @@ class Download:
 
     async def assemble(self) -> AssemblyReport:
         """Message attempts until one assembles a verified file."""
+        if self.partial_path is None:
+            await asyncio.to_thread(remove_abandoned_parts, self.destination)
         for attempt in range(1, self.message_attempts + 1):
             try:
                 return await self.attempt_message()
