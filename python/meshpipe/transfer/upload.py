@@ -7,12 +7,14 @@ read (or taken as given, when a resume has just checked it).
 **first**: chunk 1 goes alone (it creates the message and returns its id), never re-posted
 blindly (retry.post_first_chunk_safely). **middle**: chunks 2..N-1 go concurrently within a
 bounded window, a slot being taken *before* the next chunk is read, so memory stays at about
-``concurrency + 1`` chunk buffers; one failed chunk cancels its siblings (TaskGroup) and the
-error names the chunk. **last**: chunk N goes only after every other chunk was accepted (a
-server that stores chunks as files may refuse, with 500, a last chunk that overtakes an earlier
-one, as mesh-sandbox does, leaving the message ``uploading``), and only if the Splitter's own
-digest still equals the hash sent in chunk 1: a file that changed while it was sent is never
-completed. Bodies go to the socket straight from the engine's buffers in pieces of ≤ 1 MiB.
+``max(concurrency, 4) + 1`` chunk buffers (the engine reads and compresses at least 4 chunks
+ahead, so that with ``sequential`` the codec still runs ahead of the link); one failed chunk
+cancels its siblings (TaskGroup) and the error names the chunk. **last**: chunk N goes only
+after every other chunk was accepted (a server that stores chunks as files may refuse, with
+500, a last chunk that overtakes an earlier one, as mesh-sandbox does, leaving the message
+``uploading``), and only if the Splitter's own digest still equals the hash sent in chunk 1: a
+file that changed while it was sent is never completed.
+Bodies go to the socket straight from the engine's buffers in pieces of ≤ 1 MiB.
 
 The whole-file xxh3-128 travels in ``mex-Content-Checksum`` as
 ``meshpipe/1 xxh3-128:<hex> size:<bytes> chunk:<chunk size> codec:<codec>``
@@ -273,16 +275,7 @@ class Upload:
                 "%s is empty: sending it gzip-encoded, as MESH refuses an empty body", self.source
             )
             self.codec = "gzip"
-        self.splitter = await asyncio.to_thread(
-            Splitter,
-            self.source,
-            codec=self.codec,
-            level=self.level,
-            chunk_size=self.chunk_size,
-            window=self.window_size + 1,
-            max_file_size=self.max_file_size,
-        )
-        self.chunks = iter(self.splitter)
+        await self._open_splitter()
         self.progress = Progress(self._progress_callback, self.plan.file_size)
 
     async def read_first(self) -> None:
@@ -327,17 +320,7 @@ class Upload:
         if count < 2:
             raise MeshpipeError(f"message {message_id} has one chunk: nothing to resume")
         remaining = sorted({n for n in range(2, count + 1) if n not in accepted} | {count})
-        self.splitter = await asyncio.to_thread(
-            Splitter,
-            self.source,
-            codec=self.codec,
-            level=self.level,
-            chunk_size=self.chunk_size,
-            window=self.window_size + 1,
-            max_file_size=self.max_file_size,
-            chunks=remaining,
-        )
-        self.chunks = iter(self.splitter)
+        await self._open_splitter(remaining)
         self.message_id = message_id
         self.xxh3_128 = xxh3_128
         self.progress = Progress(self._progress_callback, self.plan.file_size)
@@ -516,6 +499,22 @@ class Upload:
             content_type=headers.content_type or ("application/zstd" if zstd else None),
             compressed=True if zstd else headers.compressed,
         )
+
+    async def _open_splitter(self, chunks: list[int] | None = None) -> None:
+        """The one chunk source: the engine's Splitter over the file, or over ``chunks``. It
+        reads and compresses ahead by at least DEFAULT_CONCURRENCY chunks, also when one chunk
+        is sent at a time (``sequential``), so that the codec does not wait for the link."""
+        self.splitter = await asyncio.to_thread(
+            Splitter,
+            self.source,
+            codec=self.codec,
+            level=self.level,
+            chunk_size=self.chunk_size,
+            window=max(self.window_size, DEFAULT_CONCURRENCY) + 1,
+            max_file_size=self.max_file_size,
+            chunks=chunks,
+        )
+        self.chunks = iter(self.splitter)
 
     async def _next_chunk(self) -> Chunk | None:
         """The one place chunks come from."""
