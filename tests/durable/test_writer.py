@@ -4,8 +4,10 @@ stops every later one and is raised to the caller."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -61,3 +63,68 @@ async def test_a_failed_call_is_raised_and_stops_later_calls() -> None:
     with pytest.raises(ValueError, match="disk I/O error"):
         await writer.close()
     assert later == []
+
+
+class CountingBatch:
+    """A batch factory that counts its transactions and what ran in each."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        self.batches.append([])
+        yield
+
+
+async def test_calls_queued_while_one_runs_commit_as_one_batch() -> None:
+    batch = CountingBatch()
+    writer = LedgerWriter(batch=batch)
+    busy, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        release.wait()
+
+    def record(number: int) -> int:
+        batch.batches[-1].append(number)
+        return number * 10
+
+    writer.submit(hold)
+    assert await asyncio.to_thread(busy.wait, 10)
+    for number in range(1, 11):
+        writer.submit(record, number)  # all queued while the first batch is still open
+    release.set()
+    assert await writer.call(record, 11) == 110
+    await writer.close()
+    assert batch.batches[0] == []  # hold() alone
+    assert [n for b in batch.batches[1:] for n in b] == list(range(1, 12))
+    assert len(batch.batches) <= 3  # not one transaction per call
+
+
+async def test_a_failure_fails_its_whole_batch() -> None:
+    batch = CountingBatch()
+    writer = LedgerWriter(batch=batch)
+    busy, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        release.wait()
+
+    def fail() -> None:
+        raise ValueError("constraint failed")
+
+    writer.submit(hold)
+    assert await asyncio.to_thread(busy.wait, 10)
+    # Queued in the same batch as the failure: it ran, but its batch was rolled back, so its
+    # caller is told it failed.
+    earlier = asyncio.ensure_future(writer.call(lambda: 1))
+    await asyncio.sleep(0)
+    writer.submit(fail)
+    release.set()
+    with pytest.raises(ValueError, match="constraint failed"):
+        await earlier
+    with pytest.raises(ValueError, match="constraint failed"):
+        await writer.drain()
+    with pytest.raises(ValueError, match="constraint failed"):
+        await writer.close()

@@ -145,7 +145,7 @@ class DurableReceiver:
         if metadata.is_report:
             await Download(client, message_id, destination, metadata=metadata).inspect()
         plan = ReceivePlan.of(metadata, options.get("decode_payload", True))
-        async with _writer() as writer:
+        async with _writer(self.ledger) as writer:
             record = await writer.call(
                 self._find_or_begin,
                 client.mailbox,
@@ -446,10 +446,10 @@ class DurableReceiver:
 
 
 @contextlib.asynccontextmanager
-async def _writer() -> AsyncIterator[LedgerWriter]:
+async def _writer(ledger: Ledger) -> AsyncIterator[LedgerWriter]:
     """A LedgerWriter closed at the end; a queued write's error is raised unless another
     error is already on its way (which matters more: the ledger keeps its last state)."""
-    writer = LedgerWriter("meshpipe-receive-ledger")
+    writer = LedgerWriter("meshpipe-receive-ledger", batch=ledger.batch)
     try:
         yield writer
     except BaseException as failure:

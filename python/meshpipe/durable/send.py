@@ -427,7 +427,7 @@ class DurableSend:
     @contextlib.asynccontextmanager
     async def _journal(self, record: SendRecord, upload: Upload) -> AsyncIterator[None]:
         """Give ``upload`` a ledger journal on a writer of its own for the block."""
-        writer = LedgerWriter()
+        writer = LedgerWriter(batch=self.ledger.batch)
         upload.journal = LedgerSendJournal(self.ledger, writer, record)
         try:
             yield

@@ -104,6 +104,7 @@ class Ledger:
         self._lease = timedelta(seconds=lease)
         self._clock = clock
         self._claims: dict[int, _Heartbeat] = {}
+        self._batching = threading.local()  # .connection: this thread's batch, if any
         if location.path is not None:
             check_sqlite_file(location)
         self._engine = create_ledger_engine(location, busy_timeout=busy_timeout)
@@ -168,6 +169,23 @@ class Ledger:
     # --- plumbing ------------------------------------------------------------------------
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Run every change this thread makes in the block as one transaction, committed when
+        the block ends (group commit: one fsync for many facts). An error must leave the block
+        (catching a ledger error inside it would commit that change's half), and then rolls
+        all of them back, so a caller acts on a change only after the block has ended. Other
+        threads' changes are not part of it (a SQLite writer waits for the block to end)."""
+        if getattr(self._batching, "connection", None) is not None:
+            yield  # already in a batch: part of it
+            return
+        with self._transaction(write=True) as connection:
+            self._batching.connection = connection
+            try:
+                yield
+            finally:
+                self._batching.connection = None
+
+    @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[Connection]:
         if self._closed:
             raise LedgerError(
@@ -175,6 +193,10 @@ class Ledger:
                 code="closed",
                 location=self.location,
             )
+        batched: Connection | None = getattr(self._batching, "connection", None)
+        if batched is not None:
+            yield batched
+            return
         with transaction(self._engine, self._location, write=write) as connection:
             yield connection
 
