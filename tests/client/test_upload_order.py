@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typing_extensions import Unpack
 
+from meshpipe import cli
 from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.config import MeshConfig
 from meshpipe.headers import SendHeaders
@@ -112,3 +113,64 @@ async def test_sequential_has_one_request_outstanding(six_chunks: Path) -> None:
         await _send(server, six_chunks, sequential=True)
     assert overlaps(server) == [], server.timeline()
     assert server.max_outstanding == 1
+
+
+def _cli_send(server: WireServer, source: Path, *flags: str) -> int:
+    return cli.main(
+        [
+            "send",
+            str(source),
+            "--url",
+            server.url,
+            "--mailbox",
+            SENDER,
+            "--password",
+            "password",
+            "--shared-key",
+            "key",
+            "--to",
+            RECIPIENT,
+            "--workflow-id",
+            "ORDER",
+            "--chunk-size",
+            "5MiB",
+            "--no-ledger",
+            *flags,
+        ]
+    )
+
+
+def test_the_command_line_chooses_the_order(
+    six_chunks: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Answers that wait for the next body: only a pipelined in-order upload gets through.
+    with WireServer(answer_after_next={2, 3, 4}) as server:
+        assert _cli_send(server, six_chunks, "--order", "in-order") == 0
+    assert overlaps(server) == [] and server.max_outstanding == 2
+    with WireServer() as server:
+        assert _cli_send(server, six_chunks, "--sequential") == 0
+    assert server.max_outstanding == 1
+    with WireServer() as server:
+        status = _cli_send(server, six_chunks, "--sequential", "--order", "concurrent")
+    assert status == 2 and server.requests == []
+    err = capsys.readouterr().err
+    assert "--sequential contradicts --order concurrent" in err and len(err.splitlines()) == 1
+
+
+def test_the_profile_chooses_the_order(six_chunks: Path, tmp_path: Path) -> None:
+    profile = tmp_path / "meshpipe.toml"
+    profile.write_text('[profiles.default]\nupload_order = "in-order"\n')
+    with WireServer(answer_after_next={2, 3, 4}) as server:
+        assert _cli_send(server, six_chunks, "--config", str(profile)) == 0
+    assert overlaps(server) == [] and server.max_outstanding == 2
+
+
+async def test_a_contradictory_or_unknown_order_is_refused_before_anything_is_sent(
+    six_chunks: Path,
+) -> None:
+    with WireServer() as server:
+        with pytest.raises(ValueError, match="sequential=True contradicts order='concurrent'"):
+            await _send(server, six_chunks, order="concurrent", sequential=True)
+        with pytest.raises(ValueError, match="'inorder' is not one of in-order, concurrent"):
+            await _send(server, six_chunks, order="inorder")  # type: ignore[typeddict-item]
+    assert server.requests == []
