@@ -24,6 +24,13 @@ alone, first; the last chunk always goes after every other chunk was accepted):
    accepted before the one ahead of it, and the stepping aside is not counted as a failure of
    chunk k+1. Nothing already accepted is sent again.
 
+The price of rule 2: a chunk's body cannot complete before the answer to the one ahead, so
+when the server takes longer to answer a chunk than the link takes to carry one (a 20 MiB
+chunk is 0.17 s at 1 Gbit/s), the link waits for the difference. Measured on loopback with
+every answer held back after the body, 1 GiB in 20 MiB chunks: 50 ms, in order 248 MB/s against
+concurrent 321 and sequential 200; 200 ms, in order 90 MB/s, concurrent 242, sequential 82.
+Rule 2 is what keeps a retry from ever leaving a later chunk accepted before an earlier one.
+
 The stricter ``sequential`` order (the next request only after the previous one was answered)
 idles the link for every answer; ``concurrent`` sends chunks 2..N-1 side by side. The servers
 that ask for order are NHS's (their API specification says chunks must be uploaded in the
