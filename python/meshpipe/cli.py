@@ -32,7 +32,7 @@ from typing import Any, Final, TextIO
 from meshpipe import units
 from meshpipe._meshpipe import __version__
 from meshpipe.client import ClientSettings, MeshClient
-from meshpipe.config import load_config
+from meshpipe.config import UPLOAD_ORDERS, load_config
 from meshpipe.durable import CommandHook, DurableReceiver, DurableReceiveResult, DurableSend
 from meshpipe.durable.history import history_filter, show_history
 from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
@@ -155,8 +155,21 @@ def _add_send_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         default=units.DEFAULT_CHUNK_SIZE,
         help="uncompressed chunk size (default %(default)s bytes; at least 5MiB)",
     )
-    send.add_argument("--concurrency", type=_positive, default=DEFAULT_CONCURRENCY)
-    send.add_argument("--sequential", action="store_true", help="one chunk at a time")
+    send.add_argument(
+        "--order",
+        choices=UPLOAD_ORDERS,
+        help="how chunks 2..N-1 go: in-order (pipelined in chunk order; the default for "
+        "integration, deployment and live), concurrent (the default for any other server), "
+        "sequential (each only after the one before was answered); or upload_order in the "
+        "profile",
+    )
+    send.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=DEFAULT_CONCURRENCY,
+        help="chunks in flight with --order concurrent (default %(default)s)",
+    )
+    send.add_argument("--sequential", action="store_true", help="the same as --order sequential")
     send.add_argument("--partner-id")
     send.add_argument(
         "--max-file-size",
@@ -281,17 +294,21 @@ def _print_json(value: Any, out: TextIO) -> None:
 
 
 def _send_options(args: argparse.Namespace) -> SendOptions:
-    return {
+    options: SendOptions = {
         "max_file_size": args.max_file_size,
         "codec": args.compress,
         "level": args.level,
         "chunk_size": args.chunk_size,
         "concurrency": args.concurrency,
-        "sequential": args.sequential,
     }
+    if args.order or args.sequential:
+        options["order"] = "sequential" if args.sequential else args.order
+    return options
 
 
 def _check_send_usage(args: argparse.Namespace) -> None:
+    if args.sequential and args.order not in (None, "sequential"):
+        raise MessageHeaderError(f"--sequential contradicts --order {args.order}: give one of them")
     if args.no_ledger and (args.resume or args.again):
         raise MessageHeaderError("--resume and --again need the ledger: drop --no-ledger")
     if args.resume and (args.local_id or args.again):

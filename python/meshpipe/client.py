@@ -7,7 +7,9 @@ Error answers become :class:`meshpipe.errors.MeshHTTPError` (HTTP status, MESH e
 kind, message id; parsed by meshpipe.error_body), network failures
 :class:`meshpipe.errors.MeshConnectionError`; ``CancelledError`` passes through.
 Bodies are sent from any buffer in pieces of at most 1 MiB (one large write costs asyncio on
-Python 3.11 about 8x the CPU) and downloads are streamed to a sink, never held whole.
+Python 3.11 about 8x the CPU) and downloads are streamed to a sink, never held whole. A chunk
+body may be paced (:class:`BodyPacing`): an in-order upload holds a piece until its turn and is
+told when the whole body has reached the far end of the connection (:func:`until_delivered`).
 
 Nothing here retries or orchestrates: :mod:`meshpipe.retry` decides what is tried again
 (``RetryingClient`` for the endpoints safe to repeat), :mod:`meshpipe.transfer` sends and
@@ -21,13 +23,15 @@ import json
 import logging
 import platform
 import ssl
+import struct
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import SimpleNamespace, TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Protocol, Self
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -53,6 +57,57 @@ ACCEPT_V2: Final = "application/vnd.mesh.v2+json"
 CLIENT_VERSION: Final = f"meshpipe=={__version__}"
 PREFIX: Final = "/messageexchange"
 _ERROR_BODY_LIMIT: Final = 64 * 1024
+
+
+#: Longest pause between two looks at a connection's queue of unacknowledged bytes.
+_DELIVERY_POLL_MAX: Final = 0.005
+
+
+def _unacknowledged(sock: object) -> int | None:
+    """Bytes the kernel holds for this TCP socket that the peer has not acknowledged (Linux
+    ``SIOCOUTQ``), or None where that cannot be asked."""
+    if not sys.platform.startswith("linux") or not hasattr(sock, "fileno"):
+        return None
+    import fcntl
+    import termios
+
+    try:
+        answer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return None
+    return int(struct.unpack("i", answer)[0])
+
+
+async def until_delivered(transport: asyncio.BaseTransport | None) -> None:
+    """Return once every byte written to ``transport`` has left this process and, on Linux,
+    been acknowledged by the far end's TCP (the server, or the proxy or load balancer that
+    terminates the connection): the kernel's queue of unacknowledged bytes is empty. Elsewhere,
+    once the bytes are handed to the kernel. Polls, at most every 5 ms."""
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    pause = 0.0002
+    while True:
+        buffered = (
+            transport.get_write_buffer_size()
+            if isinstance(transport, asyncio.WriteTransport)
+            else 0
+        )
+        if buffered == 0 and not _unacknowledged(sock):
+            return
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, _DELIVERY_POLL_MAX)
+
+
+class BodyPacing(Protocol):
+    """How an in-order upload paces one chunk body (meshpipe.transfer.order implements it)."""
+
+    async def before_piece(self, last: bool, transport: asyncio.BaseTransport | None) -> None:
+        """Called before each piece is written (``last`` for the final one); may wait for the
+        body's turn, or raise to abandon the request."""
+
+    def delivered(self) -> None:
+        """Called once the whole body has reached the far end of the connection."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +145,9 @@ class ClientSettings:
 
 class BufferPayload(aiohttp_payload.Payload):
     """A request body over any buffer (e.g. an engine Chunk), written in ≤ 1 MiB pieces with
-    no copy. The memoryview is released by :meth:`release` (or when the payload is freed)."""
+    no copy. The memoryview is released by :meth:`release` (or when the payload is freed).
+    With ``pacing``, each piece waits for ``pacing.before_piece`` and, after the last piece,
+    ``pacing.delivered`` is called once the body has reached the far end of the connection."""
 
     def __init__(
         self,
@@ -99,6 +156,7 @@ class BufferPayload(aiohttp_payload.Payload):
         piece_size: int = WRITE_PIECE_SIZE,
         content_type: str = "application/octet-stream",
         stall_timeout: float | None = None,
+        pacing: BodyPacing | None = None,
     ) -> None:
         view = memoryview(buffer)
         if view.ndim != 1 or view.itemsize != 1:
@@ -108,6 +166,7 @@ class BufferPayload(aiohttp_payload.Payload):
         self._size = view.nbytes
         self._piece_size = piece_size
         self._stall_timeout = stall_timeout
+        self._pacing = pacing
         self.bytes_written = 0
         #: Set when a piece could not be handed to the socket within ``stall_timeout``.
         self.stalled = False
@@ -126,8 +185,14 @@ class BufferPayload(aiohttp_payload.Payload):
             raise RuntimeError("payload already released")
         end = view.nbytes if content_length is None else min(content_length, view.nbytes)
         self.bytes_written = 0
+        pacing = self._pacing
+        if pacing is not None and end == 0:
+            await pacing.before_piece(True, writer.transport)
         for offset in range(0, end, self._piece_size):
-            piece = view[offset : min(offset + self._piece_size, end)]
+            stop = min(offset + self._piece_size, end)
+            if pacing is not None:
+                await pacing.before_piece(stop == end, writer.transport)
+            piece = view[offset:stop]
             size = piece.nbytes
             try:
                 async with asyncio.timeout(self._stall_timeout):
@@ -138,6 +203,14 @@ class BufferPayload(aiohttp_payload.Payload):
             finally:
                 piece.release()
             self.bytes_written += size
+        if pacing is not None:
+            try:
+                async with asyncio.timeout(self._stall_timeout):
+                    await until_delivered(writer.transport)
+            except TimeoutError:
+                self.stalled = True
+                raise
+            pacing.delivered()
 
     def release(self) -> None:
         if self._view is not None:
@@ -547,9 +620,10 @@ class MeshClient:
         body: Buffer,
         *,
         content_encoding: str | None = None,
+        pacing: BodyPacing | None = None,
     ) -> None:
         """``POST /outbox/{id}/{n}`` for chunk n ≥ 2 (no retry here; idempotent, so the caller
-        may retry it)."""
+        may retry it); ``pacing`` paces the body's pieces (an in-order upload)."""
         if number < 2:
             raise ValueError("chunk 1 is sent by send_message")
         headers = {
@@ -558,7 +632,7 @@ class MeshClient:
         }
         if content_encoding:
             headers["Content-Encoding"] = content_encoding
-        payload = BufferPayload(body, stall_timeout=self.settings.stall_timeout)
+        payload = BufferPayload(body, stall_timeout=self.settings.stall_timeout, pacing=pacing)
         try:
             await self.request(
                 "POST",

@@ -16,6 +16,7 @@ Settings come from, in order of precedence: explicit arguments, environment vari
     client_cert = "/etc/mesh/int.crt"
     client_key = "/etc/mesh/int.key"
     ca_cert = "/etc/mesh/nhs-int-ca-bundle.pem"
+    upload_order = "in-order"        # or "concurrent", "sequential" (see UploadOrder)
 
 The password and shared key are held in :class:`Secret`, whose ``repr`` and ``str`` never show
 the value, so neither ever reaches a log line, an exception or a repr.
@@ -31,7 +32,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from meshpipe.errors import ConfigError
 
@@ -49,6 +50,33 @@ ENVIRONMENT_ALIASES: Final[Mapping[str, str]] = {
     "production": "live",
     "sandbox": "local",
 }
+
+
+UploadOrder = Literal["in-order", "concurrent", "sequential"]
+"""How the chunks 2..N-1 of a message are sent (chunk 1 always goes first and alone, the last
+chunk after every other chunk was accepted): ``in-order``, pipelined in chunk order (each body
+reaches the server after the previous one, and is completed only once the previous one was
+accepted: meshpipe.transfer.order); ``concurrent``, side by side within a window;
+``sequential``, each request only after the previous one was answered."""
+UPLOAD_ORDERS: Final[tuple[UploadOrder, ...]] = ("in-order", "concurrent", "sequential")
+#: The environments whose API specification asks for chunks in order.
+IN_ORDER_ENVIRONMENTS: Final = frozenset({"integration", "deployment", "live"})
+
+
+def default_upload_order(url: str) -> UploadOrder:
+    """``in-order`` for NHS's integration, deployment and live environments (they ask for
+    chunks in order, and nobody here can test what they do otherwise); ``concurrent`` for the
+    local server and any other URL."""
+    return "in-order" if environment_of(url) in IN_ORDER_ENVIRONMENTS else "concurrent"
+
+
+def upload_order(value: str) -> UploadOrder:
+    """``value`` as an UploadOrder, or ConfigError naming the choices."""
+    if value not in UPLOAD_ORDERS:
+        raise ConfigError(
+            f"upload order {value!r} is not one of {', '.join(UPLOAD_ORDERS)}: choose one"
+        )
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +209,8 @@ class MeshConfig:
     ``url`` is a base URL or an environment name (local, integration, deployment, live).
     Client certificate and key (mutual TLS) must be given together; ``ca_cert`` replaces the
     system trust store. ``verify_tls=False`` is refused for the NHS environments.
+    ``upload_order`` (an :data:`UploadOrder`) overrides the order uploads default to
+    (:attr:`effective_upload_order`).
     """
 
     url: str
@@ -191,9 +221,12 @@ class MeshConfig:
     client_key: Path | None = None
     ca_cert: Path | None = None
     verify_tls: bool = True
+    upload_order: UploadOrder | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", resolve_url(self.url))
+        if self.upload_order is not None:
+            object.__setattr__(self, "upload_order", upload_order(self.upload_order))
         mailbox = (self.mailbox or "").strip().upper()
         if not _MAILBOX_RE.match(mailbox):
             raise ConfigError(
@@ -239,6 +272,12 @@ class MeshConfig:
     def environment(self) -> str | None:
         return environment_of(self.url)
 
+    @property
+    def effective_upload_order(self) -> UploadOrder:
+        """The order a send uses unless told otherwise: ``upload_order`` when set, else
+        in-order for NHS's environments and concurrent for any other server."""
+        return self.upload_order or default_upload_order(self.url)
+
     def with_overrides(self, **changes: Any) -> MeshConfig:
         return replace(self, **changes)
 
@@ -269,6 +308,7 @@ _FIELDS: Final = (
     "client_key",
     "ca_cert",
     "verify_tls",
+    "upload_order",
 )
 _ENV_NAMES: Final[Mapping[str, str]] = {
     "url": ENV_URL,

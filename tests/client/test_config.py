@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from meshpipe.client import MeshClient
-from meshpipe.config import ENVIRONMENTS, MeshConfig, Secret, load_config, resolve_url
+from meshpipe.config import (
+    ENVIRONMENTS,
+    MeshConfig,
+    Secret,
+    default_upload_order,
+    load_config,
+    resolve_url,
+)
 from meshpipe.errors import ConfigError
 from tests.peers import SANDBOX_SHARED_KEY
 
@@ -153,3 +160,26 @@ async def test_secrets_never_shown(caplog: pytest.LogCaptureFixture) -> None:
         MeshConfig("live", "X26ABC1", PASSWORD, SHARED_KEY)  # type: ignore[arg-type]
     except ConfigError as error:
         assert PASSWORD not in str(error)
+
+
+def test_uploads_default_to_in_order_for_nhs_environments_only(tmp_path: Path) -> None:
+    for name in ("integration", "deployment", "live"):
+        assert default_upload_order(ENVIRONMENTS[name]) == "in-order"
+    assert default_upload_order(ENVIRONMENTS["local"]) == "concurrent"
+    assert default_upload_order("https://mesh.example.org") == "concurrent"
+    local = MeshConfig("local", "X26ABC1", PASSWORD, SHARED_KEY)
+    assert local.effective_upload_order == "concurrent"
+    chosen = MeshConfig("local", "X26ABC1", PASSWORD, SHARED_KEY, upload_order="sequential")
+    assert chosen.effective_upload_order == "sequential"
+    config_file = tmp_path / "c.toml"
+    config_file.write_text(
+        '[profiles.a]\nurl = "local"\nmailbox = "X26ABC1"\npassword = "p"\nshared_key = "k"\n'
+        'upload_order = "in-order"\n'
+    )
+    assert (
+        load_config(config_file=config_file, profile="a", environ={}).effective_upload_order
+        == "in-order"
+    )
+    config_file.write_text(config_file.read_text().replace('"in-order"', '"in_order"'))
+    with pytest.raises(ConfigError, match="'in_order' is not one of in-order, concurrent"):
+        load_config(config_file=config_file, profile="a", environ={})

@@ -5,11 +5,14 @@ Splitter plans the file (so a durable record can begin before anything is read);
 and compresses it on its own threads, and the whole-file xxh3-128 is computed while chunk 1 is
 read (or taken as given, when a resume has just checked it).
 **first**: chunk 1 goes alone (it creates the message and returns its id), never re-posted
-blindly (retry.post_first_chunk_safely). **middle**: chunks 2..N-1 go concurrently within a
-bounded window, a slot being taken *before* the next chunk is read, so memory stays at about
-``max(concurrency, 4) + 1`` chunk buffers (the engine reads and compresses at least 4 chunks
-ahead, so that with ``sequential`` the codec still runs ahead of the link); one failed chunk
-cancels its siblings (TaskGroup) and the error names the chunk. **last**: chunk N goes only
+blindly (retry.post_first_chunk_safely). **middle**: chunks 2..N-1 go in the upload's order
+(config.UploadOrder): ``in-order`` pipelines them in chunk order, at most two requests
+outstanding (meshpipe.transfer.order says what that guarantees on the wire); ``concurrent``
+sends ``concurrency`` side by side; ``sequential`` one request at a time. A slot of the window
+is taken *before* the next chunk is read, so memory stays at about ``max(window, 4) + 1``
+chunk buffers (the engine reads and compresses at least 4 chunks ahead, so that in order the
+codec still runs ahead of the link); one failed chunk cancels its siblings (TaskGroup) and the
+error names the chunk. **last**: chunk N goes only
 after every other chunk was accepted (a server that stores chunks as files may refuse, with
 500, a last chunk that overtakes an earlier one, as mesh-sandbox does, leaving the message
 ``uploading``), and only if the Splitter's own digest still equals the hash sent in chunk 1: a
@@ -44,6 +47,7 @@ from typing_extensions import Unpack
 
 from meshpipe._meshpipe import Chunk, ChunkPlan, Splitter, xxh3_128_file
 from meshpipe.client import MeshClient
+from meshpipe.config import UPLOAD_ORDERS, UploadOrder
 from meshpipe.errors import (
     ChunkSizeError,
     ChunkTransferError,
@@ -59,6 +63,7 @@ from meshpipe.headers import SendHeaders
 from meshpipe.models import ContentChecksum
 from meshpipe.retry import RetryingClient, call_with_retry, post_first_chunk_safely
 from meshpipe.transfer.journal import SendJournal
+from meshpipe.transfer.order import InOrder, Pacing, Turn
 from meshpipe.transfer.results import (
     DEFAULT_CONCURRENCY,
     Progress,
@@ -76,6 +81,10 @@ from meshpipe.units import (
 )
 
 log = logging.getLogger("meshpipe.transfer")
+
+#: Chunk requests alive at once in order: one awaiting its answer, one sending its body, one
+#: read and waiting for its turn (so that it starts the moment the body before it is through).
+IN_ORDER_WINDOW = 3
 
 FileIdentity = tuple[int, int, int, int]
 """A file as a resume knows it: (size, modification time in ns, inode, device)."""
@@ -120,8 +129,11 @@ class SendOptions(TypedDict, total=False):
     original file) or ``zstd`` (the recipient gets a standard ``.zst`` file, flagged with
     ``mex-Content-Compressed: Y``; a meshpipe recipient restores the original). ``level``
     [the codec's default]. ``chunk_size`` [DEFAULT_CHUNK_SIZE]: uncompressed bytes a chunk.
-    ``concurrency`` [4]: chunks 2..N-1 in flight. ``sequential`` [False]: one chunk at a time,
-    for servers that want strict order. ``max_file_size`` [MAX_FILE_SIZE]: larger files are
+    ``order`` [the client's ``config.effective_upload_order``: ``in-order`` for NHS's
+    integration, deployment and live environments, else ``concurrent``]: how chunks 2..N-1 go
+    (config.UploadOrder). ``concurrency`` [4]: chunks in flight when concurrent.
+    ``sequential`` [False]: the same as ``order="sequential"`` (one request at a time, the next
+    only after the previous was answered). ``max_file_size`` [MAX_FILE_SIZE]: larger files are
     refused. ``min_payload_size`` [MIN_CHUNK_SIZE]: MESH sees only the compressed bytes of a
     zstd payload, so every chunk but the last must compress to at least this (0 for a server
     that does not check, such as mesh-sandbox); a chunk that does not is refused before it is
@@ -132,6 +144,7 @@ class SendOptions(TypedDict, total=False):
     level: int | None
     chunk_size: int
     concurrency: int
+    order: UploadOrder
     sequential: bool
     max_file_size: int
     min_payload_size: int
@@ -157,9 +170,10 @@ class _ChunkPost:
     """Tries of one chunk n ≥ 2 (an overwrite: safe to repeat). A 423 to a repeated try of the
     *last* chunk means an earlier try may have completed the message: MESH tracking tells."""
 
-    def __init__(self, upload: Upload, chunk: Chunk) -> None:
+    def __init__(self, upload: Upload, chunk: Chunk, turn: Turn | None = None) -> None:
         self._upload = upload
         self._chunk = chunk
+        self._turn = turn
         self.tries = 0
         self._last_error: BaseException | None = None
 
@@ -175,6 +189,26 @@ class _ChunkPost:
             raise
 
     async def _post(self) -> None:
+        """One try; in order, it waits for its turn, and a request that steps aside for the
+        chunk before it (being sent again) is begun afresh, not counted as a failure."""
+        turn = self._turn
+        while True:
+            pacing = None
+            if turn is not None:
+                pacing = turn.pacing_after(await turn.begin())
+            try:
+                await self._post_once(pacing)
+            except Exception:
+                if turn is not None:
+                    turn.ended(accepted=False)
+                if pacing is not None and pacing.stepped_aside:
+                    continue
+                raise
+            if turn is not None:
+                turn.ended(accepted=True)
+            return
+
+    async def _post_once(self, pacing: Pacing | None) -> None:
         upload, chunk = self._upload, self._chunk
         try:
             await upload.client.send_chunk(
@@ -183,6 +217,7 @@ class _ChunkPost:
                 chunk.count,
                 chunk,
                 content_encoding=upload.content_encoding,
+                pacing=pacing,
             )
         except MeshMessageLockedError:
             if self.tries > 1 and chunk.number == chunk.count and await upload.is_complete():
@@ -214,13 +249,16 @@ class Upload:
         concurrency = options.get("concurrency", DEFAULT_CONCURRENCY)
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        self.order = _order_of(client, options)
         self.client = client
         self.source = Path(source)
         self.headers = headers
         self.codec: Codec = options.get("codec", "none")
         self.level = options.get("level")
         self.chunk_size = options.get("chunk_size", DEFAULT_CHUNK_SIZE)
-        self.window_size = 1 if options.get("sequential", False) else concurrency
+        self.window_size = {"in-order": IN_ORDER_WINDOW, "sequential": 1}.get(
+            self.order, concurrency
+        )
         self.max_file_size = options.get("max_file_size", MAX_FILE_SIZE)
         self.min_payload_size = options.get("min_payload_size", MIN_CHUNK_SIZE)
         self.journal = journal or SendJournal()
@@ -363,9 +401,11 @@ class Upload:
         return self.message_id
 
     async def send_middle(self) -> Chunk | None:
-        """Send every chunk before the last from the chunk source, ``window_size`` at a time;
-        return the last chunk, read but not sent (None for a one-chunk message)."""
+        """Send every chunk before the last from the chunk source, ``window_size`` at a time
+        (in order: each taking its turn after the one read before it); return the last chunk,
+        read but not sent (None for a one-chunk message)."""
         window = asyncio.Semaphore(self.window_size)
+        sequence = InOrder() if self.order == "in-order" else None
         last: Chunk | None = None
         try:
             async with asyncio.TaskGroup() as group:
@@ -376,7 +416,8 @@ class Upload:
                         window.release()
                         last = chunk
                         break
-                    group.create_task(self.send_chunk(chunk, window))
+                    turn = sequence.turn(chunk.number) if sequence is not None else None
+                    group.create_task(self.send_chunk(chunk, window, turn))
         except BaseExceptionGroup as group_error:
             release(last)
             failure = first_failure(group_error)
@@ -439,14 +480,17 @@ class Upload:
 
     # --- pieces --------------------------------------------------------------------------------
 
-    async def send_chunk(self, chunk: Chunk, window: asyncio.Semaphore | None = None) -> None:
-        """Send chunk n ≥ 2 (retried: it overwrites); failures name the chunk."""
+    async def send_chunk(
+        self, chunk: Chunk, window: asyncio.Semaphore | None = None, turn: Turn | None = None
+    ) -> None:
+        """Send chunk n ≥ 2 (retried: it overwrites), in its ``turn`` when in order; failures
+        name the chunk."""
         message_id = self.require_message_id()
         try:
             check_request_size(chunk, self.codec, self.min_payload_size)
             await self.journal.chunk_sending(chunk.number, chunk.xxh3_128, chunk.payload_size)
             await call_with_retry(
-                _ChunkPost(self, chunk),
+                _ChunkPost(self, chunk, turn),
                 self.client.settings.retry,
                 idempotent=True,
                 what=f"chunk {chunk.number} of {chunk.count} of message {message_id}",
@@ -568,6 +612,18 @@ class Upload:
     def _count_sent(self, chunk: Chunk) -> None:
         self.bytes_sent += chunk.payload_size
         self.progress.add(chunk.length)
+
+
+def _order_of(client: MeshClient, options: SendOptions) -> UploadOrder:
+    """The order asked for: ``order``, else ``sequential``, else the client's default."""
+    order = options.get("order")
+    if order is not None and order not in UPLOAD_ORDERS:
+        raise ValueError(f"order {order!r} is not one of {', '.join(UPLOAD_ORDERS)}")
+    if options.get("sequential", False):
+        if order not in (None, "sequential"):
+            raise ValueError(f"sequential=True contradicts order={order!r}: give one of them")
+        return "sequential"
+    return order or client.config.effective_upload_order
 
 
 def _identity(path: Path) -> FileIdentity:
