@@ -668,7 +668,10 @@ fn finish_locked(shared: &Shared, state: &mut State) -> Result<AssemblyReport> {
                     actual: format!("{} of {} bytes", hex128(digest.xxh3_128), digest.size),
                 });
             }
-            verified.push("file xxh3-128 (manifest)".to_string());
+            // The same check as a hash from the headers: say it once.
+            if options.xxh3_128.is_none() {
+                verified.push("file xxh3-128".to_string());
+            }
         }
         None if options.trailer => {
             return Err(Error::ChecksumMismatch {
