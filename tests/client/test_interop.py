@@ -351,8 +351,9 @@ async def test_a_damaged_or_missing_manifest_is_refused(
     assert len(payloads) == 3
     if damage == "flipped":
         payloads[-1] = _flip_manifest_digit(payloads[-1])
+    size = (await asyncio.to_thread(multi_file.stat)).st_size
     header = ContentChecksum(
-        size=multi_file.stat().st_size, chunk_size=5 * MiB, codec=codec, trailer=True
+        size=size, chunk_size=5 * MiB, codec=codec, trailer=True
     ).header_value()
     headers = SendHeaders(
         to=RECIPIENT,

@@ -302,8 +302,17 @@ class Upload:
             max_file_size=self.max_file_size,
         )
         self.trailer = self._uses_trailer(plan.chunk_count)
+        if self.trailer:
+            # Known from the plan alone: a durable record of these headers can say which form
+            # chunk 1 carries, for a resume to end the message the same way.
+            self.headers = self.headers.replace(checksum=self._trailer_header(plan))
         await self._open_splitter()
         self.progress = Progress(self._progress_callback, self.plan.file_size)
+
+    def _trailer_header(self, plan: ChunkPlan) -> str:
+        return ContentChecksum(
+            size=plan.file_size, chunk_size=plan.chunk_size, codec=self.codec, trailer=True
+        ).header_value()
 
     def _uses_trailer(self, chunk_count: int) -> bool:
         """Whether the whole-file hash goes at the end of the last chunk (module doc)."""
