@@ -133,7 +133,7 @@ def send(
         "MESH_SHARED_KEY": key,
     }
     command = [sys.executable, "-c", _MEASURED_CLI, "send", str(path), "--to", RECIPIENT]
-    command += ["--workflow-id", "BENCH", "--compress", codec, "--no-ledger", *extra]
+    command += ["--workflow-id", "TEST_WORKFLOW", "--compress", codec, "--no-ledger", *extra]
     cold = drop_page_cache()
     before = _process_figures(process.pid)
     started = time.perf_counter()
