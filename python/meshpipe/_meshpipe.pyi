@@ -125,6 +125,13 @@ class Splitter:
     bytes and xxh3-128 a full split gives them (``Chunk.count`` is still the whole file's).
     Unless it selects every chunk, such a split has no whole-file digest: ``digest()`` raises
     StateError, and ``sha256=True`` is refused.
+
+    ``trailer=True`` (gzip and zstd only) ends the last chunk's payload with the whole-file
+    manifest (``meshpipe-manifest/1 xxh3-128:<hex> size:<bytes>``, as an empty gzip member
+    whose FEXTRA subfield 'MP' holds it, or a zstd skippable frame): every plain decoder
+    decodes it to nothing. A full split takes it from its own digest, after every chunk was
+    read and the file's size found unchanged; a subset split is given the file's hash in
+    ``trailer_xxh3_128`` (the size is the file's).
     """
 
     def __new__(
@@ -140,6 +147,8 @@ class Splitter:
         max_file_size: int = ...,
         min_chunk_size: int = ...,
         chunks: Iterable[int] | None = None,
+        trailer: bool = False,
+        trailer_xxh3_128: str | None = None,
     ) -> Self:
         """``min_chunk_size`` is MESH's 5 MiB rule; lower it only for test servers."""
     @property
@@ -262,6 +271,12 @@ class Assembler:
     as recorded; needs ``chunk_size``): each is re-read and re-checked, ``accepted`` lists the
     ones kept and ``rejected`` the torn or changed ones, which are ``missing`` again. The
     whole-file checksum still covers the finished file, in order.
+
+    ``trailer=True``: the headers announced a whole-file manifest at the end of the last chunk
+    (see Splitter); ``finish`` raises ChecksumMismatchError, leaving nothing at
+    ``destination``, when it is missing or does not match the assembled file. A manifest that
+    arrives unannounced is checked too. With ``completed``, a completed last chunk is
+    ``rejected`` (fetched again) when a manifest is expected.
     """
 
     def __new__(
@@ -280,6 +295,7 @@ class Assembler:
         partial_path: str | os.PathLike[str] | None = None,
         completed: Mapping[int, str] | None = None,
         keep_partial: bool = False,
+        trailer: bool = False,
     ) -> Self: ...
     @property
     def destination(self) -> str: ...

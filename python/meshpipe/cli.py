@@ -177,6 +177,13 @@ def _add_send_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         default=units.MAX_FILE_SIZE,
         help="refuse larger files (default %(default)s bytes, NHS's advertised 50 GB)",
     )
+    send.add_argument(
+        "--checksum-in-header",
+        action="store_true",
+        help="gzip/zstd: put the whole-file xxh3-128 in chunk 1's header (meshpipe/1, which "
+        "older meshpipe receivers verify) at the cost of reading the file twice; by default "
+        "it travels at the end of the last chunk and the file is read once",
+    )
     _ledger_flags(send)
     _connection_flags(send)
 
@@ -295,6 +302,7 @@ def _print_json(value: Any, out: TextIO) -> None:
 
 def _send_options(args: argparse.Namespace) -> SendOptions:
     options: SendOptions = {
+        "checksum_in_header": args.checksum_in_header,
         "max_file_size": args.max_file_size,
         "codec": args.compress,
         "level": args.level,

@@ -12,6 +12,10 @@ from meshpipe.headers import checksum_is_valid, parse_chunk_range, parse_flag
 
 #: The version token that opens meshpipe's mex-Content-Checksum value.
 CHECKSUM_VERSION: Final = "meshpipe/1"
+#: The version token of the form whose whole-file hash travels at the end of the last chunk.
+TRAILER_CHECKSUM_VERSION: Final = "meshpipe/2"
+#: What stands for the hash in that form.
+TRAILER_MARK: Final = "trailer"
 _HEX: Final = re.compile(r"^[0-9a-f]+$")
 
 
@@ -19,9 +23,16 @@ _HEX: Final = re.compile(r"^[0-9a-f]+$")
 class ContentChecksum:
     """The whole-file checksum meshpipe sends in ``mex-Content-Checksum``.
 
-    Form (fits the sandbox's rule: letters, digits, whitespace, ``:`` ``-`` ``/``; ≤ 100 chars)::
+    Forms (fit the sandbox's rule: letters, digits, whitespace, ``:`` ``-`` ``/``; ≤ 100 chars)::
 
         meshpipe/1 xxh3-128:<32 hex> size:<bytes> chunk:<uncompressed chunk size> codec:<codec>
+        meshpipe/2 xxh3-128:trailer size:<bytes> chunk:<uncompressed chunk size> codec:<codec>
+
+    The second (``trailer``, gzip and zstd only) says the whole-file xxh3-128 travels as a
+    manifest at the end of the last chunk (an empty gzip member carrying it in FEXTRA, or a zstd
+    skippable frame: see the engine's Splitter), so the sender need not hash the file before
+    chunk 1. A meshpipe older than this form reads it as another sender's free text: it
+    receives the message (gzip decoded, zstd kept as sent) without a whole-file check.
 
     ``size`` and ``chunk`` are the uncompressed file and chunk sizes; ``codec`` is ``none``,
     ``gzip`` (Content-Encoding) or ``zstd`` (the payload is a zstd stream per chunk). Other
@@ -35,12 +46,18 @@ class ContentChecksum:
     codec: str | None = None
     meshpipe: bool = False
     other: Mapping[str, str] = field(default_factory=dict)
+    trailer: bool = False
 
     def header_value(self) -> str:
-        parts = [CHECKSUM_VERSION]
-        if self.xxh3_128:
+        if self.trailer:
+            if self.codec not in ("gzip", "zstd") or self.size is None:
+                raise ValueError("the trailer form needs codec gzip or zstd and the file's size")
+            parts = [TRAILER_CHECKSUM_VERSION, f"xxh3-128:{TRAILER_MARK}"]
+        else:
+            parts = [CHECKSUM_VERSION]
+        if self.xxh3_128 and not self.trailer:
             parts.append(f"xxh3-128:{self.xxh3_128}")
-        if self.sha256 and not self.xxh3_128:
+        if self.sha256 and not self.xxh3_128 and not self.trailer:
             parts.append(f"sha256:{self.sha256}")
         if self.size is not None:
             parts.append(f"size:{self.size}")
@@ -59,8 +76,11 @@ class ContentChecksum:
         if not value or not value.strip():
             return None
         tokens = value.split()
-        is_meshpipe = tokens[0] == CHECKSUM_VERSION
-        if is_meshpipe:
+        trailer = tokens[0] == TRAILER_CHECKSUM_VERSION and f"xxh3-128:{TRAILER_MARK}" in tokens
+        is_meshpipe = tokens[0] == CHECKSUM_VERSION or trailer
+        if trailer:
+            tokens = [token for token in tokens[1:] if token != f"xxh3-128:{TRAILER_MARK}"]
+        elif is_meshpipe:
             tokens = tokens[1:]
         found: dict[str, str] = {}
         for token in tokens:
@@ -99,6 +119,7 @@ class ContentChecksum:
             codec=codec,
             meshpipe=is_meshpipe,
             other=dict(found),
+            trailer=trailer and codec in ("gzip", "zstd") and size is not None,
         )
 
 

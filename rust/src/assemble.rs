@@ -4,6 +4,15 @@
 //! verifies the whole file, fsyncs it and renames it into place, never over an existing file
 //! unless `overwrite` is set. Until then nothing is at the destination.
 //!
+//! # The whole-file manifest
+//! A gzip or zstd sender may carry the file's xxh3-128 and size at the end of the last chunk
+//! ([`crate::manifest`]) instead of in the headers. The last chunk's decoder captures it, and
+//! `finish` checks the assembled file against it. With [`trailer`](AssembleOptions::trailer)
+//! set (the headers announced one) a missing manifest fails `finish` as a checksum mismatch;
+//! without it, a manifest that arrives is still checked. A manifest in any other chunk fails
+//! that chunk. On a resume, a completed last chunk is fetched again when a manifest is
+//! expected (the manifest is not in the partial file).
+//!
 //! # The partial file, and resuming
 //! By default the partial file is a fresh temporary file, deleted by `abort`, by a failed
 //! `finish` and when the assembler is dropped unfinished.
@@ -36,6 +45,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::checksum::{hex128, hex_bytes, Xxh3Hasher};
 use crate::codec::{CodecKind, Decoder, Integrity};
 use crate::error::{Error, LengthProblem, Result};
+use crate::manifest::Manifest;
 use partial::{is_short_file, parent_of, sync_folder, PartialFile};
 use whole_hash::WholeHash;
 
@@ -70,6 +80,9 @@ pub struct AssembleOptions {
     /// Chunks already in the partial file (1-based number → xxh3-128), to re-check and keep.
     /// Needs `partial_path` and `chunk_size`.
     pub completed: BTreeMap<u32, u128>,
+    /// The sender announced a whole-file manifest at the end of the last chunk: `finish`
+    /// requires it and checks the file against it.
+    pub trailer: bool,
 }
 
 impl AssembleOptions {
@@ -87,6 +100,7 @@ impl AssembleOptions {
             partial_path: None,
             keep_partial: false,
             completed: BTreeMap::new(),
+            trailer: false,
         }
     }
 }
@@ -185,6 +199,8 @@ struct State {
     chunk_size: Option<u64>,
     whole: WholeHash,
     closed: Option<Closed>,
+    /// The manifest at the end of the last chunk, once that chunk is complete.
+    manifest: Option<Manifest>,
 }
 
 struct Shared {
@@ -243,6 +259,7 @@ impl Assembler {
             chunk_size: options.chunk_size,
             whole: WholeHash::new(with_sha),
             closed: None,
+            manifest: None,
         };
         let prepared = prepare_partial(&partial, &options).and_then(|()| {
             if options.completed.is_empty() {
@@ -538,6 +555,11 @@ fn recheck_completed(
     let mut report = ResumeReport::default();
     for (&number, &expected) in &options.completed {
         let index = number - 1;
+        if options.trailer && number == options.chunk_count {
+            // Its manifest is not in the partial file: fetch it again to see the manifest.
+            report.rejected.push(number);
+            continue;
+        }
         let offset = u64::from(index) * chunk_size;
         let length = if number < options.chunk_count {
             chunk_size
@@ -635,6 +657,36 @@ fn finish_locked(shared: &Shared, state: &mut State) -> Result<AssemblyReport> {
             });
         }
         verified.push("file xxh3-128".to_string());
+    }
+    match state.manifest {
+        Some(manifest) => {
+            if (manifest.xxh3_128, manifest.size) != (digest.xxh3_128, digest.size) {
+                return Err(Error::ChecksumMismatch {
+                    chunk: None,
+                    algorithm: "xxh3-128 (manifest in the last chunk)",
+                    expected: format!("{} of {} bytes", hex128(manifest.xxh3_128), manifest.size),
+                    actual: format!("{} of {} bytes", hex128(digest.xxh3_128), digest.size),
+                });
+            }
+            // The same check as a hash from the headers: say it once.
+            if options.xxh3_128.is_none() {
+                verified.push("file xxh3-128".to_string());
+            }
+        }
+        None if options.trailer => {
+            return Err(Error::ChecksumMismatch {
+                chunk: None,
+                algorithm: "xxh3-128 (manifest in the last chunk)",
+                expected: "a manifest at the end of the last chunk, as the headers announced"
+                    .into(),
+                actual: format!(
+                    "none ({} bytes, xxh3-128 {})",
+                    digest.size,
+                    hex128(digest.xxh3_128)
+                ),
+            });
+        }
+        None => {}
     }
     if let Some(expected) = options.sha256 {
         let actual = digest.sha256.expect("sha256 computed when expected");
@@ -796,6 +848,9 @@ impl ChunkWriter {
                 xxh3_128: report.xxh3_128,
                 verified_by: report.verified_by,
             };
+            if self.number == self.shared.options.chunk_count {
+                state.manifest = self.decoder.manifest();
+            }
             let state = &mut *state;
             state
                 .whole
@@ -806,6 +861,16 @@ impl ChunkWriter {
 
     fn verify(&mut self) -> Result<ChunkReport> {
         let integrity = self.decoder.finish()?;
+        if self.decoder.manifest().is_some() && self.number != self.shared.options.chunk_count {
+            return Err(Error::Codec {
+                chunk: Some(self.number),
+                codec: "manifest",
+                detail: format!(
+                    "a whole-file manifest in chunk {} of {}; only the last chunk carries one",
+                    self.number, self.shared.options.chunk_count
+                ),
+            });
+        }
         let length = self.decoder.produced();
         if let Some(expected) = self.expected_length {
             if length != expected {

@@ -11,6 +11,7 @@ use isal_sys::igzip_lib as isal;
 use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
 
 use crate::error::{Error, LengthProblem, Result};
+use crate::manifest::{self, Manifest, MAX_MANIFEST_TEXT};
 
 /// The default gzip level (ISA-L level 1: ~340 MB/s per core, ratio ~2.3 on CSV).
 pub const DEFAULT_GZIP_LEVEL: i32 = 1;
@@ -379,6 +380,16 @@ impl Decoder {
         self.output.produced
     }
 
+    /// The whole-file manifest found in the stream so far (gzip FEXTRA 'MP' of a member header,
+    /// or a zstd skippable frame), if any.
+    pub fn manifest(&self) -> Option<Manifest> {
+        match &self.inner {
+            Inner::Raw => None,
+            Inner::Gzip(inflater) => inflater.manifests.found,
+            Inner::Zstd(inflater) => inflater.manifests.found,
+        }
+    }
+
     /// Feed compressed bytes; decoded bytes go to `sink` in order.
     pub fn feed(&mut self, input: &[u8], sink: &mut Sink<'_>) -> Result<()> {
         match &mut self.inner {
@@ -434,13 +445,16 @@ struct GzipInflater {
     /// Bytes of the current member have been fed.
     started: bool,
     members: u32,
+    manifests: Manifests,
 }
 
 /// A gzip header longer than this is refused (names and comments are short in practice).
 const MAX_GZIP_HEADER: usize = 64 * 1024;
 
-/// The length of the gzip header at the start of `bytes`, None if more bytes are needed.
-fn gzip_header_length(bytes: &[u8]) -> Result<Option<usize>> {
+/// The length of the gzip header at the start of `bytes` and where its FEXTRA field is (if it
+/// has one), None if more bytes are needed.
+#[allow(clippy::type_complexity)]
+fn gzip_header_length(bytes: &[u8]) -> Result<Option<(usize, Option<(usize, usize)>)>> {
     const FHCRC: u8 = 2;
     const FEXTRA: u8 = 4;
     const FNAME: u8 = 8;
@@ -459,11 +473,14 @@ fn gzip_header_length(bytes: &[u8]) -> Result<Option<usize>> {
         return Err(gzip_error("reserved gzip header flags are set"));
     }
     let mut at = 10;
+    let mut extra = None;
     if flags & FEXTRA != 0 {
         let Some(len) = bytes.get(at..at + 2) else {
             return Ok(None);
         };
-        at += 2 + usize::from(u16::from_le_bytes([len[0], len[1]]));
+        let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
+        extra = Some((at + 2, len));
+        at += 2 + len;
     }
     for flag in [FNAME, FCOMMENT] {
         if flags & flag != 0 {
@@ -479,7 +496,7 @@ fn gzip_header_length(bytes: &[u8]) -> Result<Option<usize>> {
     if flags & FHCRC != 0 {
         at += 2;
     }
-    Ok((bytes.len() >= at).then_some(at))
+    Ok((bytes.len() >= at).then_some((at, extra)))
 }
 
 // SAFETY: the raw pointers inside inflate_state only ever point into buffers passed to a single
@@ -502,6 +519,7 @@ impl GzipInflater {
             finished: false,
             started: false,
             members: 0,
+            manifests: Manifests::default(),
         }
     }
 
@@ -537,7 +555,11 @@ impl Inflate for GzipInflater {
             let take = input.len().min(MAX_GZIP_HEADER + 1 - before);
             header.extend_from_slice(&input[..take]);
             return match gzip_header_length(header)? {
-                Some(length) => {
+                Some((length, extra)) => {
+                    if let Some((start, len)) = extra {
+                        let found = manifest::from_gzip_extra(&header[start..start + len])?;
+                        self.manifests.take(found)?;
+                    }
                     self.header = None;
                     Ok((length - before, 0))
                 }
@@ -589,15 +611,57 @@ impl Inflate for GzipInflater {
     }
 }
 
-/// libzstd's streaming decoder; tracks whether every frame carried a checksum.
+/// The whole-file manifest a chunk carried, if any; a second one is refused.
+#[derive(Default)]
+struct Manifests {
+    found: Option<Manifest>,
+}
+
+impl Manifests {
+    fn take(&mut self, found: Option<Manifest>) -> Result<()> {
+        if let Some(manifest) = found {
+            if self.found.is_some() {
+                return Err(Error::Codec {
+                    chunk: None,
+                    codec: "manifest",
+                    detail: "the chunk carries two whole-file manifests; a sender writes one"
+                        .into(),
+                });
+            }
+            self.found = Some(manifest);
+        }
+        Ok(())
+    }
+}
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Where the zstd decoder is in the stream.
+enum ZstdPhase {
+    /// Between frames: collecting the next frame's first bytes (`head`).
+    Boundary,
+    /// Inside a zstd frame: libzstd decodes.
+    Frame,
+    /// Inside a skippable frame: `remaining` bytes of its content still to pass; the content is
+    /// kept (as a possible manifest) when it is short enough.
+    Skippable {
+        remaining: u64,
+        content: Option<Vec<u8>>,
+    },
+}
+
+/// libzstd's streaming decoder; tracks whether every frame carried a checksum. Skippable frames
+/// are passed over here (they decode to nothing), and a manifest in one is kept.
 struct ZstdInflater {
     decoder: zstd::stream::raw::Decoder<'static>,
-    /// The current frame is complete.
-    frame_done: bool,
+    phase: ZstdPhase,
+    /// The first bytes of the current frame: 5 of a zstd frame (magic and header descriptor,
+    /// handed to libzstd once complete), 8 of a skippable one (magic and length).
+    head: Vec<u8>,
     frames: u32,
-    /// Header bytes of the current frame seen so far (to read its checksum flag).
-    header: Vec<u8>,
+    skippable_frames: u32,
     all_checksummed: bool,
+    manifests: Manifests,
 }
 
 impl ZstdInflater {
@@ -610,25 +674,108 @@ impl ZstdInflater {
             .map_err(|e| Error::io("configuring zstd", e))?;
         Ok(ZstdInflater {
             decoder,
-            frame_done: true,
+            phase: ZstdPhase::Boundary,
+            head: Vec::with_capacity(8),
             frames: 0,
-            header: Vec::with_capacity(5),
+            skippable_frames: 0,
             all_checksummed: true,
+            manifests: Manifests::default(),
         })
     }
 
     fn finish(&mut self) -> Result<Integrity> {
-        if self.frames == 0 && self.frame_done {
-            return Err(zstd_error("no data"));
+        match self.phase {
+            ZstdPhase::Boundary if self.head.is_empty() => {}
+            _ => return Err(zstd_error("truncated: the stream ends inside a frame")),
         }
-        if !self.frame_done {
-            return Err(zstd_error("truncated: the stream ends inside a frame"));
+        if self.frames == 0 {
+            return Err(zstd_error(if self.skippable_frames == 0 {
+                "no data"
+            } else {
+                "no data frame, only skippable frames"
+            }));
         }
         Ok(if self.all_checksummed {
             Integrity::ZstdChecksum
         } else {
             Integrity::Unverified
         })
+    }
+
+    /// Collect the next frame's first bytes from `input`; returns the bytes taken. Once enough
+    /// are in, the phase becomes the frame's.
+    fn read_head(&mut self, input: &[u8]) -> Result<usize> {
+        let wanted = if self.head.len() >= 4 && self.skippable() {
+            8
+        } else if self.head.len() >= 4 {
+            5
+        } else {
+            4
+        };
+        let take = (wanted - self.head.len()).min(input.len());
+        self.head.extend_from_slice(&input[..take]);
+        if self.head.len() == 4 && !self.skippable() && self.head[..] != ZSTD_MAGIC {
+            return Err(zstd_error("not a zstd frame (bad magic number)"));
+        }
+        if self.head.len() == 5 && !self.skippable() {
+            // Frame header descriptor, bit 2: Content_Checksum_flag.
+            if self.head[4] & 0b100 == 0 {
+                self.all_checksummed = false;
+            }
+            self.phase = ZstdPhase::Frame;
+        } else if self.head.len() == 8 {
+            let remaining = u64::from(u32::from_le_bytes([
+                self.head[4],
+                self.head[5],
+                self.head[6],
+                self.head[7],
+            ]));
+            let content = (remaining as usize <= MAX_MANIFEST_TEXT)
+                .then(|| Vec::with_capacity(remaining as usize));
+            self.head.clear();
+            self.phase = ZstdPhase::Skippable { remaining, content };
+            self.end_of_skippable()?;
+        }
+        Ok(take)
+    }
+
+    fn skippable(&self) -> bool {
+        self.head.len() >= 4
+            && manifest::is_skippable_magic(u32::from_le_bytes([
+                self.head[0],
+                self.head[1],
+                self.head[2],
+                self.head[3],
+            ]))
+    }
+
+    /// If the skippable frame is complete: look at its content, and go back to a boundary.
+    fn end_of_skippable(&mut self) -> Result<()> {
+        if let ZstdPhase::Skippable {
+            remaining: 0,
+            content,
+        } = &mut self.phase
+        {
+            let found = match content.take() {
+                Some(text) => Manifest::parse(&text)?,
+                None => None,
+            };
+            self.manifests.take(found)?;
+            self.skippable_frames += 1;
+            self.phase = ZstdPhase::Boundary;
+        }
+        Ok(())
+    }
+
+    /// Run libzstd over `input`; returns (bytes consumed, bytes written, frame ended).
+    fn run(&mut self, input: &[u8], output: &mut [u8]) -> Result<(usize, usize, bool)> {
+        let mut source = InBuffer::around(input);
+        let mut sink = OutBuffer::around(output);
+        let hint = self
+            .decoder
+            .run(&mut source, &mut sink)
+            .map_err(|e| zstd_error(e.to_string()))?;
+        Ok((source.pos(), sink.pos(), hint == 0))
     }
 }
 
@@ -638,37 +785,44 @@ impl Inflate for ZstdInflater {
     }
 
     fn step(&mut self, input: &[u8], output: &mut [u8]) -> Result<(usize, usize)> {
-        if self.frame_done && !input.is_empty() {
-            self.frame_done = false;
-            self.header.clear();
-        }
-        if !self.frame_done && self.header.len() < 5 {
-            let need = (5 - self.header.len()).min(input.len());
-            self.header.extend_from_slice(&input[..need]);
-            if self.header.len() == 5 {
-                const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-                if self.header[..4] != MAGIC {
-                    return Err(zstd_error("not a zstd frame (bad magic number)"));
+        match &mut self.phase {
+            ZstdPhase::Boundary => {
+                if input.is_empty() {
+                    return Ok((0, 0));
                 }
-                // Frame header descriptor, bit 2: Content_Checksum_flag.
-                if self.header[4] & 0b100 == 0 {
-                    self.all_checksummed = false;
+                let taken = self.read_head(input)?;
+                if !matches!(self.phase, ZstdPhase::Frame) {
+                    return Ok((taken, 0));
                 }
+                // The frame's first bytes go to libzstd (a frame header never decodes to
+                // output on its own), then whatever input remains.
+                let head = std::mem::take(&mut self.head);
+                let (used, written, ended) = self.run(&head, output)?;
+                if used < head.len() || written > 0 || ended {
+                    return Err(zstd_error("invalid zstd frame header"));
+                }
+                Ok((taken, 0))
+            }
+            ZstdPhase::Frame => {
+                let (consumed, written, ended) = self.run(input, output)?;
+                if ended {
+                    self.phase = ZstdPhase::Boundary;
+                    self.frames += 1;
+                }
+                Ok((consumed, written))
+            }
+            ZstdPhase::Skippable { remaining, content } => {
+                let take = usize::try_from(*remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(input.len());
+                if let Some(content) = content {
+                    content.extend_from_slice(&input[..take]);
+                }
+                *remaining -= take as u64;
+                self.end_of_skippable()?;
+                Ok((take, 0))
             }
         }
-        let mut source = InBuffer::around(input);
-        let mut sink = OutBuffer::around(output);
-        let hint = self
-            .decoder
-            .run(&mut source, &mut sink)
-            .map_err(|e| zstd_error(e.to_string()))?;
-        let consumed = source.pos();
-        let written = sink.pos();
-        if hint == 0 {
-            self.frame_done = true;
-            self.frames += 1;
-        }
-        Ok((consumed, written))
     }
 }
 
@@ -810,6 +964,94 @@ mod tests {
         bad[n - 1] ^= 0xff;
         assert!(decode_all(CodecKind::Zstd, &bad, data.len() as u64, 999).is_err());
         assert!(decode_all(CodecKind::Zstd, &packed[..n - 5], data.len() as u64, 999).is_err());
+    }
+
+    fn decode_with_manifest(
+        kind: CodecKind,
+        data: &[u8],
+        limit: u64,
+        piece: usize,
+    ) -> Result<(Vec<u8>, Option<Manifest>)> {
+        let mut decoder = Decoder::new(kind, limit, true)?;
+        let mut out = Vec::new();
+        for part in data.chunks(piece.max(1)) {
+            decoder.feed(part, &mut |bytes| {
+                out.extend_from_slice(bytes);
+                Ok(())
+            })?;
+        }
+        decoder.finish()?;
+        Ok((out, decoder.manifest()))
+    }
+
+    #[test]
+    fn a_manifest_after_the_chunk_decodes_to_nothing_and_is_captured() {
+        let data = sample(300_000);
+        let manifest = Manifest {
+            xxh3_128: 0xfeed_beef,
+            size: 123_456_789,
+        };
+        for codec in [Codec::gzip(1).unwrap(), Codec::zstd(1).unwrap()] {
+            let mut packed = compress(codec, &data);
+            let before = packed.len();
+            manifest.append_to(codec.kind(), &mut packed).unwrap();
+            assert!((packed.len() - before) as u64 <= crate::manifest::MAX_MANIFEST_BYTES);
+            for piece in [1, 3, 7, 4096, 1 << 20] {
+                let (out, found) =
+                    decode_with_manifest(codec.kind(), &packed, data.len() as u64, piece).unwrap();
+                assert_eq!(out, data, "{} in pieces of {piece}", codec.name());
+                assert_eq!(
+                    found,
+                    Some(manifest),
+                    "{} in pieces of {piece}",
+                    codec.name()
+                );
+            }
+            // Without one, there is none.
+            let plain = compress(codec, &data);
+            let (_, found) =
+                decode_with_manifest(codec.kind(), &plain, data.len() as u64, 999).unwrap();
+            assert_eq!(found, None);
+            // Two are refused.
+            let mut twice = packed.clone();
+            manifest.append_to(codec.kind(), &mut twice).unwrap();
+            let err =
+                decode_with_manifest(codec.kind(), &twice, data.len() as u64, 999).unwrap_err();
+            assert!(
+                err.to_string().contains("two whole-file manifests"),
+                "{err}"
+            );
+            // A manifest cut short is a truncated stream.
+            let err =
+                decode_with_manifest(codec.kind(), &packed[..packed.len() - 3], u64::MAX, 999)
+                    .unwrap_err();
+            assert!(err.to_string().contains("truncated"), "{err}");
+        }
+    }
+
+    #[test]
+    fn other_skippable_frames_are_skipped_whatever_their_size() {
+        let data = sample(10_000);
+        let mut packed = compress(Codec::zstd(1).unwrap(), &data);
+        for (magic, length) in [(0x184D_2A50u32, 5usize), (0x184D_2A5F, 100_000)] {
+            packed.extend_from_slice(&magic.to_le_bytes());
+            packed.extend_from_slice(&(length as u32).to_le_bytes());
+            packed.extend(std::iter::repeat_n(b'x', length));
+        }
+        assert_eq!(zstd::decode_all(&packed[..]).unwrap(), data);
+        let (out, found) =
+            decode_with_manifest(CodecKind::Zstd, &packed, data.len() as u64, 777).unwrap();
+        assert_eq!((out, found), (data, None));
+        // A stream of nothing but a skippable frame has no data.
+        let mut only = Vec::new();
+        Manifest {
+            xxh3_128: 1,
+            size: 0,
+        }
+        .append_to(CodecKind::Zstd, &mut only)
+        .unwrap();
+        let err = decode_with_manifest(CodecKind::Zstd, &only, 10, 3).unwrap_err();
+        assert!(err.to_string().contains("no data frame"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`plan`]: fixed uncompressed chunk boundaries, checked against MESH's limits.
 //! - [`codec`]: none / gzip (ISA-L) / zstd; one-shot compression, incremental capped decoding.
 //! - [`checksum`]: xxh3-128 per chunk and per file, SHA-256 on request.
+//! - [`manifest`]: the whole-file checksum carried at the end of the last gzip/zstd chunk.
 //! - [`split`]: the read → hash → compress pipeline over a bounded window of threads, over all
 //!   of a file's chunks or any subset of them.
 //! - [`assemble`]: decode → verify → write at offset, any order; verify, fsync, rename; resume
@@ -15,6 +16,7 @@ pub mod check;
 pub mod checksum;
 pub mod codec;
 pub mod error;
+pub mod manifest;
 pub mod plan;
 pub mod split;
 

@@ -10,6 +10,14 @@
 //!
 //! and the consumer takes chunks in order.
 //!
+//! # The whole-file manifest
+//! With [`Trailer::FromDigest`] (gzip and zstd), the last chunk's payload ends with a
+//! [`Manifest`] of the whole file (its xxh3-128 and size; see [`crate::manifest`]): the hash
+//! stage holds the last chunk until the read stage has read every chunk and found the file's
+//! size unchanged, then hands it on with the digest, so the file is read once and the digest is
+//! of exactly the bytes sent. A split of a subset of the chunks has no digest of its own: it is
+//! given the manifest ([`Trailer::Given`], e.g. the hash a resume has just checked).
+//!
 //! # Memory bound
 //! Buffers come from two fixed pools, and a chunk's buffers are taken *before* it is read, in
 //! chunk order, so memory is bounded and out-of-order completion can never starve the chunk the
@@ -39,6 +47,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 use crate::checksum::{xxh3_128, FileDigest, FileHasher};
 use crate::codec::{Codec, CodecKind, Compressor};
 use crate::error::{Error, Result};
+use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
 use crate::plan::{ChunkPlan, Limits, DEFAULT_CHUNK_SIZE};
 
 /// How often blocked threads look at the cancel flag.
@@ -78,6 +87,18 @@ impl ChunkSelection {
     }
 }
 
+/// Whether the last chunk's payload ends with a whole-file manifest (gzip and zstd only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Trailer {
+    /// No manifest.
+    #[default]
+    None,
+    /// The manifest of the split's own whole-file digest (a split of every chunk).
+    FromDigest,
+    /// This manifest (a split of a subset that includes the last chunk).
+    Given(Manifest),
+}
+
 /// Options for a split.
 #[derive(Debug, Clone)]
 pub struct SplitOptions {
@@ -92,6 +113,8 @@ pub struct SplitOptions {
     pub limits: Limits,
     /// Which chunks to produce.
     pub chunks: ChunkSelection,
+    /// A whole-file manifest at the end of the last chunk.
+    pub trailer: Trailer,
 }
 
 impl Default for SplitOptions {
@@ -105,6 +128,7 @@ impl Default for SplitOptions {
             sha256: false,
             limits: Limits::default(),
             chunks: ChunkSelection::All,
+            trailer: Trailer::None,
         }
     }
 }
@@ -209,6 +233,8 @@ struct Job {
     offset: u64,
     input: PooledBuffer,
     output: Option<PooledBuffer>,
+    /// For the last chunk, with a trailer: the manifest to append to its payload.
+    manifest: Option<Manifest>,
 }
 
 /// An in-order stream of chunks from a file.
@@ -267,6 +293,7 @@ impl Splitter {
                     .into(),
             ));
         }
+        check_trailer(&options, &plan, &order, whole_file)?;
         let source = Source { file, name, plan };
         let running = start_pipeline(source, &options, order.clone(), whole_file)?;
         Ok(Splitter {
@@ -390,6 +417,41 @@ impl Drop for Splitter {
     }
 }
 
+/// A manifest needs a codec that can carry it and, unless given, the split's own digest.
+fn check_trailer(
+    options: &SplitOptions,
+    plan: &ChunkPlan,
+    order: &[u32],
+    whole_file: bool,
+) -> Result<()> {
+    if options.trailer == Trailer::None {
+        return Ok(());
+    }
+    if options.codec.kind() == CodecKind::None {
+        return Err(Error::InvalidArgument(
+            "a whole-file manifest travels only with gzip or zstd (codec \"none\" sends the file's \
+             bytes as they are); put the checksum in the header instead"
+                .into(),
+        ));
+    }
+    match options.trailer {
+        Trailer::FromDigest if !whole_file => Err(Error::InvalidArgument(format!(
+            "this split produces {} of the file's {} chunks, so it has no whole-file digest for \
+             the manifest; pass the file's xxh3-128 (a resume has just checked it)",
+            order.len(),
+            plan.chunk_count()
+        ))),
+        Trailer::Given(manifest) if manifest.size != plan.file_size() => {
+            Err(Error::InvalidArgument(format!(
+                "the manifest given is of a {}-byte file, but the file is {} bytes",
+                manifest.size,
+                plan.file_size()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The file being split, as the read stage sees it.
 struct Source {
     file: File,
@@ -414,7 +476,9 @@ impl Pools {
                 output: None,
             };
         }
-        let payload_size = codec.max_payload_size(buffer_size as u64) as usize;
+        // Room for a manifest after the last chunk's compressed bytes.
+        let payload_size =
+            (codec.max_payload_size(buffer_size as u64) + MAX_MANIFEST_BYTES) as usize;
         Pools {
             input: Pool::new(threads + 2, buffer_size),
             output: Some(Pool::new(window, payload_size)),
@@ -466,8 +530,10 @@ fn start_pipeline(
         }
     })?);
     let hasher = whole_file.then(|| FileHasher::new(options.sha256));
+    let last = plan.chunk_count() - 1;
+    let trailer = options.trailer;
     handles.push(spawn("meshpipe-hash", move || {
-        hash_stage(hasher, &stage_rx, &job_tx, &digest_tx)
+        hash_stage(hasher, trailer, last, &stage_rx, &job_tx, &digest_tx)
     })?);
     for worker in 0..threads {
         let (cancel, results, jobs) = (cancel.clone(), result_tx.clone(), job_rx.clone());
@@ -562,6 +628,7 @@ fn read_stage(
             offset,
             input,
             output,
+            manifest: None,
         };
         if stages.send(Stage::Chunk(job)).is_err() {
             return Ok(());
@@ -603,18 +670,32 @@ fn check_unchanged(source: &Source) -> Result<()> {
 }
 
 /// The hash stage: feed each chunk, in file order, to the whole-file digest (when there is one),
-/// then hand it to the workers; send the digest at the end.
+/// then hand it to the workers; send the digest at the end. With a manifest from the digest,
+/// the last chunk (index `last`) waits here for the end of the read, then carries it.
 fn hash_stage(
     mut hasher: Option<FileHasher>,
+    trailer: Trailer,
+    last: u32,
     stages: &Receiver<Stage>,
     jobs: &Sender<Job>,
     digest: &Sender<Result<FileDigest>>,
 ) {
+    let mut held: Option<Job> = None;
     for stage in stages {
         match stage {
-            Stage::Chunk(job) => {
+            Stage::Chunk(mut job) => {
                 if let Some(hasher) = hasher.as_mut() {
                     hasher.update(job.input.as_slice());
+                }
+                if job.index == last {
+                    match trailer {
+                        Trailer::None => {}
+                        Trailer::Given(manifest) => job.manifest = Some(manifest),
+                        Trailer::FromDigest => {
+                            held = Some(job);
+                            continue;
+                        }
+                    }
                 }
                 if jobs.send(job).is_err() {
                     return;
@@ -622,7 +703,17 @@ fn hash_stage(
             }
             Stage::End => {
                 if let Some(hasher) = hasher {
-                    let _ = digest.send(Ok(hasher.finish()));
+                    let whole = hasher.finish();
+                    if let Some(mut job) = held.take() {
+                        job.manifest = Some(Manifest {
+                            xxh3_128: whole.xxh3_128,
+                            size: whole.size,
+                        });
+                        if jobs.send(job).is_err() {
+                            return;
+                        }
+                    }
+                    let _ = digest.send(Ok(whole));
                 }
                 return;
             }
@@ -658,7 +749,13 @@ fn work_stage(
         let checksum = xxh3_128(job.input.as_slice());
         let payload = match job.output {
             Some(mut output) => {
-                if let Err(e) = compressor.compress(job.input.as_slice(), &mut output.data) {
+                let compressed = compressor
+                    .compress(job.input.as_slice(), &mut output.data)
+                    .and_then(|()| match job.manifest {
+                        Some(manifest) => manifest.append_to(codec.kind(), &mut output.data),
+                        None => Ok(()),
+                    });
+                if let Err(e) = compressed {
                     cancel.store(true, Ordering::Relaxed);
                     let _ = results.send(Err(e.for_chunk(job.index + 1)));
                     return;
@@ -724,6 +821,84 @@ mod tests {
             assert_eq!(digest.xxh3_128, xxh3_128(&data));
             assert_eq!(digest.size, data.len() as u64);
         }
+    }
+
+    fn manifest_of(codec: Codec, payload: &[u8]) -> (Vec<u8>, Option<Manifest>) {
+        let mut decoder = crate::codec::Decoder::new(codec.kind(), u64::MAX, false).unwrap();
+        let mut out = Vec::new();
+        decoder
+            .feed(payload, &mut |bytes| {
+                out.extend_from_slice(bytes);
+                Ok(())
+            })
+            .unwrap();
+        decoder.finish().unwrap();
+        (out, decoder.manifest())
+    }
+
+    #[test]
+    fn the_last_chunk_carries_the_manifest_of_the_bytes_read() {
+        let f = file_with(11 * MIB as usize + 3);
+        let data = std::fs::read(f.path()).unwrap();
+        let whole = Manifest {
+            xxh3_128: xxh3_128(&data),
+            size: data.len() as u64,
+        };
+        for codec in [Codec::gzip(1).unwrap(), Codec::zstd(1).unwrap()] {
+            let options = SplitOptions {
+                codec,
+                chunk_size: 5 * MIB,
+                threads: 2,
+                window: 2,
+                trailer: Trailer::FromDigest,
+                ..SplitOptions::default()
+            };
+            let mut splitter = Splitter::open(f.path(), options.clone()).unwrap();
+            for chunk in splitter.by_ref() {
+                let chunk = chunk.unwrap();
+                let (out, found) = manifest_of(codec, chunk.payload.as_slice());
+                let start = chunk.offset as usize;
+                assert_eq!(out, &data[start..start + chunk.length as usize]);
+                let expected = (chunk.index == 2).then_some(whole);
+                assert_eq!(found, expected, "{} chunk {}", codec.name(), chunk.index);
+            }
+            assert_eq!(splitter.digest().unwrap().xxh3_128, whole.xxh3_128);
+            // A subset is given the manifest; without it, it has none to give.
+            let subset = SplitOptions {
+                chunks: ChunkSelection::Only(BTreeSet::from([2, 3])),
+                trailer: Trailer::Given(whole),
+                ..options.clone()
+            };
+            let last = Splitter::open(f.path(), subset.clone())
+                .unwrap()
+                .map(Result::unwrap)
+                .last()
+                .unwrap();
+            assert_eq!(manifest_of(codec, last.payload.as_slice()).1, Some(whole));
+            let refused = SplitOptions {
+                trailer: Trailer::FromDigest,
+                ..subset.clone()
+            };
+            assert!(matches!(
+                Splitter::open(f.path(), refused),
+                Err(Error::InvalidArgument(_))
+            ));
+            let wrong_size = SplitOptions {
+                trailer: Trailer::Given(Manifest { size: 5, ..whole }),
+                ..subset
+            };
+            assert!(matches!(
+                Splitter::open(f.path(), wrong_size),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+        let none = SplitOptions {
+            trailer: Trailer::FromDigest,
+            chunk_size: 5 * MIB,
+            ..SplitOptions::default()
+        };
+        let err = Splitter::open(f.path(), none).err().unwrap();
+        assert!(err.to_string().contains("header instead"), "{err}");
     }
 
     /// Join `handles`, failing the test if any thread is still running after 30 s or panicked.

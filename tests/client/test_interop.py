@@ -1,6 +1,9 @@
 """Byte-exact interop with NHS's own software: meshpipe -> mesh-sandbox -> mesh-client and
 mesh-client -> mesh-sandbox -> meshpipe, single and multi-chunk, uncompressed and gzip; zstd
-between meshpipe peers (a plain recipient gets a standard .zst)."""
+between meshpipe peers (a plain recipient gets a standard .zst). A gzip or zstd message of
+several chunks carries its whole-file hash at the end of the last chunk: mesh-client still
+gets the exact original bytes, and a meshpipe recipient refuses a message whose manifest is
+missing or wrong."""
 
 from __future__ import annotations
 
@@ -13,7 +16,9 @@ import mesh_client
 import pytest
 import zstandard
 
+from meshpipe._meshpipe import Splitter
 from meshpipe.client import MeshClient
+from meshpipe.errors import ChecksumMismatchError
 from meshpipe.headers import SendHeaders
 from meshpipe.models import ContentChecksum
 from meshpipe.transfer import receive_message, send_file
@@ -73,7 +78,12 @@ async def test_meshpipe_to_mesh_client(
     assert message.sender == SENDER  # type: ignore[attr-defined]
     assert message.message_type == "DATA"  # type: ignore[attr-defined]
     checksum = ContentChecksum.parse(message.checksum)  # type: ignore[attr-defined]
-    assert checksum is not None and checksum.xxh3_128 == result.xxh3_128
+    assert checksum is not None and checksum.meshpipe
+    # gzip of several chunks: the hash is in the last chunk's manifest, which mesh-client's
+    # gzip decoding skipped (the bytes above are the original's); else it is in the header.
+    trailer = codec == "gzip" and shape == "multi"
+    assert checksum.trailer is trailer
+    assert checksum.xxh3_128 == (None if trailer else result.xxh3_128)
     assert checksum.size == source.stat().st_size and checksum.codec == codec
     await asyncio.to_thread(peer.acknowledge_message, result.message_id)
 
@@ -280,3 +290,95 @@ async def test_awkward_sizes_round_trip(
     assert content(destination) == content(source)
     assert received.chunk_count == result.chunk_count
     assert "file xxh3-128" in received.verified
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+async def test_the_header_form_on_request_reaches_mesh_client(
+    sender: MeshClient,
+    recipient: MeshClient,
+    mesh_client_for: MeshClientFactory,
+    multi_file: Path,
+    workflow: str,
+    tmp_path: Path,
+    codec: str,
+) -> None:
+    """checksum_in_header: the meshpipe/1 form (a receiver older than the trailer verifies it)."""
+    result = await send_file(
+        sender,
+        multi_file,
+        SendHeaders(to=RECIPIENT, workflow_id=workflow),
+        codec=codec,  # type: ignore[arg-type]
+        chunk_size=5 * MiB,
+        min_payload_size=0,
+        checksum_in_header=True,
+    )
+    assert result.checksum_header.startswith(f"meshpipe/1 xxh3-128:{result.xxh3_128} ")
+    destination = tmp_path / "out.csv"
+    received = await receive_message(recipient, result.message_id, destination)
+    assert content(destination) == content(multi_file)
+    assert "file xxh3-128" in received.verified
+
+
+def _payloads(source: Path, codec: str, *, trailer: bool) -> list[bytes]:
+    with Splitter(
+        source, codec=codec, chunk_size=5 * MiB, min_chunk_size=0, trailer=trailer
+    ) as splitter:
+        return [bytes(chunk) for chunk in splitter]
+
+
+def _flip_manifest_digit(payload: bytes) -> bytes:
+    at = payload.rindex(b"xxh3-128:") + len(b"xxh3-128:")
+    return payload[:at] + (b"1" if payload[at : at + 1] == b"0" else b"0") + payload[at + 1 :]
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+@pytest.mark.parametrize("damage", ["flipped", "missing"])
+async def test_a_damaged_or_missing_manifest_is_refused(
+    sender: MeshClient,
+    recipient: MeshClient,
+    mesh_client_for: MeshClientFactory,
+    multi_file: Path,
+    workflow: str,
+    tmp_path: Path,
+    codec: str,
+    damage: str,
+) -> None:
+    """A message whose header announces the trailer, with one hex digit of the manifest's hash
+    changed, or with no manifest at all: meshpipe receives every chunk (each is intact), then
+    refuses the file, leaving nothing at the destination and the message unacknowledged.
+    mesh-client, which never looks at the manifest, still gets the original bytes."""
+    payloads = _payloads(multi_file, codec, trailer=damage == "flipped")
+    assert len(payloads) == 3
+    if damage == "flipped":
+        payloads[-1] = _flip_manifest_digit(payloads[-1])
+    size = (await asyncio.to_thread(multi_file.stat)).st_size
+    header = ContentChecksum(
+        size=size, chunk_size=5 * MiB, codec=codec, trailer=True
+    ).header_value()
+    headers = SendHeaders(
+        to=RECIPIENT,
+        workflow_id=workflow,
+        local_id=f"manifest-{uuid.uuid4().hex}",
+        filename="multi.csv" + (".zst" if codec == "zstd" else ""),
+        checksum=header,
+        compressed=True if codec == "zstd" else None,
+    ).validate()
+    encoding = "gzip" if codec == "gzip" else None
+    message_id = await sender.send_message(
+        headers, payloads[0], chunk_count=3, content_encoding=encoding
+    )
+    for number in (2, 3):
+        await sender.send_chunk(
+            message_id, number, 3, payloads[number - 1], content_encoding=encoding
+        )
+    folder = tmp_path / "received"
+    folder.mkdir()
+    destination = folder / "refused.csv"
+    with pytest.raises(ChecksumMismatchError, match="manifest in the last chunk"):
+        await receive_message(recipient, message_id, destination)
+    assert [p.name for p in folder.iterdir()] == []
+    assert message_id in await recipient.list_inbox(workflow_filter=workflow)
+    if codec == "gzip":
+        peer = mesh_client_for(RECIPIENT)
+        _, data = await asyncio.to_thread(read_with_mesh_client, peer, message_id)
+        assert data == content(multi_file)

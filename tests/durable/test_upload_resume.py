@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from meshpipe._meshpipe import xxh3_128_file
 from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.errors import SourceChangedError
 from meshpipe.headers import SendHeaders
 from meshpipe.retry import RetryingClient
 from meshpipe.server import LocalMeshServer
 from meshpipe.synthetic import write_csv
-from meshpipe.transfer import SendJournal, Upload
-from meshpipe.units import MiB
+from meshpipe.transfer import SendJournal, Upload, receive_message
+from meshpipe.units import Codec, MiB
 from tests.client.conftest import FAST_RETRY, RECIPIENT, SENDER, make_config
 from tests.peers import SANDBOX_SHARED_KEY
 
@@ -35,10 +36,10 @@ async def client() -> AsyncIterator[MeshClient]:
 
 
 async def first_chunks_only(
-    client: MeshClient, source: Path, count: int = 1
+    client: MeshClient, source: Path, count: int = 1, codec: Codec = "none"
 ) -> tuple[str, str, SendHeaders]:
     """Create the message with its first ``count`` chunks, as a send killed then leaves it."""
-    upload = Upload(client, source, HEADERS, chunk_size=5 * MiB)
+    upload = Upload(client, source, HEADERS, chunk_size=5 * MiB, codec=codec, min_payload_size=0)
     try:
         await upload.prepare()
         message_id = await upload.send_first()
@@ -97,3 +98,53 @@ async def test_a_file_changed_during_a_resume_is_not_completed(
     assert 4 not in journal.sent
     tracking = await RetryingClient(client).track(message_id)
     assert (tracking.status or "").lower() == "uploading"
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+async def test_a_resumed_trailer_send_hashes_the_file_for_its_manifest(
+    tmp_path: Path, codec: Codec
+) -> None:
+    """Killed before its last chunk was read, a gzip/zstd send has no recorded hash: the
+    resume hashes the file (its identity checked first) and ends the last chunk with the
+    manifest, which the recipient verifies."""
+    async with (
+        LocalMeshServer(shared_key=SANDBOX_SHARED_KEY, rules="sandbox") as server,
+        MeshClient(make_config(server.url, SENDER), ClientSettings(retry=FAST_RETRY)) as sender,
+        MeshClient(make_config(server.url, RECIPIENT), ClientSettings(retry=FAST_RETRY)) as peer,
+    ):
+        source = write_csv(tmp_path / "four.csv", 16 * MiB)
+        message_id, xxh3_128, headers = await first_chunks_only(sender, source, 2, codec)
+        assert xxh3_128 == ""
+        assert (headers.checksum or "").startswith("meshpipe/2 xxh3-128:trailer ")
+        upload = Upload(
+            sender, source, headers, chunk_size=5 * MiB, codec=codec, min_payload_size=0
+        )
+        result = await upload.run_resumed(message_id, "", accepted={1, 2})
+        destination = tmp_path / "received.csv"
+        received = await receive_message(peer, message_id, destination)
+    assert destination.read_bytes() == source.read_bytes()
+    assert "file xxh3-128" in received.verified
+    assert result.xxh3_128 == xxh3_128_file(source)
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+async def test_a_file_touched_during_a_trailer_send_is_not_completed(
+    client: MeshClient, tmp_path: Path, codec: Codec
+) -> None:
+    """The manifest is of the bytes read, so only the identity check before the last chunk can
+    tell that the file changed in place between reads."""
+    source = write_csv(tmp_path / "four.csv", 16 * MiB)
+    journal = Sending(on_chunk=2, path=source)
+    upload = Upload(
+        client,
+        source,
+        HEADERS,
+        chunk_size=5 * MiB,
+        codec=codec,
+        journal=journal,
+        sequential=True,
+        min_payload_size=0,
+    )
+    with pytest.raises(SourceChangedError, match="changed while it was being sent"):
+        await upload.run()
+    assert 4 not in journal.sent

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import tempfile
+from pathlib import Path
 
 import xxhash
 import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meshpipe._meshpipe import Splitter
 from meshpipe.server.checker import ChunkChecker
 from meshpipe.server.streaming import BLOCK_SIZE, synthetic_bytes, synthetic_pieces
 
@@ -61,3 +64,25 @@ def test_synthetic_pieces_are_slices_of_one_stream(
     assert len(joined) == length
     whole = synthetic_bytes(seed, 0, offset + length)
     assert joined == whole[offset:]
+
+
+@given(st.sampled_from(["gzip", "zstd"]), st.lists(st.integers(0, 400_000), max_size=6))
+def test_the_whole_file_manifest_counts_as_no_bytes(codec: str, cuts: list[int]) -> None:
+    """The last chunk of a gzip/zstd send ends with the manifest (an empty gzip member, a zstd
+    skippable frame): the server accepts it, and its decoded size and hash are the data's."""
+    data = bytes(range(256)) * 1200 + b"tail"
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "source.bin"
+        source.write_bytes(data)
+        with Splitter(
+            source, codec=codec, chunk_size=100_000, min_chunk_size=0, trailer=True
+        ) as splitter:
+            chunks = [(chunk.offset, chunk.length, bytes(chunk)) for chunk in splitter]
+    offset, length, body = chunks[-1]
+    assert b"meshpipe-manifest/1" in body
+    checker = ChunkChecker("gzip") if codec == "gzip" else ChunkChecker("", payload_compressed=True)
+    feed(checker, body, cuts)
+    result = checker.finish()
+    assert result.stored_size == len(body)
+    assert result.payload_size == length == len(data) - offset
+    assert result.xxh3_128 == xxhash.xxh3_128_hexdigest(data[offset:])

@@ -39,6 +39,10 @@ class LedgerSendJournal(SendJournal):
         self._chunk_count = transfer.chunk_count
 
     async def prepared(self, local_id: str, plan: ChunkPlan, xxh3_128: str) -> None:
+        if xxh3_128:
+            await self._writer.call(self._ledger.set_source_checksum, self._id, xxh3_128)
+
+    async def source_hashed(self, xxh3_128: str) -> None:
         await self._writer.call(self._ledger.set_source_checksum, self._id, xxh3_128)
 
     async def chunk_sending(self, number: int, xxh3_128: str, payload_size: int) -> None:

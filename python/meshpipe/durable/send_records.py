@@ -101,9 +101,11 @@ def check_source(record: SendRecord) -> str:
 
 def recorded_headers(record: SendRecord) -> SendHeaders:
     """The headers chunk 1 of ``record`` was sent with; ``mex-Content-Checksum`` is rebuilt
-    from the recorded facts it was made of (the file's xxh3-128, size, chunk size, codec)."""
+    from the recorded facts it was made of (the file's xxh3-128, size, chunk size, codec),
+    unless it was recorded in the form whose hash travels at the end of the last chunk."""
     headers = SendHeaders.from_request(record.headers)
-    if record.source.xxh3_128 is None:
+    recorded = ContentChecksum.parse(headers.checksum)
+    if record.source.xxh3_128 is None or (recorded is not None and recorded.trailer):
         return headers
     checksum = ContentChecksum(
         xxh3_128=record.source.xxh3_128,

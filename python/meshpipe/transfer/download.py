@@ -283,6 +283,7 @@ class Download:
                 partial_path=self.partial_path,
                 completed=completed or None,
                 keep_partial=self.keep_partial,
+                trailer=checksum.trailer if checksum is not None else False,
             )
         except FileExistsError:
             raise self._exists() from None

@@ -28,7 +28,12 @@ class SendJournal:
     """Told each stage of one send. Subclass it and override what you record."""
 
     async def prepared(self, local_id: str, plan: ChunkPlan, xxh3_128: str) -> None:
-        """The file was planned and hashed; nothing has been sent yet."""
+        """The file was planned and hashed; nothing has been sent yet. ``xxh3_128`` is ``""``
+        when the hash travels at the end of the last chunk: :meth:`source_hashed` tells it."""
+
+    async def source_hashed(self, xxh3_128: str) -> None:
+        """The whole-file xxh3-128 of a send that carries it at the end of the last chunk, known
+        once every chunk was read; the last chunk has not been sent yet."""
 
     async def chunk_sending(self, number: int, xxh3_128: str, payload_size: int) -> None:
         """Chunk ``number`` (its uncompressed xxh3-128, its size as sent) is about to go."""

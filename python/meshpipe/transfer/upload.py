@@ -2,8 +2,8 @@
 
 **prepare** (``plan_file`` then ``read_first``): the headers are checked and the engine's
 Splitter plans the file (so a durable record can begin before anything is read); then it reads
-and compresses it on its own threads, and the whole-file xxh3-128 is computed while chunk 1 is
-read (or taken as given, when a resume has just checked it).
+and compresses it on its own threads. Where the whole-file xxh3-128 goes decides when it is
+computed (see "The whole-file checksum" below).
 **first**: chunk 1 goes alone (it creates the message and returns its id), never re-posted
 blindly (retry.post_first_chunk_safely). **middle**: chunks 2..N-1 go in the upload's order
 (config.UploadOrder): ``in-order`` pipelines them in chunk order, at most two requests
@@ -19,9 +19,21 @@ after every other chunk was accepted (a server that stores chunks as files may r
 file that changed while it was sent is never completed.
 Bodies go to the socket straight from the engine's buffers in pieces of ≤ 1 MiB.
 
-The whole-file xxh3-128 travels in ``mex-Content-Checksum`` as
-``meshpipe/1 xxh3-128:<hex> size:<bytes> chunk:<chunk size> codec:<codec>``
-(models.ContentChecksum).
+The whole-file checksum (models.ContentChecksum), in one of two places:
+
+- **trailer** (gzip and zstd with more than one chunk, unless ``checksum_in_header``): chunk 1
+  says ``meshpipe/2 xxh3-128:trailer size:<bytes> chunk:<chunk size> codec:<codec>``, and the
+  engine ends the last chunk with a manifest of the whole file's xxh3-128 and size, computed as
+  the Splitter reads: the file is read once. A resume whose hash was not recorded hashes the
+  file for the manifest (one read) after its size, modification time and inode checked out.
+- **header** (codec none, a one-chunk message, or ``checksum_in_header``): chunk 1 says
+  ``meshpipe/1 xxh3-128:<hex> size:<bytes> chunk:<chunk size> codec:<codec>``; the hash of a
+  one-chunk message is that chunk's, read anyway; otherwise the file is hashed while chunk 1 is
+  read (a second read of the file, a fast one from the page cache).
+
+Either way, before the last chunk the file's size, modification time and inode are compared
+with what they were when the send planned it, and a full split's own digest with the hash sent:
+a file that changed while it was sent is never completed.
 
 The message id and the chunk source are the upload's state, and the middle and last stages
 read chunks from that one source. **resume** (``run_resumed``) sets them for a message created
@@ -137,7 +149,9 @@ class SendOptions(TypedDict, total=False):
     refused. ``min_payload_size`` [MIN_CHUNK_SIZE]: MESH sees only the compressed bytes of a
     zstd payload, so every chunk but the last must compress to at least this (0 for a server
     that does not check, such as mesh-sandbox); a chunk that does not is refused before it is
-    sent.
+    sent. ``checksum_in_header`` [False]: with gzip or zstd, put the whole-file xxh3-128 in
+    chunk 1's header (``meshpipe/1``, which meshpipe receivers older than the trailer form
+    verify) at the cost of reading the file twice, instead of at the end of the last chunk.
     """
 
     codec: Codec
@@ -148,6 +162,7 @@ class SendOptions(TypedDict, total=False):
     sequential: bool
     max_file_size: int
     min_payload_size: int
+    checksum_in_header: bool
 
 
 def check_request_size(chunk: Chunk, codec: Codec, min_payload_size: int) -> None:
@@ -261,6 +276,7 @@ class Upload:
         )
         self.max_file_size = options.get("max_file_size", MAX_FILE_SIZE)
         self.min_payload_size = options.get("min_payload_size", MIN_CHUNK_SIZE)
+        self.checksum_in_header = options.get("checksum_in_header", False)
         self.journal = journal or SendJournal()
         self._progress_callback = progress
         # State, set by the stages:
@@ -272,6 +288,8 @@ class Upload:
         self.bytes_sent = 0
         self.progress = Progress(progress, 0)
         self._identity: FileIdentity | None = None
+        self._resuming = False
+        self.trailer = False
 
     @property
     def local_id(self) -> str:
@@ -313,21 +331,45 @@ class Upload:
                 "%s is empty: sending it gzip-encoded, as MESH refuses an empty body", self.source
             )
             self.codec = "gzip"
+        self._identity = await asyncio.to_thread(_identity, self.source)
+        plan = await asyncio.to_thread(
+            ChunkPlan,
+            self._identity[0],
+            self.chunk_size,
+            codec=self.codec,
+            max_file_size=self.max_file_size,
+        )
+        self.trailer = self._uses_trailer(plan.chunk_count)
+        if self.trailer:
+            # Known from the plan alone: a durable record of these headers can say which form
+            # chunk 1 carries, for a resume to end the message the same way.
+            self.headers = self.headers.replace(checksum=self._trailer_header(plan))
         await self._open_splitter()
         self.progress = Progress(self._progress_callback, self.plan.file_size)
 
+    def _trailer_header(self, plan: ChunkPlan) -> str:
+        return ContentChecksum(
+            size=plan.file_size, chunk_size=plan.chunk_size, codec=self.codec, trailer=True
+        ).header_value()
+
+    def _uses_trailer(self, chunk_count: int) -> bool:
+        """Whether the whole-file hash goes at the end of the last chunk (module doc)."""
+        return self.codec in ("gzip", "zstd") and chunk_count > 1 and not self.checksum_in_header
+
     async def read_first(self) -> None:
-        """Read chunk 1 and hash the whole file (unless ``xxh3_128`` is already known, as on a
-        resume that has just checked it), and put the checksum in the headers."""
+        """Read chunk 1 and, for the header form, hash the whole file (unless ``xxh3_128`` is
+        already known, as on a resume that has just checked it); put the checksum in the
+        headers."""
         self.first, self.xxh3_128 = await self._read_first_and_hash(self.xxh3_128)
         checksum = ContentChecksum(
-            xxh3_128=self.xxh3_128,
+            xxh3_128=None if self.trailer else self.xxh3_128,
             size=self.plan.file_size,
             chunk_size=self.plan.chunk_size,
             codec=self.codec,
+            trailer=self.trailer,
         ).header_value()
         self.headers = self.headers.replace(checksum=checksum)
-        await self.journal.prepared(self.local_id, self.plan, self.xxh3_128)
+        await self.journal.prepared(self.local_id, self.plan, "" if self.trailer else self.xxh3_128)
 
     async def resume(
         self,
@@ -346,6 +388,7 @@ class Upload:
         if identity is None:
             identity = await asyncio.to_thread(_identity, self.source)
         self._identity = identity
+        self._resuming = True
         self._check_source()
         whole = await asyncio.to_thread(
             ChunkPlan,
@@ -358,7 +401,18 @@ class Upload:
         if count < 2:
             raise MeshpipeError(f"message {message_id} has one chunk: nothing to resume")
         remaining = sorted({n for n in range(2, count + 1) if n not in accepted} | {count})
-        await self._open_splitter(remaining)
+        sent = ContentChecksum.parse(self.headers.checksum)
+        if sent is not None and sent.meshpipe:
+            self.trailer = sent.trailer
+        else:
+            self.trailer = self._uses_trailer(count)
+        if self.trailer and not xxh3_128:
+            # The hash was not recorded (the send stopped before its last chunk was read): the
+            # manifest needs it. The file's identity was checked above.
+            xxh3_128 = await asyncio.to_thread(xxh3_128_file, self.source)
+            self._check_source()
+            await self.journal.source_hashed(xxh3_128)
+        await self._open_splitter(remaining, trailer_xxh3_128=xxh3_128 if self.trailer else None)
         self.message_id = message_id
         self.xxh3_128 = xxh3_128
         self.progress = Progress(self._progress_callback, self.plan.file_size)
@@ -544,10 +598,14 @@ class Upload:
             compressed=True if zstd else headers.compressed,
         )
 
-    async def _open_splitter(self, chunks: list[int] | None = None) -> None:
+    async def _open_splitter(
+        self, chunks: list[int] | None = None, *, trailer_xxh3_128: str | None = None
+    ) -> None:
         """The one chunk source: the engine's Splitter over the file, or over ``chunks``. It
         reads and compresses ahead by at least DEFAULT_CONCURRENCY chunks, also when one chunk
-        is sent at a time (``sequential``), so that the codec does not wait for the link."""
+        is sent at a time (``sequential``), so that the codec does not wait for the link. With
+        the trailer form the last chunk ends with the manifest: of the Splitter's own digest,
+        or, for ``chunks``, of ``trailer_xxh3_128``."""
         self.splitter = await asyncio.to_thread(
             Splitter,
             self.source,
@@ -557,15 +615,43 @@ class Upload:
             window=max(self.window_size, DEFAULT_CONCURRENCY) + 1,
             max_file_size=self.max_file_size,
             chunks=chunks,
+            trailer=self.trailer,
+            trailer_xxh3_128=trailer_xxh3_128,
         )
         self.chunks = iter(self.splitter)
 
     async def _next_chunk(self) -> Chunk | None:
-        """The one place chunks come from."""
-        return await asyncio.to_thread(next, self.chunks, None)
+        """The one place chunks come from. With the trailer form, taking the last chunk of a
+        full split makes the whole-file hash known: it becomes the upload's (and the journal's);
+        a hash known before (a restarted send) must equal it."""
+        chunk = await asyncio.to_thread(next, self.chunks, None)
+        if chunk is None or not self.trailer or self._resuming or chunk.number < chunk.count:
+            return chunk
+        try:
+            digest = await asyncio.to_thread(self._require_splitter().digest)
+            if self.xxh3_128 and digest.xxh3_128 != self.xxh3_128:
+                raise SourceChangedError(
+                    f"{self.source} changed (xxh3-128 {self.xxh3_128} when checked, "
+                    f"{digest.xxh3_128} as sent); the message was not completed: send it again"
+                )
+        except BaseException:
+            release(chunk)
+            raise
+        self.xxh3_128 = digest.xxh3_128
+        await self.journal.source_hashed(self.xxh3_128)
+        return chunk
+
+    def _require_splitter(self) -> Splitter:
+        if self.splitter is None:
+            raise RuntimeError("the upload is not prepared")
+        return self.splitter
 
     async def _read_first_and_hash(self, known: str) -> tuple[Chunk, str]:
-        if known and self.plan.chunk_count > 1:
+        if self.trailer:
+            # The hash comes from the Splitter's digest with the last chunk (_next_chunk).
+            first = await self._next_chunk()
+            expected = known
+        elif known and self.plan.chunk_count > 1:
             # Checked just now by the caller; the Splitter's digest is compared with it before
             # the last chunk, as for a first send.
             first = await self._next_chunk()
@@ -591,16 +677,17 @@ class Upload:
         return first, expected
 
     def _check_source(self) -> None:
-        """Before the last chunk: the file is what chunk 1 said it is. A full split compares
-        its own digest; a subset split (a resume) has none, so the file's size, modification
-        time and inode are compared with what they were when the resume checked its hash."""
-        if self._identity is not None:
-            now = _identity(self.source)
-            if now != self._identity:
-                raise SourceChangedError(
-                    f"{self.source} changed while it was being resumed (size, modification "
-                    "time or inode differ); the message was not completed: send it again"
-                )
+        """Before the last chunk: the file is what chunk 1 said it is. Its size, modification
+        time and inode are compared with what they were when the send planned it (or the
+        resume checked its hash); a full split also compares its own digest with the hash
+        sent (with the trailer form they are one: the manifest is of the bytes sent)."""
+        if self._identity is not None and _identity(self.source) != self._identity:
+            doing = "resumed" if self._resuming else "sent"
+            raise SourceChangedError(
+                f"{self.source} changed while it was being {doing} (size, modification "
+                "time or inode differ); the message was not completed: send it again"
+            )
+        if self._resuming:
             return
         actual = self.splitter.digest().xxh3_128 if self.splitter else ""
         if actual != self.xxh3_128:

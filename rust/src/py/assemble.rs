@@ -93,7 +93,7 @@ pub struct PyAssembler {
 #[pymethods]
 impl PyAssembler {
     #[new]
-    #[pyo3(signature = (destination, *, chunk_count, codec = "none", chunk_size = None, file_size = None, xxh3_128 = None, sha256 = None, compute_sha256 = false, max_chunk_size = DEFAULT_MAX_CHUNK_SIZE, overwrite = false, partial_path = None, completed = None, keep_partial = false))]
+    #[pyo3(signature = (destination, *, chunk_count, codec = "none", chunk_size = None, file_size = None, xxh3_128 = None, sha256 = None, compute_sha256 = false, max_chunk_size = DEFAULT_MAX_CHUNK_SIZE, overwrite = false, partial_path = None, completed = None, keep_partial = false, trailer = false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -110,6 +110,7 @@ impl PyAssembler {
         partial_path: Option<PathBuf>,
         completed: Option<Bound<'_, PyAny>>,
         keep_partial: bool,
+        trailer: bool,
     ) -> PyResult<Self> {
         let mut options = AssembleOptions::new(chunk_count, CodecKind::parse(codec)?);
         options.chunk_size = chunk_size;
@@ -121,6 +122,7 @@ impl PyAssembler {
         options.overwrite = overwrite;
         options.partial_path = partial_path;
         options.keep_partial = keep_partial;
+        options.trailer = trailer;
         if let Some(completed) = completed {
             options.completed = completed_chunks(&completed, chunk_count)?;
         }

@@ -9,11 +9,15 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use super::buffer::{duplicate_descriptor, PyChunk};
+use crate::checksum::parse_hex128;
 use crate::checksum::{hex128, hex_bytes, FileDigest};
 use crate::codec::Codec;
 use crate::error::Error;
+use crate::manifest::Manifest;
 use crate::plan::{Limits, DEFAULT_CHUNK_SIZE, MAX_FILE_SIZE, MIN_CHUNK_SIZE};
-use crate::split::{default_threads, default_window, ChunkSelection, SplitOptions, Splitter};
+use crate::split::{
+    default_threads, default_window, ChunkSelection, SplitOptions, Splitter, Trailer,
+};
 
 use super::PyChunkPlan;
 
@@ -87,7 +91,7 @@ fn closed() -> Error {
 #[pymethods]
 impl PySplitter {
     #[new]
-    #[pyo3(signature = (source, *, codec = "none", level = None, chunk_size = DEFAULT_CHUNK_SIZE, threads = None, window = None, sha256 = false, max_file_size = MAX_FILE_SIZE, min_chunk_size = MIN_CHUNK_SIZE, chunks = None))]
+    #[pyo3(signature = (source, *, codec = "none", level = None, chunk_size = DEFAULT_CHUNK_SIZE, threads = None, window = None, sha256 = false, max_file_size = MAX_FILE_SIZE, min_chunk_size = MIN_CHUNK_SIZE, chunks = None, trailer = false, trailer_xxh3_128 = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -101,6 +105,8 @@ impl PySplitter {
         max_file_size: u64,
         min_chunk_size: u64,
         chunks: Option<Bound<'_, PyAny>>,
+        trailer: bool,
+        trailer_xxh3_128: Option<&str>,
     ) -> PyResult<Self> {
         let codec = Codec::from_name(codec, level)?;
         let chunks = match chunks {
@@ -108,18 +114,45 @@ impl PySplitter {
             Some(numbers) => ChunkSelection::Only(chunk_numbers(&numbers)?),
         };
         let threads = threads.unwrap_or_else(default_threads);
+        let limits = Limits {
+            max_file_size,
+            min_chunk_size,
+            ..Limits::default()
+        };
+        let trailer = match (trailer, trailer_xxh3_128) {
+            (false, None) => Trailer::None,
+            (true, None) => Trailer::FromDigest,
+            (true, Some(hex)) => {
+                // A subset's manifest: the file's hash as checked by the caller, its size now
+                // (the split refuses a file whose size differs from the plan's).
+                let size = match &source {
+                    Source::Path(path) => std::fs::metadata(path).map(|m| m.len()).ok(),
+                    Source::Descriptor(_) => None,
+                }
+                .ok_or_else(|| {
+                    Error::InvalidArgument("trailer_xxh3_128 needs a path as the source".into())
+                })?;
+                Trailer::Given(Manifest {
+                    xxh3_128: parse_hex128(hex)?,
+                    size,
+                })
+            }
+            (false, Some(_)) => {
+                return Err(Error::InvalidArgument(
+                    "trailer_xxh3_128 is the manifest's hash: pass trailer=True with it".into(),
+                )
+                .into())
+            }
+        };
         let options = SplitOptions {
             codec,
             chunk_size,
             threads,
             window: window.unwrap_or_else(|| default_window(threads)),
             sha256,
-            limits: Limits {
-                max_file_size,
-                min_chunk_size,
-                ..Limits::default()
-            },
+            limits,
             chunks,
+            trailer,
         };
         let splitter = match source {
             Source::Path(path) => py.detach(|| Splitter::open(&path, options))?,
