@@ -8,9 +8,10 @@ facts are committed in the order they happened):
 * chunk 1 ``chunk_sending``: awaited, so that a process killed while chunk 1 is on the wire
   leaves a record that chunk 1 went, and a resume asks MESH for the message by local id;
 * ``message_created``: set_message_id, awaited before chunk 2 may go (a resume needs the id);
-* chunks 2..N-1 ``chunk_sending``/``chunk_accepted``: queued (``submit``), committed while the
-  next chunk is on the wire; a chunk whose acceptance had not reached the disk at a crash is
-  simply sent again;
+* chunks 2..N-1: nothing is written when one goes; once MESH accepted it, its sent and accepted
+  facts are queued (``submit``) as one transaction, committed while the next chunk is on the
+  wire (one commit per chunk, not two: a resume needs only what was accepted, and a chunk in
+  flight at a crash is simply sent again);
 * chunk N ``chunk_sending``: awaited, after every earlier fact (the queue drains first), so
   that when MESH completes the message every other chunk is already recorded accepted;
 * retries: queued as ``retry`` events; ``completed``/``failed``: awaited.
@@ -37,6 +38,7 @@ class LedgerSendJournal(SendJournal):
         self._writer = writer
         self._id = transfer.id
         self._chunk_count = transfer.chunk_count
+        self._in_flight: dict[int, tuple[str, int]] = {}  # chunks 2..N-1: xxh3-128, size
 
     async def prepared(self, local_id: str, plan: ChunkPlan, xxh3_128: str) -> None:
         if xxh3_128:
@@ -51,7 +53,7 @@ class LedgerSendJournal(SendJournal):
                 self._ledger.chunk_sent, self._id, number, xxh3_128, payload_size
             )
         else:
-            self._writer.submit(self._ledger.chunk_sent, self._id, number, xxh3_128, payload_size)
+            self._in_flight[number] = (xxh3_128, payload_size)
 
     async def chunk_retrying(self, number: int, attempt: int, error: BaseException) -> None:
         self._writer.submit(
@@ -67,8 +69,19 @@ class LedgerSendJournal(SendJournal):
         await self._writer.call(self._ledger.set_message_id, self._id, message_id)
 
     async def chunk_accepted(self, number: int) -> None:
-        if number != 1:  # set_message_id recorded chunk 1 accepted
+        if number == 1:
+            return  # set_message_id recorded chunk 1 accepted
+        if number in self._in_flight:
+            xxh3_128, payload_size = self._in_flight.pop(number)
+            self._writer.submit(self._record_accepted, number, xxh3_128, payload_size)
+        else:
             self._writer.submit(self._ledger.chunk_accepted, self._id, number)
+
+    def _record_accepted(self, number: int, xxh3_128: str, payload_size: int) -> None:
+        # On the writer's thread: one transaction (or part of the writer's batch).
+        with self._ledger.batch():
+            self._ledger.chunk_sent(self._id, number, xxh3_128, payload_size)
+            self._ledger.chunk_accepted(self._id, number)
 
     async def completed(self, result: SendResult) -> None:
         await self._writer.call(self._ledger.finish_send, self._id, "completed")

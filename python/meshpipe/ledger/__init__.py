@@ -80,8 +80,11 @@ A change the machine does not allow raises :class:`LedgerError` with ``code``
 What is committed when
 ----------------------
 Every method that changes something runs one transaction and commits it before it returns:
-the caller acts only after the ledger holds the fact. Record ``chunk_sent`` before a chunk
-goes on the wire, ``chunk_accepted``/``set_message_id`` only after MESH answered,
+the caller acts only after the ledger holds the fact (:meth:`Ledger.batch` groups several
+changes into one transaction). Record ``chunk_sent`` before a chunk goes on the wire where
+that must survive a crash (chunk 1: a resume then asks MESH for the message), or together with
+its ``chunk_accepted`` in one batch, ``chunk_accepted``/``set_message_id`` only after MESH
+answered,
 ``chunk_written`` only after the chunk's bytes are fsynced and verified, ``mark_delivered``
 only after fsync and rename, ``mark_acknowledged`` only after MESH confirmed. SQLite runs in
 WAL mode with ``synchronous=FULL`` (a committed change survives power loss) and foreign keys
