@@ -837,16 +837,7 @@ mod tests {
     }
 
     fn decode_all(kind: CodecKind, data: &[u8], limit: u64, piece: usize) -> Result<Vec<u8>> {
-        let mut decoder = Decoder::new(kind, limit, true)?;
-        let mut out = Vec::new();
-        for part in data.chunks(piece.max(1)) {
-            decoder.feed(part, &mut |bytes| {
-                out.extend_from_slice(bytes);
-                Ok(())
-            })?;
-        }
-        decoder.finish()?;
-        Ok(out)
+        decode_with_manifest(kind, data, limit, piece).map(|(out, _)| out)
     }
 
     fn compress(codec: Codec, data: &[u8]) -> Vec<u8> {
