@@ -44,6 +44,7 @@ from meshpipe.ledger.records import (
     TransferSummary,
 )
 from meshpipe.ledger.schema import SCHEMA_VERSION, chunks, events, transfers
+from meshpipe.processes import process_is_alive
 from meshpipe.units import Codec
 
 #: How long a claim lasts without a renewal; a claim renews itself every third of it.
@@ -71,21 +72,6 @@ def _transfer_id(transfer: TransferRef) -> int:
 def this_host() -> str:
     """The host name a claim records (and compares, to tell whether its owner is alive)."""
     return socket.gethostname()
-
-
-def process_is_alive(pid: int) -> bool:
-    """Whether process ``pid`` on this host still runs (a zombie does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
 
 
 class Ledger:
@@ -1204,6 +1190,5 @@ __all__ = [
     "DEFAULT_LEASE",
     "Ledger",
     "TransferRef",
-    "process_is_alive",
     "this_host",
 ]

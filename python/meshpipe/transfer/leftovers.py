@@ -21,20 +21,12 @@ import time
 from pathlib import Path
 from typing import Final
 
+from meshpipe.processes import process_is_alive
+
 log = logging.getLogger("meshpipe.transfer")
 
 #: Seconds without a write after which a dead process's temporary file is removed.
 ABANDONED_AFTER: Final = 60.0
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
 
 
 def remove_abandoned_parts(destination: Path, *, now: float | None = None) -> list[Path]:
@@ -49,7 +41,11 @@ def remove_abandoned_parts(destination: Path, *, now: float | None = None) -> li
     moment = time.time() if now is None else now
     for entry in entries:
         match = pattern.fullmatch(entry.name)
-        if match is None or int(match.group(1)) == os.getpid() or _running(int(match.group(1))):
+        if (
+            match is None
+            or int(match.group(1)) == os.getpid()
+            or process_is_alive(int(match.group(1)))
+        ):
             continue
         try:
             if moment - entry.stat(follow_symlinks=False).st_mtime < ABANDONED_AFTER:
