@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.ledger.postgres import PostgresServer, run_postgres
 from tests.peers import SANDBOX_PASSWORD, SANDBOX_SHARED_KEY
 
 from meshpipe._meshpipe import xxh3_128_file
@@ -68,24 +67,6 @@ def discard_server() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_csv(tmp_path_factory.mktemp("bench-durable") / "extract.csv", SIZE_MB * MiB)
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[PostgresServer]:
-    with run_postgres(durable=True) as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Ledger]:
-    if request.param == "sqlite":
-        location = str(tmp_path_factory.mktemp("ledger") / "ledger.sqlite3")
-    else:
-        location = request.getfixturevalue("postgres_server").create_database("bench_durable")
-    with Ledger.open(location) as opened:
-        yield opened
 
 
 async def _send_rounds(url: str, source: Path, ledger: Ledger) -> dict[str, list[float]]:

@@ -15,13 +15,11 @@ import itertools
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
-import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
-from tests.ledger.postgres import PostgresServer, run_postgres
 
 from meshpipe.headers import SendHeaders
 from meshpipe.ledger import Ledger, SendRecord, SourceFile
@@ -31,24 +29,6 @@ CHUNKS_PER_ROUND = 100
 ROUNDS = 5
 CHUNK_SIZE = 20 * MiB
 LINK_RATE = 400e6  # bytes per second
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[PostgresServer]:
-    with run_postgres(durable=True) as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Ledger]:
-    if request.param == "sqlite":
-        location = str(tmp_path_factory.mktemp("ledger") / "ledger.sqlite3")
-    else:
-        location = request.getfixturevalue("postgres_server").create_database("bench")
-    with Ledger.open(location) as opened:
-        yield opened
 
 
 def test_chunk_commits_per_second(
