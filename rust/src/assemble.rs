@@ -524,14 +524,20 @@ fn check_options(destination: &Path, options: &AssembleOptions) -> Result<()> {
     }
     if !options.overwrite && destination.exists() {
         return Err(Error::io(
-            format!(
-                "destination {} already exists; remove it or pass overwrite=True",
-                destination.display()
-            ),
-            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            destination.display().to_string(),
+            already_exists("already exists"),
         ));
     }
     Ok(())
+}
+
+/// The refusal to replace an existing destination, naming the way to allow it (the command
+/// line's flag and the library's argument alike).
+fn already_exists(what: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        format!("{what}; remove it, or pass --overwrite (overwrite=True) to replace it"),
+    )
 }
 
 /// Give the partial file its planned size where it is known.
@@ -731,11 +737,8 @@ fn place(temporary: &Path, destination: &Path, overwrite: bool) -> Result<()> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::io(
-            format!(
-                "destination {} appeared while receiving; remove it or pass overwrite=True",
-                destination.display()
-            ),
-            e,
+            destination.display().to_string(),
+            already_exists("appeared while receiving"),
         )),
         Err(_) => {
             // Filesystems without hard links: check, then rename.

@@ -20,7 +20,6 @@ uncompressed message on the fly (NHS's sandbox does it at gzip level 9: about 10
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import logging
 import os
@@ -270,23 +269,20 @@ class Download:
         checksum = plan.checksum
         completed, self.completed = self.completed, {}  # a later attempt starts afresh
         chunk_size = checksum.chunk_size if checksum is not None else self.chunk_size
-        try:
-            assembler = Assembler(
-                self.destination,
-                chunk_count=plan.chunk_count,
-                codec=plan.codec,
-                chunk_size=chunk_size,
-                file_size=checksum.size if checksum is not None else None,
-                xxh3_128=checksum.xxh3_128 if checksum is not None else None,
-                sha256=checksum.sha256 if checksum is not None else None,
-                overwrite=self.overwrite,
-                partial_path=self.partial_path,
-                completed=completed or None,
-                keep_partial=self.keep_partial,
-                trailer=checksum.trailer if checksum is not None else False,
-            )
-        except FileExistsError:
-            raise self._exists() from None
+        assembler = Assembler(
+            self.destination,
+            chunk_count=plan.chunk_count,
+            codec=plan.codec,
+            chunk_size=chunk_size,
+            file_size=checksum.size if checksum is not None else None,
+            xxh3_128=checksum.xxh3_128 if checksum is not None else None,
+            sha256=checksum.sha256 if checksum is not None else None,
+            overwrite=self.overwrite,
+            partial_path=self.partial_path,
+            completed=completed or None,
+            keep_partial=self.keep_partial,
+            trailer=checksum.trailer if checksum is not None else False,
+        )
         self.progress.restart()
         try:
             if completed:
@@ -295,20 +291,9 @@ class Download:
                     self.progress.add(chunk_size or 0)
             await self._fetch_all(assembler, chunk_size)
             return await asyncio.to_thread(assembler.finish)
-        except FileExistsError:
-            assembler.abort()
-            raise self._exists() from None
         except BaseException:
             assembler.abort()
             raise
-
-    def _exists(self) -> FileExistsError:
-        error = FileExistsError(
-            f"{self.destination} already exists; remove it, or pass --overwrite "
-            "(overwrite=True) to replace it"
-        )
-        error.errno = errno.EEXIST
-        return error
 
     async def fetch_chunk(self, assembler: Assembler, number: int) -> None:
         """Chunk attempts for chunk ``number``; failures name the chunk."""
