@@ -116,8 +116,9 @@ async def test_a_failure_fails_its_whole_batch() -> None:
 
     writer.submit(hold)
     assert await asyncio.to_thread(busy.wait, 10)
-    # Queued in the same batch as the failure: it ran, but its batch was rolled back, so its
-    # caller is told it failed.
+    # Queued in the same batch as the failure: the batch is rolled back and run again call by
+    # call, so this one's fact is kept; its caller, waiting for everything before, is told of
+    # the failure all the same.
     earlier = asyncio.ensure_future(writer.call(lambda: 1))
     await asyncio.sleep(0)
     writer.submit(fail)

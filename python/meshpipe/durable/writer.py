@@ -16,9 +16,11 @@ next chunk, and commits do not multiply with the chunk rate; the transfer waits 
 only where the next step depends on a fact being durable (the message id before chunk 2 goes,
 every chunk before the last, the outcome before the command returns).
 
-A queued call that fails does not fail silently: its batch is rolled back, its error is raised
-by the next ``submit``, ``call`` or ``drain``, and nothing queued after it runs (the thread
-stops taking work), so the ledger never records a later fact without an earlier one.
+A queued call that fails does not fail silently: its batch is rolled back and its calls run
+again one transaction each, so the facts queued before the failing call are kept (as without
+batching); its error is raised by the next ``submit``, ``call`` or ``drain``, and nothing
+queued after it runs (the thread stops taking work), so the ledger never records a later fact
+without an earlier one.
 """
 
 from __future__ import annotations
@@ -138,9 +140,15 @@ class LedgerWriter:
                 for call in calls:
                     results.append(call.function(*call.args, **call.kwargs))
         except BaseException as error:
-            self._failure = error
-            for call in calls:
+            if len(calls) == 1:
+                self._failure = error
+                call = calls[0]
                 call.future.set_exception(error)
+                return
+            # The batch was rolled back: run its calls again one transaction each, so that the
+            # facts before the failing call are kept, as they would be without batching.
+            for call in calls:
+                self._run_batch([call])
             return
         for call, result in zip(calls, results, strict=True):
             call.future.set_result(result)
