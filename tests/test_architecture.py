@@ -13,7 +13,8 @@ Client side, lowest first (a module may import its own layer and the ones below)
     6  transfer (package)              staged Upload / Download, the journals
     7  sync, ledger                    the blocking facade; the durable record of transfers
     8  durable (package)               transfers recorded in the ledger: resume, exactly once
-    9  cli, demo, __main__, meshpipe   the commands; the public API (the package itself)
+    9  watch (package)                 the always-on service: folders, polling, operations signals
+   10  cli, demo, __main__, meshpipe   the commands; the public API (the package itself)
 
 The local server (``meshpipe.server.*``) may import itself, the engine and only the low
 client-side modules errors, units, headers, auth, models, synthetic and memory.
@@ -46,10 +47,11 @@ LAYERS: dict[str, int] = {
     "meshpipe.sync": 7,
     "meshpipe.ledger": 7,
     "meshpipe.durable": 8,
-    "meshpipe.cli": 9,
-    "meshpipe.demo": 9,
-    "meshpipe.__main__": 9,
-    "meshpipe": 9,
+    "meshpipe.watch": 9,
+    "meshpipe.cli": 10,
+    "meshpipe.demo": 10,
+    "meshpipe.__main__": 10,
+    "meshpipe": 10,
 }
 SERVER = "meshpipe.server"
 SERVER_MAY_IMPORT = frozenset(
