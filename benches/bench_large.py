@@ -41,6 +41,8 @@ from meshpipe.synthetic import csv_block
 
 SENDER, RECIPIENT, PASSWORD = "X26ABC1", "X26ABC2", "password"
 READ_SIZE = 1 * units.MiB
+# A 50 GB run takes most of an hour: no per-test timeout here.
+pytestmark = pytest.mark.timeout(0)
 ORDERS = "concurrent in-order sequential"
 
 # Runs ``meshpipe`` in this process and prints its own /proc figures as one JSON line on
