@@ -61,15 +61,24 @@ def test_shell_hostile_names_are_neutralised(given: str | None, expected: str) -
     assert safe_filename(given, ID) == expected
 
 
-@pytest.mark.parametrize("length", [234, 300])
+@pytest.mark.parametrize(("length", "at_once"), [(234, 1), (300, 1), (234, 2)])
 async def test_receive_all_takes_a_long_file_name(
-    sender: MeshClient, recipient: MeshClient, workflow: str, tmp_path: Path, length: int
+    sender: MeshClient,
+    recipient: MeshClient,
+    workflow: str,
+    tmp_path: Path,
+    length: int,
+    at_once: int,
 ) -> None:
+    """Two messages of one name: the second is prefixed by its id, also when both are
+    received side by side (neither name exists on disk yet when both are chosen)."""
     name = "x" * (length - 4) + ".csv"
     headers = SendHeaders(RECIPIENT, workflow, filename=name)
     first = await sender.send_message(headers, b"one\n")
-    second = await sender.send_message(headers, b"two\n")  # same name: prefixed by its id
-    results = await receive_all(recipient, tmp_path / "in", workflow_filter=workflow)
+    second = await sender.send_message(headers, b"two\n")
+    results = await receive_all(
+        recipient, tmp_path / "in", workflow_filter=workflow, messages_at_once=at_once
+    )
     received = [item for item in results if isinstance(item, ReceiveResult)]
     assert sorted(item.message_id for item in received) == sorted([first, second])
     for item in received:

@@ -531,18 +531,22 @@ class ReceiveFailure:
     error: BaseException
 
 
-def _inbox_target(directory: Path, metadata: MessageMetadata, decode_payload: bool) -> Path:
+def _inbox_target(
+    directory: Path, metadata: MessageMetadata, decode_payload: bool, taken: set[Path]
+) -> Path:
     """Where ``receive_all`` puts a message: named from mex-FileName (``.zst`` dropped when
-    the payload is decoded), prefixed with the message id if that name is taken."""
+    the payload is decoded), prefixed with the message id if that name is taken (on disk, or
+    in ``taken``: by a message of the same run, which the target is added to)."""
     message_id = metadata.message_id
     name = safe_filename(metadata.filename, message_id)
     if decode_payload and name.endswith(".zst") and receive_codec(metadata, True)[0] == "zstd":
         name = name[: -len(".zst")] or safe_filename(None, message_id)
     target = directory / name
-    if not target.exists():
-        return target
-    prefixed = f"{_UNSAFE_NAME.sub('_', message_id)}-{name}"
-    return directory / _fit(prefixed, MAX_NAME_BYTES, f"{message_id}-{metadata.filename}")
+    if target.exists() or target in taken:
+        prefixed = f"{_UNSAFE_NAME.sub('_', message_id)}-{name}"
+        target = directory / _fit(prefixed, MAX_NAME_BYTES, f"{message_id}-{metadata.filename}")
+    taken.add(target)
+    return target
 
 
 class MessageReceiver(Protocol):
@@ -568,37 +572,46 @@ async def receive_all(
     decode_payload: bool = True,
     receiver: MessageReceiver | None = None,
     require_verified: bool = False,
+    messages_at_once: int = 1,
 ) -> list[ReceiveResult | ReportMessage | ReceiveFailure]:
     """Receive every message in the inbox into ``out_dir`` (see :func:`_inbox_target`), each
-    with ``receiver`` (default :func:`receive_message`). Reports are returned typed (and
-    acknowledged when ``acknowledge``); a failed message is returned as ReceiveFailure and
-    left in the inbox (with ``require_verified``, so is one that carries nothing to verify it
-    against)."""
+    with ``receiver`` (default :func:`receive_message`), up to ``messages_at_once`` messages
+    side by side (each with ``concurrency`` chunks in flight); results in inbox order.
+    Reports are returned typed (and acknowledged when ``acknowledge``); a failed message is
+    returned as ReceiveFailure and left in the inbox (with ``require_verified``, so is one that
+    carries nothing to verify it against)."""
+    if messages_at_once < 1:
+        raise ValueError("messages_at_once must be at least 1")
     directory = Path(out_dir)
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     endpoints = RetryingClient(client)
-    results: list[ReceiveResult | ReportMessage | ReceiveFailure] = []
-    for message_id in await endpoints.list_inbox(workflow_filter=workflow_filter):
-        try:
-            metadata = await endpoints.head(message_id)
-            if metadata.is_report:
-                if acknowledge:
-                    await endpoints.acknowledge(message_id)
-                results.append(ReportMessage.from_metadata(metadata))
-                continue
-            received = await (receiver or receive_message)(
-                client,
-                message_id,
-                _inbox_target(directory, metadata, decode_payload),
-                acknowledge=acknowledge,
-                concurrency=concurrency,
-                decode_payload=decode_payload,
-                require_verified=require_verified,
-                metadata=metadata,
-            )
-            results.append(received)
-        except (MeshpipeError, OSError) as error:
-            # returned to the caller, who reports it (the CLI prints it once)
-            log.info("message %s not received: %s", message_id, error)
-            results.append(ReceiveFailure(message_id, error))
-    return results
+    gate = asyncio.Semaphore(messages_at_once)
+    taken: set[Path] = set()
+
+    async def one(message_id: str) -> ReceiveResult | ReportMessage | ReceiveFailure:
+        async with gate:
+            try:
+                metadata = await endpoints.head(message_id)
+                if metadata.is_report:
+                    if acknowledge:
+                        await endpoints.acknowledge(message_id)
+                    return ReportMessage.from_metadata(metadata)
+                return await (receiver or receive_message)(
+                    client,
+                    message_id,
+                    _inbox_target(directory, metadata, decode_payload, taken),
+                    acknowledge=acknowledge,
+                    concurrency=concurrency,
+                    decode_payload=decode_payload,
+                    require_verified=require_verified,
+                    metadata=metadata,
+                )
+            except (MeshpipeError, OSError) as error:
+                # returned to the caller, who reports it (the CLI prints it once)
+                log.info("message %s not received: %s", message_id, error)
+                return ReceiveFailure(message_id, error)
+
+    ids = await endpoints.list_inbox(workflow_filter=workflow_filter)
+    async with asyncio.TaskGroup() as group:  # a bug or a cancellation stops them all
+        tasks = [group.create_task(one(message_id)) for message_id in ids]
+    return [task.result() for task in tasks]
