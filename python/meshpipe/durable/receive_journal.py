@@ -78,8 +78,15 @@ class LedgerReceiveJournal(ReceiveJournal):
         self.writer.submit(self.ledger.chunk_written, self.record, number, xxh3_128, length)
 
     async def assembled(self, report: AssemblyReport) -> None:
-        await self.writer.call(self.ledger.mark_verified, self.record, report.xxh3_128)
-        self.record = await self.writer.call(self.ledger.mark_delivered, self.record)
+        # The file is verified and renamed into place: both facts in one transaction (a
+        # crash before it commits leaves every chunk written and the file in place, which a
+        # resume adopts after re-reading it).
+        self.record = await self.writer.call(self._record_delivered, report.xxh3_128)
+
+    def _record_delivered(self, xxh3_128: str) -> ReceiveRecord:
+        with self.ledger.batch():
+            self.ledger.mark_verified(self.record, xxh3_128)
+            return self.ledger.mark_delivered(self.record)
 
     async def acknowledged(self) -> None:
         self.record = await self.writer.call(self.ledger.mark_acknowledged, self.record)
