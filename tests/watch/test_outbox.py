@@ -26,6 +26,7 @@ from meshpipe.server import LocalMeshServer
 from meshpipe.server.threaded import ServerThread
 from meshpipe.synthetic import write_csv
 from meshpipe.units import MiB
+from meshpipe.watch import outbox as outbox_module
 from meshpipe.watch.control import parse_control
 from meshpipe.watch.folders import list_folder, make_folders
 from meshpipe.watch.metrics import WatchMetrics
@@ -304,6 +305,27 @@ async def test_a_file_sent_but_not_moved_is_already_sent_not_sent_again(
     assert mailbox.sample("meshpipe_transfers_total", direction="send", outcome="already-sent") == 1
 
 
+async def test_a_crash_between_the_status_file_and_the_move_writes_no_second_status_file(
+    mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mailbox.drop("x.dat", b"once\n", mailbox.ctl())
+    real_move = outbox_module.move_new
+
+    def crash(*args: Any) -> Path:
+        raise OSError(28, "simulated: no space left")
+
+    monkeypatch.setattr(outbox_module, "move_new", crash)
+    [first] = await mailbox.run()
+    monkeypatch.setattr(outbox_module, "move_new", real_move)
+
+    [second] = await mailbox.run()
+
+    assert (first.outcome, second.outcome) == ("sent", "already-sent")
+    message_id = first.message_id
+    assert names(mailbox.folders.sent) == [f"x_{message_id}.ctl", f"x_{message_id}.dat"]
+    assert names(mailbox.out) == []
+
+
 async def test_a_local_id_reused_by_another_file_goes_to_failed(mailbox: Mailbox) -> None:
     mailbox.drop("a.dat", b"first\n", mailbox.ctl(LocalId="DAILY"))
     [first] = await mailbox.run()
@@ -365,6 +387,12 @@ async def test_a_file_that_cannot_be_sent_goes_to_failed_with_a_reason(
     assert (failed / "bad.dat").read_bytes() == data
     reason = (failed / "bad.dat.reason.txt").read_text()
     assert said in reason and "move the data file" in reason
+    if outcome.item.problem is None:  # a control file that was read: its ERROR status
+        status = parse_control((failed / "bad.ctl").read_bytes(), "failed.ctl")
+        assert status.status_record is not None and status.status_record.status == "ERROR"
+        assert said in status.status_record.description
+    else:  # one that could not be read is kept as it was
+        assert (failed / "bad.ctl").read_bytes() == control
     assert names(mailbox.out) == []
     assert await sent_messages(mailbox.url, mailbox.workflow) == []
     assert mailbox.sample("meshpipe_transfers_total", direction="send", outcome="failed") == 1
