@@ -279,3 +279,49 @@ def test_a_received_report_is_a_report_control_file() -> None:
     assert control.message_type == "Report"
     assert control.status_record == StatusRecord(when, "SEND", "ERROR", "14", "Undelivered message")
     assert parse_control(render_control(control), "r.ctl") == control
+
+
+@given(st.binary(max_size=400))
+def test_any_bytes_parse_or_are_refused_with_a_control_file_error(data: bytes) -> None:
+    try:
+        parse_control(data, "fuzz.ctl")
+    except ControlFileError as error:
+        assert error.code
+        assert "fuzz.ctl" in str(error)
+
+
+_PIECES = st.sampled_from(
+    [
+        "<DTSControl>",
+        "</DTSControl>",
+        "<To_DTS>",
+        "</To_DTS>",
+        "X26ABC2",
+        "<StatusRecord>",
+        "</StatusRecord>",
+        "<DateTime>20250101000000</DateTime>",
+        "<!-- note -->",
+        "&amp;",
+        "&x;",
+        "<![CDATA[y]]>",
+        "<?pi x?>",
+        "<!DOCTYPE DTSControl []>",
+        " ",
+    ]
+)
+
+
+@given(st.lists(_PIECES, max_size=12).map("".join))
+def test_xml_like_text_parses_or_is_refused_with_a_control_file_error(text: str) -> None:
+    try:
+        control = parse_control(text.encode(), "fuzz.ctl")
+    except ControlFileError as error:
+        assert error.code
+    else:
+        assert parse_control(render_control(control), "again.ctl") == control
+
+
+def test_comments_and_processing_instructions_are_dropped_unread() -> None:
+    data = b"<?xml version='1.0' encoding='ISO-8859-1'?><DTSControl><!-- a note -->"
+    data += b"<?app ignore?><Subject>caf\xe9</Subject></DTSControl>"
+    assert parse_control(data, "c.ctl") == ControlFile(subject="caf\u00e9")

@@ -199,7 +199,7 @@ class Outbox:
     def _scan(self, now: float) -> list[OutgoingFile]:
         if not self._prepared:
             folders = self.settings.folders
-            make_folders([*folders.all().values()])
+            make_folders([folders.out, folders.sent, folders.failed])
             make_folders(folders.out / rule.folder for rule in self.settings.rules)
             self._prepared = True
         present: set[Path] = set()  # every file watched (sightings of others are dropped)
