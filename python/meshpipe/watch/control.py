@@ -190,17 +190,14 @@ _HEADER_OF: Final[Mapping[str, str]] = {
 }
 
 
-class _Check:
-    """The value rules, one method per kind of element; each returns a sentence, or None."""
-
-    @staticmethod
-    def text(element: str, value: str) -> str | None:
-        limit = SEND_HEADER_LIMITS.get(_HEADER_OF.get(element, ""), _TEXT_LIMIT)
-        if len(value) > limit:
-            return f"is {len(value)} characters long; at most {limit} are allowed"
-        if CONTROL_CHARACTERS.search(value):
-            return "contains a control character (tab, newline, ...): put it on one line"
-        return None
+def _text_problem(element: str, value: str) -> str | None:
+    """What is wrong with any element's text (too long, a control character), or None."""
+    limit = SEND_HEADER_LIMITS.get(_HEADER_OF.get(element, ""), _TEXT_LIMIT)
+    if len(value) > limit:
+        return f"is {len(value)} characters long; at most {limit} are allowed"
+    if CONTROL_CHARACTERS.search(value):
+        return "contains a control character (tab, newline, ...): put it on one line"
+    return None
 
 
 def _rule(pattern: re.Pattern[str], what: str) -> Callable[[str, str], str | None]:
@@ -338,7 +335,7 @@ def _value(child: Element, name: str, field: str, source: str) -> str | bool | N
     value = (child.text or "").strip()
     if not value:
         return None
-    problem = _Check.text(name, value)
+    problem = _text_problem(name, value)
     if problem is None and field in _FLAG_FIELDS and value.upper() not in _FLAGS:
         problem = f"{value!r} is not Y or N"
     rule = _VALUE_RULES.get(name)
@@ -348,7 +345,7 @@ def _value(child: Element, name: str, field: str, source: str) -> str | bool | N
         raise ControlFileError(f"<{name}> {problem}", code="value", source=source, element=name)
     if field in _FLAG_FIELDS:
         return _FLAGS[value.upper()]
-    if name in ("AddressType",):
+    if name == "AddressType":
         return value.upper()
     if name == "MessageType":
         return value.capitalize()
@@ -369,7 +366,7 @@ def _status_record(element: Element, source: str) -> StatusRecord | None:
             )
         _check_plain(child, source, children_allowed=False)
         value = (child.text or "").strip()
-        problem = _Check.text(name, value)
+        problem = _text_problem(name, value)
         if problem is not None:
             raise ControlFileError(f"<{name}> {problem}", code="value", source=source, element=name)
         values[name] = value
