@@ -9,5 +9,6 @@ served on one HTTP port bound to localhost.
 Modules, each one job: ``settings`` (the TOML ``[watch]`` table), ``metrics`` (Prometheus
 declarations), ``control`` (DTSControl files), ``folders`` (safe file operations), ``outbox``
 and ``inbox`` (one mailbox's sends and receives), ``service`` (the loops, back-off, shutdown),
-``health`` (what readiness is judged on), ``ops`` (the HTTP endpoint), ``certificates`` (client certificate expiry), ``cli``.
+``health`` (what readiness is judged on), ``ops`` (the HTTP endpoint), ``certificates``
+(client certificate expiry), ``cli``.
 """
