@@ -18,6 +18,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final, Literal, TextIO
 
 from meshpipe.config import Secret
@@ -132,6 +134,22 @@ def configure_logging(
     return handler
 
 
+@contextmanager
+def logging_configured(
+    verbosity: int = 0, log_format: LogFormat = "text", stream: TextIO | None = None
+) -> Iterator[logging.Handler]:
+    """:func:`configure_logging` for the duration of a command: afterwards the handler is
+    removed and the root logger's level restored (a command run in-process leaves nothing)."""
+    root = logging.getLogger()
+    level = root.level
+    handler = configure_logging(verbosity, log_format, stream)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
 __all__ = [
     "LOG_FORMATS",
     "REDACTED",
@@ -143,5 +161,6 @@ __all__ = [
     "formatter",
     "hide",
     "level_for",
+    "logging_configured",
     "redact",
 ]
