@@ -14,7 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from meshpipe import logs
 from meshpipe.config import Secret
-from meshpipe.errors import ConfigError
+from meshpipe.error_body import mesh_error_from_response
+from meshpipe.errors import ConfigError, MeshConnectionError, MeshHTTPError
+from meshpipe.retry import RetryPolicy, call_with_retry
 from meshpipe.watch.health import Health
 from meshpipe.watch.metrics import WatchMetrics
 from meshpipe.watch.ops import build_app, check_listen_host, serve_app, start_ops
@@ -52,6 +54,10 @@ async def ops() -> AsyncIterator[Ops]:
         await runner.cleanup()
 
 
+def http(status: int) -> MeshHTTPError:
+    return mesh_error_from_response(status, b"", method="GET", path="/x")
+
+
 def key(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     return name, tuple(sorted({"mailbox": MAILBOX, **labels}.items()))
 
@@ -77,6 +83,22 @@ async def test_metrics_show_counters_and_gauges_moving(ops: Ops) -> None:
     assert after[key("meshpipe_retries_total", cause="http_503")] == 2
     assert after[key("meshpipe_outbox_backlog_files")] == 2
     assert after[key("meshpipe_client_certificate_expiry_seconds")] == 86400.0
+
+
+async def test_retries_by_cause_reach_the_metrics(ops: Ops) -> None:
+    errors = [http(503), http(503), MeshConnectionError("stalled", timed_out=True)]
+
+    async def flaky() -> str:
+        if errors:
+            raise errors.pop(0)
+        return "done"
+
+    observer = ops.metrics.retry_observer(MAILBOX)
+    policy = RetryPolicy(base_delay=0.001, max_delay=0.002, on_retry=observer)
+    assert await call_with_retry(flaky, policy, idempotent=True, what="test") == "done"
+    samples = await ops.samples()
+    assert samples[key("meshpipe_retries_total", cause="http_503")] == 2
+    assert samples[key("meshpipe_retries_total", cause="timeout")] == 1
 
 
 async def test_metrics_are_in_prometheus_text_format(ops: Ops) -> None:
