@@ -7,7 +7,7 @@ Client side, lowest first (a module may import its own layer and the ones below)
     0  meshpipe._meshpipe              the native engine
     1  errors                          the exceptions a caller catches
     2  units, headers, error_body      sizes and codecs; MESH's header rules; error answers
-    3  auth, config, models, synthetic, progress, memory, processes
+    3  auth, config, models, synthetic, progress, memory, processes, logs
     4  client                          one aiohttp session, every endpoint; no retry
     5  retry                           every retry: call_with_retry, RetryingClient, chunk 1
     6  transfer (package)              staged Upload / Download, the journals
@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "meshpipe.progress": 3,
     "meshpipe.memory": 3,
     "meshpipe.processes": 3,
+    "meshpipe.logs": 3,
     "meshpipe.client": 4,
     "meshpipe.retry": 5,
     "meshpipe.transfer": 6,

@@ -24,7 +24,6 @@ import asyncio
 import dataclasses
 import importlib
 import json
-import logging
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, TextIO
@@ -38,6 +37,7 @@ from meshpipe.durable.history import history_filter, show_history
 from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
 from meshpipe.headers import SendHeaders
 from meshpipe.ledger import Ledger, resolve_ledger_location
+from meshpipe.logs import LOG_FORMATS, hide, logging_configured
 from meshpipe.models import ReportMessage
 from meshpipe.progress import Progress
 from meshpipe.retry import RetryingClient
@@ -53,6 +53,8 @@ from meshpipe.transfer import (
 )
 
 PROGRAM: Final = "meshpipe"
+#: ``meshpipe handshake`` warns when the client certificate expires within this many days.
+HANDSHAKE_WARNING_DAYS: Final = 30
 
 
 def _positive(text: str) -> int:
@@ -75,7 +77,19 @@ def _connection_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ca", help="CA bundle to trust (MESH_CA_CERT)")
     group.add_argument("--profile", help="profile name in the config file (MESHPIPE_PROFILE)")
     group.add_argument("--config", help="TOML config file (MESHPIPE_CONFIG)")
-    group.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr")
+    _log_flags(group)
+
+
+def _log_flags(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)"
+    )
+    group.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="log lines as text (default) or one JSON object per line",
+    )
 
 
 def _ledger_flags(parser: argparse.ArgumentParser) -> None:
@@ -109,7 +123,7 @@ def _history_parser(commands: Any) -> None:
     history.add_argument("--since", help="created at or after (YYYY-MM-DD or ISO date-time, UTC)")
     history.add_argument("--until", help="created before (YYYY-MM-DD or ISO date-time, UTC)")
     history.add_argument("--limit", type=_positive, default=50)
-    history.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr")
+    _log_flags(history)
     _ledger_flags(history)
 
 
@@ -275,6 +289,7 @@ def _client(args: argparse.Namespace) -> MeshClient:
         client_key=args.key,
         ca_cert=args.ca,
     )
+    hide(config.password, config.shared_key)
     settings = ClientSettings(max_connections=max(8, getattr(args, "concurrency", 4) + 4))
     return MeshClient(config, settings)
 
@@ -563,9 +578,22 @@ async def _lookup(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 async def _handshake(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    # Imported here: the other commands need neither cryptography nor the watch package.
+    from meshpipe.watch.certificates import config_certificate_expiry
+
     async with _client(args) as client:
+        expiry = config_certificate_expiry(client.config)
+        if expiry is not None and expiry.seconds_left() <= 0:
+            err.write(f"{PROGRAM}: warning: the client certificate {expiry.describe()}\n")
         await RetryingClient(client).handshake()
     out.write(f"{client.mailbox}: handshake ok\n")
+    if expiry is not None:
+        out.write(f"{client.mailbox}: client certificate {expiry.describe()}\n")
+        if 0 < expiry.days_left() <= HANDSHAKE_WARNING_DAYS:
+            err.write(
+                f"{PROGRAM}: warning: the client certificate expires within "
+                f"{HANDSHAKE_WARNING_DAYS} days: renew it (MESH refuses it once expired)\n"
+            )
     return 0
 
 
@@ -593,11 +621,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = importlib.import_module(_DELEGATED[arguments[0]])
         return int(module.main(arguments[1:]) or 0)
     args = build_parser().parse_args(arguments)
-    if args.verbose:
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose > 1 else logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+    with logging_configured(args.verbose, args.log_format):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the chosen command; its errors become one line on stderr and the exit status."""
     try:
         return asyncio.run(_HANDLERS[args.command](args, sys.stdout, sys.stderr))
     except KeyboardInterrupt:

@@ -275,24 +275,28 @@ class _Failure:
         if self.payload is not None and self.payload.stalled:
             return MeshConnectionError(
                 f"{what} stalled: the server took no bytes of the body for "
-                f"{settings.stall_timeout:g}s (the stall timeout); aborted, to be retried"
+                f"{settings.stall_timeout:g}s (the stall timeout); aborted, to be retried",
+                timed_out=True,
             )
         if isinstance(error, aiohttp.ConnectionTimeoutError):
             return MeshConnectionError(
                 f"{what} failed: no connection within {settings.connect_timeout:g}s; check the "
                 "MESH URL and network",
                 request_sent=False,
+                timed_out=True,
             )
         if isinstance(error, aiohttp.SocketTimeoutError):
             return MeshConnectionError(
                 f"{what} stalled: no bytes from the server for {settings.stall_timeout:g}s (the "
-                "stall timeout); aborted, to be retried"
+                "stall timeout); aborted, to be retried",
+                timed_out=True,
             )
         if isinstance(error, TimeoutError):
             limit = self.time_limit or settings.request_timeout
             return MeshConnectionError(
                 f"{what} timed out: no complete answer within {limit:g}s; check the network or "
-                "retry later"
+                "retry later",
+                timed_out=True,
             )
         connected = not isinstance(error, aiohttp.ClientConnectorError)
         detail = str(error) or type(error).__name__

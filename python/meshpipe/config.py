@@ -29,7 +29,7 @@ import random
 import re
 import ssl
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -92,6 +92,10 @@ class RetryPolicy:
     most 10 s, so a server that is back is tried again within 10 s). A server's Retry-After is
     waited for when it is longer, unless it is beyond ``max_retry_after`` or the budget left:
     then the error stands.
+
+    ``on_retry``, when given, is told the cause of every retry just before its wait (e.g.
+    ``"connection"``, ``"timeout"``, ``"http_503"``: :func:`meshpipe.retry.retry_cause`), so
+    a service can count retries by cause; it observes only, and never changes what is retried.
     """
 
     budget: float = 120.0
@@ -100,6 +104,7 @@ class RetryPolicy:
     max_delay: float = 10.0
     #: The longest Retry-After (from a 429 or 503) that is honoured; longer ones fail.
     max_retry_after: float = 120.0
+    on_retry: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.attempts is not None and self.attempts < 1:

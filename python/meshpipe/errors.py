@@ -108,13 +108,16 @@ class MeshConnectionError(MeshpipeError, ConnectionError):
 
     ``retryable`` is True: an idempotent request may be sent again (see meshpipe.retry).
     ``request_sent`` is False when no connection was made (refused, unreachable, a TLS
-    handshake that failed), so nothing reached MESH; True when the request may have arrived."""
+    handshake that failed), so nothing reached MESH; True when the request may have arrived.
+    ``timed_out`` is True when a time limit ran out (connecting, a stall, the whole request)
+    rather than the connection failing."""
 
     retryable = True
 
-    def __init__(self, message: str, *, request_sent: bool = True) -> None:
+    def __init__(self, message: str, *, request_sent: bool = True, timed_out: bool = False) -> None:
         super().__init__(message)
         self.request_sent = request_sent
+        self.timed_out = timed_out
 
 
 class MeshProtocolError(MeshpipeError):

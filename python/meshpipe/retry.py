@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -111,7 +112,31 @@ async def call_with_retry(
                 raise
             attempt += 1
             log.warning("%s failed (%s); try %d in %.2fs", what, error, attempt, wait)
+            _observe(policy, error)
             await clock.sleep(wait)
+
+
+def retry_cause(error: BaseException) -> str:
+    """The cause a retry is counted under: ``timeout`` (a time limit ran out), ``connection``
+    (the connection failed), ``http_<status>`` (e.g. ``http_503``), or for the further errors
+    a caller retries (``also``) the error's name in snake case (e.g. ``checksum_mismatch``)."""
+    if isinstance(error, MeshConnectionError):
+        return "timeout" if error.timed_out else "connection"
+    if isinstance(error, MeshHTTPError):
+        return f"http_{error.status}"
+    name = type(error).__name__.removesuffix("Error")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() or "error"
+
+
+def _observe(policy: RetryPolicy, error: BaseException) -> None:
+    """Tell the policy's observer about a retry; an observer that fails is logged, never
+    allowed to stop the retry."""
+    if policy.on_retry is None:
+        return
+    try:
+        policy.on_retry(retry_cause(error))
+    except Exception:
+        log.exception("the retry observer failed (the retry goes ahead)")
 
 
 def _next_wait(
@@ -301,4 +326,5 @@ __all__ = [
     "call_with_retry",
     "is_retryable",
     "post_first_chunk_safely",
+    "retry_cause",
 ]

@@ -10,6 +10,7 @@ _seconds > 900``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -107,3 +108,13 @@ class WatchMetrics:
             ["mailbox"],
             registry=r,
         )
+
+    def retry_observer(self, mailbox: str) -> Callable[[str], None]:
+        """What to give a mailbox's retry policy as ``on_retry``, so its retries are counted
+        by cause: ``RetryPolicy(on_retry=metrics.retry_observer(mailbox))``."""
+        retries = self.retries
+
+        def count(cause: str) -> None:
+            retries.labels(mailbox=mailbox, cause=cause).inc()
+
+        return count

@@ -11,6 +11,7 @@ file as the connection profiles), validated whole before anything starts::
 
     [watch]
     listen = "127.0.0.1:9464"          # metrics, /healthz, /readyz ("host:port"; port 0: any)
+    allow_remote_listen = false        # true: allow a listen address other than loopback
     poll_interval = 60                 # seconds between inbox polls (at most 300, as MESH asks)
     poll_jitter = 0.1                  # each wait is poll_interval × (1 ± jitter)
     scan_interval = 5                  # seconds between scans of the outbox folders
@@ -117,6 +118,8 @@ class WatchSettings:
     mailboxes: tuple[MailboxSettings, ...]
     listen_host: str = "127.0.0.1"
     listen_port: int = 9464
+    #: The operations endpoint refuses a non-loopback listen address unless this is true.
+    allow_remote_listen: bool = False
     poll_interval: float = 60.0
     poll_jitter: float = 0.1
     scan_interval: float = 5.0
@@ -200,6 +203,7 @@ _SCALARS: Final[Mapping[str, type]] = {
     "state_dir": str,
     "failure_threshold": int,
     "max_backoff": float,
+    "allow_remote_listen": bool,
 }
 
 
@@ -243,6 +247,8 @@ def _typed(name: str, value: Any, kind: type) -> Any:
     if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is bool and isinstance(value, bool):
         return value
     if kind is str and isinstance(value, str):
         return value
