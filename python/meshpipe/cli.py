@@ -8,6 +8,7 @@
     meshpipe history [--json] [filters] | history MESSAGE_ID_OR_LOCAL_ID
     meshpipe inbox [--json] | ack ID... | track ID [--json] | lookup ODS WORKFLOW | handshake
     meshpipe serve ...   (the local MESH server)      meshpipe demo ...      meshpipe --version
+    meshpipe watch --config FILE   (unattended: outbox and inbox folders, metrics, health)
 
 Connection flags (``--url --mailbox --password --shared-key --cert --key --ca --profile
 --config``) sit beside the environment variables MESH_URL, MESH_MAILBOX, MESH_PASSWORD,
@@ -274,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("serve", help="run the local MESH server (meshpipe serve --help)")
     commands.add_parser("demo", help="run the demo (meshpipe demo --help)")
+    commands.add_parser(
+        "watch", help="run unattended: outbox and inbox folders, metrics (meshpipe watch --help)"
+    )
     return parser
 
 
@@ -610,7 +614,11 @@ _HANDLERS: Final[dict[str, Handler]] = {
 }
 
 
-_DELEGATED: Final = {"serve": "meshpipe.server.cli", "demo": "meshpipe.demo"}
+_DELEGATED: Final = {
+    "serve": "meshpipe.server.cli",
+    "demo": "meshpipe.demo",
+    "watch": "meshpipe.watch.cli",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

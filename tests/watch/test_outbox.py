@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,33 +33,10 @@ from meshpipe.watch.outbox import Outbox, SendOutcome, file_local_id
 from meshpipe.watch.settings import FolderRule, MailboxFolders, MailboxSettings
 from tests.client.conftest import FAST_RETRY, RECIPIENT, SENDER, make_config
 from tests.durable.send_helpers import download, sent_messages
-from tests.peers import SANDBOX_SHARED_KEY, Sandbox
+from tests.peers import SANDBOX_SHARED_KEY
+from tests.watch.conftest import folders_in
 
 RULE_FOLDER = "extracts"
-
-
-@pytest.fixture(scope="module")
-def meshpipe_url() -> Iterator[str]:
-    """``meshpipe serve`` with mesh-sandbox's rules, in a thread, for this module."""
-    thread = ServerThread(LocalMeshServer(rules="sandbox", shared_key=SANDBOX_SHARED_KEY))
-    server = thread.start()
-    try:
-        yield server.url
-    finally:
-        thread.stop()
-
-
-@pytest.fixture(params=["meshpipe", "sandbox"])
-def url(request: pytest.FixtureRequest) -> str:
-    if request.param == "sandbox":
-        sandbox: Sandbox = request.getfixturevalue("sandbox")
-        return sandbox.url
-    return str(request.getfixturevalue("meshpipe_url"))
-
-
-@pytest.fixture
-def workflow() -> str:
-    return f"MPWATCH_{uuid.uuid4().hex[:12].upper()}"
 
 
 @dataclass
@@ -96,22 +72,6 @@ class Mailbox:
     def sample(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(name, {"mailbox": SENDER, **labels})
         return value or 0.0
-
-
-def folders_in(root: Path) -> MailboxFolders:
-    return MailboxFolders(
-        out=root / "out",
-        sent=root / "sent",
-        failed=root / "failed",
-        inbox=root / "in",
-        reports=root / "reports",
-    )
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    with Ledger.open(tmp_path / "ledger.sqlite3") as opened:
-        yield opened
 
 
 def make_outbox(

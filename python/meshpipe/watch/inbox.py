@@ -105,6 +105,7 @@ class Inbox:
         self.metrics.inbox_backlog.labels(self.mailbox).set(len(ids))
         self.metrics.last_poll_success.labels(self.mailbox).set(time.time())
         result = PollResult(listed=len(ids))
+        self._taken.clear()  # names chosen in this poll, until written (polls never overlap)
         gate = asyncio.Semaphore(self.messages_at_once)
 
         async def one(message_id: str) -> None:
@@ -137,7 +138,6 @@ class Inbox:
             metadata=metadata,
             require_verified=False,
         )
-        self._taken.discard(received.result.path)
         outcome = "received" if received.outcome == "delivered" else received.outcome
         labels = (self.mailbox,)
         self.metrics.transfers.labels(*labels, "receive", outcome).inc()
@@ -166,12 +166,10 @@ class Inbox:
         if name.endswith(".zst") and receive_codec(metadata, True)[0] == "zstd":
             name = name[: -len(".zst")] or safe_filename(None, message_id)
         for candidate in (name, safe_filename(f"{message_id}-{name}", message_id)):
-            target = directory / candidate
-            if target not in self._taken and not any(
-                path.exists() or path.is_symlink() for path in _three(target)
-            ):
-                self._taken.add(target)
-                return target
+            three = _three(directory / candidate)
+            if not any(path in self._taken or path.exists() or path.is_symlink() for path in three):
+                self._taken.update(three)  # until written: a message received beside it
+                return three[0]
         # Two taken names for one message id: only an earlier, interrupted run of this very
         # message (the ledger then gives the recorded destination, and this one is unused).
         return directory / safe_filename(f"{message_id}-{name}", message_id)

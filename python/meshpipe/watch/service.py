@@ -80,7 +80,8 @@ class Breaker:
         log.warning("%s: %s failed: %s", self.health.mailbox, what, error)
         if self.failures == self.threshold:
             log.error(
-                "%s: %d failures in a row; circuit open, backing off", self.health.mailbox,
+                "%s: %d failures in a row; circuit open, backing off",
+                self.health.mailbox,
                 self.failures,
             )
         self.health.circuit_open = self.open
