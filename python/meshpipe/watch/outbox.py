@@ -10,7 +10,8 @@ Complete files (:meth:`Outbox.scan`):
   (a control file still being written is not judged);
 - in ``out/<folder>/`` of a folder rule, any regular file, once it is unchanged (size,
   modification and change time, inode) between two scans at least ``settle_seconds``
-  apart: the rule gives the recipient and workflow.
+  apart, or, at the first scan that sees it, once its change time is that long (and at
+  least 1 s) past: the rule gives the recipient and workflow.
 
 Dotfiles, temporary names (``x.part``, ``x~``...), symlinks, FIFOs and devices are never
 picked up (:mod:`meshpipe.watch.folders`).
@@ -133,6 +134,11 @@ class SendOutcome:
     moved_to: Path | None = None
 
 
+#: A file changed less than this long ago is never taken at its first sighting, whatever
+#: settle_seconds says (a writer between two writes).
+_MIN_AGE: Final = 1.0
+
+
 @dataclass
 class _Sighting:
     signature: tuple[int, int, int, int, int]
@@ -213,11 +219,15 @@ class Outbox:
         return [item for item in ready if item.data.path not in self._in_flight]
 
     def _settled(self, entry: FileEntry, now: float) -> bool:
-        """Whether ``entry`` was seen unchanged at least ``settle_seconds`` ago."""
+        """Whether ``entry`` was seen unchanged at least ``settle_seconds`` ago, or, at its
+        first sighting, its inode last changed (a write, a rename into the folder) at least
+        ``settle_seconds`` ago by the system clock (so ``meshpipe watch --once`` from cron
+        sends a file that was dropped before it started)."""
         sighting = self._seen.get(entry.path)
         if sighting is None or sighting.signature != entry.signature:
             self._seen[entry.path] = _Sighting(entry.signature, now)
-            return False
+            age = time.time() - entry.ctime_ns / 1e9
+            return sighting is None and age >= max(self.settle_seconds, _MIN_AGE)
         return now - sighting.since >= self.settle_seconds
 
     def _control_pairs(

@@ -226,12 +226,22 @@ class MailboxService:
 
 
 class WatchService:
-    """Every mailbox of ``settings``, with ``metrics`` and ``health`` (see the module doc)."""
+    """Every mailbox of ``settings``, with ``metrics`` and ``health`` (see the module doc).
+    ``client_settings`` (timeouts, retry policy) apply to every mailbox's client; retries are
+    counted in the metrics whatever the policy."""
 
-    def __init__(self, settings: WatchSettings, metrics: WatchMetrics, health: Health) -> None:
+    def __init__(
+        self,
+        settings: WatchSettings,
+        metrics: WatchMetrics,
+        health: Health,
+        *,
+        client_settings: ClientSettings | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.health = health
+        self.client_settings = client_settings or ClientSettings()
 
     async def run(self, stop: asyncio.Event, *, once: bool = False) -> None:
         """Run until ``stop`` is set (or, with ``once``, one round per mailbox), then stop
@@ -253,7 +263,7 @@ class WatchService:
             await asyncio.to_thread(ledger.close)
 
     def _client(self, mailbox: MailboxSettings) -> MeshClient:
-        base = ClientSettings()
+        base = self.client_settings
         retry = replace(base.retry, on_retry=self.metrics.retry_observer(mailbox.mailbox))
         connections = max(base.max_connections, self.settings.send_concurrency * 2 + 4)
         return MeshClient(mailbox.config, replace(base, retry=retry, max_connections=connections))
