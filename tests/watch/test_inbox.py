@@ -151,8 +151,8 @@ async def test_reports_are_filed_apart_counted_and_acknowledged(
     document = json.loads((tmp_path / "reports" / f"{report_id}.json").read_text())
     assert document["linked_message_id"] == linked and document["status_code"] == "14"
     assert [item.result.message_id for item in result.received] == [linked]
-    name = f"{linked}.dat"  # no mex-FileName: named by its id
-    assert files(tmp_path / "in") == [name, f"{name}.ctl", f"{name}.meshpipe.json"]
+    name = f"{linked}.dat"  # no mex-FileName: named by its id, its control file beside it
+    assert files(tmp_path / "in") == [f"{linked}.ctl", name, f"{name}.meshpipe.json"]
     count = inbox.metrics.registry.get_sample_value(
         "meshpipe_reports_received_total", {"mailbox": RECIPIENT, "code": "14"}
     )

@@ -136,10 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = settings_from(args)
             asyncio.run(serve(settings, once=args.once))
         except ConfigError as error:
-            sys.stderr.write(f"{PROGRAM}: error: {error}\n")
+            sys.stderr.write(f"meshpipe: error: {error}\n")
             return 2
         except (MeshpipeError, OSError) as error:
-            sys.stderr.write(f"{PROGRAM}: error: {error}\n")
+            sys.stderr.write(f"meshpipe: error: {error}\n")
             return 1
         except (KeyboardInterrupt, asyncio.CancelledError):
             sys.stderr.write(

@@ -8,7 +8,8 @@ a name taken gets the message id in front), and before it is acknowledged, besid
 
 - ``<name>.meshpipe.json``: the message id, every ``mex-`` header, the file's xxh3-128 and
   size, the time it was received;
-- ``<name>.ctl``: a DTSControl file as NHS's MESH client writes for a received message.
+- ``<name>.ctl`` (``x.ctl`` for ``x.dat``): a DTSControl file as NHS's MESH client writes
+  for a received message.
 
 The control file is written last: a consumer that waits for it sees the data and the sidecar
 complete. A name is only chosen if none of the three files exists, so a remote name such as
@@ -51,6 +52,7 @@ log = logging.getLogger("meshpipe.watch")
 
 SIDECAR_SUFFIX: Final = ".meshpipe.json"
 CONTROL_SUFFIX: Final = ".ctl"
+DATA_SUFFIX: Final = ".dat"
 #: MESH lists at most this many messages per poll: a full page means poll again at once.
 PAGE_SIZE: Final = 500
 
@@ -206,10 +208,13 @@ class Inbox:
 
 
 def _three(target: Path) -> tuple[Path, Path, Path]:
+    """The data file, its sidecar and its control file (``x.dat`` pairs with ``x.ctl``, as
+    for NHS's MESH client; any other name gets ``.ctl`` added)."""
+    stem = target.name.removesuffix(DATA_SUFFIX) if target.suffix == DATA_SUFFIX else target.name
     return (
         target,
         target.with_name(target.name + SIDECAR_SUFFIX),
-        target.with_name(target.name + CONTROL_SUFFIX),
+        target.with_name(stem + CONTROL_SUFFIX),
     )
 
 

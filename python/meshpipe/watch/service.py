@@ -264,7 +264,11 @@ class WatchService:
 
     def _client(self, mailbox: MailboxSettings) -> MeshClient:
         base = self.client_settings
-        retry = replace(base.retry, on_retry=self.metrics.retry_observer(mailbox.mailbox))
+        retry = replace(
+            base.retry,
+            budget=min(base.retry.budget, self.settings.retry_budget),
+            on_retry=self.metrics.retry_observer(mailbox.mailbox),
+        )
         connections = max(base.max_connections, self.settings.send_concurrency * 2 + 4)
         return MeshClient(mailbox.config, replace(base, retry=retry, max_connections=connections))
 
@@ -280,9 +284,10 @@ class WatchService:
         ]
         stopped = asyncio.create_task(stop.wait())
         try:
-            await asyncio.wait([*tasks, stopped], return_when=asyncio.FIRST_COMPLETED)
-            while not stop.is_set() and not all(task.done() for task in tasks):
-                await asyncio.wait([*tasks, stopped], return_when=asyncio.FIRST_COMPLETED)
+            pending = set(tasks)
+            while pending and not stop.is_set():
+                await asyncio.wait([*pending, stopped], return_when=asyncio.FIRST_COMPLETED)
+                pending = {task for task in tasks if not task.done()}
             if stop.is_set():
                 log.warning(
                     "stopping: no new transfers; up to %g s for those in flight",

@@ -19,6 +19,7 @@ file as the connection profiles), validated whole before anything starts::
     send_concurrency = 4               # messages sent at once, per mailbox
     shutdown_grace = 30                # seconds transfers in flight get to finish on SIGTERM
     certificate_warning_days = 30
+    retry_budget = 120                 # seconds a failed request is tried again
     ledger = "/var/lib/meshpipe/ledger.db"   # or state_dir; default as for meshpipe send
 
     [[watch.mailbox]]
@@ -134,6 +135,9 @@ class WatchSettings:
     #: with back-off up to ``max_backoff`` seconds, until one probe succeeds).
     failure_threshold: int = 3
     max_backoff: float = 300.0
+    #: How long a failed request is tried again before it counts as a failure (the retry
+    #: policy's budget: meshpipe.config.RetryPolicy).
+    retry_budget: float = 120.0
 
     def __post_init__(self) -> None:
         if not self.mailboxes:
@@ -203,6 +207,7 @@ _SCALARS: Final[Mapping[str, type]] = {
     "state_dir": str,
     "failure_threshold": int,
     "max_backoff": float,
+    "retry_budget": float,
     "allow_remote_listen": bool,
 }
 
