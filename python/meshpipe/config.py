@@ -326,16 +326,21 @@ _ENV_NAMES: Final[Mapping[str, str]] = {
 }
 
 
-def read_profile(path: Path, profile: str | None = None) -> dict[str, Any]:
-    """The settings of one profile in a TOML file (``[profiles.NAME]``); ``*_env`` keys are
-    read from the named environment variables."""
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The TOML config file ``path`` (profiles, and the ``[watch]`` table), or ConfigError."""
     try:
         with path.open("rb") as handle:
-            document = tomllib.load(handle)
+            return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+
+
+def read_profile(path: Path, profile: str | None = None) -> dict[str, Any]:
+    """The settings of one profile in a TOML file (``[profiles.NAME]``); ``*_env`` keys are
+    read from the named environment variables."""
+    document = read_config_file(path)
     profiles = document.get("profiles", {})
     if not isinstance(profiles, dict):
         raise ConfigError(f"config file {str(path)!r}: [profiles] must be a table")

@@ -6,7 +6,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from meshpipe.ledger import Ledger
@@ -54,3 +56,12 @@ def folders_in(root: Path) -> MailboxFolders:
         inbox=root / "in",
         reports=root / "reports",
     )
+
+
+async def put_faults(url: str, faults: list[dict[str, Any]]) -> None:
+    """Replace the local server's fault plan (``[]``: none)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.put(f"{url}/messageexchange/admin/faults", json={"faults": faults}) as answer,
+    ):
+        assert answer.status == 200

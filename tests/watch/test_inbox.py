@@ -20,7 +20,7 @@ from meshpipe.watch.inbox import CONTROL_SUFFIX, SIDECAR_SUFFIX, Inbox
 from meshpipe.watch.metrics import WatchMetrics
 from meshpipe.watch.settings import MailboxSettings
 from tests.client.conftest import FAST_RETRY, RECIPIENT, SENDER, make_config
-from tests.watch.conftest import folders_in
+from tests.watch.conftest import folders_in, put_faults
 
 
 def client_for(url: str, mailbox: str) -> MeshClient:
@@ -94,14 +94,6 @@ async def test_messages_of_one_name_and_names_of_other_files_never_collide(
         assert paths[sidecar["message_id"]] == path
         assert path.with_name(path.name + CONTROL_SUFFIX).is_file()
     assert len(files(tmp_path / "in")) == 9
-
-
-async def put_faults(url: str, faults: list[dict[str, Any]]) -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.put(f"{url}/messageexchange/admin/faults", json={"faults": faults}) as answer,
-    ):
-        assert answer.status == 200
 
 
 async def test_a_failed_acknowledgement_leaves_the_message_and_the_next_poll_writes_nothing_twice(

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from meshpipe.client import ClientSettings, MeshClient
@@ -34,7 +33,7 @@ from meshpipe.watch.settings import FolderRule, MailboxFolders, MailboxSettings
 from tests.client.conftest import FAST_RETRY, RECIPIENT, SENDER, make_config
 from tests.durable.send_helpers import download, sent_messages
 from tests.peers import SANDBOX_SHARED_KEY
-from tests.watch.conftest import folders_in
+from tests.watch.conftest import folders_in, put_faults
 
 RULE_FOLDER = "extracts"
 
@@ -390,14 +389,6 @@ async def test_a_workflow_the_recipient_may_not_receive_goes_to_failed(
 # --- MESH down ----------------------------------------------------------------------------
 
 
-async def set_faults(url: str, faults: list[dict[str, Any]]) -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.put(f"{url}/messageexchange/admin/faults", json={"faults": faults}) as answer,
-    ):
-        assert answer.status == 200
-
-
 async def test_mesh_unreachable_defers_the_file_and_a_later_scan_sends_it(
     meshpipe_url: str, workflow: str, tmp_path: Path, ledger: Ledger
 ) -> None:
@@ -431,11 +422,11 @@ async def test_a_send_interrupted_by_mesh_failing_resumes_at_the_next_scan(
             await box.run()
             os.link(source, box.out / RULE_FOLDER / "big.csv")
             await box.run()
-            await set_faults(
+            await put_faults(
                 server.url, [{"kind": "status", "route": "send_chunk", "status": 503, "times": 0}]
             )
             [deferred] = await box.run()
-            await set_faults(server.url, [])
+            await put_faults(server.url, [])
             [resumed] = await box.run()
         assert deferred.outcome == "deferred" and "503" in (deferred.reason or "")
         assert resumed.outcome == "sent" and resumed.message_id

@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from meshpipe.client import ClientSettings
 from meshpipe.config import RetryPolicy
 from meshpipe.watch.health import Health
@@ -20,7 +18,7 @@ from meshpipe.watch.metrics import WatchMetrics
 from meshpipe.watch.service import Breaker, WatchService
 from meshpipe.watch.settings import FolderRule, MailboxSettings, WatchSettings
 from tests.client.conftest import RECIPIENT, SENDER, make_config
-from tests.watch.conftest import folders_in
+from tests.watch.conftest import folders_in, put_faults
 
 
 def watch_settings(url: str, root: Path, workflow: str, **numbers: Any) -> WatchSettings:
@@ -116,14 +114,6 @@ def test_the_breaker_opens_after_the_threshold_and_closes_on_success() -> None:
     assert any("circuit open" in item for item in health.problems())
     breaker.success()
     assert not breaker.open and not health[SENDER].circuit_open and up() == 1
-
-
-async def put_faults(url: str, faults: list[dict[str, Any]]) -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.put(f"{url}/messageexchange/admin/faults", json={"faults": faults}) as answer,
-    ):
-        assert answer.status == 200
 
 
 async def test_mesh_failing_opens_the_circuit_and_its_recovery_closes_it(

@@ -42,14 +42,13 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from meshpipe import units
-from meshpipe.config import MeshConfig, load_config
+from meshpipe.config import MeshConfig, load_config, read_config_file
 from meshpipe.errors import ConfigError
 
 #: The folders of one mailbox and their default names under ``root``.
@@ -181,13 +180,7 @@ def load_watch_settings(config_file: str | os.PathLike[str], **overrides: Any) -
     """The ``[watch]`` table of ``config_file``, with ``overrides`` (settings given on the
     command line; None values ignored) applied."""
     path = Path(config_file).expanduser()
-    try:
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    document = read_config_file(path)
     table = document.get("watch")
     if not isinstance(table, dict):
         raise ConfigError(f"config file {str(path)!r} has no [watch] table: see meshpipe watch -h")
