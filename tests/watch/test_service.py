@@ -147,3 +147,27 @@ async def test_mesh_failing_opens_the_circuit_and_its_recovery_closes_it(
         "meshpipe_last_poll_success_timestamp_seconds", {"mailbox": RECIPIENT}
     )
     assert polled is not None and polled > 0
+
+
+async def test_a_failed_handshake_is_tried_again_soon_not_a_day_later(
+    meshpipe_url: str, workflow: str, tmp_path: Path
+) -> None:
+    settings = watch_settings(meshpipe_url, tmp_path, workflow, poll_interval=1)
+    metrics, health = WatchMetrics(), Health([SENDER, RECIPIENT])
+    once = ClientSettings(retry=RetryPolicy(attempts=1))
+    service = WatchService(settings, metrics, health, client_settings=once)
+    fault = {"kind": "status", "route": "handshake", "status": 503, "times": 2}
+    await put_faults(meshpipe_url, [fault])  # the first handshake of each mailbox fails
+    stop = asyncio.Event()
+    running = asyncio.create_task(service.run(stop))
+    try:
+        deadline = time.monotonic() + 30
+        while not all(item.handshake_ok for item in health):
+            assert not running.done(), running
+            assert time.monotonic() < deadline, health.problems()
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await put_faults(meshpipe_url, [])
+    assert health.problems() == []

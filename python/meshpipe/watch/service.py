@@ -3,8 +3,9 @@ poll its inbox, validate it daily, and stand back while MESH fails.
 
 Per mailbox (one :class:`~meshpipe.client.MeshClient` each, one ledger for all):
 
-- **handshake** at start-up and every ``handshake_interval`` (24 h): its outcome is the
-  mailbox's readiness (``/readyz``) and ``meshpipe_last_handshake_success_timestamp_seconds``;
+- **handshake** at start-up and every ``handshake_interval`` (24 h; after a failed one, again
+  after ``poll_interval``): its outcome is the mailbox's readiness (``/readyz``) and
+  ``meshpipe_last_handshake_success_timestamp_seconds``;
 - **outbox**: a scan every ``scan_interval`` seconds, each complete file sent
   (:class:`~meshpipe.watch.outbox.Outbox`, at most ``send_concurrency`` at once);
 - **inbox**: a poll every ``poll_interval`` × (1 ± ``poll_jitter``) seconds, and at once
@@ -176,10 +177,7 @@ class MailboxService:
                 pass
 
     async def run(self, stopping: asyncio.Event) -> None:
-        await self.handshake()
-        loops = [
-            self._every(self.settings.handshake_interval, self.handshake, stopping, wait_first=True)
-        ]
+        loops = [self._handshakes(stopping)]
         if self.mailbox.send:
             scan = self.settings.scan_interval
             loops.append(self._every(scan, lambda: self.scan_once(stopping), stopping))
@@ -188,6 +186,17 @@ class MailboxService:
         async with asyncio.TaskGroup() as group:
             for loop in loops:
                 group.create_task(loop)
+
+    async def _handshakes(self, stopping: asyncio.Event) -> None:
+        """A handshake now and every ``handshake_interval``; after a failed one, again after
+        ``poll_interval`` (or the back-off), so a mailbox that failed once is not left
+        unready for a day."""
+        while not stopping.is_set():
+            if await self.handshake():
+                wait = self.settings.handshake_interval
+            else:
+                wait = max(self.settings.poll_interval, self.breaker.backoff())
+            await _sleep(wait, stopping)
 
     async def _polls(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -205,13 +214,8 @@ class MailboxService:
         interval: float,
         action: Callable[[], Awaitable[object]],
         stopping: asyncio.Event,
-        *,
-        wait_first: bool = False,
     ) -> None:
-        """``action`` every ``interval`` seconds (the first at once, or after one interval
-        with ``wait_first``)."""
-        if wait_first:
-            await _sleep(interval, stopping)
+        """``action`` every ``interval`` seconds, the first at once."""
         while not stopping.is_set():
             await self._wait_while_open(stopping)
             if stopping.is_set():
