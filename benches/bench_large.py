@@ -36,6 +36,7 @@ import pytest
 from isal import isal_zlib
 
 from meshpipe import units
+from meshpipe.memory import peak_rss
 from meshpipe.server.process import server_process
 from meshpipe.synthetic import csv_block
 
@@ -79,12 +80,6 @@ def _process_figures(pid: int) -> dict[str, float]:
         "read_bytes": int(io["read_bytes"]),
         "cpu": (int(fields[11]) + int(fields[12])) / ticks,  # utime + stime
     }
-
-
-def _peak_rss_of(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
-    return int(line.split()[1]) * 1024
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +184,7 @@ def test_large_send(extract: Path, server: Any, figures: list[str]) -> None:
                 f"{client['cpu'] / gb:.2f}, server {served['cpu'] / gb:.2f}"
                 f" (= {served['cpu'] / gb / inflate:.2f}x ISA-L inflate); peak RSS client "
                 f"{client['peak_rss'] / units.MiB:.0f} MiB, server so far "
-                f"{_peak_rss_of(server[2].pid) / units.MiB:.0f} MiB"
+                f"{peak_rss(server[2].pid) / units.MiB:.0f} MiB"
             )
         if "concurrent" in throughput:
             ratios = [

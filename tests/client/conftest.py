@@ -103,3 +103,15 @@ async def proxied_recipient(
 ) -> AsyncIterator[MeshClient]:
     async with MeshClient(make_config(proxy.url, RECIPIENT), settings) as client:
         yield client
+
+
+@pytest.fixture
+def env(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
+    """The CLI's environment for the sandbox's sender (no profile file, no home config)."""
+    monkeypatch.setenv("MESH_URL", sandbox.url)
+    monkeypatch.setenv("MESH_PASSWORD", SANDBOX_PASSWORD)
+    monkeypatch.setenv("MESH_SHARED_KEY", sandbox.shared_key)
+    monkeypatch.setenv("MESHPIPE_CONFIG", "")
+    monkeypatch.delenv("MESHPIPE_PROFILE", raising=False)
+    monkeypatch.setenv("HOME", "/nonexistent-home-for-tests")
+    return sandbox

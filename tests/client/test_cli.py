@@ -16,20 +16,9 @@ from meshpipe.headers import SendHeaders
 from meshpipe.sync import SyncMeshClient
 from meshpipe.units import size_argument
 from tests.client.conftest import RECIPIENT, SENDER, MiB, make_config
-from tests.peers import SANDBOX_PASSWORD, SANDBOX_SHARED_KEY, Sandbox
+from tests.peers import SANDBOX_SHARED_KEY, Sandbox
 
 SECRET_KEY = SANDBOX_SHARED_KEY
-
-
-@pytest.fixture
-def env(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
-    monkeypatch.setenv("MESH_URL", sandbox.url)
-    monkeypatch.setenv("MESH_PASSWORD", SANDBOX_PASSWORD)
-    monkeypatch.setenv("MESH_SHARED_KEY", sandbox.shared_key)
-    monkeypatch.setenv("MESHPIPE_CONFIG", "")
-    monkeypatch.delenv("MESHPIPE_PROFILE", raising=False)
-    monkeypatch.setenv("HOME", "/nonexistent-home-for-tests")
-    return sandbox
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -13,18 +13,6 @@ import trustme
 
 from meshpipe import cli
 from tests.client.conftest import SENDER
-from tests.peers import SANDBOX_PASSWORD, Sandbox
-
-
-@pytest.fixture
-def env(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
-    monkeypatch.setenv("MESH_URL", sandbox.url)
-    monkeypatch.setenv("MESH_PASSWORD", SANDBOX_PASSWORD)
-    monkeypatch.setenv("MESH_SHARED_KEY", sandbox.shared_key)
-    monkeypatch.setenv("MESHPIPE_CONFIG", "")
-    monkeypatch.delenv("MESHPIPE_PROFILE", raising=False)
-    monkeypatch.setenv("HOME", "/nonexistent-home-for-tests")
-    return sandbox
 
 
 def client_certificate(tmp_path: Path, valid_for: timedelta) -> list[str]:

@@ -531,20 +531,28 @@ class ReceiveFailure:
     error: BaseException
 
 
-def _inbox_target(
-    directory: Path, metadata: MessageMetadata, decode_payload: bool, taken: set[Path]
-) -> Path:
-    """Where ``receive_all`` puts a message: named from mex-FileName (``.zst`` dropped when
-    the payload is decoded), prefixed with the message id if that name is taken (on disk, or
-    in ``taken``: by a message of the same run, which the target is added to)."""
+def inbox_names(metadata: MessageMetadata, decode_payload: bool) -> tuple[str, str]:
+    """The names a message received into a folder may take: from mex-FileName made safe
+    (``.zst`` dropped when the payload is decoded), and that name prefixed with the message
+    id, for when the first is taken."""
     message_id = metadata.message_id
     name = safe_filename(metadata.filename, message_id)
     if decode_payload and name.endswith(".zst") and receive_codec(metadata, True)[0] == "zstd":
         name = name[: -len(".zst")] or safe_filename(None, message_id)
+    prefixed = f"{_UNSAFE_NAME.sub('_', message_id)}-{name}"
+    return name, _fit(prefixed, MAX_NAME_BYTES, f"{message_id}-{metadata.filename}")
+
+
+def _inbox_target(
+    directory: Path, metadata: MessageMetadata, decode_payload: bool, taken: set[Path]
+) -> Path:
+    """Where ``receive_all`` puts a message (:func:`inbox_names`): the prefixed name if the
+    first is taken (on disk, or in ``taken``: by a message of the same run, which the target
+    is added to)."""
+    name, prefixed = inbox_names(metadata, decode_payload)
     target = directory / name
     if target.exists() or target in taken:
-        prefixed = f"{_UNSAFE_NAME.sub('_', message_id)}-{name}"
-        target = directory / _fit(prefixed, MAX_NAME_BYTES, f"{message_id}-{metadata.filename}")
+        target = directory / prefixed
     taken.add(target)
     return target
 

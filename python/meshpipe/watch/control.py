@@ -65,6 +65,9 @@ from meshpipe.errors import MeshpipeError
 from meshpipe.headers import CONTROL_CHARACTERS, SEND_HEADER_LIMITS, SendHeaders
 from meshpipe.models import MessageMetadata
 
+#: A data file and its control file: ``x.dat`` with ``x.ctl`` (NHS's MESH client's naming).
+DATA_SUFFIX: Final = ".dat"
+CONTROL_SUFFIX: Final = ".ctl"
 #: A control file is a few hundred bytes; anything larger than this is refused unread.
 MAX_CONTROL_BYTES: Final = 64 * 1024
 

@@ -42,8 +42,13 @@ from meshpipe.errors import MeshpipeError
 from meshpipe.ledger import Ledger
 from meshpipe.models import MessageMetadata, ReportMessage
 from meshpipe.retry import RetryingClient
-from meshpipe.transfer.download import receive_codec, safe_filename
-from meshpipe.watch.control import received_control, render_control
+from meshpipe.transfer.download import inbox_names, safe_filename
+from meshpipe.watch.control import (
+    CONTROL_SUFFIX,
+    DATA_SUFFIX,
+    received_control,
+    render_control,
+)
 from meshpipe.watch.folders import make_folders, write_new
 from meshpipe.watch.metrics import WatchMetrics
 from meshpipe.watch.settings import MailboxSettings
@@ -51,8 +56,6 @@ from meshpipe.watch.settings import MailboxSettings
 log = logging.getLogger("meshpipe.watch")
 
 SIDECAR_SUFFIX: Final = ".meshpipe.json"
-CONTROL_SUFFIX: Final = ".ctl"
-DATA_SUFFIX: Final = ".dat"
 #: MESH lists at most this many messages per poll: a full page means poll again at once.
 PAGE_SIZE: Final = 500
 
@@ -162,19 +165,15 @@ class Inbox:
 
     def _target(self, metadata: MessageMetadata) -> Path:
         """A name in the inbox folder no file of this message's three takes yet."""
-        directory = self.settings.folders.inbox
-        message_id = metadata.message_id
-        name = safe_filename(metadata.filename, message_id)
-        if name.endswith(".zst") and receive_codec(metadata, True)[0] == "zstd":
-            name = name[: -len(".zst")] or safe_filename(None, message_id)
-        for candidate in (name, safe_filename(f"{message_id}-{name}", message_id)):
-            three = _three(directory / candidate)
+        names = inbox_names(metadata, decode_payload=True)
+        for candidate in names:
+            three = _three(self.settings.folders.inbox / candidate)
             if not any(path in self._taken or path.exists() or path.is_symlink() for path in three):
                 self._taken.update(three)  # until written: a message received beside it
                 return three[0]
-        # Two taken names for one message id: only an earlier, interrupted run of this very
-        # message (the ledger then gives the recorded destination, and this one is unused).
-        return directory / safe_filename(f"{message_id}-{name}", message_id)
+        # Both taken: only by an earlier, interrupted run of this very message (the ledger
+        # then gives the recorded destination, and this one is unused).
+        return self.settings.folders.inbox / names[1]
 
     def _write_metadata(self, delivery: Delivery) -> None:
         """The hook (on a thread, before the acknowledgement): the sidecar, then the ctl."""

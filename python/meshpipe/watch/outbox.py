@@ -72,6 +72,8 @@ from meshpipe.headers import SendHeaders
 from meshpipe.ledger import Ledger, LedgerError, SendRecord, SourceFile
 from meshpipe.transfer import SendOptions
 from meshpipe.watch.control import (
+    CONTROL_SUFFIX,
+    DATA_SUFFIX,
     MAX_CONTROL_BYTES,
     ControlFile,
     ControlFileError,
@@ -99,8 +101,6 @@ log = logging.getLogger("meshpipe.watch.outbox")
 
 Outcome = Literal["sent", "already-sent", "failed", "deferred"]
 
-DATA_SUFFIX: Final = ".dat"
-CONTROL_SUFFIX: Final = ".ctl"
 REASON_SUFFIX: Final = ".reason.txt"
 
 
