@@ -31,7 +31,7 @@ rust-test: setup
 	cargo test --quiet
 
 py-test: build
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 test: lint rust-test py-test
 
