@@ -7,7 +7,7 @@ Client side, lowest first (a module may import its own layer and the ones below)
     0  meshpipe._meshpipe              the native engine
     1  errors                          the exceptions a caller catches
     2  units, headers, error_body      sizes and codecs; MESH's header rules; error answers
-    3  auth, config, models, synthetic, progress, memory, processes, logs
+    3  auth, config, models, synthetic, progress, memory, processes, logs, pages (package)
     4  client                          one aiohttp session, every endpoint; no retry
     5  retry                           every retry: call_with_retry, RetryingClient, chunk 1
     6  transfer (package)              staged Upload / Download, the journals
@@ -17,7 +17,8 @@ Client side, lowest first (a module may import its own layer and the ones below)
    10  cli, demo, __main__, meshpipe   the commands; the public API (the package itself)
 
 The local server (``meshpipe.server.*``) may import itself, the engine and only the low
-client-side modules errors, units, headers, auth, models, synthetic and memory.
+client-side modules errors, units, headers, auth, models, synthetic and memory, and the web
+pages' base (pages).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ LAYERS: dict[str, int] = {
     "meshpipe.memory": 3,
     "meshpipe.processes": 3,
     "meshpipe.logs": 3,
+    "meshpipe.pages": 3,
     "meshpipe.client": 4,
     "meshpipe.retry": 5,
     "meshpipe.transfer": 6,
@@ -65,6 +67,10 @@ SERVER_MAY_IMPORT = frozenset(
         "meshpipe.models",
         "meshpipe.synthetic",
         "meshpipe.memory",
+        "meshpipe.pages",
+        "meshpipe.pages.access",
+        "meshpipe.pages.charts",
+        "meshpipe.pages.format",
     }
 )
 
