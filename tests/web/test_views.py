@@ -123,6 +123,7 @@ async def test_keyset_pages_walk_the_whole_list(tmp_path: Path) -> None:
         assert last.older is None and last.newer == 50
         newer = view.page(ListQuery(after=last.newer))
         assert [row.id for row in newer.rows] == list(range(100, 50, -1))
+        assert view.count(limit=100) == 101 and view.count() == 230
         filtered = view.page(ListQuery(workflow="WF_03", direction="send"))
         assert filtered.total == len([i for i in range(230) if i % 25 == 3 and i % 3 != 0])
         assert all(row.workflow_id == "WF_03" for row in filtered.rows)

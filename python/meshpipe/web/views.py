@@ -30,6 +30,7 @@ from meshpipe.web.detail import (
 )
 from meshpipe.web.store import (
     ALL_STATES,
+    COUNT_LIMIT,
     PAGE_SIZE,
     RUNNING_STATES,
     SORT_KEYS,
@@ -276,6 +277,7 @@ async def transfers_page(request: web.Request) -> web.Response:
             "pager": pager,
             "refresh": refresh,
             "running_states": RUNNING_STATES,
+            "count_limit": COUNT_LIMIT,
             "throughput": throughput,
         },
     )
