@@ -113,8 +113,9 @@ async def test_wrong_list_parameters_are_refused_by_name(site: Site) -> None:
         assert named in html, (query, html)
 
 
-async def test_keyset_pages_walk_the_whole_list(tmp_path: Path) -> None:
-    location = str(tmp_path / "bulk.sqlite3")
+def test_keyset_pages_walk_the_whole_list(ledger_location: str) -> None:
+    """On SQLite and PostgreSQL: keyset pages both ways, filters, counts, sorting."""
+    location = ledger_location
     bulk_ledger(location, 230)
     view = LedgerView(location)
     try:
@@ -138,6 +139,13 @@ async def test_keyset_pages_walk_the_whole_list(tmp_path: Path) -> None:
         by_size = view.page(ListQuery(sort="size", descending=True))
         sizes = [row.size or 0 for row in by_size.rows]
         assert sizes == sorted(sizes, reverse=True) and by_size.has_next
+        failed = view.page(ListQuery(state="failed", workflow="WF_05", mailbox="X26ABC001"))
+        expected = [i + 1 for i in range(229, -1, -1) if i % 6 == 5 and i % 25 == 5 and i % 4 == 1]
+        assert [row.id for row in failed.rows] == expected and failed.total == len(expected)
+        found = view.page(ListQuery(search="local-17", direction="send"))
+        assert [row.id for row in found.rows] == [18]
+        overview = view.overview()
+        assert overview.total == 230 and len(overview.last_per_workflow) == 25
     finally:
         view.close()
 
