@@ -6,7 +6,8 @@ Client side, lowest first (a module may import its own layer and the ones below)
 
     0  meshpipe._meshpipe              the native engine
     1  errors                          the exceptions a caller catches
-    2  units, headers, error_body      sizes and codecs; MESH's header rules; error answers
+    2  units, headers, error_body,     sizes and codecs; MESH's header rules; error answers;
+       gp_route                        GP-routing addresses, patient details masked
     3  auth, config, models, synthetic, progress, memory, processes, logs
     4  client                          one aiohttp session, every endpoint; no retry
     5  retry                           every retry: call_with_retry, RetryingClient, chunk 1
@@ -17,7 +18,7 @@ Client side, lowest first (a module may import its own layer and the ones below)
    10  cli, demo, __main__, meshpipe   the commands; the public API (the package itself)
 
 The local server (``meshpipe.server.*``) may import itself, the engine and only the low
-client-side modules errors, units, headers, auth, models, synthetic and memory.
+client-side modules errors, units, headers, gp_route, auth, models, synthetic and memory.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ LAYERS: dict[str, int] = {
     "meshpipe.units": 2,
     "meshpipe.headers": 2,
     "meshpipe.error_body": 2,
+    "meshpipe.gp_route": 2,
     "meshpipe.auth": 3,
     "meshpipe.config": 3,
     "meshpipe.models": 3,
@@ -61,6 +63,7 @@ SERVER_MAY_IMPORT = frozenset(
         "meshpipe.errors",
         "meshpipe.units",
         "meshpipe.headers",
+        "meshpipe.gp_route",
         "meshpipe.auth",
         "meshpipe.models",
         "meshpipe.synthetic",

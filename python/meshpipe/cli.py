@@ -1,6 +1,7 @@
 """The ``meshpipe`` command line.
 
     meshpipe send PATH --to MAILBOX --workflow-id WF [--compress none|gzip|zstd] ...
+    meshpipe send PATH --to-gp NHS_NUMBER,DOB,SURNAME --workflow-id WF ...   (GP-routed)
     meshpipe send --resume LOCAL_ID    (the same send again resumes it too; --again, --no-ledger)
     meshpipe receive MESSAGE_ID --out PATH [--no-ack] [--overwrite] [--require-verified]
                      [--exec CMD] [--no-ledger]
@@ -36,6 +37,7 @@ from meshpipe.config import UPLOAD_ORDERS, load_config
 from meshpipe.durable import CommandHook, DurableReceiver, DurableReceiveResult, DurableSend
 from meshpipe.durable.history import history_filter, show_history
 from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
+from meshpipe.gp_route import GPRoute, mask_patient_details
 from meshpipe.headers import SendHeaders
 from meshpipe.ledger import Ledger, resolve_ledger_location
 from meshpipe.logs import LOG_FORMATS, hide, logging_configured
@@ -139,7 +141,16 @@ def _add_send_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "prints the existing message id instead of sending again.",
     )
     send.add_argument("path", nargs="?", help="the file (optional with --resume)")
-    send.add_argument("--to", help="recipient mailbox id")
+    recipient = send.add_mutually_exclusive_group()
+    recipient.add_argument(
+        "--to", help="recipient mailbox id (or a GP-routing address GPPROVIDER_...)"
+    )
+    recipient.add_argument(
+        "--to-gp",
+        metavar="NHS_NUMBER,DOB,SURNAME",
+        help="route to the patient's registered GP practice (date of birth YYYYMMDD); "
+        "checked before anything is sent, never logged",
+    )
     send.add_argument("--workflow-id")
     send.add_argument(
         "--local-id",
@@ -347,7 +358,7 @@ def _check_send_usage(args: argparse.Namespace) -> None:
 async def _send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     _check_send_usage(args)
     headers = SendHeaders(
-        to=args.to or "",
+        to=str(GPRoute.from_argument(args.to_gp)) if args.to_gp else args.to or "",
         workflow_id=args.workflow_id or "",
         local_id=args.local_id,
         subject=args.subject,
@@ -380,7 +391,7 @@ async def _send_durably(
 ) -> str:
     def notice(text: str) -> None:
         progress.close()
-        err.write(f"{PROGRAM}: {text}\n")
+        err.write(f"{PROGRAM}: {mask_patient_details(text)}\n")
         err.flush()
 
     with _open_ledger(args) as ledger:
@@ -641,8 +652,8 @@ def _run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{PROGRAM}: interrupted\n")
         return 130
     except (ConfigError, MessageHeaderError, PlanError) as error:
-        sys.stderr.write(f"{PROGRAM}: error: {error}\n")
+        sys.stderr.write(f"{PROGRAM}: error: {mask_patient_details(str(error))}\n")
         return 2
     except (MeshpipeError, OSError) as error:
-        sys.stderr.write(f"{PROGRAM}: error: {error}\n")
+        sys.stderr.write(f"{PROGRAM}: error: {mask_patient_details(str(error))}\n")
         return 1

@@ -17,6 +17,7 @@ from typing import Any, Final, Self, cast
 from sqlalchemy import Connection, Integer, Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
+from meshpipe.gp_route import mask_patient_details
 from meshpipe.headers import SendHeaders
 from meshpipe.ledger.database import (
     DEFAULT_BUSY_TIMEOUT,
@@ -206,7 +207,12 @@ class Ledger:
     ) -> None:
         connection.execute(
             _EVENT,
-            {"transfer_id": transfer_id, "at": self._clock(), "kind": kind, "detail": detail},
+            {
+                "transfer_id": transfer_id,
+                "at": self._clock(),
+                "kind": kind,
+                "detail": _without_patient_details(detail),
+            },
         )
 
     def _change(
@@ -428,8 +434,10 @@ class Ledger:
     ) -> SendRecord:
         """Record a new send (state ``preparing``) before anything is sent. A local id that
         this mailbox already sent is refused (code ``exists``: resume that send, or pass
-        ``again`` for a deliberate second send, which gets the next sequence number)."""
-        request = headers.to_request()
+        ``again`` for a deliberate second send, which gets the next sequence number). Patient
+        details are never recorded: a GP-routing recipient (and any NHS number in a header
+        or the subject) is kept masked (:func:`~meshpipe.gp_route.mask_patient_details`)."""
+        request = _headers_without_patient_details(headers.to_request())
         now = self._clock()
         with self._transaction(write=True) as connection:
             sequence = 1
@@ -459,7 +467,7 @@ class Ledger:
                     sequence=sequence,
                     counterparty=request["mex-To"],
                     workflow_id=request["mex-WorkflowID"],
-                    subject=headers.subject,
+                    subject=mask_patient_details(headers.subject or "") or None,
                     headers=request,
                     path=source.path,
                     size=source.size,
@@ -676,6 +684,7 @@ class Ledger:
         hold any response headers; every ``mex-`` one is kept. A message already recorded
         for this mailbox is refused (code ``exists``: find_receive it)."""
         kept = {name: value for name, value in headers.items() if name.lower().startswith("mex-")}
+        kept = _headers_without_patient_details(kept)
         lowered = {name.lower(): value for name, value in kept.items()}
         fields = {column: lowered.get(header) or None for column, header in _HEADER_FIELDS.items()}
         now = self._clock()
@@ -849,6 +858,7 @@ class Ledger:
                 (*_SEND_WORKING, "downloading", "verified", "failed"),
                 "fail",
             )
+            error = mask_patient_details(error)
             self._set(connection, row.id, state="failed", error=error, finished_at=self._clock())
             self._event(connection, row.id, "failed", error=error, previous_state=row.state)
             return self._read(connection, row.id)
@@ -1087,6 +1097,38 @@ class _Heartbeat:
                     return
             except LedgerError:
                 continue  # busy or unreachable for now: the next beat tries again
+
+
+#: Event details that are never patient details but may hold ten digits in a row (a file's
+#: path): recorded as they are.
+_PATHS: Final = frozenset({"source", "path", "destination", "partial_path"})
+#: The headers that may carry patient details (a GP-routing recipient, a subject naming the
+#: patient); the others are recorded as they are (a checksum holds sizes, a local id is
+#: refused for a GP send when it holds the NHS number).
+_PATIENT_HEADERS: Final = frozenset({"mex-to", "mex-subject", "mex-statusdescription"})
+
+
+def _without_patient_details(value: Any) -> Any:
+    """Event details (JSON: mappings, lists, text) with patient details masked in every text
+    but a path's."""
+    if isinstance(value, str):
+        return mask_patient_details(value)
+    if isinstance(value, Mapping):
+        return {
+            key: item if key in _PATHS else _without_patient_details(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_without_patient_details(item) for item in value]
+    return value
+
+
+def _headers_without_patient_details(headers: Mapping[str, str]) -> dict[str, str]:
+    """``headers`` with the values of :data:`_PATIENT_HEADERS` masked."""
+    return {
+        name: mask_patient_details(value) if name.lower() in _PATIENT_HEADERS else value
+        for name, value in headers.items()
+    }
 
 
 def _conditions(filters: HistoryFilter) -> list[ColumnElement[bool]]:
