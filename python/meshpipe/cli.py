@@ -481,6 +481,7 @@ async def _receive_all(
         decode_payload=not args.keep_zstd,
         receiver=receiver.receive_message if receiver is not None else None,
         require_verified=args.require_verified,
+        on_report=receiver.report_handler(client.mailbox) if receiver is not None else None,
     )
 
 

@@ -38,6 +38,7 @@ EventKind = Literal[
     "taken_over",
     "released",
     # recorded by the pipeline through Ledger.record_event
+    "report",  # an error or non-delivery report MESH sent about this send
     "retry",
     "error",
     "note",
