@@ -65,7 +65,7 @@ _NHS_SPACED: Final = re.compile(r"\d{3}[ -]?\d{3}[ -]?\d{4}")
 #: A GP address in free text: the prefix, then whatever of the three parts follows (a
 #: surname's later words after a space are not taken: they cannot be told from the text).
 _ADDRESS_IN_TEXT: Final = re.compile(
-    r"GPPROVIDER_(?P<nhs>[0-9 \-*]*)(?:_[0-9]*)?(?:_[A-Za-z]+(?:['\-][A-Za-z]+)*)?",
+    r"GPPROVIDER_(?P<nhs>[0-9*]+(?:[ \-][0-9]+)*)?(?:_[0-9]+)?(?:_[A-Za-z]+(?:['\-][A-Za-z]+)*)?",
     re.IGNORECASE,
 )
 #: A bare NHS number in free text: ten digits (or 3-3-4 with spaces or hyphens) that are not
@@ -130,7 +130,7 @@ def mask_patient_details(text: str) -> str:
 
 
 def _masked_address(found: re.Match[str]) -> str:
-    digits = "".join(c for c in found.group("nhs") if c.isdigit())
+    digits = "".join(c for c in found.group("nhs") or "" if c.isdigit())
     return GP_PREFIX + (mask_nhs_number(digits) if len(digits) >= 4 else MASK)
 
 
