@@ -18,8 +18,8 @@ import pytest
 from meshpipe import cli
 from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.config import MeshConfig
-from meshpipe.durable import DurableReceiver
-from meshpipe.errors import ConfigError
+from meshpipe.durable import DurableReceiver, DurableSend
+from meshpipe.errors import ConfigError, MeshpipeError
 from meshpipe.gp_route import check_digit
 from meshpipe.headers import SendHeaders
 from meshpipe.ledger import Ledger, SourceFile
@@ -27,8 +27,15 @@ from meshpipe.models import ReportMessage
 from meshpipe.retry import RetryPolicy
 from meshpipe.server import LocalMeshServer
 from meshpipe.server.config import DEFAULT_PASSWORD, DEFAULT_SHARED_KEY
-from meshpipe.server.demographics import Demographics, RoutingFailure, load_demographics
+from meshpipe.server.demographics import (
+    Demographics,
+    PatientRecord,
+    RoutingFailure,
+    load_demographics,
+    parse_record,
+)
 from meshpipe.server.threaded import ServerThread
+from meshpipe.units import DEFAULT_CHUNK_SIZE
 from meshpipe.watch.inbox import Inbox
 from meshpipe.watch.metrics import WatchMetrics
 from meshpipe.watch.settings import MailboxSettings
@@ -368,9 +375,7 @@ def test_resolution_codes_without_a_server() -> None:
         assert_no_patient_number(str(raised.value))
 
 
-def load_rows() -> list:  # type: ignore[type-arg]
-    from meshpipe.server.demographics import parse_record
-
+def load_rows() -> list[PatientRecord]:
     return [parse_record(row) for row in ROWS]
 
 
@@ -435,3 +440,40 @@ def test_bad_patient_details_are_refused_before_anything_is_sent(
     assert inbox_of(env.url, "X26ABC3") == []
     assert wrong_digit not in run.everything()
     assert_no_patient_number(run.everything())
+
+
+async def test_an_interrupted_gp_send_resumes_only_given_its_address_again(
+    server: LocalMeshServer, tmp_path: Path
+) -> None:
+    """The ledger keeps the recipient masked, so a resume that must send chunk 1 again takes
+    the address from the caller, and only the same route's."""
+    route = f"GPPROVIDER_{PATIENT}_19550109_SMITH"
+    source = send_file(tmp_path)
+    headers = SendHeaders(to=route, workflow_id=WORKFLOW, local_id="resume-1")
+    (tmp_path / "state").mkdir()
+    with Ledger.open(tmp_path / "state" / "ledger.sqlite3") as ledger:
+        ledger.begin_send(
+            SENDER,
+            headers,
+            SourceFile.stat(source),
+            chunk_size=DEFAULT_CHUNK_SIZE,
+            chunk_count=1,
+            codec="none",
+        )  # interrupted before chunk 1 went
+        async with client_for(server.url, SENDER) as sender:
+            bare = SendHeaders(to="", workflow_id="")
+            with pytest.raises(MeshpipeError, match="give the same address again") as raised:
+                await DurableSend(sender, ledger, None, bare, resume_local_id="resume-1").run()
+            assert "GPPROVIDER_******5919" in str(raised.value)
+            other = SendHeaders(to=f"GPPROVIDER_{OTHER}_19800101_OBRIEN", workflow_id="")
+            with pytest.raises(MeshpipeError, match="not of this recipient"):
+                await DurableSend(sender, ledger, None, other, resume_local_id="resume-1").run()
+            given = SendHeaders(to=route, workflow_id="")
+            result = await DurableSend(
+                sender, ledger, None, given, resume_local_id="resume-1"
+            ).run()
+        assert result.outcome == "resumed"
+        assert ledger.transfer(result.transfer_id or 0).state == "completed"
+    async with client_for(server.url, "X26ABC3") as practice:
+        assert await practice.list_inbox() == [result.message_id]
+    assert_ledger_free(tmp_path / "state")
