@@ -249,3 +249,23 @@ def test_a_control_files_to_dts_may_be_a_gp_routing_address() -> None:
     assert raised.value.element == "To_DTS" and "9434765918" not in str(raised.value)
     with pytest.raises(ControlFileError, match="mailbox id"):
         parse_control(control("X26 ABC"), "x.ctl")
+
+
+@given(
+    st.from_regex(r"[0-9]{9}", fullmatch=True),
+    st.dates(min_value=date(1900, 1, 1), max_value=date.today()),
+    st.from_regex(r"[A-Za-z]{1,10}(?:[ '\-][A-Za-z]{1,10}){0,2}", fullmatch=True),
+)
+def test_every_valid_route_round_trips_through_its_string_form(
+    first_nine: str, born: date, surname: str
+) -> None:
+    number = valid_number(first_nine)
+    if number is None:
+        with pytest.raises(GPRouteError, match="check digit of 10"):
+            GPRoute.parse(f"GPPROVIDER_{first_nine}0_{born:%Y%m%d}_{surname}")
+        return
+    route = GPRoute(number, born, surname)
+    assert GPRoute.parse(str(route)) == route
+    assert GPRoute.parse(str(route).upper()).matches(number, born, surname)
+    assert SendHeaders(to=str(route), workflow_id="WF").validate()
+    assert number not in mask_patient_details(f"to {route}") and number not in repr(route)
