@@ -28,11 +28,12 @@ numbers and GP addresses in any text by :func:`mask_address`'s form,
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from meshpipe.errors import GPRouteError
 
@@ -127,6 +128,17 @@ def mask_patient_details(text: str) -> str:
         return text
     text = _ADDRESS_IN_TEXT.sub(_masked_address, text)
     return _NHS_IN_TEXT.sub(lambda found: mask_nhs_number(found.group(0)), text)
+
+
+def masked_repr(instance: Any) -> str:
+    """A dataclass instance's usual ``repr``, with patient details masked: for records that
+    may hold a GP-routing address or a subject naming the patient."""
+    shown = ", ".join(
+        f"{field.name}={getattr(instance, field.name)!r}"
+        for field in dataclasses.fields(instance)
+        if field.repr
+    )
+    return mask_patient_details(f"{type(instance).__name__}({shown})")
 
 
 def _masked_address(found: re.Match[str]) -> str:
@@ -282,6 +294,7 @@ __all__ = [
     "mask_address",
     "mask_nhs_number",
     "mask_patient_details",
+    "masked_repr",
     "nhs_number_problem",
     "surname_problem",
 ]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from meshpipe.errors import GPRouteError, MessageHeaderError
-from meshpipe.gp_route import GPRoute, is_gp_address
+from meshpipe.gp_route import GPRoute, is_gp_address, masked_repr
 
 SEND_HEADER_LIMITS: Final[Mapping[str, int]] = {
     "mex-To": 100,
@@ -115,6 +115,11 @@ class SendHeaders:
     checksum: str | None = None
     compressed: bool | None = None
     encrypted: bool | None = None
+
+    def __repr__(self) -> str:
+        """The dataclass form, with patient details masked (a GP-routing recipient, an NHS
+        number in the subject)."""
+        return masked_repr(self)
 
     def problems(self) -> list[HeaderProblem]:
         """Every MESH rule these headers break, in header order (empty when they are fine)."""

@@ -269,3 +269,14 @@ def test_every_valid_route_round_trips_through_its_string_form(
     assert GPRoute.parse(str(route).upper()).matches(number, born, surname)
     assert SendHeaders(to=str(route), workflow_id="WF").validate()
     assert number not in mask_patient_details(f"to {route}") and number not in repr(route)
+
+
+def test_the_reprs_of_headers_and_control_files_are_masked() -> None:
+    headers = SendHeaders(to=ADDRESS, workflow_id="WF", subject=f"NHS Number {NUMBER}")
+    shown = repr(headers)
+    assert NUMBER not in shown and "19550109" not in shown
+    assert shown.startswith("SendHeaders(to='GPPROVIDER_******5919', workflow_id='WF'")
+    assert "subject='NHS Number ******5919'" in shown
+    parsed = parse_control(control(ADDRESS), "x.ctl")
+    assert NUMBER not in repr(parsed) and "to_dts='GPPROVIDER_******5919'" in repr(parsed)
+    assert NUMBER not in repr([headers, parsed])

@@ -36,8 +36,10 @@ from meshpipe.server.demographics import (
 )
 from meshpipe.server.threaded import ServerThread
 from meshpipe.units import DEFAULT_CHUNK_SIZE
+from meshpipe.watch.folders import make_folders
 from meshpipe.watch.inbox import Inbox
 from meshpipe.watch.metrics import WatchMetrics
+from meshpipe.watch.outbox import Outbox
 from meshpipe.watch.settings import MailboxSettings
 from tests.watch.conftest import folders_in
 
@@ -477,3 +479,42 @@ async def test_an_interrupted_gp_send_resumes_only_given_its_address_again(
     async with client_for(server.url, "X26ABC3") as practice:
         assert await practice.list_inbox() == [result.message_id]
     assert_ledger_free(tmp_path / "state")
+
+
+async def test_watch_sends_a_control_files_gp_route_and_refuses_a_broken_one(
+    server: LocalMeshServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folders = folders_in(tmp_path / "gp")
+    make_folders(folders.all().values())
+    settings = MailboxSettings(
+        profile="gp",
+        config=MeshConfig(server.url, SENDER, DEFAULT_PASSWORD, DEFAULT_SHARED_KEY),
+        folders=folders,
+    )
+    wrong_digit = PATIENT[:9] + "8"
+    for name, to_dts in (("letter", f"GPPROVIDER_{PATIENT}_19550109_Smith"), ("bad", None)):
+        (folders.out / f"{name}.dat").write_bytes(b"a letter\n")
+        to = to_dts or f"GPPROVIDER_{wrong_digit}_19550109_Smith"
+        (folders.out / f"{name}.ctl").write_bytes(
+            "<DTSControl><Version>1.0</Version><AddressType>DTS</AddressType>"
+            f"<MessageType>Data</MessageType><WorkflowId>{WORKFLOW}</WorkflowId>"
+            f"<To_DTS>{to}</To_DTS></DTSControl>".encode()
+        )
+    with caplog.at_level(logging.DEBUG), Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+        async with client_for(server.url, SENDER) as sender:
+            outbox = Outbox(
+                settings, sender, ledger, WatchMetrics(), settle_seconds=0, concurrency=2
+            )
+            outcomes = {o.item.name: o for o in await outbox.run_once(asyncio.Event())}
+            # a control file that does not parse is judged once it stays the same
+            outcomes |= {o.item.name: o for o in await outbox.run_once(asyncio.Event())}
+        async with client_for(server.url, "X26ABC3") as practice:
+            [delivered] = await practice.list_inbox()
+    assert_no_patient_number(repr(outcomes))
+    assert outcomes["letter.dat"].outcome == "sent"
+    assert outcomes["letter.dat"].message_id == delivered
+    assert outcomes["bad.dat"].outcome == "failed"
+    reason = (folders.failed / "bad.dat.reason.txt").read_text()
+    assert "Modulus 11" in reason and wrong_digit not in reason
+    assert wrong_digit not in caplog.text
+    assert_no_patient_number(caplog.text, reason, outcomes["bad.dat"].reason or "")

@@ -65,7 +65,7 @@ import defusedxml.ElementTree
 
 from meshpipe import units
 from meshpipe.errors import GPRouteError, MeshpipeError
-from meshpipe.gp_route import GPRoute, is_gp_address
+from meshpipe.gp_route import GPRoute, is_gp_address, masked_repr
 from meshpipe.headers import CONTROL_CHARACTERS, SEND_HEADER_LIMITS, SendHeaders
 from meshpipe.models import MessageMetadata
 
@@ -145,6 +145,10 @@ class ControlFile:
     is_compressed: bool | None = None
     allow_chunking: bool | None = None
     status_record: StatusRecord | None = None
+
+    def __repr__(self) -> str:
+        """The dataclass form, with patient details masked (a GP-routing ``To_DTS``)."""
+        return masked_repr(self)
 
 
 # --- the elements and their rules ---------------------------------------------------------
