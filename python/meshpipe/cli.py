@@ -13,7 +13,8 @@
 
 Connection flags (``--url --mailbox --password --shared-key --cert --key --ca --profile
 --config``) sit beside the environment variables MESH_URL, MESH_MAILBOX, MESH_PASSWORD,
-MESH_SHARED_KEY, MESH_CLIENT_CERT, MESH_CLIENT_KEY, MESH_CA_CERT. Exit status 0 on success;
+MESH_SHARED_KEY, MESH_CLIENT_CERT, MESH_CLIENT_KEY, MESH_CA_CERT; ``--retry-budget SECONDS``
+(MESHPIPE_RETRY_BUDGET) bounds how long a failed request is tried again. Exit status 0 on success;
 otherwise 1 (2 for usage or configuration errors, 130 if interrupted) and one line on stderr.
 A received message that could not be verified (nothing to verify it against) gets a WARNING
 line on stderr; ``--require-verified`` refuses it instead.
@@ -26,6 +27,7 @@ import asyncio
 import dataclasses
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, TextIO
@@ -33,7 +35,7 @@ from typing import Any, Final, TextIO
 from meshpipe import units
 from meshpipe._meshpipe import __version__
 from meshpipe.client import ClientSettings, MeshClient
-from meshpipe.config import UPLOAD_ORDERS, load_config
+from meshpipe.config import UPLOAD_ORDERS, RetryPolicy, load_config
 from meshpipe.durable import CommandHook, DurableReceiver, DurableReceiveResult, DurableSend
 from meshpipe.durable.history import history_filter, show_history
 from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
@@ -58,6 +60,7 @@ from meshpipe.transfer import (
 PROGRAM: Final = "meshpipe"
 #: ``meshpipe handshake`` warns when the client certificate expires within this many days.
 HANDSHAKE_WARNING_DAYS: Final = 30
+ENV_RETRY_BUDGET: Final = "MESHPIPE_RETRY_BUDGET"
 
 
 def _positive(text: str) -> int:
@@ -80,7 +83,37 @@ def _connection_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ca", help="CA bundle to trust (MESH_CA_CERT)")
     group.add_argument("--profile", help="profile name in the config file (MESHPIPE_PROFILE)")
     group.add_argument("--config", help="TOML config file (MESHPIPE_CONFIG)")
+    group.add_argument(
+        "--retry-budget",
+        type=_seconds,
+        metavar="SECONDS",
+        help="how long a failed request is tried again (MESHPIPE_RETRY_BUDGET; default 120, "
+        "which rides out a 60 s outage; 0: never retry)",
+    )
     _log_flags(group)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a finite number of seconds, 0 or more")
+    return value
+
+
+def _retry_policy(args: argparse.Namespace) -> RetryPolicy:
+    """--retry-budget, else MESHPIPE_RETRY_BUDGET, else the default policy."""
+    budget = args.retry_budget
+    if budget is None and (text := os.environ.get(ENV_RETRY_BUDGET)):
+        try:
+            budget = _seconds(text)
+        except argparse.ArgumentTypeError as error:
+            raise ConfigError(f"{ENV_RETRY_BUDGET}={text!r}: {error}") from None
+    if budget is None:
+        return RetryPolicy()
+    return RetryPolicy(budget=budget, attempts=1 if budget == 0 else None)
 
 
 def _log_flags(group: argparse._ActionsContainer) -> None:
@@ -251,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
         "unacknowledged",
     )
     receive.add_argument(
+        "--exec-timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="stop an --exec command (and what it started) that runs longer (default 3600); "
+        "the message then stays unacknowledged",
+    )
+    receive.add_argument(
         "--no-ledger",
         action="store_true",
         help="no resume or exactly-once: do not record the receive in the ledger",
@@ -305,7 +346,9 @@ def _client(args: argparse.Namespace) -> MeshClient:
         ca_cert=args.ca,
     )
     hide(config.password, config.shared_key)
-    settings = ClientSettings(max_connections=max(8, getattr(args, "concurrency", 4) + 4))
+    settings = ClientSettings(
+        max_connections=max(8, getattr(args, "concurrency", 4) + 4), retry=_retry_policy(args)
+    )
     return MeshClient(config, settings)
 
 
@@ -432,7 +475,7 @@ async def _receive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _durable_receiver(args: argparse.Namespace) -> DurableReceiver:
-    hook = CommandHook(args.exec_command) if args.exec_command else None
+    hook = CommandHook(args.exec_command, timeout=args.exec_timeout) if args.exec_command else None
     return DurableReceiver(_open_ledger(args), hook=hook, state_dir=args.state_dir)
 
 
