@@ -69,9 +69,10 @@ _ADDRESS_IN_TEXT: Final = re.compile(
     r"GPPROVIDER_(?P<nhs>[0-9*]+(?:[ \-][0-9]+)*)?(?:_[0-9]+)?(?:_[A-Za-z]+(?:['\-][A-Za-z]+)*)?",
     re.IGNORECASE,
 )
-#: A bare NHS number in free text: ten digits (or 3-3-4 with spaces or hyphens) that are not
-#: part of a longer run of digits.
-_NHS_IN_TEXT: Final = re.compile(r"(?<!\d)\d{3}([ -]?)\d{3}\1\d{4}(?!\d)")
+#: A bare NHS number in free text: ten digits (or 3-3-4 with spaces or hyphens) standing
+#: alone, not inside a longer word of letters and digits (a MESH message id's twenty digits,
+#: a hexadecimal id that happens to hold ten digits in a row).
+_NHS_IN_TEXT: Final = re.compile(r"(?<![0-9A-Za-z])\d{3}([ -]?)\d{3}\1\d{4}(?![0-9A-Za-z])")
 
 
 def check_digit(first_nine: str) -> int | None:
@@ -122,12 +123,23 @@ def is_gp_address(address: str) -> bool:
 
 
 def mask_patient_details(text: str) -> str:
-    """``text`` with every GP address and every NHS number-like run of ten digits masked
-    (``GPPROVIDER_******1234``, ``******1234``)."""
+    """``text`` with every GP address and every NHS number-like run of ten digits standing
+    alone masked (``GPPROVIDER_******1234``, ``******1234``)."""
     if not text:
         return text
     text = _ADDRESS_IN_TEXT.sub(_masked_address, text)
     return _NHS_IN_TEXT.sub(lambda found: mask_nhs_number(found.group(0)), text)
+
+
+def mask_json(value: Any) -> Any:
+    """A JSON-like value (mappings, lists, text) with patient details masked in every text."""
+    if isinstance(value, str):
+        return mask_patient_details(value)
+    if isinstance(value, Mapping):
+        return {key: mask_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [mask_json(item) for item in value]
+    return value
 
 
 def masked_repr(instance: Any) -> str:
@@ -292,6 +304,7 @@ __all__ = [
     "check_digit",
     "is_gp_address",
     "mask_address",
+    "mask_json",
     "mask_nhs_number",
     "mask_patient_details",
     "masked_repr",

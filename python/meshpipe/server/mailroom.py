@@ -378,7 +378,7 @@ class Mailroom:
         code = message.routing_error
         description = ROUTING_ERRORS[code][1]
         now = self.clock.now()
-        message.add_event(Event(ERROR, now, code, "SEND", description, message.message_id))
+        message.add_event(Event(ERROR, now, code, "SEND", description))
         self.store.save(message)
         sender = self.directory.get(message.sender)
         if sender is None:  # a mailbox removed since it sent

@@ -41,6 +41,7 @@ from meshpipe.client import MeshClient
 from meshpipe.durable import DurableReceiver, DurableReceiveResult
 from meshpipe.durable.hook import Delivery, delivery_json
 from meshpipe.errors import MeshpipeError
+from meshpipe.gp_route import mask_json
 from meshpipe.ledger import Ledger
 from meshpipe.models import MessageMetadata, ReportMessage
 from meshpipe.retry import RetryingClient
@@ -190,11 +191,15 @@ class Inbox:
         report = await self.receiver.record_report(
             self.mailbox, ReportMessage.from_metadata(metadata)
         )
-        document = {
-            **asdict(report),
-            "received_at": _now(),
-            "headers": {k: v for k, v in metadata.headers.items() if k.lower().startswith("mex-")},
-        }
+        document = mask_json(
+            {
+                **asdict(report),
+                "received_at": _now(),
+                "headers": {
+                    k: v for k, v in metadata.headers.items() if k.lower().startswith("mex-")
+                },
+            }
+        )  # a report's subject may name the patient (an NDR repeats the message's)
         directory = self.settings.folders.reports
         name = safe_filename(f"{metadata.message_id}.json", metadata.message_id)
         if not (directory / name).exists():  # a report filed before a crash is not filed twice
