@@ -269,7 +269,8 @@ _FIELDS: Final[Mapping[str, _Field]] = {
 }
 
 _MISSING: Final[Mapping[str, str]] = {
-    "to": "no recipient: give the recipient mailbox id (--to)",
+    "to": "no recipient: give the recipient mailbox id (--to), or the patient's details for a "
+    "GP-routed send (--to-gp)",
     "workflow_id": (
         "no workflow id: every MESH message needs one (--workflow-id); ask the recipient which "
         "workflow they are registered for"

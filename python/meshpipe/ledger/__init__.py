@@ -49,6 +49,11 @@ programs (such as a job queue).
 
 ``meshpipe_schema_migrations``: one row per migration applied (version, description, time).
 
+No patient details are recorded: ``mex-To`` and ``mex-Subject`` in ``headers``, the
+``counterparty`` and ``subject`` columns, errors and event details are kept masked
+(:func:`meshpipe.gp_route.mask_patient_details`), so a GP-routing recipient is
+``GPPROVIDER_******1234`` and an NHS number in a subject ``******1234``.
+
 Times are UTC (``timestamptz`` on PostgreSQL, fixed-format UTC text on SQLite); records hand
 them back timezone-aware.
 
