@@ -22,7 +22,7 @@ from meshpipe.durable import DurableReceiver, DurableSend
 from meshpipe.errors import ConfigError, MeshpipeError
 from meshpipe.gp_route import check_digit
 from meshpipe.headers import SendHeaders
-from meshpipe.ledger import Ledger, SourceFile
+from meshpipe.ledger import Ledger, SourceFile, TransferBusyError
 from meshpipe.models import ReportMessage
 from meshpipe.retry import RetryPolicy
 from meshpipe.server import LocalMeshServer
@@ -35,6 +35,7 @@ from meshpipe.server.demographics import (
     parse_record,
 )
 from meshpipe.server.threaded import ServerThread
+from meshpipe.transfer import ReceiveFailure
 from meshpipe.units import DEFAULT_CHUNK_SIZE
 from meshpipe.watch.folders import make_folders
 from meshpipe.watch.inbox import Inbox
@@ -518,3 +519,37 @@ async def test_watch_sends_a_control_files_gp_route_and_refuses_a_broken_one(
     assert "Modulus 11" in reason and wrong_digit not in reason
     assert wrong_digit not in caplog.text
     assert_no_patient_number(caplog.text, reason, outcomes["bad.dat"].reason or "")
+
+
+async def test_a_report_that_cannot_be_recorded_is_left_in_the_inbox(
+    server: LocalMeshServer, tmp_path: Path
+) -> None:
+    """Acknowledged only once recorded: while another process holds the send, recording
+    fails, so the report stays in the inbox for the next receive, which records it."""
+    headers = SendHeaders(
+        to=f"GPPROVIDER_{PATIENT}_19550109_JONES", workflow_id=WORKFLOW, local_id="held-1"
+    )
+    source = send_file(tmp_path)
+    location = tmp_path / "ledger.sqlite3"
+    with Ledger.open(location) as ledger, Ledger.open(location) as other_process:
+        record = ledger.begin_send(
+            SENDER,
+            headers,
+            SourceFile.stat(source),
+            chunk_size=DEFAULT_CHUNK_SIZE,
+            chunk_count=1,
+            codec="none",
+        )
+        async with client_for(server.url, SENDER) as sender:
+            await sender.send_message(headers, b"x\n")
+            receiver = DurableReceiver(ledger, state_dir=tmp_path / "state")
+            with other_process.claim(record):
+                [failure] = await receiver.receive_all(sender, tmp_path / "in")
+            assert isinstance(failure, ReceiveFailure)
+            assert isinstance(failure.error, TransferBusyError)
+            [report_id] = await sender.list_inbox()
+            [report] = await receiver.receive_all(sender, tmp_path / "in")
+            assert await sender.list_inbox() == []
+        assert isinstance(report, ReportMessage) and report.message_id == report_id
+        assert report.status_code == "EPL-154" and report.transfer_id == record.id
+        assert [event.kind for event in ledger.events(record)].count("report") == 1
