@@ -5,9 +5,10 @@ serve --store discard`` (bodies checked and dropped) in its own process:
 
 * ``durable-sqlite`` / ``durable-pg``: one process, DurableSend (4 chunks in flight), the
   ledger on SQLite or on the local PostgreSQL server (fsync on);
-* ``fleet-1`` / ``fleet-2``: ``meshpipe submit`` then 1 or 2 ``meshpipe worker`` processes
-  (``--concurrency 2`` each; ledger and job queue on the same PostgreSQL), timed from the
-  submit to the ledger's ``completed``.
+* ``fleet-1`` / ``fleet-2``: ``meshpipe submit`` (4 chunks a range job) then 1 or 2
+  ``meshpipe worker`` processes (``--concurrency 2`` each; ledger and job queue on the same
+  PostgreSQL, started and listening before the submit), timed from the submit to the
+  ledger's ``completed``.
 
 From the fleet rounds the ledger and the queue give the coordination per chunk: a chunk's
 request (recorded sent to recorded accepted) against the gap between one job's end and the
@@ -51,6 +52,7 @@ SIZE_MB = int(os.environ.get("MESHPIPE_BENCH_FLEET_MB", "400"))
 ROUNDS = int(os.environ.get("MESHPIPE_BENCH_FLEET_ROUNDS", "3"))
 CODEC: Codec = os.environ.get("MESHPIPE_BENCH_FLEET_CODEC", "zstd")  # type: ignore[assignment]
 CHUNK_SIZE = 20 * MiB
+CHUNKS_PER_JOB = int(os.environ.get("MESHPIPE_BENCH_FLEET_CHUNKS_PER_JOB", "4"))
 SENDER, RECIPIENT, WORKFLOW = "X26ABC1", "X26ABC2", "TEST_WORKFLOW2"
 
 
@@ -117,6 +119,16 @@ class _Workers:
             process.wait(timeout=30)
 
 
+def _wait_for_workers(location: str, count: int) -> None:
+    """Until ``count`` workers have registered with the queue (started and listening)."""
+    with psycopg.connect(location, autocommit=True) as connection:
+        while True:
+            row = connection.execute("SELECT count(*) FROM procrastinate_workers").fetchone()
+            if row is not None and row[0] >= count:
+                return
+            time.sleep(0.05)
+
+
 def _fleet(url: str, source: Path, location: str) -> tuple[float, SendRecord]:
     started = time.perf_counter()
     submitted = asyncio.run(
@@ -127,7 +139,7 @@ def _fleet(url: str, source: Path, location: str) -> tuple[float, SendRecord]:
             SendHeaders(to=RECIPIENT, workflow_id=WORKFLOW),
             codec=CODEC,
             chunk_size=CHUNK_SIZE,
-            chunks_per_job=2,
+            chunks_per_job=CHUNKS_PER_JOB,
         )
     )
     with Ledger.open(location) as ledger:
@@ -211,7 +223,7 @@ def _rounds(
             Ledger.open(location).close()
             running = _Workers(location, url, workers, logs)
             try:
-                time.sleep(1.0)  # the workers connect and listen
+                _wait_for_workers(location, workers)
                 took, record = _fleet(url, source, location)
             finally:
                 running.stop()
@@ -258,7 +270,8 @@ def test_bench_fleet_coordination_and_workers(
     )
     figures.append(
         f"fleet coordination per chunk: job end to next job start {outcome['gap'] * 1e3:.1f} ms "
-        f"(median, per 2-chunk job), ledger commits {outcome['commits_pg'] * 1e3:.2f} ms "
+        f"(median, per {CHUNKS_PER_JOB}-chunk job), ledger commits "
+        f"{outcome['commits_pg'] * 1e3:.2f} ms "
         f"(PostgreSQL, fsync on; SQLite {outcome['commits_sqlite'] * 1e3:.2f} ms), against "
         f"{outcome['chunk'] * 1e3:.0f} ms for a chunk's request (median, recorded sent to "
         "accepted)"

@@ -1,7 +1,8 @@
 """``meshpipe worker`` and ``meshpipe submit``: the fleet's commands.
 
     meshpipe worker --ledger postgresql://... [--concurrency N] [--lease S] [--name NAME]
-                    [--max-in-flight N] [--max-rps R] [connection flags]
+                    [--max-in-flight N] [--max-rps R] [--inbox DIR [--poll-interval S]]
+                    [connection flags]
     meshpipe submit FILE --to MAILBOX --workflow-id WF --ledger postgresql://...
                     [--local-id ID] [--subject S] [--filename NAME] [--compress CODEC]
                     [--level N] [--chunk-size SIZE] [--chunks-per-job N] [--again]
@@ -23,6 +24,7 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 from meshpipe import units
@@ -32,7 +34,12 @@ from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, Plan
 from meshpipe.fleet.limits import MailboxLimits
 from meshpipe.fleet.queue import conninfo
 from meshpipe.fleet.submit import DEFAULT_CHUNKS_PER_JOB, submit
-from meshpipe.fleet.worker import DEFAULT_LEASE, WorkerSettings, run_worker
+from meshpipe.fleet.worker import (
+    DEFAULT_LEASE,
+    DEFAULT_POLL_INTERVAL,
+    WorkerSettings,
+    run_worker,
+)
 from meshpipe.headers import SendHeaders
 from meshpipe.ledger import LEDGER_VARIABLE, LedgerError
 from meshpipe.logs import LOG_FORMATS, hide, logging_configured
@@ -100,6 +107,19 @@ def worker_parser() -> argparse.ArgumentParser:
         "--max-rps",
         type=_positive_float,
         help="requests a second for the mailbox across every worker",
+    )
+    parser.add_argument(
+        "--inbox",
+        type=Path,
+        help="receive the mailbox into this folder (a shared path), polled by one worker of "
+        "the fleet per --poll-interval",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=_positive_float,
+        default=DEFAULT_POLL_INTERVAL,
+        help="seconds between polls of the inbox, set on the clock: a divisor of 60 s or of "
+        "60 min (default %(default)s)",
     )
     parser.add_argument(
         "--min-payload-size",
@@ -182,6 +202,8 @@ async def _work(args: argparse.Namespace) -> None:
         limits=MailboxLimits(args.max_in_flight, args.max_rps),
         name=args.name,
         min_payload_size=args.min_payload_size,
+        inbox=args.inbox.absolute() if args.inbox else None,
+        poll_interval=args.poll_interval,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -31,6 +31,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final
 
 from procrastinate import App, JobContext, RetryStrategy
@@ -38,6 +39,7 @@ from procrastinate.jobs import Job
 
 from meshpipe._meshpipe import Chunk, Splitter, xxh3_128_file
 from meshpipe.client import MeshClient
+from meshpipe.durable import DurableReceiver
 from meshpipe.durable.send_records import recorded_headers
 from meshpipe.errors import (
     MeshConnectionError,
@@ -51,7 +53,7 @@ from meshpipe.fleet.limits import FleetLimiter
 from meshpipe.fleet.queue import SEND_LAST, SEND_RANGE, AlreadyEnqueued, queue_name
 from meshpipe.ledger import Ledger, LedgerError, SendRecord, SourceFile
 from meshpipe.retry import RetryingClient, call_with_retry, post_first_chunk_safely
-from meshpipe.transfer import find_sent_message
+from meshpipe.transfer import ReceiveFailure, find_sent_message
 from meshpipe.transfer.results import release
 from meshpipe.transfer.upload import check_request_size
 
@@ -83,14 +85,16 @@ RETRY: Final = _FleetRetry(max_attempts=JOB_RETRIES, exponential_wait=2)
 @dataclass
 class FleetContext:
     """What every job of one worker shares: its MESH client (one mailbox), the ledger, its
-    name (recorded against each chunk it sends), the fleet-wide limiter and the minimum
-    payload size MESH enforces."""
+    name (recorded against each chunk it sends), the fleet-wide limiter, the minimum
+    payload size MESH enforces, and the folder its periodic polls receive into (None: the
+    worker does not receive)."""
 
     client: MeshClient
     ledger: Ledger
     name: str
     limiter: FleetLimiter
     min_payload_size: int
+    inbox: Path | None = None
     chunks_sent: int = field(default=0)
 
     @property
@@ -480,6 +484,31 @@ def _raise_if_refused(error: MeshHTTPError | MeshConnectionError, what: str) -> 
         raise PoisonJob(f"MESH refused {what}: {error}") from error
 
 
+# --- receiving ----------------------------------------------------------------------------------
+
+
+async def poll(job: JobContext, timestamp: int) -> None:
+    """The periodic receive of the worker's mailbox (one worker per tick across the fleet:
+    procrastinate defers each tick once): every message in the inbox is received into the
+    worker's inbox folder through the ledger (DurableReceiver: a message another worker is
+    receiving is left to it, a message received before is not delivered again)."""
+    context = fleet_context(job)
+    if context.inbox is None:
+        return
+    receiver = DurableReceiver(context.ledger)
+    results = await receiver.receive_all(context.client, context.inbox)
+    failed = [result for result in results if isinstance(result, ReceiveFailure)]
+    for failure in failed:
+        log.warning("poll of %s: %s", context.mailbox, failure)
+    log.info(
+        "poll of %s: %d message(s), %d failed (tick %d)",
+        context.mailbox,
+        len(results),
+        len(failed),
+        timestamp,
+    )
+
+
 def worker_name() -> str:
     """The default name of this worker: ``pid@host``, as the ledger's claims."""
     from meshpipe.ledger.store import this_host
@@ -492,6 +521,7 @@ __all__ = [
     "RETRY",
     "FleetContext",
     "PoisonJob",
+    "poll",
     "send_first",
     "send_last",
     "send_range",

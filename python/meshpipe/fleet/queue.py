@@ -26,6 +26,7 @@ log = logging.getLogger("meshpipe.fleet")
 SEND_FIRST: Final = "meshpipe.fleet.send_first"
 SEND_RANGE: Final = "meshpipe.fleet.send_range"
 SEND_LAST: Final = "meshpipe.fleet.send_last"
+POLL: Final = "meshpipe.fleet.poll"
 #: The advisory lock (an arbitrary constant) that serialises applying the queue's schema.
 SCHEMA_LOCK_KEY: Final = 0x6D657368_666C6574  # "meshflet"
 #: The advisory lock that serialises the recovery of stalled jobs across workers.
@@ -35,6 +36,21 @@ RECOVERY_LOCK_KEY: Final = 0x6D657368_72656376  # "meshrecv"
 def queue_name(mailbox: str) -> str:
     """The queue of the jobs that send from ``mailbox``."""
     return f"meshpipe-{mailbox.strip().upper()}"
+
+
+def cron_every(seconds: float) -> str:
+    """A cron line (procrastinate's, with a 6th field for seconds) firing every ``seconds``:
+    a divisor of 60 seconds, or a whole number of minutes dividing 60."""
+    whole = int(seconds)
+    if whole == seconds and 1 <= whole < 60 and 60 % whole == 0:
+        return f"* * * * * */{whole}"
+    if whole == seconds and whole % 60 == 0 and 1 <= whole // 60 <= 60 and 60 % (whole // 60) == 0:
+        return f"*/{whole // 60} * * * *"
+    raise ConfigError(
+        f"poll interval {seconds:g} s: give a divisor of 60 seconds (1, 2, 5, 10, 15, 30) or of "
+        "60 minutes (60, 120, 300, ... 3600): polls are set on the clock, so that the whole "
+        "fleet polls each mailbox once per tick"
+    )
 
 
 def conninfo(location: str) -> str:
@@ -102,12 +118,14 @@ async def retry_stalled_jobs(location: str, seconds_since_heartbeat: float) -> l
 AlreadyEnqueued: Final = procrastinate_errors.AlreadyEnqueued
 
 __all__ = [
+    "POLL",
     "SEND_FIRST",
     "SEND_LAST",
     "SEND_RANGE",
     "AlreadyEnqueued",
     "apply_schema",
     "conninfo",
+    "cron_every",
     "make_app",
     "queue_name",
     "retry_stalled_jobs",

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 import psycopg
@@ -28,11 +29,13 @@ from meshpipe.client import MeshClient
 from meshpipe.fleet import jobs
 from meshpipe.fleet.limits import FleetLimiter, MailboxLimits
 from meshpipe.fleet.queue import (
+    POLL,
     SEND_FIRST,
     SEND_LAST,
     SEND_RANGE,
     apply_schema,
     conninfo,
+    cron_every,
     make_app,
     queue_name,
     retry_stalled_jobs,
@@ -44,6 +47,7 @@ log = logging.getLogger("meshpipe.fleet")
 
 DEFAULT_LEASE: Final = 30.0
 DEFAULT_RECONNECT_DELAY: Final = 2.0
+DEFAULT_POLL_INTERVAL: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +55,9 @@ class WorkerSettings:
     """How one worker runs: ``concurrency`` jobs at a time; ``lease`` (seconds without a
     heartbeat before its jobs are taken over); the fleet-wide ``limits`` of its mailbox;
     ``name`` (recorded against each chunk it sends; default ``pid@host``);
-    ``min_payload_size`` (MESH's 5 MiB rule for zstd payloads; 0 for test servers)."""
+    ``min_payload_size`` (MESH's 5 MiB rule for zstd payloads; 0 for test servers);
+    ``inbox``: receive the mailbox into this folder every ``poll_interval`` seconds (one
+    worker per tick across the fleet), or None not to receive."""
 
     concurrency: int = 1
     lease: float = DEFAULT_LEASE
@@ -59,19 +65,26 @@ class WorkerSettings:
     name: str | None = None
     min_payload_size: int = MIN_CHUNK_SIZE
     reconnect_delay: float = DEFAULT_RECONNECT_DELAY
+    inbox: Path | None = None
+    poll_interval: float = DEFAULT_POLL_INTERVAL
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if self.lease <= 0:
             raise ValueError("lease must be positive")
+        cron_every(self.poll_interval)  # ConfigError for an interval not set on the clock
 
 
-def register_tasks(app: App) -> None:
-    """meshpipe's jobs on ``app`` (retried by the queue; see meshpipe.fleet.jobs)."""
+def register_tasks(app: App, mailbox: str, settings: WorkerSettings) -> None:
+    """meshpipe's jobs on ``app`` (retried by the queue; see meshpipe.fleet.jobs), and the
+    periodic poll of ``mailbox`` when the worker receives."""
     app.task(name=SEND_FIRST, pass_context=True, retry=jobs.RETRY)(jobs.send_first)
     app.task(name=SEND_RANGE, pass_context=True, retry=jobs.RETRY)(jobs.send_range)
     app.task(name=SEND_LAST, pass_context=True, retry=jobs.RETRY)(jobs.send_last)
+    if settings.inbox is not None:
+        poll = app.task(name=POLL, pass_context=True, queue=queue_name(mailbox))(jobs.poll)
+        app.periodic(cron=cron_every(settings.poll_interval), periodic_id=mailbox.upper())(poll)
 
 
 async def run_worker(
@@ -86,7 +99,9 @@ async def run_worker(
     ledger = await _open_ledger(ledger_location, stop, settings.reconnect_delay)
     if ledger is None:
         return
-    context = jobs.FleetContext(client, ledger, name, limiter, settings.min_payload_size)
+    context = jobs.FleetContext(
+        client, ledger, name, limiter, settings.min_payload_size, settings.inbox
+    )
     recovery = asyncio.create_task(_recover(ledger_location, settings, stop))
     try:
         while not stop.is_set():
@@ -139,7 +154,7 @@ async def _run_once(
     # procrastinate's pool checks each connection before lending it (a restarted server's
     # dead connections are replaced).
     app = make_app(location, min_size=1, max_size=settings.concurrency + 2)
-    register_tasks(app)
+    register_tasks(app, context.mailbox, settings)
     async with app.open_async():
         worker = asyncio.create_task(
             app.run_worker_async(
@@ -178,4 +193,10 @@ async def _recover(location: str, settings: WorkerSettings, stop: asyncio.Event)
             log.warning("could not look for stalled jobs: %s", error)
 
 
-__all__ = ["DEFAULT_LEASE", "WorkerSettings", "register_tasks", "run_worker"]
+__all__ = [
+    "DEFAULT_LEASE",
+    "DEFAULT_POLL_INTERVAL",
+    "WorkerSettings",
+    "register_tasks",
+    "run_worker",
+]
