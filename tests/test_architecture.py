@@ -15,6 +15,7 @@ Client side, lowest first (a module may import its own layer and the ones below)
     7  sync, ledger                    the blocking facade; the durable record of transfers
     8  durable (package)               transfers recorded in the ledger: resume, exactly once
     9  watch (package)                 the always-on service: folders, polling, operations signals
+    9  fleet (package)                 scale-out: sends spread over workers on PostgreSQL
    10  cli, demo, __main__, meshpipe   the commands; the public API (the package itself)
 
 The local server (``meshpipe.server.*``) may import itself, the engine and only the low
@@ -51,6 +52,7 @@ LAYERS: dict[str, int] = {
     "meshpipe.ledger": 7,
     "meshpipe.durable": 8,
     "meshpipe.watch": 9,
+    "meshpipe.fleet": 9,
     "meshpipe.cli": 10,
     "meshpipe.demo": 10,
     "meshpipe.__main__": 10,

@@ -673,6 +673,8 @@ _DELEGATED: Final = {
     "serve": "meshpipe.server.cli",
     "demo": "meshpipe.demo",
     "watch": "meshpipe.watch.cli",
+    "worker": "meshpipe.fleet.worker_cli",
+    "submit": "meshpipe.fleet.submit_cli",
 }
 
 

@@ -168,7 +168,8 @@ TransferRecord = SendRecord | ReceiveRecord
 @dataclass(frozen=True, slots=True)
 class ChunkRecord:
     """One chunk. Sends: ``sent`` then ``accepted`` with the payload size on the wire;
-    receives: ``written`` (written, fsynced, verified) with its uncompressed length."""
+    receives: ``written`` (written, fsynced, verified) with its uncompressed length.
+    ``worker``: the fleet worker that sent it last (None outside the fleet)."""
 
     number: int
     state: ChunkState
@@ -177,6 +178,7 @@ class ChunkRecord:
     length: int | None
     sent_at: datetime | None
     done_at: datetime | None
+    worker: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -356,6 +356,7 @@ class Ledger:
                 row.length,
                 row.sent_at,
                 row.done_at,
+                row.worker,
             )
             for row in rows
         ]
@@ -521,10 +522,17 @@ class Ledger:
             self._event(connection, row.id, "source_checksum", xxh3_128=xxh3_128)
 
     def chunk_sent(
-        self, transfer: TransferRef, number: int, xxh3_128: str, payload_size: int
+        self,
+        transfer: TransferRef,
+        number: int,
+        xxh3_128: str,
+        payload_size: int,
+        *,
+        worker: str | None = None,
     ) -> None:
         """Record that chunk ``number`` is about to go on the wire (again, after a retry or a
-        crash). Refused for a chunk already accepted, or with a different checksum."""
+        crash), by ``worker`` (a fleet worker's name). Refused for a chunk already accepted,
+        or with a different checksum."""
         with self._transaction(write=True) as connection:
             row = self._change(connection, transfer, "send", _SEND_WORKING, "send a chunk")
             self._check_chunk(row, number)
@@ -542,6 +550,7 @@ class Ledger:
                         "length": None,
                         "sent_at": now,
                         "done_at": None,
+                        "worker": worker,
                     },
                 )
             elif existing.state == "accepted":
@@ -561,8 +570,9 @@ class Ledger:
                 connection.execute(
                     update(chunks)
                     .where(chunks.c.transfer_id == row.id, chunks.c.number == number)
-                    .values(payload_size=payload_size, sent_at=now)
+                    .values(payload_size=payload_size, sent_at=now, worker=worker)
                 )
+            detail: dict[str, Any] = {"worker": worker} if worker is not None else {}
             self._event(
                 connection,
                 row.id,
@@ -571,6 +581,7 @@ class Ledger:
                 xxh3_128=xxh3_128,
                 payload_size=payload_size,
                 again=existing is not None,
+                **detail,
             )
 
     def set_message_id(self, transfer: TransferRef, message_id: str) -> SendRecord:
@@ -606,9 +617,12 @@ class Ledger:
             self._event(connection, row.id, "chunk_accepted", number=1)
             return cast(SendRecord, self._read(connection, row.id))
 
-    def chunk_accepted(self, transfer: TransferRef, number: int) -> None:
-        """Record that MESH accepted chunk ``number`` (recorded sent). Chunk 1 is accepted by
-        set_message_id; accepting a chunk twice is a no-op."""
+    def chunk_accepted(
+        self, transfer: TransferRef, number: int, *, worker: str | None = None
+    ) -> bool:
+        """Record that MESH accepted chunk ``number`` (recorded sent), sent by ``worker`` (a
+        fleet worker's name). Chunk 1 is accepted by set_message_id; accepting a chunk twice
+        is a no-op, counted once. Returns whether this call recorded it."""
         with self._transaction(write=True) as connection:
             row = self._change(connection, transfer, "send", ("uploading",), "accept a chunk")
             self._check_chunk(row, number)
@@ -618,12 +632,16 @@ class Ledger:
                     f"chunk {number} was never recorded sent", "chunk-not-sent", row.id
                 )
             if existing.state == "accepted":
-                return
-            connection.execute(
-                _ACCEPT_CHUNK, {"transfer": row.id, "chunk_number": number, "now": self._clock()}
-            )
+                return False
+            values = {"transfer": row.id, "chunk_number": number, "now": self._clock()}
+            if worker is None:
+                connection.execute(_ACCEPT_CHUNK, values)
+            else:
+                connection.execute(_ACCEPT_CHUNK.values(worker=worker), values)
             self._count_done(connection, row.id, 1)
-            self._event(connection, row.id, "chunk_accepted", number=number)
+            detail: dict[str, Any] = {"worker": worker} if worker is not None else {}
+            self._event(connection, row.id, "chunk_accepted", number=number, **detail)
+            return True
 
     def finish_send(
         self, transfer: TransferRef, outcome: SendOutcome, error: str | None = None
