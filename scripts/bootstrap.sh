@@ -13,6 +13,8 @@ command -v libtoolize >/dev/null || need+=(libtool)
 command -v make >/dev/null || need+=(make)
 # The ledger tests (and a PostgreSQL ledger) need Debian's PostgreSQL server (initdb, pg_ctl).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+# The web view's browser tests drive Debian's Chromium headless (Playwright, system executable).
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
     echo "bootstrap: installing ${need[*]}" >&2
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

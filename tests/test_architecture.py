@@ -8,7 +8,7 @@ Client side, lowest first (a module may import its own layer and the ones below)
     1  errors                          the exceptions a caller catches
     2  units, headers, error_body,     sizes and codecs; MESH's header rules; error answers;
        gp_route                        GP-routing addresses, patient details masked
-    3  auth, config, models, synthetic, progress, memory, processes, logs
+    3  auth, config, models, synthetic, progress, memory, processes, logs, pages (package)
     4  client                          one aiohttp session, every endpoint; no retry
     5  retry                           every retry: call_with_retry, RetryingClient, chunk 1
     6  transfer (package)              staged Upload / Download, the journals
@@ -16,10 +16,12 @@ Client side, lowest first (a module may import its own layer and the ones below)
     8  durable (package)               transfers recorded in the ledger: resume, exactly once
     9  watch (package)                 the always-on service: folders, polling, operations signals
     9  fleet (package)                 scale-out: sends spread over workers on PostgreSQL
+    9  web (package)                   the tracking web view over the ledger (never imports watch)
    10  cli, demo, __main__, meshpipe   the commands; the public API (the package itself)
 
 The local server (``meshpipe.server.*``) may import itself, the engine and only the low
-client-side modules errors, units, headers, gp_route, auth, models, synthetic and memory.
+client-side modules errors, units, headers, gp_route, auth, models, synthetic and memory,
+and the web pages' base (pages).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ LAYERS: dict[str, int] = {
     "meshpipe.memory": 3,
     "meshpipe.processes": 3,
     "meshpipe.logs": 3,
+    "meshpipe.pages": 3,
     "meshpipe.client": 4,
     "meshpipe.retry": 5,
     "meshpipe.transfer": 6,
@@ -53,6 +56,7 @@ LAYERS: dict[str, int] = {
     "meshpipe.durable": 8,
     "meshpipe.watch": 9,
     "meshpipe.fleet": 9,
+    "meshpipe.web": 9,
     "meshpipe.cli": 10,
     "meshpipe.demo": 10,
     "meshpipe.__main__": 10,
@@ -70,6 +74,10 @@ SERVER_MAY_IMPORT = frozenset(
         "meshpipe.models",
         "meshpipe.synthetic",
         "meshpipe.memory",
+        "meshpipe.pages",
+        "meshpipe.pages.access",
+        "meshpipe.pages.charts",
+        "meshpipe.pages.format",
     }
 )
 

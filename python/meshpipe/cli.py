@@ -10,6 +10,7 @@
     meshpipe inbox [--json] | ack ID... | track ID [--json] | lookup ODS WORKFLOW | handshake
     meshpipe serve ...   (the local MESH server)      meshpipe demo ...      meshpipe --version
     meshpipe watch --config FILE   (unattended: outbox and inbox folders, metrics, health)
+    meshpipe web [--ledger LOCATION] [--listen HOST:PORT]   (the tracking web view)
 
 Connection flags (``--url --mailbox --password --shared-key --cert --key --ca --profile
 --config``) sit beside the environment variables MESH_URL, MESH_MAILBOX, MESH_PASSWORD,
@@ -330,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "watch", help="run unattended: outbox and inbox folders, metrics (meshpipe watch --help)"
     )
+    commands.add_parser("web", help="serve the tracking web view (meshpipe web --help)")
     return parser
 
 
@@ -675,6 +677,7 @@ _DELEGATED: Final = {
     "watch": "meshpipe.watch.cli",
     "worker": "meshpipe.fleet.worker_cli",
     "submit": "meshpipe.fleet.submit_cli",
+    "web": "meshpipe.web.cli",
 }
 
 

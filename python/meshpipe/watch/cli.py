@@ -24,6 +24,7 @@ from typing import Final
 
 from meshpipe.config import ENV_CONFIG_FILE
 from meshpipe.errors import ConfigError, MeshpipeError
+from meshpipe.ledger import resolve_ledger_location
 from meshpipe.logs import LOG_FORMATS, hide, logging_configured
 from meshpipe.watch.certificates import run_certificate_checks
 from meshpipe.watch.health import Health
@@ -81,6 +82,7 @@ async def serve(settings: WatchSettings, *, once: bool = False) -> None:
         settings.listen_host,
         settings.listen_port,
         allow_remote=settings.allow_remote_listen,
+        ledger=resolve_ledger_location(settings.ledger, settings.state_dir),
     )
     signals = _on_signals(stop)
     certificates = asyncio.create_task(

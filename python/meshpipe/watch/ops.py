@@ -13,8 +13,12 @@ mailboxes and workflows this site runs and when, so an address that is not loopb
 refused unless the caller allows it explicitly (``allow_remote=True``: the ``[watch]``
 setting ``allow_remote_listen = true``), for a port a firewall or proxy protects.
 
-:func:`build_app` makes the application and :func:`routes` lists every page in one place:
-more pages (a tracking view) are added there. :func:`start_ops` serves it.
+:func:`build_app` makes the application and :func:`routes` lists every page in one place.
+Given the ledger, it also serves the tracking web view of :mod:`meshpipe.web` (``/``,
+``/transfers``...) with this service's signals (polls, handshakes, backlogs, certificate
+expiry, reports). On an address that is not loopback the view needs the token
+(``$MESHPIPE_WEB_TOKEN``) and is left out without one; ``/metrics``, ``/healthz`` and
+``/readyz`` never need it. :func:`start_ops` serves it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import socket
+import time
 from typing import Final
 
 from aiohttp import web
@@ -30,8 +36,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meshpipe.errors import ConfigError
 from meshpipe.logs import redact
+from meshpipe.pages.access import load_token
 from meshpipe.watch.health import Health
 from meshpipe.watch.metrics import WatchMetrics
+from meshpipe.web import LedgerView, MailboxSignals, SignalSource, add_web_pages
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 9464
@@ -73,12 +83,69 @@ def routes() -> list[web.RouteDef]:
     ]
 
 
-def build_app(metrics: WatchMetrics, health: Health) -> web.Application:
-    """The application: the pages of :func:`routes`, reading ``metrics`` and ``health``."""
+def signal_source(metrics: WatchMetrics, health: Health) -> SignalSource:
+    """What the web view's overview shows of each mailbox, read from ``metrics`` and
+    ``health`` when the page is drawn."""
+    registry = metrics.registry
+
+    def gauge(name: str, mailbox: str) -> int | None:
+        value = registry.get_sample_value(name, {"mailbox": mailbox})
+        return None if value is None else int(value)
+
+    def signals() -> list[MailboxSignals]:
+        now = time.time()
+        reports: dict[str, dict[str, int]] = {}
+        for family in metrics.reports.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    codes = reports.setdefault(sample.labels["mailbox"], {})
+                    codes[sample.labels["code"]] = int(sample.value)
+        return [
+            MailboxSignals(
+                mailbox=item.mailbox,
+                last_poll=item.last_poll,
+                last_handshake=item.last_handshake,
+                handshake_ok=item.handshake_ok,
+                handshake_error=redact(item.handshake_error) if item.handshake_error else None,
+                certificate_expires=item.certificate_expires,
+                inbox_backlog=gauge("meshpipe_inbox_backlog_messages", item.mailbox),
+                outbox_backlog=gauge("meshpipe_outbox_backlog_files", item.mailbox),
+                reports=reports.get(item.mailbox, {}),
+                ready=not item.problems(now),
+            )
+            for item in health
+        ]
+
+    return signals
+
+
+def build_app(
+    metrics: WatchMetrics,
+    health: Health,
+    *,
+    ledger: str | None = None,
+    web_token: str | None = None,
+) -> web.Application:
+    """The application: the pages of :func:`routes`, reading ``metrics`` and ``health``;
+    with ``ledger`` (a location), the web view too (``web_token``: it needs that token)."""
     app = web.Application()
     app[METRICS] = metrics
     app[HEALTH] = health
     app.add_routes(routes())
+    if ledger is not None:
+        view = LedgerView(ledger)
+
+        async def close_view(app: web.Application) -> None:
+            await asyncio.to_thread(view.close)
+
+        app.on_cleanup.append(close_view)
+        add_web_pages(
+            app,
+            view,
+            signals=signal_source(metrics, health),
+            token=web_token,
+            open_paths={"/metrics", "/healthz", "/readyz"},
+        )
     return app
 
 
@@ -146,11 +213,23 @@ async def start_ops(
     port: int = DEFAULT_PORT,
     *,
     allow_remote: bool = False,
+    ledger: str | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Start the operations endpoint; returns (runner, bound port). Stop it with
     ``await runner.cleanup()``. A non-loopback ``host`` raises ConfigError unless
-    ``allow_remote``; a port already taken raises ConfigError too."""
-    return await serve_app(build_app(metrics, health), host, port, allow_remote=allow_remote)
+    ``allow_remote``; a port already taken raises ConfigError too. With ``ledger`` it serves
+    the web view as well (see the module's text for its token)."""
+    await check_listen_host(host, allow_remote=allow_remote)
+    token = load_token(None) if ledger is not None else None
+    if ledger is not None and token is None and not _is_loopback(host or "0.0.0.0"):
+        logger.warning(
+            "the web view is not served on %s: it needs $MESHPIPE_WEB_TOKEN on an address "
+            "that is not loopback",
+            host,
+        )
+        ledger = None
+    app = await asyncio.to_thread(build_app, metrics, health, ledger=ledger, web_token=token)
+    return await serve_app(app, host, port, allow_remote=allow_remote)
 
 
 __all__ = [
@@ -162,5 +241,6 @@ __all__ = [
     "check_listen_host",
     "routes",
     "serve_app",
+    "signal_source",
     "start_ops",
 ]
