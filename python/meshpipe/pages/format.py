@@ -24,6 +24,8 @@ def rate_text(bytes_per_second: float | None) -> str:
     """``310.2 MB/s`` (decimal megabytes, as the progress line writes them); ``–`` for None."""
     if bytes_per_second is None:
         return "–"
+    if bytes_per_second == 0:
+        return "0 B/s"
     if bytes_per_second < 1e6:
         return f"{bytes_per_second / 1e3:,.1f} kB/s"
     return f"{bytes_per_second / 1e6:,.1f} MB/s"

@@ -60,8 +60,22 @@
     return () => window.clearTimeout(timer);
   }
 
-  // A form with data-autosubmit is sent (GET) as soon as a select or date field changes.
+  // A form with data-autosubmit is sent (GET) as soon as a select or date field changes;
+  // its empty fields are left out of the address.
   function autosubmit(form) {
+    form.addEventListener("submit", () => {
+      for (const field of form.elements) {
+        if ((field instanceof HTMLInputElement || field instanceof HTMLSelectElement) &&
+            field.name && field.value === "") {
+          field.disabled = true;
+        }
+      }
+      window.setTimeout(() => {
+        for (const field of form.elements) {
+          field.disabled = false;
+        }
+      }, 0);
+    });
     form.addEventListener("change", (event) => {
       const field = event.target;
       if (field instanceof HTMLSelectElement || (field instanceof HTMLInputElement &&
