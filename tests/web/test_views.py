@@ -247,7 +247,7 @@ async def test_watch_serves_the_view_beside_its_metrics(
     location = str(tmp_path / "ledger.sqlite3")
     sample_ledger(location, tmp_path)
     metrics, health = WatchMetrics(), Health(["X26ABC001"])
-    metrics.reports.labels("X26ABC001", "14").inc()
+    metrics.reports.labels(mailbox="X26ABC001", workflow_id="WF", code="14").inc()
     metrics.inbox_backlog.labels("X26ABC001").set(7)
     health["X26ABC001"].last_poll = 1.7e9
     runner, port = await start_ops(metrics, health, "127.0.0.1", 0, ledger=location)
