@@ -40,7 +40,7 @@ from meshpipe.config import UPLOAD_ORDERS, RetryPolicy, load_config
 from meshpipe.durable import CommandHook, DurableReceiver, DurableReceiveResult, DurableSend
 from meshpipe.durable.history import history_filter, show_history
 from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
-from meshpipe.gp_route import GPRoute, mask_patient_details
+from meshpipe.gp_route import GPRoute, mask_json, mask_patient_details
 from meshpipe.headers import SendHeaders
 from meshpipe.ledger import Ledger, resolve_ledger_location
 from meshpipe.logs import LOG_FORMATS, hide, logging_configured
@@ -600,7 +600,7 @@ async def _inbox(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             out.writelines(f"{message_id}\n" for message_id in ids)
             return 0
         infos = [await endpoints.message_info(message_id) for message_id in ids]
-    _print_json(infos, out)
+    _print_json(mask_json(_jsonable(infos)), out)  # a GP-routed message's recipient is masked
     return 0
 
 
@@ -620,11 +620,12 @@ async def _track(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         else:
             info = await endpoints.track(args.message_id)
     if args.json:
-        _print_json(info.raw, out)
+        _print_json(mask_json(info.raw), out)  # MESH shows a GP-routed recipient in full
     else:
         success = {True: "success", False: "failed", None: "-"}[info.status_success]
         detail = f" {info.status_code} {info.status_description}" if info.status_code else ""
-        out.write(f"{info.message_id}\t{info.status or '-'}\t{success}{detail}\n")
+        line = f"{info.message_id}\t{info.status or '-'}\t{success}{detail}"
+        out.write(mask_patient_details(line) + "\n")
     return 0
 
 
