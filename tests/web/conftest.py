@@ -2,6 +2,6 @@
 real PostgreSQL server), for the web view's tests."""
 
 from tests.browser import browser, pages, screenshot_dir
-from tests.ledger.conftest import ledger_location, postgres_server
+from tests.ledger.conftest import ledger_location
 
-__all__ = ["browser", "ledger_location", "pages", "postgres_server", "screenshot_dir"]
+__all__ = ["browser", "ledger_location", "pages", "screenshot_dir"]

@@ -255,7 +255,8 @@ async def test_watch_serves_the_view_beside_its_metrics(
     location = str(tmp_path / "ledger.sqlite3")
     sample_ledger(location, tmp_path)
     metrics, health = WatchMetrics(), Health(["X26ABC001"])
-    metrics.reports.labels("X26ABC001", "14").inc()
+    metrics.reports.labels("X26ABC001", "WF_A", "14").inc()
+    metrics.reports.labels("X26ABC001", "WF_B", "14").inc()  # one line per code, summed
     metrics.inbox_backlog.labels("X26ABC001").set(7)
     health["X26ABC001"].last_poll = 1.7e9
     runner, port = await start_ops(metrics, health, "127.0.0.1", 0, ledger=location)
@@ -265,7 +266,7 @@ async def test_watch_serves_the_view_beside_its_metrics(
             async with session.get(base + "/") as answer:
                 html = await answer.text()
                 assert answer.status == 200
-            assert "code 14: 1" in html and '<td class="number">7</td>' in html
+            assert "code 14: 2" in html and '<td class="number">7</td>' in html
             assert "2023-11-14 22:13:20Z" in html  # the last poll
             async with session.get(base + "/metrics") as answer:
                 assert answer.status == 200

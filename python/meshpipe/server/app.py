@@ -1,6 +1,7 @@
 """The aiohttp application: the routes, and the middlewares every request passes through: the
 connection's phase (for its time limits), the fault plan's request-level faults, then the one
-place refusals become responses. The admin routes are there only when the config enables them."""
+place refusals become responses. The admin routes are there only when the config enables them;
+the read-only store view (:mod:`meshpipe.server.storeview`) is mounted at ``/view/``."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from meshpipe.server.mailroom import Mailroom
 from meshpipe.server.negotiation import api_version_or_1, json_response
 from meshpipe.server.refusals import Refusal
 from meshpipe.server.routes import MeshRoutes
+from meshpipe.server.storeview import PREFIX as VIEW_PREFIX
+from meshpipe.server.storeview import add_store_view
 
 log = logging.getLogger("meshpipe.server")
 
@@ -28,6 +31,8 @@ BODY_ROUTES = ("send", "send_chunk", "download")
 
 
 def _fault_route(request: web.Request) -> tuple[str, int | None]:
+    if request.path == VIEW_PREFIX or request.path.startswith(f"{VIEW_PREFIX}/"):
+        return "", None  # the store view: looking is never faulted, nor counted
     name = request.match_info.route.name or ""
     route = name.split(":", 1)[0]
     chunk: int | None = None
@@ -119,4 +124,5 @@ def build_app(
     if config.admin_enabled:
         AdminRoutes(mailroom, faults, token=config.admin_token).register(app)
     mesh.register_mailbox_routes(app)
+    add_store_view(app, mailroom)
     return app

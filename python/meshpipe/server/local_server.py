@@ -25,6 +25,8 @@ from meshpipe.server.faults import Fault, FaultInjector, FaultPlan
 from meshpipe.server.mailroom import Mailroom
 from meshpipe.server.models import Clock, Message, SyntheticSpec
 from meshpipe.server.store import make_store
+from meshpipe.server.storeview import PREFIX as VIEW_PREFIX
+from meshpipe.server.storeview import view_access
 from meshpipe.server.streaming import synthetic_checksum
 
 log = logging.getLogger("meshpipe.server")
@@ -121,6 +123,12 @@ class LocalMeshServer:
             self.url,
         )
         self._log_admin_exposure()
+        access = view_access(self.config)
+        if access.refusal is not None:
+            log.info("%s", access.refusal)
+        else:
+            needs = " (with the admin token)" if access.token is not None else ""
+            log.info("store view (read-only) at %s%s/%s", self.url, VIEW_PREFIX, needs)
 
     def _log_admin_exposure(self) -> None:
         config = self.config
