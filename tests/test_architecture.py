@@ -8,7 +8,8 @@ Client side, lowest first (a module may import its own layer and the ones below)
     1  errors                          the exceptions a caller catches
     2  units, headers, error_body,     sizes and codecs; MESH's header rules; error answers;
        gp_route                        GP-routing addresses, patient details masked
-    3  auth, config, models, synthetic, progress, memory, processes, logs, pages (package)
+    3  auth, config, models, synthetic, progress, memory, processes, logs, pages (package),
+       arguments                       the command-line pieces the commands share
     4  client                          one aiohttp session, every endpoint; no retry
     5  retry                           every retry: call_with_retry, RetryingClient, chunk 1
     6  transfer (package)              staged Upload / Download, the journals
@@ -47,6 +48,7 @@ LAYERS: dict[str, int] = {
     "meshpipe.memory": 3,
     "meshpipe.processes": 3,
     "meshpipe.logs": 3,
+    "meshpipe.arguments": 3,
     "meshpipe.pages": 3,
     "meshpipe.client": 4,
     "meshpipe.retry": 5,

@@ -28,22 +28,30 @@ import asyncio
 import dataclasses
 import importlib
 import json
-import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, TextIO
 
 from meshpipe import units
 from meshpipe._meshpipe import __version__
+from meshpipe.arguments import (
+    connection_flags,
+    log_flags,
+    mesh_config,
+    message_flags,
+    positive,
+    positive_seconds,
+    retry_policy,
+)
 from meshpipe.client import ClientSettings, MeshClient
-from meshpipe.config import UPLOAD_ORDERS, RetryPolicy, load_config
+from meshpipe.config import UPLOAD_ORDERS
 from meshpipe.durable import CommandHook, DurableReceiver, DurableReceiveResult, DurableSend
 from meshpipe.durable.history import history_filter, show_history
 from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
 from meshpipe.gp_route import GPRoute, mask_json, mask_patient_details
 from meshpipe.headers import SendHeaders
 from meshpipe.ledger import Ledger, resolve_ledger_location
-from meshpipe.logs import LOG_FORMATS, hide, logging_configured
+from meshpipe.logs import logging_configured
 from meshpipe.models import ReportMessage
 from meshpipe.progress import Progress
 from meshpipe.retry import RetryingClient
@@ -61,72 +69,6 @@ from meshpipe.transfer import (
 PROGRAM: Final = "meshpipe"
 #: ``meshpipe handshake`` warns when the client certificate expires within this many days.
 HANDSHAKE_WARNING_DAYS: Final = 30
-ENV_RETRY_BUDGET: Final = "MESHPIPE_RETRY_BUDGET"
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _connection_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("connection (flags override environment and profile)")
-    group.add_argument(
-        "--url", help="base URL or environment: local, integration, deployment, live"
-    )
-    group.add_argument("--mailbox", help="your mailbox id (MESH_MAILBOX)")
-    group.add_argument("--password", help="mailbox password (prefer MESH_PASSWORD)")
-    group.add_argument("--shared-key", help="environment shared key (prefer MESH_SHARED_KEY)")
-    group.add_argument("--cert", help="client certificate for mutual TLS (MESH_CLIENT_CERT)")
-    group.add_argument("--key", help="client private key (MESH_CLIENT_KEY)")
-    group.add_argument("--ca", help="CA bundle to trust (MESH_CA_CERT)")
-    group.add_argument("--profile", help="profile name in the config file (MESHPIPE_PROFILE)")
-    group.add_argument("--config", help="TOML config file (MESHPIPE_CONFIG)")
-    group.add_argument(
-        "--retry-budget",
-        type=_seconds,
-        metavar="SECONDS",
-        help="how long a failed request is tried again (MESHPIPE_RETRY_BUDGET; default 120, "
-        "which rides out a 60 s outage; 0: never retry)",
-    )
-    _log_flags(group)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError("must be a finite number of seconds, 0 or more")
-    return value
-
-
-def _retry_policy(args: argparse.Namespace) -> RetryPolicy:
-    """--retry-budget, else MESHPIPE_RETRY_BUDGET, else the default policy."""
-    budget = args.retry_budget
-    if budget is None and (text := os.environ.get(ENV_RETRY_BUDGET)):
-        try:
-            budget = _seconds(text)
-        except argparse.ArgumentTypeError as error:
-            raise ConfigError(f"{ENV_RETRY_BUDGET}={text!r}: {error}") from None
-    if budget is None:
-        return RetryPolicy()
-    return RetryPolicy(budget=budget, attempts=1 if budget == 0 else None)
-
-
-def _log_flags(group: argparse._ActionsContainer) -> None:
-    group.add_argument(
-        "-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)"
-    )
-    group.add_argument(
-        "--log-format",
-        choices=LOG_FORMATS,
-        default="text",
-        help="log lines as text (default) or one JSON object per line",
-    )
 
 
 def _ledger_flags(parser: argparse.ArgumentParser) -> None:
@@ -159,8 +101,8 @@ def _history_parser(commands: Any) -> None:
     history.add_argument("--state", help="e.g. uploading, delivered, acknowledged, failed")
     history.add_argument("--since", help="created at or after (YYYY-MM-DD or ISO date-time, UTC)")
     history.add_argument("--until", help="created before (YYYY-MM-DD or ISO date-time, UTC)")
-    history.add_argument("--limit", type=_positive, default=50)
-    _log_flags(history)
+    history.add_argument("--limit", type=positive, default=50)
+    log_flags(history)
     _ledger_flags(history)
 
 
@@ -204,17 +146,7 @@ def _add_send_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     send.add_argument(
         "--no-ledger", action="store_true", help="do not record the send (no resume, no check)"
     )
-    send.add_argument("--subject")
-    send.add_argument("--filename", help="name the recipient sees (default: the file's)")
-    send.add_argument("--content-type")
-    send.add_argument("--compress", choices=units.CODECS, default="none")
-    send.add_argument("--level", type=int, help="compression level")
-    send.add_argument(
-        "--chunk-size",
-        type=units.size_argument,
-        default=units.DEFAULT_CHUNK_SIZE,
-        help="uncompressed chunk size (default %(default)s bytes; at least 5MiB)",
-    )
+    message_flags(send)
     send.add_argument(
         "--order",
         choices=UPLOAD_ORDERS,
@@ -225,7 +157,7 @@ def _add_send_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     send.add_argument(
         "--concurrency",
-        type=_positive,
+        type=positive,
         default=DEFAULT_CONCURRENCY,
         help="chunks in flight with --order concurrent (default %(default)s)",
     )
@@ -245,7 +177,7 @@ def _add_send_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "it travels at the end of the last chunk and the file is read once",
     )
     _ledger_flags(send)
-    _connection_flags(send)
+    connection_flags(send)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse (leave in the inbox, write nothing) a message that carries nothing to "
         "verify it against: no meshpipe checksum and no compression",
     )
-    receive.add_argument("--concurrency", type=_positive, default=DEFAULT_CONCURRENCY)
+    receive.add_argument("--concurrency", type=positive, default=DEFAULT_CONCURRENCY)
     receive.add_argument("--json", action="store_true", help="print results as JSON")
     receive.add_argument(
         "--exec",
@@ -286,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     receive.add_argument(
         "--exec-timeout",
-        type=float,
+        type=positive_seconds,
         default=3600.0,
         metavar="SECONDS",
         help="stop an --exec command (and what it started) that runs longer (default 3600); "
@@ -298,33 +230,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="no resume or exactly-once: do not record the receive in the ledger",
     )
     _ledger_flags(receive)
-    _connection_flags(receive)
+    connection_flags(receive)
 
     _history_parser(commands)
 
     inbox = commands.add_parser("inbox", help="list message ids ready to download")
     inbox.add_argument("--workflow-filter")
     inbox.add_argument("--json", action="store_true", help="with metadata, as JSON")
-    _connection_flags(inbox)
+    connection_flags(inbox)
 
     ack = commands.add_parser("ack", help="acknowledge messages")
     ack.add_argument("message_ids", nargs="+", metavar="MESSAGE_ID")
-    _connection_flags(ack)
+    connection_flags(ack)
 
     track = commands.add_parser("track", help="status of a message you sent")
     track.add_argument("message_id", metavar="ID")
     track.add_argument("--local-id", action="store_true", help="ID is a local id")
     track.add_argument("--json", action="store_true")
-    _connection_flags(track)
+    connection_flags(track)
 
     lookup = commands.add_parser("lookup", help="find mailboxes by ODS code and workflow")
     lookup.add_argument("ods_code")
     lookup.add_argument("workflow_id")
     lookup.add_argument("--json", action="store_true")
-    _connection_flags(lookup)
+    connection_flags(lookup)
 
     handshake = commands.add_parser("handshake", help="check the mailbox and credentials")
-    _connection_flags(handshake)
+    connection_flags(handshake)
 
     commands.add_parser("serve", help="run the local MESH server (meshpipe serve --help)")
     commands.add_parser("demo", help="run the demo (meshpipe demo --help)")
@@ -336,20 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _client(args: argparse.Namespace) -> MeshClient:
-    config = load_config(
-        profile=args.profile,
-        config_file=args.config,
-        url=args.url,
-        mailbox=args.mailbox,
-        password=args.password,
-        shared_key=args.shared_key,
-        client_cert=args.cert,
-        client_key=args.key,
-        ca_cert=args.ca,
-    )
-    hide(config.password, config.shared_key)
+    config = mesh_config(args)
     settings = ClientSettings(
-        max_connections=max(8, getattr(args, "concurrency", 4) + 4), retry=_retry_policy(args)
+        max_connections=max(8, getattr(args, "concurrency", 4) + 4), retry=retry_policy(args)
     )
     return MeshClient(config, settings)
 

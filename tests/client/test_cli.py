@@ -12,6 +12,7 @@ import pytest
 
 import meshpipe
 from meshpipe import cli
+from meshpipe.arguments import retry_policy
 from meshpipe.headers import SendHeaders
 from meshpipe.sync import SyncMeshClient
 from meshpipe.units import size_argument
@@ -284,13 +285,13 @@ def test_retry_budget_from_the_flag_then_the_environment(
 ) -> None:
     parser = cli.build_parser()
     monkeypatch.setenv("MESHPIPE_RETRY_BUDGET", "7.5")
-    assert cli._retry_policy(parser.parse_args(["inbox"])).budget == 7.5
-    flagged = cli._retry_policy(parser.parse_args(["inbox", "--retry-budget", "3"]))
+    assert retry_policy(parser.parse_args(["inbox"])).budget == 7.5
+    flagged = retry_policy(parser.parse_args(["inbox", "--retry-budget", "3"]))
     assert (flagged.budget, flagged.attempts) == (3.0, None)
-    never = cli._retry_policy(parser.parse_args(["inbox", "--retry-budget", "0"]))
+    never = retry_policy(parser.parse_args(["inbox", "--retry-budget", "0"]))
     assert (never.budget, never.attempts) == (0.0, 1)
     monkeypatch.delenv("MESHPIPE_RETRY_BUDGET")
-    assert cli._retry_policy(parser.parse_args(["inbox"])).budget == 120.0
+    assert retry_policy(parser.parse_args(["inbox"])).budget == 120.0
 
     with pytest.raises(SystemExit) as refused:
         cli.main(["inbox", "--retry-budget", "-1"])

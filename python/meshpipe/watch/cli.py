@@ -17,15 +17,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Final
 
+from meshpipe.arguments import log_flags, stop_on_signals
 from meshpipe.config import ENV_CONFIG_FILE
 from meshpipe.errors import ConfigError, MeshpipeError
 from meshpipe.ledger import resolve_ledger_location
-from meshpipe.logs import LOG_FORMATS, hide, logging_configured
+from meshpipe.logs import hide, logging_configured
 from meshpipe.watch.certificates import run_certificate_checks
 from meshpipe.watch.health import Health
 from meshpipe.watch.metrics import WatchMetrics
@@ -50,8 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--once", action="store_true", help="one handshake, scan and poll per mailbox, then exit"
     )
-    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    log_flags(parser)
     return parser
 
 
@@ -84,7 +83,7 @@ async def serve(settings: WatchSettings, *, once: bool = False) -> None:
         allow_remote=settings.allow_remote_listen,
         ledger=resolve_ledger_location(settings.ledger, settings.state_dir),
     )
-    signals = _on_signals(stop)
+    signals = stop_on_signals(stop, PROGRAM)
     certificates = asyncio.create_task(
         run_certificate_checks(
             settings.mailboxes,
@@ -105,30 +104,6 @@ async def serve(settings: WatchSettings, *, once: bool = False) -> None:
         signals()
         await certificates
         await runner.cleanup()
-
-
-def _on_signals(stop: asyncio.Event) -> Callable[[], None]:
-    """SIGTERM/SIGINT: the first sets ``stop``, a second cancels the service at once.
-    Returns the function that removes the handlers."""
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-
-    def handle() -> None:
-        if stop.is_set():
-            if main is not None:
-                main.cancel()
-            return
-        sys.stderr.write(f"{PROGRAM}: stopping (again to stop at once)\n")
-        stop.set()
-
-    for number in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(number, handle)
-
-    def remove() -> None:
-        for number in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(number)
-
-    return remove
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,12 +25,13 @@ from typing import Final
 
 from aiohttp import web
 
+from meshpipe.arguments import log_flags
 from meshpipe.client import MeshClient
 from meshpipe.config import ENV_CONFIG_FILE, ENV_PROFILE, load_config
 from meshpipe.errors import ConfigError
 from meshpipe.ledger import LedgerError, resolve_ledger_location
 from meshpipe.ledger.database import parse_location
-from meshpipe.logs import LOG_FORMATS, hide, logging_configured
+from meshpipe.logs import hide, logging_configured
 from meshpipe.pages.access import load_token, require_token
 from meshpipe.retry import RetryingClient
 from meshpipe.web import build_web_app
@@ -55,8 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--profile", help=f"MESH profile for live tracking ({ENV_PROFILE})")
     parser.add_argument("--config", help=f"TOML config file of the profile ({ENV_CONFIG_FILE})")
-    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    log_flags(parser)
     return parser
 
 
