@@ -186,14 +186,25 @@ class StoreView:
         return self.mailroom.clock.now()
 
     def mailboxes(self) -> list[MailboxRow]:
-        """Every mailbox of the directory, by id."""
+        """Every mailbox of the directory, by id (one pass over the store)."""
+        directory = self.mailroom.directory.mailboxes
+        inbox = dict.fromkeys(directory, 0)
+        outbox = dict.fromkeys(directory, 0)
+        oldest: dict[str, datetime] = {}
+        for message in self.mailroom.messages.values():
+            recipient = message.recipient
+            if recipient in inbox and message.status == ACCEPTED:
+                inbox[recipient] += 1
+                accepted = message.last_event.timestamp  # the event that made it accepted
+                if recipient not in oldest or accepted < oldest[recipient]:
+                    oldest[recipient] = accepted
+            if message.sender in outbox and self.mailroom.in_outbox(message):
+                outbox[message.sender] += 1
         now = self.now()
         rows: list[MailboxRow] = []
-        for mailbox_id in sorted(self.mailroom.directory.mailboxes):
-            mailbox = self.mailroom.directory.mailboxes[mailbox_id]
-            inbox = self.mailroom.inbox(mailbox_id)
-            waiting = [m.status_time(ACCEPTED) or m.created for m in inbox]
-            oldest = min(waiting, default=None)
+        for mailbox_id in sorted(directory):
+            mailbox = directory[mailbox_id]
+            since = oldest.get(mailbox_id)
             rows.append(
                 MailboxRow(
                     mailbox_id=mailbox_id,
@@ -201,10 +212,10 @@ class StoreView:
                     ods_code=mailbox.ods_code,
                     org_code=mailbox.org_code,
                     org_name=mailbox.org_name,
-                    inbox=len(inbox),
-                    outbox=len(self.mailroom.outbox(mailbox_id)),
-                    oldest_waiting=oldest,
-                    waiting_seconds=(now - oldest).total_seconds() if oldest else None,
+                    inbox=inbox[mailbox_id],
+                    outbox=outbox[mailbox_id],
+                    oldest_waiting=since,
+                    waiting_seconds=(now - since).total_seconds() if since else None,
                 )
             )
         return rows
@@ -218,17 +229,23 @@ class StoreView:
 
     def messages(self, mailbox_id: str, query: BoxQuery) -> MessagePage:
         """A page of the mailbox's messages, newest first: its inbox (every status, uploads
-        still under way included) and its outbox, as the query selects."""
-        mailbox = self.mailbox(mailbox_id)
+        still under way included) and its outbox, as the query selects (one pass over the
+        store, newest first, so the sort that follows has little to do)."""
+        mailbox_id = self.mailbox(mailbox_id).mailbox_id
+        inbox = query.box in ("all", "inbox")
+        outbox = query.box in ("all", "outbox")
+        status = query.status
         found: list[tuple[Message, str]] = []
-        if query.box in ("all", "inbox"):
-            inbox = self.mailroom.inbox(mailbox.mailbox_id, all_statuses=True)
-            found += [(m, "inbox") for m in inbox]
-        if query.box in ("all", "outbox"):
-            found += [(m, "outbox") for m in self.mailroom.outbox(mailbox.mailbox_id)]
-        if query.status is not None:
-            found = [(m, box) for m, box in found if m.status == query.status]
-        found.sort(key=lambda item: (item[0].created, item[0].message_id), reverse=True)
+        for message in reversed(self.mailroom.messages.values()):
+            received = inbox and message.recipient == mailbox_id
+            sent = outbox and message.sender == mailbox_id and self.mailroom.in_outbox(message)
+            if not (received or sent) or (status is not None and message.status != status):
+                continue
+            if received:
+                found.append((message, "inbox"))
+            if sent:
+                found.append((message, "outbox"))
+        found.sort(key=lambda item: item[0].created, reverse=True)  # stable: ties keep order
         pages = max(1, -(-len(found) // PAGE_SIZE))
         start = (query.page - 1) * PAGE_SIZE
         rows = [_row(m, box) for m, box in found[start : start + PAGE_SIZE]]
