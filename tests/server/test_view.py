@@ -250,13 +250,12 @@ async def test_the_fault_plan_neither_fires_on_nor_counts_the_view() -> None:
 
 
 def test_the_access_rule() -> None:
-    assert view_access(ServerConfig()).token is None
-    assert view_access(ServerConfig()).refusal is None
-    assert view_access(ServerConfig(admin_token=TOKEN)).token == TOKEN
+    for loopback in (ServerConfig(), ServerConfig(admin_token=TOKEN)):
+        assert view_access(loopback).token is None and view_access(loopback).refusal is None
     refused = view_access(ServerConfig(host="0.0.0.0"))
     assert refused.refusal is not None and ADMIN_TOKEN_ENV in refused.refusal
-    assert view_access(ServerConfig(host="0.0.0.0", admin_token=TOKEN)).token == TOKEN
-    assert TOKEN not in repr(view_access(ServerConfig(admin_token=TOKEN)))
+    guarded = view_access(ServerConfig(host="0.0.0.0", admin_token=TOKEN))
+    assert guarded.token == TOKEN and guarded.refusal is None and TOKEN not in repr(guarded)
 
 
 def test_off_loopback_without_an_admin_token_the_view_is_refused() -> None:
@@ -284,3 +283,11 @@ def test_off_loopback_the_view_needs_the_admin_token() -> None:
             )
             later = browser.get(f"{url}/view/mailboxes/X26ABC1", timeout=10)
             assert later.status_code == 200 and TOKEN not in later.text
+
+
+async def test_on_loopback_the_view_is_open_even_with_an_admin_token() -> None:
+    async with LocalMeshServer(admin_token=TOKEN) as server:
+        answer = await asyncio.to_thread(_get, f"{server.url}/view/")
+        assert answer.status_code == 200 and TOKEN not in answer.text
+        admin = await asyncio.to_thread(_get, f"{server.url}/messageexchange/admin/faults")
+        assert admin.status_code == 403  # the admin API itself still needs the token

@@ -48,12 +48,12 @@ class Access:
 
 
 def view_access(config: ServerConfig) -> Access:
-    """The one rule: with an admin token set, the view needs it; without one, the view is open
-    on a loopback bind and refused on any other."""
-    if config.admin_token is not None:
-        return Access(token=config.admin_token)
+    """The one rule: on a loopback bind the view is open (only this machine reaches it); on
+    any other it needs the admin token, and is refused when there is none."""
     if config.loopback_only:
         return Access()
+    if config.admin_token is not None:
+        return Access(token=config.admin_token)
     return Access(
         refusal=(
             f"the store view is off: this server listens on {config.host!r}, reachable from the "
