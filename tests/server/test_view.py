@@ -178,6 +178,8 @@ def test_every_answer_carries_the_content_security_policy(rig: Rig) -> None:
         assert answer.headers.get("Content-Security-Policy") == CONTENT_SECURITY_POLICY, path
         assert answer.headers.get("X-Content-Type-Options") == "nosniff", path
     assert _get(f"{rig.url}/view/messages/NOSUCHMESSAGE").status_code == 404
+    probe = _get(f"{rig.url}/view/messages/%3Cimg%20src=x%20onerror=alert(1)%3E")
+    assert probe.status_code == 404 and "<img" not in probe.text and "&lt;img" in probe.text
     bad = _get(f"{rig.url}/view/mailboxes/X26ABC1?status=lost")
     assert bad.status_code == 400 and "choose one of uploading, accepted" in bad.text
     assert "Content-Security-Policy" not in _get(f"{rig.url}/messageexchange/_ping").headers
