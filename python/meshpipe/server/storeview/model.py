@@ -191,14 +191,15 @@ class StoreView:
         inbox = dict.fromkeys(directory, 0)
         outbox = dict.fromkeys(directory, 0)
         oldest: dict[str, datetime] = {}
+        in_outbox = self.mailroom.in_outbox
         for message in self.mailroom.messages.values():
             recipient = message.recipient
-            if recipient in inbox and message.status == ACCEPTED:
+            last = message.events[-1]  # its status, and for an accepted one when it was
+            if last.status == ACCEPTED and recipient in inbox:
                 inbox[recipient] += 1
-                accepted = message.last_event.timestamp  # the event that made it accepted
-                if recipient not in oldest or accepted < oldest[recipient]:
-                    oldest[recipient] = accepted
-            if message.sender in outbox and self.mailroom.in_outbox(message):
+                if recipient not in oldest or last.timestamp < oldest[recipient]:
+                    oldest[recipient] = last.timestamp
+            if message.sender in outbox and in_outbox(message):
                 outbox[message.sender] += 1
         now = self.now()
         rows: list[MailboxRow] = []
