@@ -223,6 +223,11 @@ async def test_a_running_send_advances_in_the_page(
                 await page.wait_for_selector("#chunks tbody tr:nth-child(8)", timeout=WAIT_MS)
                 assert await page.locator("#progress[data-refresh]").count() == 0
                 assert await page.locator("#subject").inner_text() == "progress <b>watched</b>"
+                await page.screenshot(
+                    path=str(screenshot_dir / "transfer-sent.png"),
+                    clip={"x": 0, "y": 0, "width": 1280, "height": 1080},
+                    full_page=True,
+                )
                 watched.assert_clean()
         finally:
             view.close()

@@ -6,7 +6,11 @@ secret; wrong input is refused with a message naming it."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +20,13 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from meshpipe.models import TrackingInfo
+from meshpipe.server.process import server_process
+from meshpipe.synthetic import write_csv
 from meshpipe.web import LedgerView, MailboxSignals, build_web_app
 from meshpipe.web.cli import main as web_main
 from meshpipe.web.store import ListQuery
+from tests.client.conftest import RECIPIENT, SENDER
+from tests.peers import SANDBOX_PASSWORD, SANDBOX_SHARED_KEY, free_port
 from tests.web.ledgers import HOSTILE_FILE, HOSTILE_SUBJECT, Sample, bulk_ledger, sample_ledger
 
 
@@ -123,6 +131,7 @@ async def test_keyset_pages_walk_the_whole_list(tmp_path: Path) -> None:
         assert last.older is None and last.newer == 50
         newer = view.page(ListQuery(after=last.newer))
         assert [row.id for row in newer.rows] == list(range(100, 50, -1))
+        assert view.count(limit=100) == 101 and view.count() == 230
         filtered = view.page(ListQuery(workflow="WF_03", direction="send"))
         assert filtered.total == len([i for i in range(230) if i % 25 == 3 and i % 3 != 0])
         assert all(row.workflow_id == "WF_03" for row in filtered.rows)
@@ -168,7 +177,20 @@ async def test_progress_json_reloads_on_a_state_change(site: Site) -> None:
     site.view.ledger.chunk_accepted(running, 2)
     _, text, _ = await site.get(f"/transfers/{running.id}.json?shown=uploading")
     assert json.loads(text)["fields"]["chunks"] == "2 of 4"
+    _, text, _ = await site.get(f"/transfers.json?ids={running.id}")
+    assert json.loads(text) == {
+        "fields": {
+            f"{running.id}.state": "uploading",
+            f"{running.id}.chunks": "2/4",
+            f"{running.id}.percent": 50.0,
+        },
+        "done": False,
+        "reload": False,
+        "running": 1,
+    }
     site.view.ledger.mark_failed(running, "stopped by the test")
+    _, text, _ = await site.get(f"/transfers.json?ids={running.id}")
+    assert json.loads(text)["reload"] is True  # the list reloads to show how it ended
     _, text, _ = await site.get(f"/transfers/{running.id}.json?shown=uploading")
     answer = json.loads(text)
     assert answer["done"] is True and answer["reload"] is True
@@ -272,3 +294,80 @@ async def test_watch_serves_the_view_beside_its_metrics(
                 assert answer.status == 200
     finally:
         await runner.cleanup()
+
+
+def test_meshpipe_web_tracks_a_real_send(tmp_path: Path) -> None:
+    """``meshpipe web`` as a process, with a MESH profile, after a real send through
+    ``meshpipe serve``: the send's page shows MESH's tracking of it, fetched live."""
+    ledger = str(tmp_path / "ledger.sqlite3")
+    source = write_csv(tmp_path / "small.csv", 100_000)
+    config = tmp_path / "config.toml"
+    with server_process(
+        "--rules", "sandbox", "--shared-key", SANDBOX_SHARED_KEY, "--log-level", "WARNING"
+    ) as (url, _server):
+        config.write_text(
+            f'[profiles.a]\nurl = "{url}"\nmailbox = "{SENDER}"\n'
+            f'password = "{SANDBOX_PASSWORD}"\nshared_key = "{SANDBOX_SHARED_KEY}"\n'
+        )
+        environment = {**os.environ, "MESHPIPE_CONFIG": "", "HOME": str(tmp_path)}
+        sent = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "meshpipe",
+                "send",
+                str(source),
+                "--to",
+                RECIPIENT,
+                "--workflow-id",
+                "MPWEB_TRACK",
+                "--ledger",
+                ledger,
+                "--config",
+                str(config),
+                "--profile",
+                "a",
+            ],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=120,
+            check=False,
+        )
+        assert sent.returncode == 0, sent.stderr
+        port = free_port()
+        web = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "meshpipe",
+                "web",
+                "--ledger",
+                ledger,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--config",
+                str(config),
+                "--profile",
+                "a",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment,
+        )
+        try:
+            assert web.stderr is not None
+            line = web.stderr.readline()
+            assert f"open http://127.0.0.1:{port}/" in line, line
+            assert SANDBOX_PASSWORD not in line
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/transfers/1", timeout=60
+            ) as answer:
+                html = answer.read().decode()
+        finally:
+            web.terminate()
+            web.wait(timeout=30)
+    assert "MESH tracking" in html and "Tracking not configured" not in html
+    assert "Tracking unavailable" not in html, html
+    assert "recipient</dt><dd>" in html.lower() and RECIPIENT in html
+    assert SANDBOX_PASSWORD not in html and SANDBOX_SHARED_KEY not in html

@@ -67,8 +67,7 @@ def safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
 @dataclass(frozen=True, slots=True)
 class ChunkRow:
     """One row of the chunk table. ``size`` is the uncompressed size, ``wire_size`` the bytes
-    on the wire (sends); ``duration`` from sent to accepted (sends) or from the previous
-    chunk written (receives)."""
+    on the wire (sends); ``duration`` as :func:`chunk_rows` says."""
 
     number: int
     state: str
@@ -90,34 +89,30 @@ def _uncompressed_size(record: TransferRecord, chunk: ChunkRecord) -> int | None
 
 
 def chunk_rows(record: TransferRecord, chunks: Sequence[ChunkRecord]) -> list[ChunkRow]:
-    """The chunk table, by number."""
-    finished = sorted((c.done_at, c.number) for c in chunks if c.done_at is not None)
-    started_of: dict[int, dt.datetime] = {}
-    previous = record.created_at
-    for done_at, number in finished:
-        started_of[number] = previous
+    """The chunk table, by number. A chunk's duration runs from the finish of the chunk that
+    finished before it (the first: from when it was sent, or from the start): the ledger
+    records chunks 2..N-1 of a send as sent and accepted together, once MESH accepted them,
+    so their own sent time is not when they left."""
+    finished = sorted((c.done_at, c.number, c.sent_at) for c in chunks if c.done_at is not None)
+    duration_of: dict[int, float] = {}
+    previous: dt.datetime | None = None
+    for done_at, number, sent_at in finished:
+        began = previous if previous is not None else (sent_at or record.created_at)
+        duration_of[number] = max(0.0, (done_at - began).total_seconds())
         previous = done_at
-    rows = []
-    for chunk in chunks:
-        if chunk.sent_at is not None and chunk.done_at is not None:
-            duration: float | None = (chunk.done_at - chunk.sent_at).total_seconds()
-        elif chunk.done_at is not None:
-            duration = (chunk.done_at - started_of[chunk.number]).total_seconds()
-        else:
-            duration = None
-        rows.append(
-            ChunkRow(
-                chunk.number,
-                chunk.state,
-                chunk.xxh3_128,
-                _uncompressed_size(record, chunk),
-                chunk.payload_size,
-                chunk.sent_at,
-                chunk.done_at,
-                duration,
-            )
+    return [
+        ChunkRow(
+            chunk.number,
+            chunk.state,
+            chunk.xxh3_128,
+            _uncompressed_size(record, chunk),
+            chunk.payload_size,
+            chunk.sent_at,
+            chunk.done_at,
+            duration_of.get(chunk.number),
         )
-    return rows
+        for chunk in chunks
+    ]
 
 
 def throughput_points(

@@ -30,6 +30,7 @@ from meshpipe.web.detail import (
 )
 from meshpipe.web.store import (
     ALL_STATES,
+    COUNT_LIMIT,
     PAGE_SIZE,
     RUNNING_STATES,
     SORT_KEYS,
@@ -276,13 +277,15 @@ async def transfers_page(request: web.Request) -> web.Response:
             "pager": pager,
             "refresh": refresh,
             "running_states": RUNNING_STATES,
+            "count_limit": COUNT_LIMIT,
             "throughput": throughput,
         },
     )
 
 
 async def transfers_json(request: web.Request) -> web.Response:
-    """Live refresh of the list: state, progress and throughput of the transfers ``ids``."""
+    """Live refresh of the list: state and progress of the running transfers ``ids``; a
+    reload once one of them has finished."""
     text = request.query.get("ids", "")
     ids = [int(item) for item in text.split(",") if item.isdigit()][:PAGE_SIZE]
     rows = await _call(_view(request).summaries, ids)
@@ -294,7 +297,11 @@ async def transfers_json(request: web.Request) -> web.Response:
         fields[f"{row.id}.state"] = row.state
         fields[f"{row.id}.chunks"] = f"{row.chunks_done}/{total}" if total else str(row.chunks_done)
         fields[f"{row.id}.percent"] = round(100.0 * row.chunks_done / total, 1) if total else 0
-    return web.json_response({"fields": fields, "done": running == 0, "running": running})
+    # once one of them has finished, reload: its finish, throughput and newer transfers show
+    finished = running < len(rows)
+    return web.json_response(
+        {"fields": fields, "done": running == 0, "reload": finished, "running": running}
+    )
 
 
 def _transfer_id(request: web.Request) -> int:
