@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import timedelta
 from typing import Any
 from xml.etree.ElementTree import Element
 
@@ -293,3 +294,24 @@ async def test_on_loopback_the_view_is_open_even_with_an_admin_token() -> None:
         assert answer.status_code == 200 and TOKEN not in answer.text
         admin = await asyncio.to_thread(_get, f"{server.url}/messageexchange/admin/faults")
         assert admin.status_code == 403  # the admin API itself still needs the token
+
+
+async def test_an_expired_message_and_its_non_delivery_report() -> None:
+    async with LocalMeshServer() as server:
+        sent = server.add_synthetic_message("X26ABC2", 100, sender="X26ABC1", checksum=False)
+        [report] = server.advance_clock(timedelta(days=6))
+        expired = await asyncio.to_thread(_get, f"{server.url}/view/messages/{sent}")
+        document = _document(expired.text)
+        assert _text(_by_id(document, "status")) == "undeliverable"
+        assert "code 14" in _text(_by_id(document, "events"))
+        assert "generated" in _text(_rows(document, "data-chunk")["1"])
+        ndr = await asyncio.to_thread(_get, f"{server.url}/view/messages/{report}")
+        document = _document(ndr.text)
+        assert "the central system" in _text(_by_id(document, "facts"))
+        links = [a.get("href") for a in _by_id(document, "events").iter("a")]
+        assert links == [f"/view/messages/{sent}"]
+        assert _rows(document, "data-chunk") == {}
+        mailboxes = _document((await asyncio.to_thread(_get, f"{server.url}/view/")).text)
+        counts = _rows(mailboxes, "data-mailbox")
+        assert _text(_field(counts["X26ABC1"], "inbox")) == "1"  # the report
+        assert _text(_field(counts["X26ABC2"], "inbox")) == "0"  # expired: no longer waiting
