@@ -20,7 +20,7 @@ from meshpipe.server import Fault, FaultPlan, LocalMeshServer, ServerConfig
 from meshpipe.server.config import ADMIN_TOKEN_ENV
 from meshpipe.server.process import server_process
 from meshpipe.server.storeview import view_access
-from meshpipe.server.storeview.model import PAGE_SIZE
+from meshpipe.server.storeview.model import MAX_CHUNK_ROWS, PAGE_SIZE
 from tests.server.storeview_rig import (
     HOSTILE_FILE,
     HOSTILE_SUBJECT,
@@ -315,3 +315,15 @@ async def test_an_expired_message_and_its_non_delivery_report() -> None:
         counts = _rows(mailboxes, "data-mailbox")
         assert _text(_field(counts["X26ABC1"], "inbox")) == "1"  # the report
         assert _text(_field(counts["X26ABC2"], "inbox")) == "0"  # expired: no longer waiting
+
+
+async def test_a_message_page_lists_its_first_chunks_and_the_evidence_all() -> None:
+    async with LocalMeshServer() as server:
+        total = MAX_CHUNK_ROWS + 3
+        sent = server.add_synthetic_message("X26ABC2", total, chunk_size=1, checksum=False)
+        page = await asyncio.to_thread(_get, f"{server.url}/view/messages/{sent}")
+        document = _document(page.text)
+        assert len(_rows(document, "data-chunk")) == MAX_CHUNK_ROWS
+        assert f"of {total} chunks" in _text(_by_id(document, "chunks-more"))
+        bundle = await asyncio.to_thread(_get, f"{server.url}/view/messages/{sent}/evidence.json")
+        assert [c["number"] for c in bundle.json()["chunks"]] == list(range(1, total + 1))

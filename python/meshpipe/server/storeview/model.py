@@ -21,6 +21,8 @@ from meshpipe.server.models import ACCEPTED, STATUSES, Message
 from meshpipe.server.views import message_headers, tracking_body
 
 PAGE_SIZE: Final = 50
+#: A message page lists at most this many chunks (the evidence bundle has them all).
+MAX_CHUNK_ROWS: Final = 2000
 BOXES: Final = ("all", "inbox", "outbox")
 #: The evidence bundle's format (a field of the bundle, raised when its shape changes).
 EVIDENCE_FORMAT: Final = 1
@@ -259,10 +261,11 @@ class StoreView:
             raise NotFound(f"there is no message {message_id!r} in this server's store")
         return message
 
-    def chunks(self, message: Message) -> list[ChunkRow]:
-        """Every chunk of the message, 1 to its total, received or not."""
+    def chunks(self, message: Message, limit: int | None = None) -> list[ChunkRow]:
+        """The message's chunks from 1 to its total (the first ``limit``), received or not."""
         rows: list[ChunkRow] = []
-        for number in range(1, message.total_chunks + 1):
+        last = message.total_chunks if limit is None else min(limit, message.total_chunks)
+        for number in range(1, last + 1):
             record = message.chunks.get(number)
             if record is None:
                 rows.append(ChunkRow(number, None, None, None, "", "not received"))
