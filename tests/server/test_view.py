@@ -6,6 +6,7 @@ Access: free on loopback, the admin token otherwise, refused off loopback withou
 from __future__ import annotations
 
 import asyncio
+import gzip
 import re
 from datetime import timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from meshpipe.server.config import ADMIN_TOKEN_ENV
 from meshpipe.server.process import server_process
 from meshpipe.server.storeview import view_access
 from meshpipe.server.storeview.model import MAX_CHUNK_ROWS, PAGE_SIZE
+from tests.peers import SANDBOX_SHARED_KEY, auth_headers
 from tests.server.storeview_rig import (
     HOSTILE_FILE,
     HOSTILE_SUBJECT,
@@ -327,3 +329,45 @@ async def test_a_message_page_lists_its_first_chunks_and_the_evidence_all() -> N
         assert f"of {total} chunks" in _text(_by_id(document, "chunks-more"))
         bundle = await asyncio.to_thread(_get, f"{server.url}/view/messages/{sent}/evidence.json")
         assert [c["number"] for c in bundle.json()["chunks"]] == list(range(1, total + 1))
+
+
+def _first_of_three_chunks_gzip(url: str, body: bytes) -> str:
+    answer = requests.post(
+        f"{url}/messageexchange/X26ABC1/outbox",
+        headers=auth_headers(
+            "X26ABC1",
+            **{
+                "mex-To": "X26ABC2",
+                "mex-WorkflowID": "TEST_WORKFLOW",
+                "mex-Chunk-Range": "1:3",
+                "Content-Encoding": "gzip",
+            },
+        ),
+        data=gzip.compress(body),
+        timeout=10,
+    )
+    assert answer.status_code == 202, answer.text
+    message_id: str = answer.json()["message_id"]
+    return message_id
+
+
+async def test_an_upload_under_way_with_a_gzip_chunk() -> None:
+    body = b"one line of an extract\n" * 1000
+    async with LocalMeshServer(rules="sandbox", shared_key=SANDBOX_SHARED_KEY) as server:
+        sent = await asyncio.to_thread(_first_of_three_chunks_gzip, server.url, body)
+        page = await asyncio.to_thread(_get, f"{server.url}/view/messages/{sent}")
+        document = _document(page.text)
+        assert _text(_by_id(document, "status")) == "uploading"
+        rows = _rows(document, "data-chunk")
+        assert _field(rows["1"], "stored_size").get("data-bytes") == str(len(gzip.compress(body)))
+        assert _field(rows["1"], "size").get("data-bytes") == str(len(body))
+        assert _text(_field(rows["1"], "xxh3_128")) == xxhash.xxh3_128_hexdigest(body)
+        assert "gzip" in _text(rows["1"]) and "on disk" in _text(rows["1"])
+        assert all("not received" in _text(rows[n]) for n in ("2", "3"))
+        listed = await asyncio.to_thread(_get, f"{server.url}/view/mailboxes/X26ABC2")
+        assert _rows(_document(listed.text), "data-message")[sent].get("data-box") == "inbox"
+        counts = _rows(
+            _document((await asyncio.to_thread(_get, f"{server.url}/view/")).text), "data-mailbox"
+        )
+        assert _text(_field(counts["X26ABC2"], "inbox")) == "0"  # not yet in the inbox list
+        assert _text(_field(counts["X26ABC1"], "outbox")) == "1"
