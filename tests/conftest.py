@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.ledger.postgres import PostgresServer, postgres_bin_dir, run_postgres
 from tests.peers import Sandbox, run_sandbox
 
 settings.register_profile(
@@ -24,6 +25,20 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     """NHS's mesh-sandbox, real auth (AUTH_MODE=full) and file store, for the whole session."""
     with run_sandbox(tmp_path_factory.mktemp("sandbox")) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (tests/ledger/postgres.py; each test creates its
+    own database on it). CI runs as root with Debian's postgresql installed by
+    scripts/bootstrap.sh, so there a missing server fails; elsewhere it skips."""
+    if postgres_bin_dir() is None:
+        reason = "PostgreSQL server binaries not found (apt-get install postgresql)"
+        if os.geteuid() == 0:
+            pytest.fail(f"{reason}: scripts/bootstrap.sh installs them; CI must run these")
+        pytest.skip(f"{reason}; not root, so not installing them")
+    with run_postgres() as server:
+        yield server
 
 
 @pytest.fixture

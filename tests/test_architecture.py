@@ -6,7 +6,8 @@ Client side, lowest first (a module may import its own layer and the ones below)
 
     0  meshpipe._meshpipe              the native engine
     1  errors                          the exceptions a caller catches
-    2  units, headers, error_body      sizes and codecs; MESH's header rules; error answers
+    2  units, headers, error_body,     sizes and codecs; MESH's header rules; error answers;
+       gp_route                        GP-routing addresses, patient details masked
     3  auth, config, models, synthetic, progress, memory, processes, logs, pages (package)
     4  client                          one aiohttp session, every endpoint; no retry
     5  retry                           every retry: call_with_retry, RetryingClient, chunk 1
@@ -14,12 +15,13 @@ Client side, lowest first (a module may import its own layer and the ones below)
     7  sync, ledger                    the blocking facade; the durable record of transfers
     8  durable (package)               transfers recorded in the ledger: resume, exactly once
     9  watch (package)                 the always-on service: folders, polling, operations signals
+    9  fleet (package)                 scale-out: sends spread over workers on PostgreSQL
     9  web (package)                   the tracking web view over the ledger (never imports watch)
    10  cli, demo, __main__, meshpipe   the commands; the public API (the package itself)
 
 The local server (``meshpipe.server.*``) may import itself, the engine and only the low
-client-side modules errors, units, headers, auth, models, synthetic and memory, and the web
-pages' base (pages).
+client-side modules errors, units, headers, gp_route, auth, models, synthetic and memory,
+and the web pages' base (pages).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ LAYERS: dict[str, int] = {
     "meshpipe.units": 2,
     "meshpipe.headers": 2,
     "meshpipe.error_body": 2,
+    "meshpipe.gp_route": 2,
     "meshpipe.auth": 3,
     "meshpipe.config": 3,
     "meshpipe.models": 3,
@@ -52,6 +55,7 @@ LAYERS: dict[str, int] = {
     "meshpipe.ledger": 7,
     "meshpipe.durable": 8,
     "meshpipe.watch": 9,
+    "meshpipe.fleet": 9,
     "meshpipe.web": 9,
     "meshpipe.cli": 10,
     "meshpipe.demo": 10,
@@ -65,6 +69,7 @@ SERVER_MAY_IMPORT = frozenset(
         "meshpipe.errors",
         "meshpipe.units",
         "meshpipe.headers",
+        "meshpipe.gp_route",
         "meshpipe.auth",
         "meshpipe.models",
         "meshpipe.synthetic",

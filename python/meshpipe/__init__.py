@@ -37,6 +37,7 @@ from meshpipe.errors import (
     ConfigError,
     DuplicateChunkError,
     FileTooLargeError,
+    GPRouteError,
     MeshAuthenticationError,
     MeshConnectionError,
     MeshDuplicateRiskError,
@@ -51,6 +52,7 @@ from meshpipe.errors import (
     StateError,
     UnverifiedMessageError,
 )
+from meshpipe.gp_route import GPRoute, mask_patient_details
 from meshpipe.headers import SendHeaders
 from meshpipe.models import (
     ContentChecksum,
@@ -99,6 +101,8 @@ __all__ = [
     "Endpoint",
     "FileDigest",
     "FileTooLargeError",
+    "GPRoute",
+    "GPRouteError",
     "GiB",
     "KiB",
     "MeshAuthenticationError",
@@ -132,6 +136,7 @@ __all__ = [
     "UnverifiedMessageError",
     "__version__",
     "load_config",
+    "mask_patient_details",
     "receive_all",
     "receive_message",
     "receive_report",

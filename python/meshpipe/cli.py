@@ -1,6 +1,7 @@
 """The ``meshpipe`` command line.
 
     meshpipe send PATH --to MAILBOX --workflow-id WF [--compress none|gzip|zstd] ...
+    meshpipe send PATH --to-gp NHS_NUMBER,DOB,SURNAME --workflow-id WF ...   (GP-routed)
     meshpipe send --resume LOCAL_ID    (the same send again resumes it too; --again, --no-ledger)
     meshpipe receive MESSAGE_ID --out PATH [--no-ack] [--overwrite] [--require-verified]
                      [--exec CMD] [--no-ledger]
@@ -13,7 +14,8 @@
 
 Connection flags (``--url --mailbox --password --shared-key --cert --key --ca --profile
 --config``) sit beside the environment variables MESH_URL, MESH_MAILBOX, MESH_PASSWORD,
-MESH_SHARED_KEY, MESH_CLIENT_CERT, MESH_CLIENT_KEY, MESH_CA_CERT. Exit status 0 on success;
+MESH_SHARED_KEY, MESH_CLIENT_CERT, MESH_CLIENT_KEY, MESH_CA_CERT; ``--retry-budget SECONDS``
+(MESHPIPE_RETRY_BUDGET) bounds how long a failed request is tried again. Exit status 0 on success;
 otherwise 1 (2 for usage or configuration errors, 130 if interrupted) and one line on stderr.
 A received message that could not be verified (nothing to verify it against) gets a WARNING
 line on stderr; ``--require-verified`` refuses it instead.
@@ -26,6 +28,7 @@ import asyncio
 import dataclasses
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, TextIO
@@ -33,10 +36,11 @@ from typing import Any, Final, TextIO
 from meshpipe import units
 from meshpipe._meshpipe import __version__
 from meshpipe.client import ClientSettings, MeshClient
-from meshpipe.config import UPLOAD_ORDERS, load_config
+from meshpipe.config import UPLOAD_ORDERS, RetryPolicy, load_config
 from meshpipe.durable import CommandHook, DurableReceiver, DurableReceiveResult, DurableSend
 from meshpipe.durable.history import history_filter, show_history
 from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
+from meshpipe.gp_route import GPRoute, mask_json, mask_patient_details
 from meshpipe.headers import SendHeaders
 from meshpipe.ledger import Ledger, resolve_ledger_location
 from meshpipe.logs import LOG_FORMATS, hide, logging_configured
@@ -57,6 +61,7 @@ from meshpipe.transfer import (
 PROGRAM: Final = "meshpipe"
 #: ``meshpipe handshake`` warns when the client certificate expires within this many days.
 HANDSHAKE_WARNING_DAYS: Final = 30
+ENV_RETRY_BUDGET: Final = "MESHPIPE_RETRY_BUDGET"
 
 
 def _positive(text: str) -> int:
@@ -79,7 +84,37 @@ def _connection_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ca", help="CA bundle to trust (MESH_CA_CERT)")
     group.add_argument("--profile", help="profile name in the config file (MESHPIPE_PROFILE)")
     group.add_argument("--config", help="TOML config file (MESHPIPE_CONFIG)")
+    group.add_argument(
+        "--retry-budget",
+        type=_seconds,
+        metavar="SECONDS",
+        help="how long a failed request is tried again (MESHPIPE_RETRY_BUDGET; default 120, "
+        "which rides out a 60 s outage; 0: never retry)",
+    )
     _log_flags(group)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a finite number of seconds, 0 or more")
+    return value
+
+
+def _retry_policy(args: argparse.Namespace) -> RetryPolicy:
+    """--retry-budget, else MESHPIPE_RETRY_BUDGET, else the default policy."""
+    budget = args.retry_budget
+    if budget is None and (text := os.environ.get(ENV_RETRY_BUDGET)):
+        try:
+            budget = _seconds(text)
+        except argparse.ArgumentTypeError as error:
+            raise ConfigError(f"{ENV_RETRY_BUDGET}={text!r}: {error}") from None
+    if budget is None:
+        return RetryPolicy()
+    return RetryPolicy(budget=budget, attempts=1 if budget == 0 else None)
 
 
 def _log_flags(group: argparse._ActionsContainer) -> None:
@@ -140,7 +175,16 @@ def _add_send_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "prints the existing message id instead of sending again.",
     )
     send.add_argument("path", nargs="?", help="the file (optional with --resume)")
-    send.add_argument("--to", help="recipient mailbox id")
+    recipient = send.add_mutually_exclusive_group()
+    recipient.add_argument(
+        "--to", help="recipient mailbox id (or a GP-routing address GPPROVIDER_...)"
+    )
+    recipient.add_argument(
+        "--to-gp",
+        metavar="NHS_NUMBER,DOB,SURNAME",
+        help="route to the patient's registered GP practice (date of birth YYYYMMDD); "
+        "checked before anything is sent, never logged",
+    )
     send.add_argument("--workflow-id")
     send.add_argument(
         "--local-id",
@@ -241,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
         "unacknowledged",
     )
     receive.add_argument(
+        "--exec-timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="stop an --exec command (and what it started) that runs longer (default 3600); "
+        "the message then stays unacknowledged",
+    )
+    receive.add_argument(
         "--no-ledger",
         action="store_true",
         help="no resume or exactly-once: do not record the receive in the ledger",
@@ -296,7 +348,9 @@ def _client(args: argparse.Namespace) -> MeshClient:
         ca_cert=args.ca,
     )
     hide(config.password, config.shared_key)
-    settings = ClientSettings(max_connections=max(8, getattr(args, "concurrency", 4) + 4))
+    settings = ClientSettings(
+        max_connections=max(8, getattr(args, "concurrency", 4) + 4), retry=_retry_policy(args)
+    )
     return MeshClient(config, settings)
 
 
@@ -349,7 +403,7 @@ def _check_send_usage(args: argparse.Namespace) -> None:
 async def _send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     _check_send_usage(args)
     headers = SendHeaders(
-        to=args.to or "",
+        to=str(GPRoute.from_argument(args.to_gp)) if args.to_gp else args.to or "",
         workflow_id=args.workflow_id or "",
         local_id=args.local_id,
         subject=args.subject,
@@ -382,7 +436,7 @@ async def _send_durably(
 ) -> str:
     def notice(text: str) -> None:
         progress.close()
-        err.write(f"{PROGRAM}: {text}\n")
+        err.write(f"{PROGRAM}: {mask_patient_details(text)}\n")
         err.flush()
 
     with _open_ledger(args) as ledger:
@@ -423,7 +477,7 @@ async def _receive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _durable_receiver(args: argparse.Namespace) -> DurableReceiver:
-    hook = CommandHook(args.exec_command) if args.exec_command else None
+    hook = CommandHook(args.exec_command, timeout=args.exec_timeout) if args.exec_command else None
     return DurableReceiver(_open_ledger(args), hook=hook, state_dir=args.state_dir)
 
 
@@ -472,6 +526,7 @@ async def _receive_all(
         decode_payload=not args.keep_zstd,
         receiver=receiver.receive_message if receiver is not None else None,
         require_verified=args.require_verified,
+        on_report=receiver.report_handler(client.mailbox) if receiver is not None else None,
     )
 
 
@@ -545,7 +600,7 @@ async def _inbox(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             out.writelines(f"{message_id}\n" for message_id in ids)
             return 0
         infos = [await endpoints.message_info(message_id) for message_id in ids]
-    _print_json(infos, out)
+    _print_json(mask_json(_jsonable(infos)), out)  # a GP-routed message's recipient is masked
     return 0
 
 
@@ -565,11 +620,12 @@ async def _track(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         else:
             info = await endpoints.track(args.message_id)
     if args.json:
-        _print_json(info.raw, out)
+        _print_json(mask_json(info.raw), out)  # MESH shows a GP-routed recipient in full
     else:
         success = {True: "success", False: "failed", None: "-"}[info.status_success]
         detail = f" {info.status_code} {info.status_description}" if info.status_code else ""
-        out.write(f"{info.message_id}\t{info.status or '-'}\t{success}{detail}\n")
+        line = f"{info.message_id}\t{info.status or '-'}\t{success}{detail}"
+        out.write(mask_patient_details(line) + "\n")
     return 0
 
 
@@ -620,6 +676,8 @@ _DELEGATED: Final = {
     "serve": "meshpipe.server.cli",
     "demo": "meshpipe.demo",
     "watch": "meshpipe.watch.cli",
+    "worker": "meshpipe.fleet.worker_cli",
+    "submit": "meshpipe.fleet.submit_cli",
     "web": "meshpipe.web.cli",
 }
 
@@ -644,8 +702,8 @@ def _run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{PROGRAM}: interrupted\n")
         return 130
     except (ConfigError, MessageHeaderError, PlanError) as error:
-        sys.stderr.write(f"{PROGRAM}: error: {error}\n")
+        sys.stderr.write(f"{PROGRAM}: error: {mask_patient_details(str(error))}\n")
         return 2
     except (MeshpipeError, OSError) as error:
-        sys.stderr.write(f"{PROGRAM}: error: {error}\n")
+        sys.stderr.write(f"{PROGRAM}: error: {mask_patient_details(str(error))}\n")
         return 1

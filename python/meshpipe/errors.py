@@ -103,6 +103,18 @@ class MessageHeaderError(MeshpipeError, ValueError):
         self.rule = rule
 
 
+class GPRouteError(MessageHeaderError):
+    """A GP-routing address (``GPPROVIDER_<NHS number>_<date of birth>_<surname>``) is not
+    one MESH can route; nothing was sent. ``part`` names what is wrong: ``"nhs_number"``,
+    ``"date_of_birth"``, ``"surname"`` or ``"format"``. The message never shows the patient's
+    details. A MessageHeaderError (header ``mex-To``, rule ``gp_route``), so a MeshpipeError
+    and a ValueError too."""
+
+    def __init__(self, message: str, *, part: str, header: str = "mex-To") -> None:
+        super().__init__(message, header=header, rule="gp_route")
+        self.part = part
+
+
 class MeshConnectionError(MeshpipeError, ConnectionError):
     """MESH could not be reached, or the connection failed or timed out mid-request.
 
@@ -246,6 +258,7 @@ __all__ = [
     "ConfigError",
     "DuplicateChunkError",
     "FileTooLargeError",
+    "GPRouteError",
     "MeshAuthenticationError",
     "MeshConnectionError",
     "MeshDuplicateRiskError",

@@ -9,6 +9,11 @@ sentence); the client raises the first as :class:`MessageHeaderError`, the serve
 code into the refusal MESH gives.
 
 Lengths are the longest value mesh-sandbox accepts; NHS's API specification publishes none.
+
+A GP-routing recipient (``GPPROVIDER_...``, :mod:`meshpipe.gp_route`) is checked as one:
+a broken address is the problem ``gp_route`` (with the ``part`` at fault), and a local id
+that holds the patient's NHS number is ``patient_detail`` (``mex-LocalID`` travels and is
+shown everywhere; it must never carry patient details).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from meshpipe.errors import MessageHeaderError
+from meshpipe.errors import GPRouteError, MessageHeaderError
+from meshpipe.gp_route import GPRoute, is_gp_address, masked_repr
 
 SEND_HEADER_LIMITS: Final[Mapping[str, int]] = {
     "mex-To": 100,
@@ -62,19 +68,28 @@ def parse_flag(value: str | None) -> bool | None:
     return value.strip().lower() in _TRUE
 
 
-ProblemRule = Literal["missing", "too_long", "control_character", "url", "checksum_characters"]
+ProblemRule = Literal[
+    "missing",
+    "too_long",
+    "control_character",
+    "url",
+    "checksum_characters",
+    "gp_route",
+    "patient_detail",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class HeaderProblem:
     """One broken rule: ``header`` (e.g. ``mex-To``), ``rule``, and a sentence saying what to
-    do. ``length``/``limit`` are set for ``too_long``."""
+    do. ``length``/``limit`` are set for ``too_long``, ``part`` for ``gp_route``."""
 
     header: str
     rule: ProblemRule
     message: str
     length: int | None = None
     limit: int | None = None
+    part: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +115,11 @@ class SendHeaders:
     checksum: str | None = None
     compressed: bool | None = None
     encrypted: bool | None = None
+
+    def __repr__(self) -> str:
+        """The dataclass form, with patient details masked (a GP-routing recipient, an NHS
+        number in the subject)."""
+        return masked_repr(self)
 
     def problems(self) -> list[HeaderProblem]:
         """Every MESH rule these headers break, in header order (empty when they are fine)."""
@@ -142,6 +162,7 @@ class SendHeaders:
                         + ("; give the recipient's mailbox id" if field.attribute == "to" else ""),
                     )
                 )
+        found += self._gp_problems()
         checksum = (self.checksum or "").strip()
         fits = len(checksum) <= SEND_HEADER_LIMITS["mex-Content-Checksum"]
         if checksum and fits and not checksum_is_valid(checksum):
@@ -155,11 +176,36 @@ class SendHeaders:
             )
         return found
 
+    def _gp_problems(self) -> list[HeaderProblem]:
+        """A GP-routing ``to`` that is not a route; a local id holding its NHS number."""
+        if not is_gp_address(self.to):
+            return []
+        try:
+            route = GPRoute.parse(self.to)
+        except GPRouteError as error:
+            return [HeaderProblem("mex-To", "gp_route", str(error), part=error.part)]
+        local_id = "".join(c for c in self.local_id or "" if c.isalnum())
+        if route.nhs_number in local_id:
+            return [
+                HeaderProblem(
+                    "mex-LocalID",
+                    "patient_detail",
+                    "the local id (mex-LocalID) holds the patient's NHS number: MESH shows "
+                    "local ids to everyone handling the message, so choose one without patient "
+                    "details (or let meshpipe choose)",
+                )
+            ]
+        return []
+
     def validate(self) -> SendHeaders:
-        """These headers, or MessageHeaderError naming the first broken rule."""
+        """These headers, or MessageHeaderError naming the first broken rule
+        (GPRouteError for a GP-routing address)."""
         found = self.problems()
         if found:
-            raise MessageHeaderError(found[0].message, header=found[0].header, rule=found[0].rule)
+            first = found[0]
+            if first.rule == "gp_route":
+                raise GPRouteError(first.message, part=first.part or "format")
+            raise MessageHeaderError(first.message, header=first.header, rule=first.rule)
         return self
 
     def replace(self, **changes: object) -> SendHeaders:
@@ -223,7 +269,8 @@ _FIELDS: Final[Mapping[str, _Field]] = {
 }
 
 _MISSING: Final[Mapping[str, str]] = {
-    "to": "no recipient: give the recipient mailbox id (--to)",
+    "to": "no recipient: give the recipient mailbox id (--to), or the patient's details for a "
+    "GP-routed send (--to-gp)",
     "workflow_id": (
         "no workflow id: every MESH message needs one (--workflow-id); ask the recipient which "
         "workflow they are registered for"

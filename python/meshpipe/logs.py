@@ -10,6 +10,10 @@ Never a secret: :class:`meshpipe.config.Secret` renders as ``<redacted>`` wherev
 formatted, and every secret value handed to :func:`hide` (a command hides its profile's
 password and shared key as soon as it has read them) is replaced by ``<redacted>`` in every
 line, whatever put it there (a message, an argument, an exception's text).
+
+Never a patient's details either: every line goes through
+:func:`meshpipe.gp_route.mask_patient_details`, so a GP-routing address shows as
+``GPPROVIDER_******1234`` and any other NHS number-like run of ten digits as ``******1234``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from contextlib import contextmanager
 from typing import Final, Literal, TextIO
 
 from meshpipe.config import Secret
+from meshpipe.gp_route import mask_patient_details
 
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("text", "json")
@@ -47,11 +52,12 @@ def hide(*secrets: Secret | None) -> None:
 
 
 def redact(text: str) -> str:
-    """``text`` with every hidden secret value replaced (longest first)."""
+    """``text`` with every hidden secret value replaced (longest first), then patient details
+    masked (:func:`~meshpipe.gp_route.mask_patient_details`)."""
     for value in sorted(_hidden, key=len, reverse=True):
         if value in text:
             text = text.replace(value, REDACTED)
-    return text
+    return mask_patient_details(text)
 
 
 def _keys(record: logging.LogRecord) -> dict[str, str]:

@@ -215,7 +215,8 @@ class MessageMetadata:
 @dataclass(frozen=True, slots=True)
 class ReportMessage:
     """A REPORT message: MESH telling the sender that a message failed (e.g. code 14, not
-    collected within 5 days). It has no data; acknowledge it once handled."""
+    collected within 5 days; ``EPL-15x``, a GP-routing failure). It has no data; acknowledge
+    it once handled. ``transfer_id`` is the ledger's send it was recorded on, once it was."""
 
     message_id: str
     status_code: str | None
@@ -227,6 +228,7 @@ class ReportMessage:
     workflow_id: str | None
     local_id: str | None
     subject: str | None
+    transfer_id: int | None = None
 
     @property
     def is_non_delivery(self) -> bool:
@@ -234,9 +236,17 @@ class ReportMessage:
 
     def describe(self) -> str:
         linked = f" about message {self.linked_message_id}" if self.linked_message_id else ""
+        if self.local_id:
+            linked += f" (local id {self.local_id})"
+        recorded = (
+            f"; recorded on ledger transfer {self.transfer_id}"
+            if self.transfer_id is not None
+            else ""
+        )
         return (
             f"REPORT {self.message_id}{linked}: code {self.status_code or '?'} "
             f"({self.status_event or '?'}) {self.status_description or ''}".rstrip()
+            + recorded
         )
 
     @classmethod

@@ -277,3 +277,36 @@ def test_receive_require_verified_and_the_unverified_warning(
     assert status == 0 and out.strip() == str(destination)
     assert "WARNING" in err and "NOT verified" in err and "--require-verified" in err
     assert destination.read_bytes() == b"plain\n"
+
+
+def test_retry_budget_from_the_flag_then_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = cli.build_parser()
+    monkeypatch.setenv("MESHPIPE_RETRY_BUDGET", "7.5")
+    assert cli._retry_policy(parser.parse_args(["inbox"])).budget == 7.5
+    flagged = cli._retry_policy(parser.parse_args(["inbox", "--retry-budget", "3"]))
+    assert (flagged.budget, flagged.attempts) == (3.0, None)
+    never = cli._retry_policy(parser.parse_args(["inbox", "--retry-budget", "0"]))
+    assert (never.budget, never.attempts) == (0.0, 1)
+    monkeypatch.delenv("MESHPIPE_RETRY_BUDGET")
+    assert cli._retry_policy(parser.parse_args(["inbox"])).budget == 120.0
+
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["inbox", "--retry-budget", "-1"])
+    assert refused.value.code == 2 and "0 or more" in capsys.readouterr().err
+    monkeypatch.setenv("MESHPIPE_RETRY_BUDGET", "soon")
+    status, out, err = run(
+        capsys,
+        "inbox",
+        "--url",
+        "local",
+        "--mailbox",
+        SENDER,
+        "--password",
+        "p",
+        "--shared-key",
+        "k",
+    )
+    assert status == 2 and out == ""
+    assert "MESHPIPE_RETRY_BUDGET='soon'" in err and "number of seconds" in err

@@ -4,6 +4,7 @@ idempotency key."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,42 @@ async def test_a_callable_hook_may_return_an_awaitable(tmp_path: Path) -> None:
 
     await CallableHook(lambda item: later(item)).run(delivery(tmp_path))
     assert seen == ["MSG1:" + "a" * 32]
+
+
+async def test_a_command_past_its_timeout_is_stopped_with_what_it_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("meshpipe.durable.hook.KILL_GRACE", 0.5)
+    pids = tmp_path / "pids"
+    # The shell starts a child that ignores SIGTERM, so only a SIGKILL of the whole session
+    # stops it; both pids are recorded first.
+    script = tmp_path / "hang.sh"
+    script.write_text(
+        f"#!/bin/sh\nsh -c 'trap \"\" TERM; exec sleep 60' &\necho $! >> {pids}\n"
+        f"echo $$ >> {pids}\nwait\n"
+    )
+    script.chmod(0o755)
+    hook = CommandHook(str(script), timeout=0.5)
+    with pytest.raises(HookError, match=r"did not finish within 0\.5 s and was stopped"):
+        await hook.run(delivery(tmp_path))
+    recorded = [int(line) for line in pids.read_text().split()]
+    assert len(recorded) == 2
+    for pid in recorded:  # a SIGKILL is delivered soon after it is sent, not at once
+        for _ in range(100):
+            if _gone(pid):
+                break
+            await asyncio.sleep(0.05)
+        assert _gone(pid), f"process {pid} still runs"
+
+
+def _gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def test_a_timeout_must_be_positive() -> None:
+    with pytest.raises(HookError, match="more than 0 seconds"):
+        CommandHook("true", timeout=0)

@@ -58,7 +58,17 @@ def test_lost_ack_is_delivered_once_and_acknowledged_on_the_next_run(
     message_id = server.synthetic(SIZE, seed=11)
     out = tmp_path / "extract.bin"
     server.faults({"kind": "lost_ack", "route": "ack", "times": 0})  # every ack lost
-    first = run_meshpipe(server.url, "receive", message_id, "--out", str(out), "--exec", command)
+    first = run_meshpipe(
+        server.url,
+        "receive",
+        message_id,
+        "--out",
+        str(out),
+        "--exec",
+        command,
+        "--retry-budget",
+        "2",  # not the default 120 s of tries
+    )
     assert first.returncode == 1
     assert "was delivered to" in first.stderr and "could not be acknowledged" in first.stderr
     assert server.status(message_id) != "acknowledged"

@@ -1,28 +1,15 @@
-"""Ledger fixtures: every API test runs on SQLite and on a real PostgreSQL server."""
+"""Ledger fixtures: every API test runs on SQLite and on a real PostgreSQL server (the
+session's ``postgres_server``, tests/conftest.py)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from meshpipe.ledger import Ledger
-from tests.ledger.postgres import PostgresServer, postgres_bin_dir, run_postgres
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """One PostgreSQL server for the session. CI runs as root with Debian's postgresql
-    installed by scripts/bootstrap.sh, so there a missing server fails; elsewhere it skips."""
-    if postgres_bin_dir() is None:
-        reason = "PostgreSQL server binaries not found (apt-get install postgresql)"
-        if os.geteuid() == 0:
-            pytest.fail(f"{reason}: scripts/bootstrap.sh installs them; CI must run these")
-        pytest.skip(f"{reason}; not root, so not installing them")
-    with run_postgres() as server:
-        yield server
+from tests.ledger.postgres import PostgresServer
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

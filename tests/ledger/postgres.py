@@ -38,6 +38,11 @@ def postgres_bin_dir() -> Path | None:
 class PostgresServer:
     socket_dir: Path
     user: str
+    restart_command: tuple[str, ...] = ()
+
+    def restart(self) -> None:
+        """Stop the server (fast: every connection is cut) and start it again."""
+        subprocess.run(self.restart_command, check=True, capture_output=True, timeout=120)
 
     def url(self, database: str) -> str:
         return f"postgresql://{self.user}@/{database}?host={self.socket_dir}"
@@ -102,8 +107,10 @@ def run_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
         )
         run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
             "-o", settings, "start")  # fmt: skip
+        restart = (*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w",
+                   "-t", "60", "-m", "fast", "-o", settings, "restart")  # fmt: skip
         try:
-            yield PostgresServer(root, user)
+            yield PostgresServer(root, user, restart)
         finally:
             run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
     finally:

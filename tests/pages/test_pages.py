@@ -114,6 +114,11 @@ async def test_the_token_is_needed_and_never_shown(guarded: str) -> None:
         assert any(item.key == COOKIE for item in session.cookie_jar)
         async with session.get(guarded + "/page") as answer:
             assert answer.status == 200
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(guarded + f"//example.org/page?token={TOKEN}", allow_redirects=False) as answer,
+    ):
+        assert answer.headers["Location"] == "/example.org/page"  # never off the site
 
 
 def test_a_remote_listen_needs_a_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

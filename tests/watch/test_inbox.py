@@ -146,7 +146,8 @@ async def test_reports_are_filed_apart_counted_and_acknowledged(
     name = f"{linked}.dat"  # no mex-FileName: named by its id, its control file beside it
     assert files(tmp_path / "in") == [f"{linked}.ctl", name, f"{name}.meshpipe.json"]
     count = inbox.metrics.registry.get_sample_value(
-        "meshpipe_reports_received_total", {"mailbox": RECIPIENT, "code": "14"}
+        "meshpipe_reports_received_total",
+        {"mailbox": RECIPIENT, "workflow_id": workflow, "code": "14"},
     )
     assert count == 1
 

@@ -113,8 +113,9 @@ async def test_wrong_list_parameters_are_refused_by_name(site: Site) -> None:
         assert named in html, (query, html)
 
 
-async def test_keyset_pages_walk_the_whole_list(tmp_path: Path) -> None:
-    location = str(tmp_path / "bulk.sqlite3")
+def test_keyset_pages_walk_the_whole_list(ledger_location: str) -> None:
+    """On SQLite and PostgreSQL: keyset pages both ways, filters, counts, sorting."""
+    location = ledger_location
     bulk_ledger(location, 230)
     view = LedgerView(location)
     try:
@@ -138,6 +139,13 @@ async def test_keyset_pages_walk_the_whole_list(tmp_path: Path) -> None:
         by_size = view.page(ListQuery(sort="size", descending=True))
         sizes = [row.size or 0 for row in by_size.rows]
         assert sizes == sorted(sizes, reverse=True) and by_size.has_next
+        failed = view.page(ListQuery(state="failed", workflow="WF_05", mailbox="X26ABC001"))
+        expected = [i + 1 for i in range(229, -1, -1) if i % 6 == 5 and i % 25 == 5 and i % 4 == 1]
+        assert [row.id for row in failed.rows] == expected and failed.total == len(expected)
+        found = view.page(ListQuery(search="local-17", direction="send"))
+        assert [row.id for row in found.rows] == [18]
+        overview = view.overview()
+        assert overview.total == 230 and len(overview.last_per_workflow) == 25
     finally:
         view.close()
 
@@ -247,7 +255,8 @@ async def test_watch_serves_the_view_beside_its_metrics(
     location = str(tmp_path / "ledger.sqlite3")
     sample_ledger(location, tmp_path)
     metrics, health = WatchMetrics(), Health(["X26ABC001"])
-    metrics.reports.labels("X26ABC001", "14").inc()
+    metrics.reports.labels("X26ABC001", "WF_A", "14").inc()
+    metrics.reports.labels("X26ABC001", "WF_B", "14").inc()  # one line per code, summed
     metrics.inbox_backlog.labels("X26ABC001").set(7)
     health["X26ABC001"].last_poll = 1.7e9
     runner, port = await start_ops(metrics, health, "127.0.0.1", 0, ledger=location)
@@ -257,7 +266,7 @@ async def test_watch_serves_the_view_beside_its_metrics(
             async with session.get(base + "/") as answer:
                 html = await answer.text()
                 assert answer.status == 200
-            assert "code 14: 1" in html and '<td class="number">7</td>' in html
+            assert "code 14: 2" in html and '<td class="number">7</td>' in html
             assert "2023-11-14 22:13:20Z" in html  # the last poll
             async with session.get(base + "/metrics") as answer:
                 assert answer.status == 200

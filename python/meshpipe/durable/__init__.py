@@ -12,6 +12,8 @@ Receiving: :mod:`meshpipe.durable.receive` (:class:`DurableReceiver`: resume, ex
 delivery, the claim), :mod:`meshpipe.durable.receive_journal` (the download's stages in the
 ledger), :mod:`meshpipe.durable.hook` (the application hook run before acknowledgement), and
 :mod:`meshpipe.durable.history` (``meshpipe history``: the ledger as text or JSON).
+Reports: :mod:`meshpipe.durable.reports` records an error or non-delivery report on the send
+it is about (a ``report`` event) before it is acknowledged.
 """
 
 from meshpipe.durable.hook import CallableHook, CommandHook, Delivery, Hook, HookError

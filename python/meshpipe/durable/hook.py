@@ -15,7 +15,9 @@ A command gets two arguments, the delivered file and a JSON file describing the 
 ``MESHPIPE_SENDER``, ``MESHPIPE_WORKFLOW_ID``, ``MESHPIPE_LOCAL_ID``, ``MESHPIPE_SUBJECT``,
 ``MESHPIPE_FILENAME``. The MESH password and shared key are removed from its environment.
 Its standard output goes to meshpipe's standard error, so meshpipe's own output stays
-machine-readable.
+machine-readable. A command given a ``timeout`` that runs past it is stopped, with every process
+it started (it runs in a session of its own): SIGTERM, then SIGKILL after
+:data:`KILL_GRACE` seconds; the hook has then failed, and the message is not acknowledged.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import inspect
 import json
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,6 +41,8 @@ from meshpipe.models import MessageMetadata
 SECRET_VARIABLES: Final = ("MESH_PASSWORD", "MESH_SHARED_KEY")
 #: The longest failure detail kept in the ledger.
 DETAIL_LIMIT: Final = 500
+#: Seconds between SIGTERM and SIGKILL for a command that ran past its timeout.
+KILL_GRACE: Final = 5.0
 
 
 class HookError(MeshpipeError):
@@ -138,7 +143,10 @@ def hook_environment(delivery: Delivery, base: dict[str, str] | None = None) -> 
 class CommandHook:
     """``CMD PATH METADATA_JSON``, split like a shell would (shlex) but run without one."""
 
-    def __init__(self, command: str) -> None:
+    def __init__(self, command: str, *, timeout: float | None = None) -> None:
+        if timeout is not None and not timeout > 0:
+            raise HookError(f"a hook timeout must be more than 0 seconds, not {timeout}")
+        self.timeout = timeout
         try:
             self.argv = shlex.split(command)
         except ValueError as error:
@@ -159,17 +167,56 @@ class CommandHook:
                 env=hook_environment(delivery),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=_standard_error(),
+                start_new_session=True,
             )
         except OSError as error:
             raise HookError(
                 f"{self.describe()} could not be started: {error.strerror or error}"
             ) from None
-        status = await process.wait()
+        try:
+            async with asyncio.timeout(self.timeout):
+                status = await process.wait()
+        except TimeoutError:
+            await _stop_session(process)
+            raise HookError(
+                f"{self.describe()} did not finish within {self.timeout:g} s and was stopped"
+            ) from None
+        except BaseException:
+            await _stop_session(process)  # cancelled: leave no hook running unseen
+            raise
         if status != 0:
             how = (
                 f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
             )
             raise HookError(f"{self.describe()} {how}")
+
+
+async def _stop_session(process: asyncio.subprocess.Process) -> None:
+    """Stop a hook command and every process of its session: SIGTERM to all of them, then
+    SIGKILL to any still there after :data:`KILL_GRACE` seconds."""
+    polls = max(1, round(KILL_GRACE / _POLL))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break  # none left
+        if sig == signal.SIGTERM:
+            for _ in range(polls):  # no event says when a session is empty: look again
+                if not _session_alive(process.pid):
+                    break
+                await asyncio.sleep(_POLL)
+    await asyncio.shield(process.wait())
+
+
+_POLL: Final = 0.05
+
+
+def _session_alive(session: int) -> bool:
+    try:
+        os.killpg(session, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _standard_error() -> int | None:

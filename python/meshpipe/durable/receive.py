@@ -27,6 +27,9 @@ this process first: a second process is refused with TransferBusyError, never tw
 
 After delivery the application hook (:mod:`meshpipe.durable.hook`) runs, unless a run
 already succeeded; then the message is acknowledged and recorded so.
+
+A report (non-delivery or error report) is never received as data: it is recorded on the send
+it is about (:mod:`meshpipe.durable.reports`), before anything acknowledges it.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from meshpipe._meshpipe import Splitter, xxh3_128_file
 from meshpipe.client import MeshClient
 from meshpipe.durable.hook import Delivery, Hook, HookError, HookFunction, as_hook
 from meshpipe.durable.receive_journal import LedgerReceiveJournal
+from meshpipe.durable.reports import record_report
 from meshpipe.durable.writer import LedgerWriter
 from meshpipe.errors import MeshHTTPError, MeshpipeError
 from meshpipe.ledger import (
@@ -67,6 +71,7 @@ from meshpipe.transfer import (
     ReceiveOptions,
     ReceivePlan,
     ReceiveResult,
+    ReportHandler,
     receive_all,
 )
 
@@ -142,7 +147,8 @@ class DurableReceiver:
         metadata = given if given is not None else await self._head(client, message_id)
         if isinstance(metadata, DurableReceiveResult):
             return metadata
-        if metadata.is_report:
+        if metadata.is_report:  # recorded on its send, then refused as data (never written)
+            await self.record_report(client.mailbox, ReportMessage.from_metadata(metadata))
             await Download(client, message_id, destination, metadata=metadata).inspect()
         plan = ReceivePlan.of(metadata, options.get("decode_payload", True))
         async with _writer(self.ledger) as writer:
@@ -176,8 +182,28 @@ class DurableReceiver:
         self, client: MeshClient, out_dir: str | os.PathLike[str], **options: Any
     ) -> list[ReceiveResult | ReportMessage | ReceiveFailure]:
         """Every message in the inbox, each through :meth:`receive` (see
-        :func:`meshpipe.transfer.receive_all` for ``options``)."""
-        return await receive_all(client, out_dir, receiver=self.receive_message, **options)
+        :func:`meshpipe.transfer.receive_all` for ``options``); each report recorded on its
+        send before it is acknowledged."""
+        return await receive_all(
+            client,
+            out_dir,
+            receiver=self.receive_message,
+            on_report=self.report_handler(client.mailbox),
+            **options,
+        )
+
+    async def record_report(self, mailbox: str, report: ReportMessage) -> ReportMessage:
+        """Record ``report`` on the send of ``mailbox`` it is about (see
+        :mod:`meshpipe.durable.reports`); returned with the send's ledger id, if found."""
+        return await asyncio.to_thread(record_report, self.ledger, mailbox, report)
+
+    def report_handler(self, mailbox: str) -> ReportHandler:
+        """:meth:`record_report` for ``mailbox``, as receive_all's ``on_report``."""
+
+        async def handle(report: ReportMessage) -> ReportMessage:
+            return await self.record_report(mailbox, report)
+
+        return handle
 
     # --- the stages --------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ from meshpipe.errors import (
     MeshProtocolError,
     SourceChangedError,
 )
+from meshpipe.gp_route import is_gp_address, mask_address
 from meshpipe.headers import SendHeaders
 from meshpipe.ledger import Ledger, LedgerError, SendRecord, SourceFile
 from meshpipe.retry import RetryingClient
@@ -163,7 +164,7 @@ class DurableSend:
         }
         given = {
             "file": self.source,
-            "recipient": self.headers.to.strip().upper() or None,
+            "recipient": mask_address(self.headers.to.strip().upper()) or None,
             "workflow id": self.headers.workflow_id.strip() or None,
         }
         for what, value in given.items():
@@ -201,7 +202,7 @@ class DurableSend:
             self.ledger,
             self.mailbox,
             self.source,
-            self.headers.to.strip().upper(),
+            mask_address(self.headers.to.strip().upper()),
             self.headers.workflow_id.strip(),
         )
         if record is not None:
@@ -408,10 +409,26 @@ class DurableSend:
         return Upload(
             self.client,
             record.source.path,
-            recorded_headers(record),
+            self._resent_headers(record),
             progress=self._progress,
             **options,
         )
+
+    def _resent_headers(self, record: SendRecord) -> SendHeaders:
+        """The recorded headers, sent again from chunk 1. The ledger keeps a GP-routing
+        recipient masked (no patient details), so the address (and subject) come from this
+        send's headers, which must be the same route; without them nothing is sent."""
+        headers = recorded_headers(record)
+        if not is_gp_address(record.recipient):
+            return headers
+        given = self.headers.to.strip().upper()
+        if not given or mask_address(given) != record.recipient.upper():
+            raise MeshpipeError(
+                f"local id {record.local_id!r} is a GP-routed send to {record.recipient}; the "
+                "ledger keeps no patient details, so give the same address again to resume it "
+                "(--to-gp NHS_NUMBER,DOB,SURNAME or --to GPPROVIDER_...)"
+            )
+        return headers.replace(to=given, subject=self.headers.subject or headers.subject)
 
     @contextlib.asynccontextmanager
     async def _claimed(self, record: SendRecord) -> AsyncIterator[None]:

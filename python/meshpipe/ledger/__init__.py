@@ -16,7 +16,7 @@ One schema and one query layer (SQLAlchemy Core) serve two databases, chosen by 
 gives the directory alone (for partial files). Errors and ``Ledger.location`` never show a
 PostgreSQL password.
 
-Schema (version 1)
+Schema (version 2)
 ------------------
 Table names start with ``meshpipe_`` so that a PostgreSQL database can be shared with other
 programs (such as a job queue).
@@ -40,7 +40,11 @@ programs (such as a job queue).
 ``meshpipe_chunks``, primary key (transfer_id, number):
   ``state`` (``sent``/``accepted`` for sends, ``written`` for receives); ``xxh3_128`` of the
   uncompressed bytes; ``payload_size`` (sends: bytes on the wire); ``length`` (receives:
-  uncompressed bytes); ``sent_at``; ``done_at`` (accepted or written).
+  uncompressed bytes); ``sent_at``; ``done_at`` (accepted or written); ``worker`` (version
+  2: the fleet worker, ``name`` or ``pid@host``, that last sent it; None outside the fleet).
+
+``meshpipe_mailbox_pace`` (version 2), primary key ``mailbox``: ``next_at``, the earliest
+start of the mailbox's next request across a fleet of workers (meshpipe.fleet's rate limit).
 
 ``meshpipe_events``, append-only, ordered by ``id``, indexed on (transfer_id, id):
   ``transfer_id``, ``at``, ``kind`` (:data:`EventKind`), ``detail`` (JSON). Every state
@@ -48,6 +52,11 @@ programs (such as a job queue).
   :meth:`Ledger.record_event`.
 
 ``meshpipe_schema_migrations``: one row per migration applied (version, description, time).
+
+No patient details are recorded: ``mex-To`` and ``mex-Subject`` in ``headers``, the
+``counterparty`` and ``subject`` columns, errors and event details are kept masked
+(:func:`meshpipe.gp_route.mask_patient_details`), so a GP-routing recipient is
+``GPPROVIDER_******1234`` and an NHS number in a subject ``******1234``.
 
 Times are UTC (``timestamptz`` on PostgreSQL, fixed-format UTC text on SQLite); records hand
 them back timezone-aware.

@@ -38,6 +38,7 @@ EventKind = Literal[
     "taken_over",
     "released",
     # recorded by the pipeline through Ledger.record_event
+    "report",  # an error or non-delivery report MESH sent about this send
     "retry",
     "error",
     "note",
@@ -167,7 +168,8 @@ TransferRecord = SendRecord | ReceiveRecord
 @dataclass(frozen=True, slots=True)
 class ChunkRecord:
     """One chunk. Sends: ``sent`` then ``accepted`` with the payload size on the wire;
-    receives: ``written`` (written, fsynced, verified) with its uncompressed length."""
+    receives: ``written`` (written, fsynced, verified) with its uncompressed length.
+    ``worker``: the fleet worker that sent it last (None outside the fleet)."""
 
     number: int
     state: ChunkState
@@ -176,6 +178,7 @@ class ChunkRecord:
     length: int | None
     sent_at: datetime | None
     done_at: datetime | None
+    worker: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

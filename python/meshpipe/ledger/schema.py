@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -166,6 +167,7 @@ chunks: Final = Table(
     Column("length", BigInteger),  # uncompressed bytes (receives)
     Column("sent_at", UtcDateTime),
     Column("done_at", UtcDateTime),  # accepted (sends) or written (receives)
+    Column("worker", String(300)),  # version 2: who sent or wrote it (a fleet worker, pid@host)
     PrimaryKeyConstraint("transfer_id", "number", name="pk_meshpipe_chunks"),
     CheckConstraint("state IN ('sent', 'accepted', 'written')", name="ck_meshpipe_chunks_state"),
 )
@@ -183,7 +185,16 @@ events: Final = Table(
 )
 Index("ix_meshpipe_events_transfer", events.c.transfer_id, events.c.id)
 
-LEDGER_TABLES: Final = (transfers, chunks, events)
+# Version 2: the fleet's pace per mailbox (meshpipe.fleet.limits): the earliest time the next
+# request from the mailbox may start, reserved by one UPDATE per request across all workers.
+mailbox_pace: Final = Table(
+    "meshpipe_mailbox_pace",
+    metadata,
+    Column("mailbox", String(64), primary_key=True),
+    Column("next_at", UtcDateTime, nullable=False),
+)
+
+LEDGER_TABLES: Final = (transfers, chunks, events, mailbox_pace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,14 +208,55 @@ class Migration:
 
 def _create_version_1(connection: Connection) -> None:
     # The tables above are the schema as of the newest version. When a later version changes
-    # one, freeze this step first (give it its own copy of the version-1 definitions), so that
-    # an empty ledger still climbs through every version. tests/ledger/test_schema.py checks
-    # that migrating an empty database gives exactly the tables above.
-    metadata.create_all(connection, tables=[schema_migrations, *LEDGER_TABLES])
+    # one, freeze it here first (this step's own copy of its version-1 definition), so that an
+    # empty ledger still climbs through every version. tests/ledger/test_open.py checks that
+    # migrating an empty database gives exactly the tables above. Frozen so far:
+    # meshpipe_chunks (version 2 added ``worker``); the other two are unchanged since
+    # version 1 and copied as they are.
+    version_1 = MetaData()
+    frozen = [table.to_metadata(version_1) for table in (schema_migrations, transfers, events)]
+    frozen.append(
+        Table(
+            "meshpipe_chunks",
+            version_1,
+            Column(
+                "transfer_id",
+                Key,
+                ForeignKey("meshpipe_transfers.id", ondelete="CASCADE"),
+                nullable=False,
+            ),
+            Column("number", Integer, nullable=False),
+            Column("state", String(8), nullable=False),
+            Column("xxh3_128", String(32), nullable=False),
+            Column("payload_size", BigInteger),
+            Column("length", BigInteger),
+            Column("sent_at", UtcDateTime),
+            Column("done_at", UtcDateTime),
+            PrimaryKeyConstraint("transfer_id", "number", name="pk_meshpipe_chunks"),
+            CheckConstraint(
+                "state IN ('sent', 'accepted', 'written')", name="ck_meshpipe_chunks_state"
+            ),
+        )
+    )
+    version_1.create_all(connection, tables=frozen)
+
+
+def _add_fleet_version_2(connection: Connection) -> None:
+    # Version 2 (the fleet): which worker sent each chunk, and the pace table. Each column is
+    # added with the same type as its definition above.
+    worker = chunks.c.worker
+    connection.execute(
+        text(
+            f"ALTER TABLE {chunks.name} ADD COLUMN {worker.name} "
+            f"{worker.type.compile(dialect=connection.dialect)}"
+        )
+    )
+    metadata.create_all(connection, tables=[mailbox_pace])
 
 
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "transfers, chunks and events", _create_version_1),
+    Migration(2, "the worker of each chunk; the pace of each mailbox", _add_fleet_version_2),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 
@@ -215,6 +267,7 @@ __all__ = [
     "Migration",
     "chunks",
     "events",
+    "mailbox_pace",
     "metadata",
     "schema_migrations",
     "transfers",

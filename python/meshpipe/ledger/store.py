@@ -17,6 +17,7 @@ from typing import Any, Final, Self, cast
 from sqlalchemy import Connection, Integer, Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
+from meshpipe.gp_route import mask_patient_details
 from meshpipe.headers import SendHeaders
 from meshpipe.ledger.database import (
     DEFAULT_BUSY_TIMEOUT,
@@ -206,7 +207,12 @@ class Ledger:
     ) -> None:
         connection.execute(
             _EVENT,
-            {"transfer_id": transfer_id, "at": self._clock(), "kind": kind, "detail": detail},
+            {
+                "transfer_id": transfer_id,
+                "at": self._clock(),
+                "kind": kind,
+                "detail": _without_patient_details(detail),
+            },
         )
 
     def _change(
@@ -350,6 +356,7 @@ class Ledger:
                 row.length,
                 row.sent_at,
                 row.done_at,
+                row.worker,
             )
             for row in rows
         ]
@@ -428,8 +435,10 @@ class Ledger:
     ) -> SendRecord:
         """Record a new send (state ``preparing``) before anything is sent. A local id that
         this mailbox already sent is refused (code ``exists``: resume that send, or pass
-        ``again`` for a deliberate second send, which gets the next sequence number)."""
-        request = headers.to_request()
+        ``again`` for a deliberate second send, which gets the next sequence number). Patient
+        details are never recorded: a GP-routing recipient (and any NHS number in a header
+        or the subject) is kept masked (:func:`~meshpipe.gp_route.mask_patient_details`)."""
+        request = _headers_without_patient_details(headers.to_request())
         now = self._clock()
         with self._transaction(write=True) as connection:
             sequence = 1
@@ -459,7 +468,7 @@ class Ledger:
                     sequence=sequence,
                     counterparty=request["mex-To"],
                     workflow_id=request["mex-WorkflowID"],
-                    subject=headers.subject,
+                    subject=mask_patient_details(headers.subject or "") or None,
                     headers=request,
                     path=source.path,
                     size=source.size,
@@ -513,10 +522,17 @@ class Ledger:
             self._event(connection, row.id, "source_checksum", xxh3_128=xxh3_128)
 
     def chunk_sent(
-        self, transfer: TransferRef, number: int, xxh3_128: str, payload_size: int
+        self,
+        transfer: TransferRef,
+        number: int,
+        xxh3_128: str,
+        payload_size: int,
+        *,
+        worker: str | None = None,
     ) -> None:
         """Record that chunk ``number`` is about to go on the wire (again, after a retry or a
-        crash). Refused for a chunk already accepted, or with a different checksum."""
+        crash), by ``worker`` (a fleet worker's name). Refused for a chunk already accepted,
+        or with a different checksum."""
         with self._transaction(write=True) as connection:
             row = self._change(connection, transfer, "send", _SEND_WORKING, "send a chunk")
             self._check_chunk(row, number)
@@ -534,6 +550,7 @@ class Ledger:
                         "length": None,
                         "sent_at": now,
                         "done_at": None,
+                        "worker": worker,
                     },
                 )
             elif existing.state == "accepted":
@@ -553,8 +570,9 @@ class Ledger:
                 connection.execute(
                     update(chunks)
                     .where(chunks.c.transfer_id == row.id, chunks.c.number == number)
-                    .values(payload_size=payload_size, sent_at=now)
+                    .values(payload_size=payload_size, sent_at=now, worker=worker)
                 )
+            detail: dict[str, Any] = {"worker": worker} if worker is not None else {}
             self._event(
                 connection,
                 row.id,
@@ -563,6 +581,7 @@ class Ledger:
                 xxh3_128=xxh3_128,
                 payload_size=payload_size,
                 again=existing is not None,
+                **detail,
             )
 
     def set_message_id(self, transfer: TransferRef, message_id: str) -> SendRecord:
@@ -598,9 +617,12 @@ class Ledger:
             self._event(connection, row.id, "chunk_accepted", number=1)
             return cast(SendRecord, self._read(connection, row.id))
 
-    def chunk_accepted(self, transfer: TransferRef, number: int) -> None:
-        """Record that MESH accepted chunk ``number`` (recorded sent). Chunk 1 is accepted by
-        set_message_id; accepting a chunk twice is a no-op."""
+    def chunk_accepted(
+        self, transfer: TransferRef, number: int, *, worker: str | None = None
+    ) -> bool:
+        """Record that MESH accepted chunk ``number`` (recorded sent), sent by ``worker`` (a
+        fleet worker's name). Chunk 1 is accepted by set_message_id; accepting a chunk twice
+        is a no-op, counted once. Returns whether this call recorded it."""
         with self._transaction(write=True) as connection:
             row = self._change(connection, transfer, "send", ("uploading",), "accept a chunk")
             self._check_chunk(row, number)
@@ -610,12 +632,16 @@ class Ledger:
                     f"chunk {number} was never recorded sent", "chunk-not-sent", row.id
                 )
             if existing.state == "accepted":
-                return
-            connection.execute(
-                _ACCEPT_CHUNK, {"transfer": row.id, "chunk_number": number, "now": self._clock()}
-            )
+                return False
+            values = {"transfer": row.id, "chunk_number": number, "now": self._clock()}
+            if worker is None:
+                connection.execute(_ACCEPT_CHUNK, values)
+            else:
+                connection.execute(_ACCEPT_CHUNK.values(worker=worker), values)
             self._count_done(connection, row.id, 1)
-            self._event(connection, row.id, "chunk_accepted", number=number)
+            detail: dict[str, Any] = {"worker": worker} if worker is not None else {}
+            self._event(connection, row.id, "chunk_accepted", number=number, **detail)
+            return True
 
     def finish_send(
         self, transfer: TransferRef, outcome: SendOutcome, error: str | None = None
@@ -676,6 +702,7 @@ class Ledger:
         hold any response headers; every ``mex-`` one is kept. A message already recorded
         for this mailbox is refused (code ``exists``: find_receive it)."""
         kept = {name: value for name, value in headers.items() if name.lower().startswith("mex-")}
+        kept = _headers_without_patient_details(kept)
         lowered = {name.lower(): value for name, value in kept.items()}
         fields = {column: lowered.get(header) or None for column, header in _HEADER_FIELDS.items()}
         now = self._clock()
@@ -849,6 +876,7 @@ class Ledger:
                 (*_SEND_WORKING, "downloading", "verified", "failed"),
                 "fail",
             )
+            error = mask_patient_details(error)
             self._set(connection, row.id, state="failed", error=error, finished_at=self._clock())
             self._event(connection, row.id, "failed", error=error, previous_state=row.state)
             return self._read(connection, row.id)
@@ -1087,6 +1115,38 @@ class _Heartbeat:
                     return
             except LedgerError:
                 continue  # busy or unreachable for now: the next beat tries again
+
+
+#: Event details that are never patient details but may hold ten digits in a row (a file's
+#: path): recorded as they are.
+_PATHS: Final = frozenset({"source", "path", "destination", "partial_path"})
+#: The headers that may carry patient details (a GP-routing recipient, a subject naming the
+#: patient); the others are recorded as they are (a checksum holds sizes, a local id is
+#: refused for a GP send when it holds the NHS number).
+_PATIENT_HEADERS: Final = frozenset({"mex-to", "mex-subject", "mex-statusdescription"})
+
+
+def _without_patient_details(value: Any) -> Any:
+    """Event details (JSON: mappings, lists, text) with patient details masked in every text
+    but a path's."""
+    if isinstance(value, str):
+        return mask_patient_details(value)
+    if isinstance(value, Mapping):
+        return {
+            key: item if key in _PATHS else _without_patient_details(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_without_patient_details(item) for item in value]
+    return value
+
+
+def _headers_without_patient_details(headers: Mapping[str, str]) -> dict[str, str]:
+    """``headers`` with the values of :data:`_PATIENT_HEADERS` masked."""
+    return {
+        name: mask_patient_details(value) if name.lower() in _PATIENT_HEADERS else value
+        for name, value in headers.items()
+    }
 
 
 def _conditions(filters: HistoryFilter) -> list[ColumnElement[bool]]:

@@ -110,8 +110,12 @@ def token_middleware(token: str, open_paths: Collection[str] = ()) -> Middleware
         ):
             query = request.url.query.copy()
             query.popall("token")
-            found = web.HTTPSeeOther(location=str(request.rel_url.with_query(query)))
-            found.set_cookie(COOKIE, cookie, httponly=True, samesite="Strict", path="/")
+            # never "//host...": a path-relative address on this site only
+            target = "/" + str(request.rel_url.with_query(query)).lstrip("/")
+            found = web.HTTPSeeOther(location=target)
+            found.set_cookie(
+                COOKIE, cookie, httponly=True, samesite="Strict", path="/", secure=request.secure
+            )
             raise found
         raise web.HTTPUnauthorized(
             text="401: this page needs the web token: open it once with ?token=TOKEN, or send "

@@ -30,6 +30,7 @@ from meshpipe.server.config import (
     load_mailboxes,
     load_workflows,
 )
+from meshpipe.server.demographics import load_demographics
 from meshpipe.server.faults import FaultPlan, FaultPlanError
 from meshpipe.server.local_server import LocalMeshServer
 from meshpipe.server.rules import RULES
@@ -61,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--mailboxes", type=Path, help="mailboxes JSON-lines file (sandbox format)")
     parser.add_argument("--workflows", type=Path, help="workflows JSON-lines file (sandbox format)")
+    parser.add_argument(
+        "--demographics",
+        type=Path,
+        metavar="FILE",
+        help="GP-routing table, JSON lines of nhs_number, date_of_birth, surname, mailbox: "
+        "with --rules strict a GPPROVIDER_ recipient is delivered to its practice or gets "
+        "MESH's error report",
+    )
     parser.add_argument(
         "--rules",
         choices=RULES,
@@ -160,6 +169,7 @@ def config_from_args(
             values[key] = getattr(args, flag)
     values["mailboxes"] = load_mailboxes(args.mailboxes)
     values["workflows"] = load_workflows(args.workflows)
+    values["demographics"] = load_demographics(args.demographics)
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from meshpipe.errors import ConfigError
+from meshpipe.server.demographics import PatientRecord
 from meshpipe.server.rules import RULES, TOKEN_WINDOW_SECONDS, RuleSet, RulesName
 from meshpipe.units import MAX_FILE_SIZE, MAX_REQUEST_SIZE, MIN_CHUNK_SIZE
 
@@ -268,6 +269,8 @@ class ServerConfig:
     rules: RulesName = "strict"
     mailboxes: tuple[Mailbox, ...] = DEFAULT_MAILBOXES
     workflows: tuple[Workflow, ...] = DEFAULT_WORKFLOWS
+    #: the GP-routing table (``--demographics``); used under rules with ``gp_routing``
+    demographics: tuple[PatientRecord, ...] = field(default=(), repr=False)
     tls: TLSSettings | None = None
     #: the admin API: None = on when bound to loopback only, off otherwise
     admin_api: bool | None = None

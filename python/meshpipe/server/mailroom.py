@@ -1,5 +1,6 @@
 """The messages a server holds, the state changes MESH defines for them (send, receive a chunk,
-accept, acknowledge, reports, expiry with non-delivery reports, resets) and MESH's rules for
+accept, acknowledge, reports, expiry with non-delivery reports, GP routing with its error
+reports (:mod:`meshpipe.server.demographics`), resets) and MESH's rules for
 each: what breaks one raises a :class:`~meshpipe.server.refusals.Refusal`. The rule set in force
 (:class:`~meshpipe.server.rules.RuleSet`) says which of the optional rules apply.
 
@@ -16,9 +17,11 @@ from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from meshpipe.gp_route import ROUTING_ERRORS, is_gp_address, mask_address
 from meshpipe.headers import SendHeaders
 from meshpipe.server.checker import ChunkChecker, ChunkCheckError, DecodedTooLarge
 from meshpipe.server.config import Directory, Mailbox, ServerConfig
+from meshpipe.server.demographics import Demographics, RoutingFailure
 from meshpipe.server.models import (
     ACCEPTED,
     ACKNOWLEDGED,
@@ -96,6 +99,7 @@ class Mailroom:
         self.directory = directory
         self.store = store
         self.clock = clock
+        self.demographics = Demographics(config.demographics)
         self.messages: dict[str, Message] = {}
         # Messages sent from a mailbox since reset: the sender's outbox forgets them, their
         # recipients keep them (as the sandbox's reset does).
@@ -339,7 +343,8 @@ class Mailroom:
         message = self._begin_send(sender, headers, upload)
         record = await self._receive_chunk(message, 1, upload.body(message, 1))
         self.add_chunk(message, record)
-        self.register(message, accepted=message.total_chunks == 1)
+        complete = message.total_chunks == 1
+        self.register(message, accepted=complete and not message.routing_error)
         log.info(
             "created message %s from %s to %s workflow %s chunks %d",
             message.message_id,
@@ -348,7 +353,57 @@ class Mailroom:
             message.workflow_id,
             message.total_chunks,
         )
+        if complete and message.routing_error:
+            self._not_routed(message)
         return message
+
+    def _route(self, headers: SendHeaders) -> tuple[str, str]:
+        """(recipient, routing error code): a GP-routing recipient resolved to its practice
+        when the rules route and a demographics table is given (``""`` and the code when it
+        fails: the message is accepted but never delivered, see :meth:`_not_routed`); any
+        other recipient as it is."""
+        if not (self.rules.gp_routing and self.demographics and is_gp_address(headers.to)):
+            return headers.to, ""
+        try:
+            return self.demographics.resolve(headers.to, self.directory.mailboxes), ""
+        except RoutingFailure as failure:
+            return "", failure.code
+
+    def _complete(self, message: Message) -> None:
+        """Every chunk is in: deliver it, or report the routing failure."""
+        if message.routing_error:
+            self._not_routed(message)
+        else:
+            self.accept(message)
+
+    def _not_routed(self, message: Message) -> None:
+        """A complete message GP routing found no practice for: its error event, and MESH's
+        error report in the sender's inbox (linked to it, with its local id)."""
+        code = message.routing_error
+        description = ROUTING_ERRORS[code][1]
+        now = self.clock.now()
+        message.add_event(Event(ERROR, now, code, "SEND", description))
+        self.store.save(message)
+        sender = self.directory.get(message.sender)
+        if sender is None:  # a mailbox removed since it sent
+            return
+        report = self.create_report(
+            recipient=sender,
+            workflow_id=message.workflow_id,
+            code=code,
+            event="SEND",
+            description=description,
+            local_id=message.local_id,
+            linked_message_id=message.message_id,
+        )
+        log.info(
+            "message %s not delivered: GP routing failed (%s %s); error report %s sent to %s",
+            message.message_id,
+            code,
+            description,
+            report.message_id,
+            sender.mailbox_id,
+        )
 
     def _begin_send(self, sender: Mailbox, headers: SendHeaders, upload: ChunkUpload) -> Message:
         chunk_range = upload.chunk_range
@@ -360,6 +415,7 @@ class Mailroom:
             raise Refusal(400, "invalid_checksum")
         if not headers.to:
             raise Refusal(400, "missing_to")
+        routed_to, routing_error = self._route(headers)
         if content_encoding and content_encoding != "gzip":
             raise Refusal(422, "unsupported_encoding")
         if chunk_range is None or chunk_range[0] != 1:
@@ -368,7 +424,17 @@ class Mailroom:
             raise Refusal(
                 417, "too_many_chunks", maximum=self.rules.max_chunks, total=chunk_range[1]
             )
-        recipient = self.directory.get(headers.to)
+        if routing_error:
+            self._check_request_size(upload.content_length)
+            message = self.new_data_message(
+                sender=sender.mailbox_id,
+                headers=headers.replace(to=mask_address(headers.to)),
+                total_chunks=chunk_range[1],
+                content_encoding=content_encoding,
+            )
+            message.routing_error = routing_error
+            return message
+        recipient = self.directory.get(routed_to)
         if recipient is None:
             raise Refusal(417, "unregistered_recipient")
         if self.rules.workflow_entitlement and not self.directory.may_send(
@@ -418,7 +484,7 @@ class Mailroom:
             self.save(message)
             log.warning("last chunk of %s arrived before chunks %s", message_id, missing)
             raise Refusal(500, "internal")
-        self.accept(message)
+        self._complete(message)
         log.info("message %s complete (%d chunks)", message_id, message.total_chunks)
         return message
 

@@ -126,6 +126,9 @@ class Message:
     file_size: int = 0
     synthetic: SyntheticSpec | None = None
     discarded: bool = False
+    #: GP routing failed (e.g. ``EPL-153``): once complete it is not delivered, and an error
+    #: report goes to the sender
+    routing_error: str = ""
 
     @property
     def status(self) -> str:
@@ -174,6 +177,7 @@ class Message:
                 "compressed",
                 "file_size",
                 "discarded",
+                "routing_error",
             )
         }
         data["created"] = self.created.isoformat()

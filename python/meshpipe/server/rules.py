@@ -68,6 +68,10 @@ class RuleSet:
     #: another mailbox's message is answered as if it did not exist (404, as for an unknown
     #: id); otherwise 403, as mesh-sandbox answers, which tells a caller that the id exists
     others_messages_hidden: bool
+    #: a ``GPPROVIDER_`` recipient is resolved against the demographics table (when one is
+    #: given): delivered to the practice, or not delivered and an ``EPL-15x`` error report
+    #: put in the sender's inbox
+    gp_routing: bool
 
     @classmethod
     def strict(
@@ -96,6 +100,7 @@ class RuleSet:
             mailboxes_from_data_dir=False,
             compressed_flag_on_gzip=False,
             others_messages_hidden=True,
+            gp_routing=True,
         )
 
     @classmethod
@@ -118,4 +123,5 @@ class RuleSet:
             mailboxes_from_data_dir=True,
             compressed_flag_on_gzip=True,
             others_messages_hidden=False,
+            gp_routing=False,
         )

@@ -24,7 +24,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol, TypedDict
@@ -557,6 +557,11 @@ def _inbox_target(
     return target
 
 
+#: What :func:`receive_all` hands each report to before acknowledging it: the report back,
+#: perhaps with more facts (e.g. the ledger transfer it was recorded on).
+ReportHandler = Callable[[ReportMessage], Awaitable[ReportMessage]]
+
+
 class MessageReceiver(Protocol):
     """How :func:`receive_all` receives one DATA message: :func:`receive_message` by default;
     a durable receive (resume, exactly-once) passes its own."""
@@ -581,11 +586,14 @@ async def receive_all(
     receiver: MessageReceiver | None = None,
     require_verified: bool = False,
     messages_at_once: int = 1,
+    on_report: ReportHandler | None = None,
 ) -> list[ReceiveResult | ReportMessage | ReceiveFailure]:
     """Receive every message in the inbox into ``out_dir`` (see :func:`_inbox_target`), each
     with ``receiver`` (default :func:`receive_message`), up to ``messages_at_once`` messages
     side by side (each with ``concurrency`` chunks in flight); results in inbox order.
-    Reports are returned typed (and acknowledged when ``acknowledge``); a failed message is
+    Reports are returned typed, each first handed to ``on_report`` (a durable receive records
+    it on its send; what it returns is returned) and only then acknowledged when
+    ``acknowledge`` (a report ``on_report`` fails on is left in the inbox); a failed message is
     returned as ReceiveFailure and left in the inbox (with ``require_verified``, so is one that
     carries nothing to verify it against)."""
     if messages_at_once < 1:
@@ -601,9 +609,12 @@ async def receive_all(
             try:
                 metadata = await endpoints.head(message_id)
                 if metadata.is_report:
+                    report = ReportMessage.from_metadata(metadata)
+                    if on_report is not None:
+                        report = await on_report(report)
                     if acknowledge:
                         await endpoints.acknowledge(message_id)
-                    return ReportMessage.from_metadata(metadata)
+                    return report
                 return await (receiver or receive_message)(
                     client,
                     message_id,

@@ -19,7 +19,10 @@ How each element is used when meshpipe sends the data file:
 ``MessageType``    ``Data`` to send; ``Report`` only in files meshpipe writes (a report
                    cannot be sent).
 ``WorkflowId``     ``mex-WorkflowID`` (required).
-``To_DTS``         ``mex-To``: the recipient mailbox (required).
+``To_DTS``         ``mex-To``: the recipient mailbox (required), or a GP-routing address
+                   ``GPPROVIDER_<NHS number>_<YYYYMMDD>_<surname>`` checked as
+                   :class:`~meshpipe.gp_route.GPRoute` (a broken one is refused naming
+                   the part, never showing the patient's details).
 ``From_DTS``       when given, must be the sending mailbox (else refused); written in.
 ``From_ESMTP``     kept, not sent (MESH addresses mailboxes, not e-mail).
 ``To_ESMTP``       kept, not sent.
@@ -61,7 +64,8 @@ import defusedxml
 import defusedxml.ElementTree
 
 from meshpipe import units
-from meshpipe.errors import MeshpipeError
+from meshpipe.errors import GPRouteError, MeshpipeError
+from meshpipe.gp_route import GPRoute, is_gp_address, masked_repr
 from meshpipe.headers import CONTROL_CHARACTERS, SEND_HEADER_LIMITS, SendHeaders
 from meshpipe.models import MessageMetadata
 
@@ -142,6 +146,10 @@ class ControlFile:
     allow_chunking: bool | None = None
     status_record: StatusRecord | None = None
 
+    def __repr__(self) -> str:
+        """The dataclass form, with patient details masked (a GP-routing ``To_DTS``)."""
+        return masked_repr(self)
+
 
 # --- the elements and their rules ---------------------------------------------------------
 
@@ -210,6 +218,17 @@ def _rule(pattern: re.Pattern[str], what: str) -> Callable[[str, str], str | Non
     return check
 
 
+def _recipient(element: str, value: str) -> str | None:
+    """A mailbox id, or a GP-routing address that is a route (the problem never shows it)."""
+    if is_gp_address(value):
+        try:
+            GPRoute.parse(value)
+        except GPRouteError as error:
+            return f"is not a GP-routing address MESH can route: {error}"
+        return None
+    return _rule(_MAILBOX, "a MESH mailbox id (letters and digits, e.g. X26ABC1)")(element, value)
+
+
 def _one_of(*allowed: str) -> Callable[[str, str], str | None]:
     def check(element: str, value: str) -> str | None:
         if value.upper() in (item.upper() for item in allowed):
@@ -224,7 +243,7 @@ _VALUE_RULES: Final[Mapping[str, Callable[[str, str], str | None]]] = {
     "AddressType": _one_of("DTS", "ALL"),
     "MessageType": _one_of("Data", "Report"),
     "From_DTS": _rule(_MAILBOX, "a MESH mailbox id (letters and digits, e.g. X26ABC1)"),
-    "To_DTS": _rule(_MAILBOX, "a MESH mailbox id (letters and digits, e.g. X26ABC1)"),
+    "To_DTS": _recipient,
     "DTSId": _rule(_MESSAGE_ID, "a MESH message id"),
 }
 

@@ -16,8 +16,10 @@ complete. A name is only chosen if none of the three files exists, so a remote n
 ``x.ctl`` can never take another message's control file.
 
 A report (a non-delivery report, an error report such as a GP-routing failure) is never
-written as data: it lands in ``reports/`` as ``<message id>.json`` (its status fields and
-headers), is counted in ``meshpipe_reports_received_total{code}`` and is acknowledged.
+written as data: it is recorded on the send it is about as a ``report`` event in the ledger
+(:mod:`meshpipe.durable.reports`: by linked message id, then local id), lands in ``reports/``
+as ``<message id>.json`` (its status fields, headers and the send's ledger id), and only then
+is acknowledged and counted in ``meshpipe_reports_received_total{workflow_id,code}``.
 
 Up to ``messages_at_once`` messages are received side by side.
 """
@@ -39,6 +41,7 @@ from meshpipe.client import MeshClient
 from meshpipe.durable import DurableReceiver, DurableReceiveResult
 from meshpipe.durable.hook import Delivery, delivery_json
 from meshpipe.errors import MeshpipeError
+from meshpipe.gp_route import mask_json
 from meshpipe.ledger import Ledger
 from meshpipe.models import MessageMetadata, ReportMessage
 from meshpipe.retry import RetryingClient
@@ -185,18 +188,26 @@ class Inbox:
         _write_own(control, control_text, delivery.message_id)
 
     async def _file_report(self, metadata: MessageMetadata) -> ReportMessage:
-        report = ReportMessage.from_metadata(metadata)
-        document = {
-            **asdict(report),
-            "received_at": _now(),
-            "headers": {k: v for k, v in metadata.headers.items() if k.lower().startswith("mex-")},
-        }
+        report = await self.receiver.record_report(
+            self.mailbox, ReportMessage.from_metadata(metadata)
+        )
+        document = mask_json(
+            {
+                **asdict(report),
+                "received_at": _now(),
+                "headers": {
+                    k: v for k, v in metadata.headers.items() if k.lower().startswith("mex-")
+                },
+            }
+        )  # a report's subject may name the patient (an NDR repeats the message's)
         directory = self.settings.folders.reports
         name = safe_filename(f"{metadata.message_id}.json", metadata.message_id)
         if not (directory / name).exists():  # a report filed before a crash is not filed twice
             await asyncio.to_thread(write_new, directory, name, _json_bytes(document))
         await self._endpoints.acknowledge(metadata.message_id)
-        self.metrics.reports.labels(self.mailbox, report.status_code or "unknown").inc()
+        self.metrics.reports.labels(
+            self.mailbox, report.workflow_id or "", report.status_code or "unknown"
+        ).inc()
         log.warning(
             "%s: %s",
             self.mailbox,

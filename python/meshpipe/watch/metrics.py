@@ -74,8 +74,8 @@ class WatchMetrics:
         )
         self.reports = Counter(
             "meshpipe_reports_received",
-            "Reports received (non-delivery, error), by MESH status code",
-            ["mailbox", "code"],
+            "Reports received (non-delivery, error), by workflow and MESH status code",
+            ["mailbox", "workflow_id", "code"],
             registry=r,
         )
         self.last_poll_success = Gauge(

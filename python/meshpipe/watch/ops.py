@@ -99,7 +99,8 @@ def signal_source(metrics: WatchMetrics, health: Health) -> SignalSource:
             for sample in family.samples:
                 if sample.name.endswith("_total"):
                     codes = reports.setdefault(sample.labels["mailbox"], {})
-                    codes[sample.labels["code"]] = int(sample.value)
+                    code = sample.labels["code"]  # summed over the workflows
+                    codes[code] = codes.get(code, 0) + int(sample.value)
         return [
             MailboxSignals(
                 mailbox=item.mailbox,

@@ -103,11 +103,12 @@ class ListQuery:
     page: int = 1
     size: int = PAGE_SIZE
 
-    def conditions(self) -> list[ColumnElement[bool]]:
-        """The WHERE terms. Only the most selective equality filter given may use its index
-        (search, then workflow, mailbox, state, direction): the others are written so that
-        no index serves them. Without statistics SQLite may otherwise walk the direction
-        index (two thirds of the rows) to count a workflow's failures."""
+    def conditions(self, *, steer: bool = True) -> list[ColumnElement[bool]]:
+        """The WHERE terms. With ``steer`` (SQLite) only the most selective equality filter
+        given may use its index (search, then workflow, mailbox, state, direction): the
+        others are written so that no index serves them. SQLite, which has no statistics of
+        the ledger, may otherwise walk the direction index (two thirds of the rows) to count
+        a workflow's failures; PostgreSQL's planner has statistics and combines indexes."""
         found: list[ColumnElement[bool]] = []
         leading = True
         if self.search:
@@ -125,7 +126,7 @@ class ListQuery:
         ):
             if value is None:
                 continue
-            found.append(column == value if leading else column.concat("") == value)
+            found.append(column == value if leading or not steer else column.concat("") == value)
             leading = False
         if self.since is not None:
             found.append(transfers.c.created_at >= _midnight(self.since))
@@ -239,7 +240,7 @@ class LedgerView:
 
     def page(self, query: ListQuery) -> TransferPage:
         """The page of transfers ``query`` asks for."""
-        conditions = query.conditions()
+        conditions = query.conditions(steer=self._location.is_sqlite)
         total = self.count(conditions, limit=COUNT_LIMIT)
         running = self.running_count()
         base = select(*_SUMMARY_COLUMNS).where(*conditions)

@@ -1,0 +1,141 @@
+"""Fixtures of the fleet tests: a PostgreSQL database per test (on the session's server, or
+on a server of the test's own where it is restarted), ``meshpipe serve`` or mesh-sandbox to
+send to, and worker processes (``python -m meshpipe worker``) standing in for machines."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from meshpipe.ledger import Ledger, SendRecord
+from meshpipe.server.process import server_process
+from tests.ledger.postgres import PostgresServer
+from tests.peers import SANDBOX_PASSWORD, SANDBOX_SHARED_KEY, Sandbox
+
+SENDER = "X26ABC1"
+RECIPIENT = "X26ABC2"
+#: Seconds without a heartbeat before a worker's jobs are taken over, short for the tests.
+LEASE = 3.0
+
+
+@pytest.fixture
+def fleet_db(postgres_server: PostgresServer) -> str:
+    """A new, empty database: ledger and job queue."""
+    return postgres_server.create_database("fleet")
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[str]:
+    """``meshpipe serve`` with a durable directory store and mesh-sandbox's rules."""
+    with server_process(
+        "--rules", "sandbox", "--shared-key", SANDBOX_SHARED_KEY, "--store", "dir",
+        "--data-dir", str(tmp_path / "store"), "--log-level", "WARNING",
+    ) as (url, _process):  # fmt: skip
+        yield url
+
+
+@pytest.fixture
+def peer_name() -> str:
+    return "serve"
+
+
+@pytest.fixture
+def mesh_url(request: pytest.FixtureRequest, peer_name: str) -> str:
+    """The MESH server of the test: ``serve`` unless it parametrizes ``peer_name``."""
+    if peer_name == "serve":
+        return str(request.getfixturevalue("serve"))
+    sandbox: Sandbox = request.getfixturevalue("sandbox")
+    return sandbox.url
+
+
+@pytest.fixture
+def workflow() -> str:
+    return f"MPFLEET_{uuid.uuid4().hex[:10].upper()}"
+
+
+def mesh_env(url: str, mailbox: str = SENDER) -> dict[str, str]:
+    return {
+        "MESH_URL": url,
+        "MESH_MAILBOX": mailbox,
+        "MESH_PASSWORD": SANDBOX_PASSWORD,
+        "MESH_SHARED_KEY": SANDBOX_SHARED_KEY,
+    }
+
+
+@dataclass
+class Fleet:
+    """Worker processes of one mailbox on one ledger; their stderr in ``logs``."""
+
+    ledger: str
+    url: str
+    logs: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, *extra: str, lease: float = LEASE) -> subprocess.Popen[bytes]:
+        command = [
+            sys.executable, "-m", "meshpipe", "worker", "--ledger", self.ledger,
+            "--name", name, "--lease", str(lease), "--min-payload-size", "0", "-v", *extra,
+        ]  # fmt: skip
+        log = (self.logs / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            command, stderr=log, stdout=log, env={**os.environ, **mesh_env(self.url)}
+        )
+        self.processes[name] = process
+        return process
+
+    def kill(self, name: str) -> None:
+        self.processes[name].send_signal(signal.SIGKILL)
+        self.processes[name].wait(timeout=10)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def log_text(self) -> str:
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"
+            for path in sorted(self.logs.glob("*.log"))
+        )
+
+
+@pytest.fixture
+def fleet(fleet_db: str, mesh_url: str, tmp_path: Path) -> Iterator[Fleet]:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    running = Fleet(fleet_db, mesh_url, logs)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def wait_for_send(
+    ledger: Ledger, transfer_id: int, fleet: Fleet, *, timeout: float = 60.0
+) -> SendRecord:
+    """The send once it is completed or failed (the workers' logs if it never is)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fleet.processes and all(p.poll() is not None for p in fleet.processes.values()):
+            raise AssertionError(f"every worker exited:\n{fleet.log_text()}")
+        record = ledger.transfer(transfer_id)
+        assert isinstance(record, SendRecord)
+        if record.state in ("completed", "failed"):
+            return record
+        time.sleep(0.2)
+    raise AssertionError(f"transfer {transfer_id} did not finish:\n{fleet.log_text()}")
