@@ -371,3 +371,13 @@ async def test_an_upload_under_way_with_a_gzip_chunk() -> None:
         )
         assert _text(_field(counts["X26ABC2"], "inbox")) == "0"  # not yet in the inbox list
         assert _text(_field(counts["X26ABC1"], "outbox")) == "1"
+
+
+async def test_a_routing_error_is_shown() -> None:
+    async with LocalMeshServer() as server:
+        sent = server.add_synthetic_message("X26ABC2", 10, checksum=False)
+        message = server.message(sent)
+        assert message is not None
+        message.routing_error = "EPL-153 <b>"  # as GP routing leaves it (issue 13)
+        page = await asyncio.to_thread(_get, f"{server.url}/view/messages/{sent}")
+        assert _text(_by_id(_document(page.text), "routing-error")) == "EPL-153 <b>"
