@@ -6,7 +6,9 @@ Access: free on loopback, the admin token otherwise, refused off loopback withou
 from __future__ import annotations
 
 import asyncio
+import gzip
 import re
+from datetime import timedelta
 from typing import Any
 from xml.etree.ElementTree import Element
 
@@ -19,7 +21,8 @@ from meshpipe.server import Fault, FaultPlan, LocalMeshServer, ServerConfig
 from meshpipe.server.config import ADMIN_TOKEN_ENV
 from meshpipe.server.process import server_process
 from meshpipe.server.storeview import view_access
-from meshpipe.server.storeview.model import PAGE_SIZE
+from meshpipe.server.storeview.model import MAX_CHUNK_ROWS, PAGE_SIZE
+from tests.peers import SANDBOX_SHARED_KEY, auth_headers
 from tests.server.storeview_rig import (
     HOSTILE_FILE,
     HOSTILE_SUBJECT,
@@ -106,7 +109,7 @@ def test_a_mailbox_page_lists_its_messages_and_filters_them(rig: Rig) -> None:
     assert set(_rows(filtered, "data-message")) == {rig.collected}
     _, sent = _page(rig, "/view/mailboxes/X26ABC1?box=outbox&status=accepted")
     assert set(_rows(sent, "data-message")) == {rig.chunked, rig.hostile}
-    assert {_text(next(r.iter("td"))) for r in _rows(sent, "data-message").values()} == {"outbox"}
+    assert {row.get("data-box") for row in _rows(sent, "data-message").values()} == {"outbox"}
     _, none = _page(rig, "/view/mailboxes/X26ABC1?box=inbox")
     assert _rows(none, "data-message") == {}
 
@@ -178,6 +181,8 @@ def test_every_answer_carries_the_content_security_policy(rig: Rig) -> None:
         assert answer.headers.get("Content-Security-Policy") == CONTENT_SECURITY_POLICY, path
         assert answer.headers.get("X-Content-Type-Options") == "nosniff", path
     assert _get(f"{rig.url}/view/messages/NOSUCHMESSAGE").status_code == 404
+    probe = _get(f"{rig.url}/view/messages/%3Cimg%20src=x%20onerror=alert(1)%3E")
+    assert probe.status_code == 404 and "<img" not in probe.text and "&lt;img" in probe.text
     bad = _get(f"{rig.url}/view/mailboxes/X26ABC1?status=lost")
     assert bad.status_code == 400 and "choose one of uploading, accepted" in bad.text
     assert "Content-Security-Policy" not in _get(f"{rig.url}/messageexchange/_ping").headers
@@ -250,13 +255,12 @@ async def test_the_fault_plan_neither_fires_on_nor_counts_the_view() -> None:
 
 
 def test_the_access_rule() -> None:
-    assert view_access(ServerConfig()).token is None
-    assert view_access(ServerConfig()).refusal is None
-    assert view_access(ServerConfig(admin_token=TOKEN)).token == TOKEN
+    for loopback in (ServerConfig(), ServerConfig(admin_token=TOKEN)):
+        assert view_access(loopback).token is None and view_access(loopback).refusal is None
     refused = view_access(ServerConfig(host="0.0.0.0"))
     assert refused.refusal is not None and ADMIN_TOKEN_ENV in refused.refusal
-    assert view_access(ServerConfig(host="0.0.0.0", admin_token=TOKEN)).token == TOKEN
-    assert TOKEN not in repr(view_access(ServerConfig(admin_token=TOKEN)))
+    guarded = view_access(ServerConfig(host="0.0.0.0", admin_token=TOKEN))
+    assert guarded.token == TOKEN and guarded.refusal is None and TOKEN not in repr(guarded)
 
 
 def test_off_loopback_without_an_admin_token_the_view_is_refused() -> None:
@@ -284,3 +288,96 @@ def test_off_loopback_the_view_needs_the_admin_token() -> None:
             )
             later = browser.get(f"{url}/view/mailboxes/X26ABC1", timeout=10)
             assert later.status_code == 200 and TOKEN not in later.text
+
+
+async def test_on_loopback_the_view_is_open_even_with_an_admin_token() -> None:
+    async with LocalMeshServer(admin_token=TOKEN) as server:
+        answer = await asyncio.to_thread(_get, f"{server.url}/view/")
+        assert answer.status_code == 200 and TOKEN not in answer.text
+        admin = await asyncio.to_thread(_get, f"{server.url}/messageexchange/admin/faults")
+        assert admin.status_code == 403  # the admin API itself still needs the token
+
+
+async def test_an_expired_message_and_its_non_delivery_report() -> None:
+    async with LocalMeshServer() as server:
+        sent = server.add_synthetic_message("X26ABC2", 100, sender="X26ABC1", checksum=False)
+        [report] = server.advance_clock(timedelta(days=6))
+        expired = await asyncio.to_thread(_get, f"{server.url}/view/messages/{sent}")
+        document = _document(expired.text)
+        assert _text(_by_id(document, "status")) == "undeliverable"
+        assert "code 14" in _text(_by_id(document, "events"))
+        assert "generated" in _text(_rows(document, "data-chunk")["1"])
+        ndr = await asyncio.to_thread(_get, f"{server.url}/view/messages/{report}")
+        document = _document(ndr.text)
+        assert "the central system" in _text(_by_id(document, "facts"))
+        links = [a.get("href") for a in _by_id(document, "events").iter("a")]
+        assert links == [f"/view/messages/{sent}"]
+        assert _rows(document, "data-chunk") == {}
+        mailboxes = _document((await asyncio.to_thread(_get, f"{server.url}/view/")).text)
+        counts = _rows(mailboxes, "data-mailbox")
+        assert _text(_field(counts["X26ABC1"], "inbox")) == "1"  # the report
+        assert _text(_field(counts["X26ABC2"], "inbox")) == "0"  # expired: no longer waiting
+
+
+async def test_a_message_page_lists_its_first_chunks_and_the_evidence_all() -> None:
+    async with LocalMeshServer() as server:
+        total = MAX_CHUNK_ROWS + 3
+        sent = server.add_synthetic_message("X26ABC2", total, chunk_size=1, checksum=False)
+        page = await asyncio.to_thread(_get, f"{server.url}/view/messages/{sent}")
+        document = _document(page.text)
+        assert len(_rows(document, "data-chunk")) == MAX_CHUNK_ROWS
+        assert f"of {total} chunks" in _text(_by_id(document, "chunks-more"))
+        bundle = await asyncio.to_thread(_get, f"{server.url}/view/messages/{sent}/evidence.json")
+        assert [c["number"] for c in bundle.json()["chunks"]] == list(range(1, total + 1))
+
+
+def _first_of_three_chunks_gzip(url: str, body: bytes) -> str:
+    answer = requests.post(
+        f"{url}/messageexchange/X26ABC1/outbox",
+        headers=auth_headers(
+            "X26ABC1",
+            **{
+                "mex-To": "X26ABC2",
+                "mex-WorkflowID": "TEST_WORKFLOW",
+                "mex-Chunk-Range": "1:3",
+                "Content-Encoding": "gzip",
+            },
+        ),
+        data=gzip.compress(body),
+        timeout=10,
+    )
+    assert answer.status_code == 202, answer.text
+    message_id: str = answer.json()["message_id"]
+    return message_id
+
+
+async def test_an_upload_under_way_with_a_gzip_chunk() -> None:
+    body = b"one line of an extract\n" * 1000
+    async with LocalMeshServer(rules="sandbox", shared_key=SANDBOX_SHARED_KEY) as server:
+        sent = await asyncio.to_thread(_first_of_three_chunks_gzip, server.url, body)
+        page = await asyncio.to_thread(_get, f"{server.url}/view/messages/{sent}")
+        document = _document(page.text)
+        assert _text(_by_id(document, "status")) == "uploading"
+        rows = _rows(document, "data-chunk")
+        assert _field(rows["1"], "stored_size").get("data-bytes") == str(len(gzip.compress(body)))
+        assert _field(rows["1"], "size").get("data-bytes") == str(len(body))
+        assert _text(_field(rows["1"], "xxh3_128")) == xxhash.xxh3_128_hexdigest(body)
+        assert "gzip" in _text(rows["1"]) and "on disk" in _text(rows["1"])
+        assert all("not received" in _text(rows[n]) for n in ("2", "3"))
+        listed = await asyncio.to_thread(_get, f"{server.url}/view/mailboxes/X26ABC2")
+        assert _rows(_document(listed.text), "data-message")[sent].get("data-box") == "inbox"
+        counts = _rows(
+            _document((await asyncio.to_thread(_get, f"{server.url}/view/")).text), "data-mailbox"
+        )
+        assert _text(_field(counts["X26ABC2"], "inbox")) == "0"  # not yet in the inbox list
+        assert _text(_field(counts["X26ABC1"], "outbox")) == "1"
+
+
+async def test_a_routing_error_is_shown() -> None:
+    async with LocalMeshServer() as server:
+        sent = server.add_synthetic_message("X26ABC2", 10, checksum=False)
+        message = server.message(sent)
+        assert message is not None
+        message.routing_error = "EPL-153 <b>"  # as GP routing leaves it (issue 13)
+        page = await asyncio.to_thread(_get, f"{server.url}/view/messages/{sent}")
+        assert _text(_by_id(_document(page.text), "routing-error")) == "EPL-153 <b>"

@@ -2,7 +2,8 @@
 fixtures of tests/browser.py): from the mailboxes to a mailbox, filtered, to the chunked
 message, its chunks' checksums against the stored files, the evidence download, a hostile
 subject as text with no dialog, and the three pages at 1280x800 and 390x844 without sideways
-scrolling, valid, with working links; screenshots saved (not committed)."""
+scrolling (nor, at 1280x800, any table), valid, with working links; screenshots saved (not
+committed)."""
 
 from __future__ import annotations
 
@@ -95,6 +96,12 @@ async def test_the_pages_fit_validate_and_link(
         answer = await page.goto(rig.url + path)
         assert answer is not None and answer.status == 200
         assert await horizontal_overflow(page) == 0, f"{path} scrolls sideways at {viewport}"
+        if viewport == DESKTOP:  # on a desktop, no table needs scrolling either
+            hidden = await page.evaluate(
+                "() => Array.from(document.querySelectorAll('.table-scroll'),"
+                " e => e.scrollWidth - e.clientWidth)"
+            )
+            assert set(hidden) <= {0}, f"a table of {path} scrolls sideways: {hidden}"
         checked = check_html(await answer.text(), rig.url + path)
         assert checked.problems == [], (path, checked.problems)
         assert await check_links(checked.links) == [], path

@@ -164,6 +164,10 @@ class Mailroom:
             if m.sender == mailbox_id and m.message_id not in self._outbox_forgotten
         ]
 
+    def in_outbox(self, message: Message) -> bool:
+        """Whether ``message`` is in its sender's outbox (a reset of the sender forgets it)."""
+        return message.message_id not in self._outbox_forgotten
+
     def inbox_count(self, mailbox_id: str) -> int:
         return sum(
             1 for m in self.messages.values() if m.recipient == mailbox_id and m.status == ACCEPTED

@@ -12,10 +12,10 @@ MOLES (the MESH Online Enquiry Service), built on :mod:`meshpipe.pages`.
 
 Looking changes nothing: GET and HEAD only, no event, acknowledgement or expiry, the clock
 only read, and the fault plan does not count these requests. Mailbox passwords, the shared key
-and the admin token are never shown. Access (:func:`~.model.view_access`): with an admin token
-set, the view needs it (``Authorization: Bearer TOKEN``, or ``?token=TOKEN`` once in a
-browser, which sets a cookie: the rule of :mod:`meshpipe.pages.access`); without one, it is
-open on a loopback bind and refused (403, saying why) on any other.
+and the admin token are never shown. Access (:func:`~.model.view_access`): open on a loopback
+bind; on any other the admin token (``Authorization: Bearer TOKEN``, or ``?token=TOKEN`` once
+in a browser, which sets a cookie: the token rule of :mod:`meshpipe.pages.access`), and
+refused (403, saying why) when the server has none.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ from meshpipe.server.models import ACCEPTED, STATUSES, Message
 from meshpipe.server.views import message_headers, tracking_body
 
 PAGE_SIZE: Final = 50
+#: A message page lists at most this many chunks (the evidence bundle has them all).
+MAX_CHUNK_ROWS: Final = 2000
 BOXES: Final = ("all", "inbox", "outbox")
 #: The evidence bundle's format (a field of the bundle, raised when its shape changes).
 EVIDENCE_FORMAT: Final = 1
@@ -48,12 +50,12 @@ class Access:
 
 
 def view_access(config: ServerConfig) -> Access:
-    """The one rule: with an admin token set, the view needs it; without one, the view is open
-    on a loopback bind and refused on any other."""
-    if config.admin_token is not None:
-        return Access(token=config.admin_token)
+    """The one rule: on a loopback bind the view is open (only this machine reaches it); on
+    any other it needs the admin token, and is refused when there is none."""
     if config.loopback_only:
         return Access()
+    if config.admin_token is not None:
+        return Access(token=config.admin_token)
     return Access(
         refusal=(
             f"the store view is off: this server listens on {config.host!r}, reachable from the "
@@ -186,14 +188,26 @@ class StoreView:
         return self.mailroom.clock.now()
 
     def mailboxes(self) -> list[MailboxRow]:
-        """Every mailbox of the directory, by id."""
+        """Every mailbox of the directory, by id (one pass over the store)."""
+        directory = self.mailroom.directory.mailboxes
+        inbox = dict.fromkeys(directory, 0)
+        outbox = dict.fromkeys(directory, 0)
+        oldest: dict[str, datetime] = {}
+        in_outbox = self.mailroom.in_outbox
+        for message in self.mailroom.messages.values():
+            recipient = message.recipient
+            last = message.events[-1]  # its status, and for an accepted one when it was
+            if last.status == ACCEPTED and recipient in inbox:
+                inbox[recipient] += 1
+                if recipient not in oldest or last.timestamp < oldest[recipient]:
+                    oldest[recipient] = last.timestamp
+            if message.sender in outbox and in_outbox(message):
+                outbox[message.sender] += 1
         now = self.now()
         rows: list[MailboxRow] = []
-        for mailbox_id in sorted(self.mailroom.directory.mailboxes):
-            mailbox = self.mailroom.directory.mailboxes[mailbox_id]
-            inbox = self.mailroom.inbox(mailbox_id)
-            waiting = [m.status_time(ACCEPTED) or m.created for m in inbox]
-            oldest = min(waiting, default=None)
+        for mailbox_id in sorted(directory):
+            mailbox = directory[mailbox_id]
+            since = oldest.get(mailbox_id)
             rows.append(
                 MailboxRow(
                     mailbox_id=mailbox_id,
@@ -201,10 +215,10 @@ class StoreView:
                     ods_code=mailbox.ods_code,
                     org_code=mailbox.org_code,
                     org_name=mailbox.org_name,
-                    inbox=len(inbox),
-                    outbox=len(self.mailroom.outbox(mailbox_id)),
-                    oldest_waiting=oldest,
-                    waiting_seconds=(now - oldest).total_seconds() if oldest else None,
+                    inbox=inbox[mailbox_id],
+                    outbox=outbox[mailbox_id],
+                    oldest_waiting=since,
+                    waiting_seconds=(now - since).total_seconds() if since else None,
                 )
             )
         return rows
@@ -218,17 +232,23 @@ class StoreView:
 
     def messages(self, mailbox_id: str, query: BoxQuery) -> MessagePage:
         """A page of the mailbox's messages, newest first: its inbox (every status, uploads
-        still under way included) and its outbox, as the query selects."""
-        mailbox = self.mailbox(mailbox_id)
+        still under way included) and its outbox, as the query selects (one pass over the
+        store, newest first, so the sort that follows has little to do)."""
+        mailbox_id = self.mailbox(mailbox_id).mailbox_id
+        inbox = query.box in ("all", "inbox")
+        outbox = query.box in ("all", "outbox")
+        status = query.status
         found: list[tuple[Message, str]] = []
-        if query.box in ("all", "inbox"):
-            inbox = self.mailroom.inbox(mailbox.mailbox_id, all_statuses=True)
-            found += [(m, "inbox") for m in inbox]
-        if query.box in ("all", "outbox"):
-            found += [(m, "outbox") for m in self.mailroom.outbox(mailbox.mailbox_id)]
-        if query.status is not None:
-            found = [(m, box) for m, box in found if m.status == query.status]
-        found.sort(key=lambda item: (item[0].created, item[0].message_id), reverse=True)
+        for message in reversed(self.mailroom.messages.values()):
+            received = inbox and message.recipient == mailbox_id
+            sent = outbox and message.sender == mailbox_id and self.mailroom.in_outbox(message)
+            if not (received or sent) or (status is not None and message.status != status):
+                continue
+            if received:
+                found.append((message, "inbox"))
+            if sent:
+                found.append((message, "outbox"))
+        found.sort(key=lambda item: item[0].created, reverse=True)  # stable: ties keep order
         pages = max(1, -(-len(found) // PAGE_SIZE))
         start = (query.page - 1) * PAGE_SIZE
         rows = [_row(m, box) for m, box in found[start : start + PAGE_SIZE]]
@@ -241,10 +261,11 @@ class StoreView:
             raise NotFound(f"there is no message {message_id!r} in this server's store")
         return message
 
-    def chunks(self, message: Message) -> list[ChunkRow]:
-        """Every chunk of the message, 1 to its total, received or not."""
+    def chunks(self, message: Message, limit: int | None = None) -> list[ChunkRow]:
+        """The message's chunks from 1 to its total (the first ``limit``), received or not."""
         rows: list[ChunkRow] = []
-        for number in range(1, message.total_chunks + 1):
+        last = message.total_chunks if limit is None else min(limit, message.total_chunks)
+        for number in range(1, last + 1):
             record = message.chunks.get(number)
             if record is None:
                 rows.append(ChunkRow(number, None, None, None, "", "not received"))

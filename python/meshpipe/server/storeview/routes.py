@@ -13,6 +13,7 @@ from meshpipe.pages import render
 from meshpipe.server.models import STATUSES
 from meshpipe.server.storeview.model import (
     BOXES,
+    MAX_CHUNK_ROWS,
     BadQuery,
     BoxQuery,
     NotFound,
@@ -91,7 +92,7 @@ async def message(request: web.Request) -> web.Response:
             "message": found,
             "sender": view.party(found.sender),
             "recipient": view.party(found.recipient),
-            "chunks": view.chunks(found),
+            "chunks": view.chunks(found, MAX_CHUNK_ROWS),
             "stored_size": sum(c.stored_size for c in found.chunks.values()),
             "headers": view.download_headers(found),
             "tracking": view.tracking(found),
