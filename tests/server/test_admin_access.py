@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from meshpipe.errors import ConfigError
+from meshpipe.pages.access import bearer_matches
 from meshpipe.server import LocalMeshServer, ServerConfig
-from meshpipe.server.admin import bearer_matches
 from meshpipe.server.cli import build_parser, config_from_args, main
 from meshpipe.server.config import ADMIN_TOKEN_ENV, is_loopback
 from tests.peers import SANDBOX_SHARED_KEY, auth_headers

@@ -88,6 +88,17 @@ def _cookie_value(token: str) -> str:
     return hmac.new(token.encode(), b"meshpipe web session", hashlib.sha256).hexdigest()
 
 
+_BEARER: Final = "bearer "
+
+
+def bearer_matches(header: str | None, token: str) -> bool:
+    """Whether an Authorization header is ``Bearer <token>`` (the scheme in any case, as
+    HTTP has it; the comparison takes the same time wherever the first difference is)."""
+    value = (header or "").strip()
+    given = value[len(_BEARER) :].strip() if value.lower().startswith(_BEARER) else ""
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
 def token_middleware(token: str, open_paths: Collection[str] = ()) -> Middleware:
     """A middleware that answers 401 to a request without ``token`` (see the module's text),
     except for ``open_paths``."""
@@ -98,10 +109,7 @@ def token_middleware(token: str, open_paths: Collection[str] = ()) -> Middleware
     async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in open_paths:
             return await handler(request)
-        given = request.headers.get("Authorization", "")
-        if given.startswith("Bearer ") and hmac.compare_digest(
-            given.removeprefix("Bearer ").strip().encode(), expected
-        ):
+        if bearer_matches(request.headers.get("Authorization"), token):
             return await handler(request)
         if hmac.compare_digest(request.cookies.get(COOKIE, "").encode(), cookie.encode()):
             return await handler(request)
@@ -129,6 +137,7 @@ def token_middleware(token: str, open_paths: Collection[str] = ()) -> Middleware
 __all__ = [
     "COOKIE",
     "ENV_TOKEN",
+    "bearer_matches",
     "is_loopback_host",
     "load_token",
     "require_token",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import json
 from datetime import timedelta
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from meshpipe.pages.access import bearer_matches
 from meshpipe.server.faults import FaultInjector, FaultPlan, FaultPlanError
 from meshpipe.server.mailroom import Mailroom
 from meshpipe.server.models import ERROR, UNDELIVERABLE, Event, SyntheticSpec
@@ -42,17 +42,6 @@ def _required(data: dict[str, Any], *names: str) -> None:
 
 def _invalid(name: str, text: str) -> Refusal:
     return invalid(value_error("body", name, text))
-
-
-BEARER = "bearer "
-
-
-def bearer_matches(header: str | None, token: str) -> bool:
-    """Whether an Authorization header is ``Bearer <token>`` (the comparison takes the same
-    time wherever the first difference is)."""
-    value = (header or "").strip()
-    given = value[len(BEARER) :].strip() if value.lower().startswith(BEARER) else ""
-    return hmac.compare_digest(given.encode(), token.encode())
 
 
 class AdminRoutes:
