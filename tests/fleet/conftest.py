@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from meshpipe.ledger import Ledger, SendRecord
@@ -91,6 +92,25 @@ class Fleet:
         )
         self.processes[name] = process
         return process
+
+    def wait_until_listening(self, timeout: float = 60.0) -> None:
+        """Until every started worker has registered with the job queue, so a job submitted
+        next can go to any of them (a worker that is slow to start would otherwise leave
+        every job to the first)."""
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.ledger, autocommit=True) as connection:
+            while time.monotonic() < deadline:
+                try:
+                    row = connection.execute("SELECT count(*) FROM procrastinate_workers")
+                except psycopg.errors.UndefinedTable:
+                    pass  # no worker has put the queue's schema in yet
+                else:
+                    if (row.fetchone() or (0,))[0] >= len(self.processes):
+                        return
+                if any(p.poll() is not None for p in self.processes.values()):
+                    raise AssertionError(f"a worker exited:\n{self.log_text()}")
+                time.sleep(0.1)
+        raise AssertionError(f"the workers did not all start:\n{self.log_text()}")
 
     def kill(self, name: str) -> None:
         self.processes[name].send_signal(signal.SIGKILL)

@@ -55,6 +55,7 @@ def _send(
     source = write_csv(tmp_path / "extract.csv", 40 * MiB)
     for name in ("w1", "w2", "w3"):
         fleet.start(name, "--concurrency", "3", *limits)
+    fleet.wait_until_listening()
     submitted = asyncio.run(
         submit(
             fleet.ledger,

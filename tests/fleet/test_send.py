@@ -34,6 +34,7 @@ def test_one_message_is_spread_over_three_workers(
     source = write_csv(tmp_path / "extract.csv", 60 * MiB)
     for name in ("w1", "w2", "w3"):
         fleet.start(name)
+    fleet.wait_until_listening()
     submitted = asyncio.run(
         submit(
             fleet.ledger,
