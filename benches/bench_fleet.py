@@ -6,9 +6,9 @@ serve --store discard`` (bodies checked and dropped) in its own process:
 * ``durable-sqlite`` / ``durable-pg``: one process, DurableSend (4 chunks in flight), the
   ledger on SQLite or on the local PostgreSQL server (fsync on);
 * ``fleet-1`` / ``fleet-2``: ``meshpipe submit`` (4 chunks a range job) then 1 or 2
-  ``meshpipe worker`` processes (``--concurrency 2`` each; ledger and job queue on the same
-  PostgreSQL, started and listening before the submit), timed from the submit to the
-  ledger's ``completed``.
+  ``meshpipe worker`` processes (``--concurrency 4`` each: as many chunks in flight as
+  DurableSend; ledger and job queue on the same PostgreSQL, started and listening before the
+  submit), timed from the submit to the ledger's ``completed``.
 
 From the fleet rounds the ledger and the queue give the coordination per chunk: a chunk's
 request (recorded sent to recorded accepted) against the gap between one job's end and the
@@ -102,7 +102,7 @@ class _Workers:
             "MESH_SHARED_KEY": SANDBOX_SHARED_KEY,
         }
         command = [sys.executable, "-m", "meshpipe", "worker", "--ledger", location]
-        options = ["--concurrency", "2", "--min-payload-size", "0"]
+        options = ["--concurrency", "4", "--min-payload-size", "0"]
         self.processes = [
             subprocess.Popen(
                 [*command, "--name", f"w{n}", *options],

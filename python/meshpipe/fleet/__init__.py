@@ -45,6 +45,14 @@ that cannot pass (the source removed or changed, a chunk MESH refuses), or the l
 any, ends failed, and the send is marked failed in the ledger with the reason (the first
 failure's reason stands). ``submit`` of the same local id takes a failed send up again.
 
+Receiving
+---------
+``meshpipe worker --inbox DIR --poll-interval S``: a periodic job (procrastinate's, deferred
+once per tick across the fleet, so one worker polls the mailbox each tick) receives every
+message of the worker's mailbox into ``DIR`` through the ledger (DurableReceiver: verified,
+delivered once, acknowledged). One worker receives one message whole; spreading one message's
+chunks over workers (range downloads into one preallocated file) is not built yet.
+
 Fleet-wide limits (limits.py)
 -----------------------------
 ``--max-in-flight N``: chunk requests in flight per mailbox across every worker, as advisory
