@@ -29,7 +29,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -95,7 +95,6 @@ class FleetContext:
     limiter: FleetLimiter
     min_payload_size: int
     inbox: Path | None = None
-    chunks_sent: int = field(default=0)
 
     @property
     def mailbox(self) -> str:
@@ -232,7 +231,6 @@ async def _create_message(context: FleetContext, record: SendRecord) -> SendReco
                     context.client.settings.retry,
                     local_id=local_id,
                 )
-            context.chunks_sent += 1
     except (MeshHTTPError, MeshConnectionError) as error:
         _raise_if_refused(error, f"chunk 1 of {record.chunk_count}")
         raise
@@ -349,7 +347,6 @@ async def _post_chunk(context: FleetContext, record: SendRecord, chunk: Chunk) -
             _raise_if_refused(error, what)
             raise
         await asyncio.to_thread(ledger.chunk_accepted, record, chunk.number, worker=context.name)
-    context.chunks_sent += 1
 
 
 # --- the last chunk ------------------------------------------------------------------------------
