@@ -242,6 +242,7 @@ def _rounds(
     }
 
 
+@pytest.mark.timeout(1800)
 def test_bench_fleet_coordination_and_workers(
     benchmark: Any,
     discard_server: str,
