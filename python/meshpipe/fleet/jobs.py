@@ -276,8 +276,9 @@ async def _send_range(job: JobContext, transfer_id: int, first: int, last: int) 
         return
     if record.message_id is None:
         raise PoisonJob(f"transfer {transfer_id} has no message id: chunk 1 was not sent")
-    accepted = await asyncio.to_thread(context.ledger.accepted_chunks, record)
-    remaining = [n for n in range(first, last + 1) if n not in accepted]
+    span = range(first, last + 1)
+    accepted = await asyncio.to_thread(context.ledger.accepted_chunks, record, span)
+    remaining = [n for n in span if n not in accepted]
     if remaining:
         _check_identity(record)
         await _send_chunks(context, record, remaining)
