@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -114,3 +115,33 @@ async def _inbox_of(url: str, workflow: str) -> list[str]:
     config = MeshConfig(url, RECIPIENT, SANDBOX_PASSWORD, SANDBOX_SHARED_KEY)
     async with MeshClient(config) as client:
         return await client.list_inbox(workflow_filter=workflow)
+
+
+def test_in_order_the_fleet_posts_each_chunk_after_the_one_before(
+    fleet: Fleet, tmp_path: Path, workflow: str
+) -> None:
+    source = write_csv(tmp_path / "extract.csv", 40 * MiB)
+    for name in ("w1", "w2", "w3"):
+        fleet.start(name, "--order", "in-order", "--concurrency", "2")
+    submitted = asyncio.run(
+        submit(
+            fleet.ledger,
+            SENDER,
+            source,
+            SendHeaders(to=RECIPIENT, workflow_id=workflow),
+            chunk_size=5 * MiB,
+            chunks_per_job=1,
+        )
+    )
+    with Ledger.open(fleet.ledger) as ledger:
+        record = wait_for_send(ledger, submitted.transfer_id, fleet)
+        assert record.state == "completed", (record.error, fleet.log_text())
+        chunks = ledger.chunks(record)
+    assert len({chunk.worker for chunk in chunks}) >= 2
+    for before, after in itertools.pairwise(chunks):
+        assert before.done_at is not None and after.sent_at is not None
+        assert after.sent_at > before.done_at, (before, after)  # MESH gets them in order
+    assert record.message_id is not None
+    destination = tmp_path / "received.csv"
+    asyncio.run(receive(fleet.url, record.message_id, destination))
+    assert xxh3_128_file(destination) == xxh3_128_file(source)

@@ -1,7 +1,8 @@
 """``meshpipe worker`` and ``meshpipe submit``: the fleet's commands.
 
     meshpipe worker --ledger postgresql://... [--concurrency N] [--lease S] [--name NAME]
-                    [--max-in-flight N] [--max-rps R] [--inbox DIR [--poll-interval S]]
+                    [--max-in-flight N] [--max-rps R] [--order ORDER]
+                    [--inbox DIR [--poll-interval S]]
                     [connection flags]
     meshpipe submit FILE --to MAILBOX --workflow-id WF --ledger postgresql://...
                     [--local-id ID] [--subject S] [--filename NAME] [--compress CODEC]
@@ -29,7 +30,7 @@ from typing import Any, Final
 
 from meshpipe import units
 from meshpipe.client import ClientSettings, MeshClient
-from meshpipe.config import MeshConfig, load_config
+from meshpipe.config import UPLOAD_ORDERS, MeshConfig, load_config
 from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
 from meshpipe.fleet.limits import MailboxLimits
 from meshpipe.fleet.queue import conninfo
@@ -107,6 +108,13 @@ def worker_parser() -> argparse.ArgumentParser:
         "--max-rps",
         type=_positive_float,
         help="requests a second for the mailbox across every worker",
+    )
+    parser.add_argument(
+        "--order",
+        choices=UPLOAD_ORDERS,
+        help="chunks 2..N-1 of a message across the fleet: in-order or sequential (each "
+        "posted once the one before was accepted; the default for integration, deployment "
+        "and live) or concurrent (side by side; the default for any other server)",
     )
     parser.add_argument(
         "--inbox",
@@ -196,6 +204,8 @@ def _config(args: argparse.Namespace) -> MeshConfig:
 async def _work(args: argparse.Namespace) -> None:
     location = _ledger(args)
     config = _config(args)
+    if args.order is not None:
+        config = config.with_overrides(upload_order=args.order)
     settings = WorkerSettings(
         concurrency=args.concurrency,
         lease=args.lease,

@@ -64,6 +64,11 @@ log = logging.getLogger("meshpipe.fleet")
 JOB_RETRIES: Final = 5
 #: Chunks a range job reads ahead of the one it is sending.
 READ_AHEAD: Final = 2
+#: In turn (module doc): how often a chunk looks whether the chunk before it was accepted,
+#: and how long it waits before its job steps aside (enqueued again) so as not to hold a
+#: worker while an earlier chunk's job waits for one.
+TURN_POLL_INTERVAL: Final = 0.02
+TURN_WAIT: Final = 30.0
 
 
 class PoisonJob(MeshpipeError):
@@ -86,8 +91,8 @@ RETRY: Final = _FleetRetry(max_attempts=JOB_RETRIES, exponential_wait=2)
 class FleetContext:
     """What every job of one worker shares: its MESH client (one mailbox), the ledger, its
     name (recorded against each chunk it sends), the fleet-wide limiter, the minimum
-    payload size MESH enforces, and the folder its periodic polls receive into (None: the
-    worker does not receive)."""
+    payload size MESH enforces, the folder its periodic polls receive into (None: the
+    worker does not receive), and whether chunks go in turn (module doc)."""
 
     client: MeshClient
     ledger: Ledger
@@ -95,6 +100,7 @@ class FleetContext:
     limiter: FleetLimiter
     min_payload_size: int
     inbox: Path | None = None
+    in_turn: bool = False
 
     @property
     def mailbox(self) -> str:
@@ -281,7 +287,17 @@ async def _send_range(job: JobContext, transfer_id: int, first: int, last: int) 
     remaining = [n for n in span if n not in accepted]
     if remaining:
         _check_identity(record)
-        await _send_chunks(context, record, remaining)
+        try:
+            await _send_chunks(context, record, remaining)
+        except _NotYourTurn as waiting:
+            log.info(
+                "transfer %d: chunk %d steps aside after %.0f s waiting for its turn",
+                transfer_id,
+                waiting.number,
+                TURN_WAIT,
+            )
+            await _defer_range_again(job.app, context, transfer_id, waiting.number, last)
+            return
     done = await _read_send(context, transfer_id)
     if done.chunks_done >= done.chunk_count - 1:
         await _defer_last(job.app, context, done)
@@ -302,14 +318,45 @@ async def _send_chunks(context: FleetContext, record: SendRecord, numbers: list[
         await asyncio.to_thread(splitter.close)
 
 
+class _NotYourTurn(Exception):
+    """In turn, the chunk before this one was not accepted within TURN_WAIT."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(number)
+        self.number = number
+
+
+async def _wait_for_turn(context: FleetContext, record: SendRecord, number: int) -> None:
+    """In turn: until the ledger shows chunk ``number - 1`` accepted (each chunk waits so
+    for the one before it, so then every earlier chunk is accepted too)."""
+    if not context.in_turn or number == record.chunk_count:
+        return  # the last chunk's job starts only once every other chunk was accepted
+    before = range(number - 1, number)
+    deadline = asyncio.get_running_loop().time() + TURN_WAIT
+    while not await asyncio.to_thread(context.ledger.accepted_chunks, record, before):
+        if asyncio.get_running_loop().time() >= deadline:
+            raise _NotYourTurn(number)
+        await asyncio.sleep(TURN_POLL_INTERVAL)
+
+
+async def _defer_range_again(
+    app: App, context: FleetContext, transfer_id: int, first: int, last: int
+) -> None:
+    """Enqueue chunks ``first..last`` of the send again, a second from now."""
+    await app.configure_task(
+        SEND_RANGE, queue=queue_name(context.mailbox), schedule_in={"seconds": 1}
+    ).defer_async(transfer_id=transfer_id, first=first, last=last)
+
+
 async def _post_chunk(context: FleetContext, record: SendRecord, chunk: Chunk) -> None:
-    """Chunk n ≥ 2: recorded sent, posted (retried) in a slot of the mailbox, recorded
-    accepted, all with this worker's name."""
+    """Chunk n ≥ 2: in its turn (if in turn), recorded sent, posted (retried) in a slot of
+    the mailbox, recorded accepted, all with this worker's name."""
     message_id = record.message_id
     assert message_id is not None
     ledger = context.ledger
     what = f"chunk {chunk.number} of {chunk.count} of message {message_id}"
     check_request_size(chunk, record.codec, context.min_payload_size)
+    await _wait_for_turn(context, record, chunk.number)
     tries = 0
 
     async def post() -> None:

@@ -100,7 +100,13 @@ async def run_worker(
     if ledger is None:
         return
     context = jobs.FleetContext(
-        client, ledger, name, limiter, settings.min_payload_size, settings.inbox
+        client,
+        ledger,
+        name,
+        limiter,
+        settings.min_payload_size,
+        settings.inbox,
+        in_turn=client.config.effective_upload_order != "concurrent",
     )
     recovery = asyncio.create_task(_recover(ledger_location, settings, stop))
     try:
