@@ -19,6 +19,11 @@ The jobs of one send (meshpipe.fleet.jobs)
 3. **the last chunk**, enqueued by the range that finds every other chunk accepted, and sent
    only when the ledger shows that; it records the send completed.
 
+Chunk order: for NHS's integration, deployment and live environments (whose API
+specification asks for chunks in order), or ``--order in-order``, a chunk is posted only once
+the ledger shows the one before it accepted, whichever worker holds each (jobs.py: "in turn");
+with any other server chunks 2..N-1 go side by side.
+
 Every job is safe to run twice: what the ledger shows done is skipped, an accepted chunk is
 counted once (Ledger.chunk_accepted), and a chunk 1 that may have been posted by a worker that
 died is looked up on MESH by its local id before it is posted again.

@@ -32,6 +32,7 @@ from meshpipe import units
 from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.config import UPLOAD_ORDERS, MeshConfig, load_config
 from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
+from meshpipe.fleet.jobs import TURN_WAIT
 from meshpipe.fleet.limits import MailboxLimits
 from meshpipe.fleet.queue import conninfo
 from meshpipe.fleet.submit import DEFAULT_CHUNKS_PER_JOB, submit
@@ -115,6 +116,13 @@ def worker_parser() -> argparse.ArgumentParser:
         help="chunks 2..N-1 of a message across the fleet: in-order or sequential (each "
         "posted once the one before was accepted; the default for integration, deployment "
         "and live) or concurrent (side by side; the default for any other server)",
+    )
+    parser.add_argument(
+        "--turn-wait",
+        type=_positive_float,
+        default=TURN_WAIT,
+        help="in order: seconds a chunk waits for the one before it before its job steps "
+        "aside for others (default %(default)s)",
     )
     parser.add_argument(
         "--inbox",
@@ -214,6 +222,7 @@ async def _work(args: argparse.Namespace) -> None:
         min_payload_size=args.min_payload_size,
         inbox=args.inbox.absolute() if args.inbox else None,
         poll_interval=args.poll_interval,
+        turn_wait=args.turn_wait,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -101,6 +101,7 @@ class FleetContext:
     min_payload_size: int
     inbox: Path | None = None
     in_turn: bool = False
+    turn_wait: float = TURN_WAIT
 
     @property
     def mailbox(self) -> str:
@@ -294,7 +295,7 @@ async def _send_range(job: JobContext, transfer_id: int, first: int, last: int) 
                 "transfer %d: chunk %d steps aside after %.0f s waiting for its turn",
                 transfer_id,
                 waiting.number,
-                TURN_WAIT,
+                context.turn_wait,
             )
             await _defer_range_again(job.app, context, transfer_id, waiting.number, last)
             return
@@ -319,7 +320,7 @@ async def _send_chunks(context: FleetContext, record: SendRecord, numbers: list[
 
 
 class _NotYourTurn(Exception):
-    """In turn, the chunk before this one was not accepted within TURN_WAIT."""
+    """In turn, the chunk before this one was not accepted within the turn wait."""
 
     def __init__(self, number: int) -> None:
         super().__init__(number)
@@ -332,7 +333,7 @@ async def _wait_for_turn(context: FleetContext, record: SendRecord, number: int)
     if not context.in_turn or number == record.chunk_count:
         return  # the last chunk's job starts only once every other chunk was accepted
     before = range(number - 1, number)
-    deadline = asyncio.get_running_loop().time() + TURN_WAIT
+    deadline = asyncio.get_running_loop().time() + context.turn_wait
     while not await asyncio.to_thread(context.ledger.accepted_chunks, record, before):
         if asyncio.get_running_loop().time() >= deadline:
             raise _NotYourTurn(number)

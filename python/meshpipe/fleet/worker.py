@@ -57,7 +57,8 @@ class WorkerSettings:
     ``name`` (recorded against each chunk it sends; default ``pid@host``);
     ``min_payload_size`` (MESH's 5 MiB rule for zstd payloads; 0 for test servers);
     ``inbox``: receive the mailbox into this folder every ``poll_interval`` seconds (one
-    worker per tick across the fleet), or None not to receive."""
+    worker per tick across the fleet), or None not to receive; ``turn_wait``: in order, how
+    long a chunk waits for the one before it before its job steps aside."""
 
     concurrency: int = 1
     lease: float = DEFAULT_LEASE
@@ -67,6 +68,7 @@ class WorkerSettings:
     reconnect_delay: float = DEFAULT_RECONNECT_DELAY
     inbox: Path | None = None
     poll_interval: float = DEFAULT_POLL_INTERVAL
+    turn_wait: float = jobs.TURN_WAIT
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -107,6 +109,7 @@ async def run_worker(
         settings.min_payload_size,
         settings.inbox,
         in_turn=client.config.effective_upload_order != "concurrent",
+        turn_wait=settings.turn_wait,
     )
     recovery = asyncio.create_task(_recover(ledger_location, settings, stop))
     try:
