@@ -28,9 +28,12 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+import psycopg
+from sqlalchemy.engine import make_url
+
 from meshpipe import units
 from meshpipe.client import ClientSettings, MeshClient
-from meshpipe.config import UPLOAD_ORDERS, MeshConfig, load_config
+from meshpipe.config import UPLOAD_ORDERS, MeshConfig, Secret, load_config
 from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
 from meshpipe.fleet.jobs import TURN_WAIT
 from meshpipe.fleet.limits import MailboxLimits
@@ -190,6 +193,9 @@ def _ledger(args: argparse.Namespace) -> str:
             "fleet's workers share one PostgreSQL ledger"
         )
     conninfo(location)  # refuses a SQLite ledger, saying why
+    password = make_url(location).password
+    if password:
+        hide(Secret(str(password)))  # the database's password, like MESH's, never logged
     return str(location)
 
 
@@ -291,6 +297,12 @@ def _main(program: str, args: argparse.Namespace, run: Coroutine[Any, Any, None]
             return 2
         except (MeshpipeError, LedgerError, OSError) as error:
             sys.stderr.write(f"{program}: error: {error}\n")
+            return 1
+        except psycopg.Error as error:  # the job queue's database (libpq hides passwords)
+            sys.stderr.write(
+                f"{program}: error: the fleet's PostgreSQL database could not be used: "
+                f"{str(error).strip()}\n"
+            )
             return 1
         except (KeyboardInterrupt, asyncio.CancelledError):
             sys.stderr.write(f"{program}: stopped at once\n")
