@@ -96,10 +96,19 @@ heartbeat and its built-in rate limits were the draw the other way; the limits h
 because they must hold per mailbox across the fleet, not per entrypoint.
 """
 
-from meshpipe.fleet.jobs import PoisonJob
-from meshpipe.fleet.limits import MailboxLimits
-from meshpipe.fleet.submit import DEFAULT_CHUNKS_PER_JOB, Submitted, submit
-from meshpipe.fleet.worker import WorkerSettings, run_worker
+import importlib.util
+
+for _needed in ("procrastinate", "psycopg"):
+    if importlib.util.find_spec(_needed) is None:
+        raise ImportError(
+            f"meshpipe.fleet (meshpipe worker, meshpipe submit) needs {_needed}: "
+            "pip install 'meshpipe[fleet]'"
+        )
+
+from meshpipe.fleet.jobs import PoisonJob  # noqa: E402
+from meshpipe.fleet.limits import MailboxLimits  # noqa: E402
+from meshpipe.fleet.submit import DEFAULT_CHUNKS_PER_JOB, Submitted, submit  # noqa: E402
+from meshpipe.fleet.worker import WorkerSettings, run_worker  # noqa: E402
 
 __all__ = [
     "DEFAULT_CHUNKS_PER_JOB",
