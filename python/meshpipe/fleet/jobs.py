@@ -54,7 +54,7 @@ from meshpipe.fleet.queue import SEND_LAST, SEND_RANGE, AlreadyEnqueued, queue_n
 from meshpipe.ledger import Ledger, LedgerError, SendRecord, SourceFile
 from meshpipe.retry import RetryingClient, call_with_retry, post_first_chunk_safely
 from meshpipe.transfer import ReceiveFailure, find_sent_message
-from meshpipe.transfer.results import release
+from meshpipe.transfer.results import first_failure, release
 from meshpipe.transfer.upload import check_request_size
 
 log = logging.getLogger("meshpipe.fleet")
@@ -62,8 +62,10 @@ log = logging.getLogger("meshpipe.fleet")
 #: Tries of a job after its first (the queue's retries; each job also retries each request
 #: under the client's retry policy first).
 JOB_RETRIES: Final = 5
-#: Chunks a range job reads ahead of the one it is sending.
+#: Chunks a range job reads ahead of the ones it is sending.
 READ_AHEAD: Final = 2
+#: Chunks of one range job in flight at once when chunks go side by side (one in turn).
+JOB_LANES: Final = 2
 #: In turn (module doc): how often a chunk looks whether the chunk before it was accepted,
 #: and how long it waits before its job steps aside (enqueued again) so as not to hold a
 #: worker while an earlier chunk's job waits for one.
@@ -305,16 +307,31 @@ async def _send_range(job: JobContext, transfer_id: int, first: int, last: int) 
 
 
 async def _send_chunks(context: FleetContext, record: SendRecord, numbers: list[int]) -> None:
-    splitter = await asyncio.to_thread(_splitter, record, numbers, READ_AHEAD + 1)
+    """Read ``numbers`` with the engine's subset splitting and post them: in turn one after
+    another, else ``JOB_LANES`` side by side (the engine reads ahead of both)."""
+    lanes = 1 if context.in_turn else JOB_LANES
+    splitter = await asyncio.to_thread(_splitter, record, numbers, READ_AHEAD + lanes)
+    free = asyncio.Semaphore(lanes)
+
+    async def post(chunk: Chunk) -> None:
+        try:
+            await _post_chunk(context, record, chunk)
+        finally:
+            release(chunk)
+            free.release()
+
     try:
-        while True:
-            chunk = await asyncio.to_thread(next, splitter, None)
-            if chunk is None:
-                return
-            try:
-                await _post_chunk(context, record, chunk)
-            finally:
-                release(chunk)
+        async with asyncio.TaskGroup() as group:
+            while True:
+                await free.acquire()
+                chunk = await asyncio.to_thread(next, splitter, None)
+                if chunk is None:
+                    free.release()
+                    break
+                group.create_task(post(chunk))
+    except BaseExceptionGroup as failed:
+        failure = first_failure(failed)
+        raise failure from failure.__cause__
     finally:
         await asyncio.to_thread(splitter.close)
 
