@@ -15,8 +15,8 @@ The jobs of one send (meshpipe.fleet.jobs)
 2. **chunk ranges** 2..N-1 (``chunks_per_job`` each, any worker): each reads only its chunks
    the ledger does not show accepted, with the engine's chunk-subset splitting (the bytes and
    xxh3-128 of a full split), posts them with retry (two at a time, or one after another in
-   order), and records each sent and accepted with
-   the worker's name (``meshpipe_chunks.worker``, ledger migration 2);
+   order), and records each sent and accepted with the worker's name
+   (``meshpipe_chunks.worker``, ledger migration 2);
 3. **the last chunk**, enqueued by the range that finds every other chunk accepted, and sent
    only when the ledger shows that; it records the send completed.
 
