@@ -14,6 +14,7 @@ meanwhile are retried by the queue.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 from dataclasses import dataclass, field
@@ -97,6 +98,13 @@ async def run_worker(
 ) -> None:
     """Run the worker for ``client``'s mailbox until ``stop`` is set (module doc)."""
     name = settings.name or jobs.worker_name()
+    # Each job blocks a thread in the engine's next() while its chunk is compressed and makes
+    # its ledger calls on threads too: the default executor (cores + 4 threads) would make the
+    # ledger wait for the codec. Threads enough for every lane of every job, and some.
+    threads = settings.concurrency * (jobs.JOB_LANES + 2) + 4
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="meshpipe-fleet")
+    )
     limiter = FleetLimiter(conninfo(ledger_location), client.mailbox, settings.limits)
     ledger = await _open_ledger(ledger_location, stop, settings.reconnect_delay)
     if ledger is None:
