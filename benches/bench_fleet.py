@@ -18,6 +18,7 @@ codec is the ceiling: 2 workers share the same 2 cores as 1.
 
     make bench PYTEST_ARGS="-k bench_fleet"              # 400 MiB, zstd, 20 MiB chunks
     MESHPIPE_BENCH_FLEET_CODEC=none make bench PYTEST_ARGS="-k bench_fleet"
+    MESHPIPE_BENCH_FLEET_MB=2048 MESHPIPE_BENCH_FLEET_CONCURRENCY=2 make bench ...  # 103 chunks
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ ROUNDS = int(os.environ.get("MESHPIPE_BENCH_FLEET_ROUNDS", "3"))
 CODEC: Codec = os.environ.get("MESHPIPE_BENCH_FLEET_CODEC", "zstd")  # type: ignore[assignment]
 CHUNK_SIZE = 20 * MiB
 CHUNKS_PER_JOB = int(os.environ.get("MESHPIPE_BENCH_FLEET_CHUNKS_PER_JOB", "4"))
+CONCURRENCY = os.environ.get("MESHPIPE_BENCH_FLEET_CONCURRENCY", "4")
 SENDER, RECIPIENT, WORKFLOW = "X26ABC1", "X26ABC2", "TEST_WORKFLOW2"
 
 
@@ -102,7 +104,7 @@ class _Workers:
             "MESH_SHARED_KEY": SANDBOX_SHARED_KEY,
         }
         command = [sys.executable, "-m", "meshpipe", "worker", "--ledger", location]
-        options = ["--concurrency", "4", "--min-payload-size", "0"]
+        options = ["--concurrency", CONCURRENCY, "--min-payload-size", "0"]
         self.processes = [
             subprocess.Popen(
                 [*command, "--name", f"w{n}", *options],
@@ -277,7 +279,7 @@ def test_bench_fleet_coordination_and_workers(
     chunks = -(-size // CHUNK_SIZE)
     figures.append(
         f"fleet, {size / MiB:,.0f} MiB {CODEC} in {chunks} chunks of 20 MiB, best of {ROUNDS} "
-        "interleaved rounds, MB/s: "
+        f"interleaved rounds, workers --concurrency {CONCURRENCY}, MB/s: "
         + ", ".join(f"{mode} {value:,.0f}" for mode, value in rate.items())
         + f"; durable PG/SQLite {rate['durable-pg'] / rate['durable-sqlite']:.3f}, "
         f"fleet-1/durable-pg {rate['fleet-1'] / rate['durable-pg']:.3f}, "
