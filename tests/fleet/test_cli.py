@@ -5,8 +5,10 @@ is recorded."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -66,3 +68,32 @@ def test_a_sqlite_ledger_is_refused(tmp_path: Path) -> None:
         assert result.returncode == 2, result.stderr
         assert "the fleet needs a PostgreSQL ledger" in result.stderr
     assert not ledger.exists()
+
+
+def test_the_database_password_is_never_logged(fleet_db: str, tmp_path: Path) -> None:
+    password = "s3cret-db-password"
+    location = fleet_db.replace("postgresql://postgres@", f"postgresql://postgres:{password}@")
+    log = tmp_path / "worker.log"
+    with log.open("wb") as stderr:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "meshpipe", "worker", "--ledger", location, "-vv"],
+            stderr=stderr,
+            env={**os.environ, **mesh_env("http://127.0.0.1:9")},
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while "Starting worker" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=30)
+    text = log.read_text()
+    assert "Starting worker" in text
+    assert password not in text
+    missing = location.replace(fleet_db.rsplit("/", 1)[1].split("?")[0], "no_such_db")
+    source = write_csv(tmp_path / "extract.csv", MiB)
+    result = _meshpipe("submit", str(source), "--to", RECIPIENT, "--workflow-id", "W",
+                       "--ledger", missing)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "no_such_db" in result.stderr and "Traceback" not in result.stderr
+    assert password not in result.stderr

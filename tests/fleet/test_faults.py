@@ -5,6 +5,7 @@ duplicated."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -181,3 +182,29 @@ def test_workers_reconnect_after_postgresql_restarts(
     with Ledger.open(fleet.ledger) as ledger:
         record = wait_for_send(ledger, submitted.transfer_id, fleet, timeout=120)
         _assert_sent_once(ledger, record, fleet, source)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("stall_seconds")
+@pytest.mark.parametrize("stall_seconds", [3.0])
+def test_in_order_a_chunk_that_waits_too_long_steps_aside(
+    fleet: Fleet, tmp_path: Path, workflow: str
+) -> None:
+    """Chunk 3 hangs at MESH for 3 s: in order, the jobs of chunks 4.. wait for it, step
+    aside after a second (enqueued again), and the message completes in order."""
+    source = write_csv(tmp_path / "extract.csv", 30 * MiB)
+    for name in ("w1", "w2"):
+        fleet.start(name, "--order", "in-order", "--concurrency", "2", "--turn-wait", "1")
+    submitted = _submit(fleet, source, workflow, per_job=1)
+    with Ledger.open(fleet.ledger) as ledger:
+        record = wait_for_send(ledger, submitted.transfer_id, fleet)
+        _assert_sent_once(ledger, record, fleet, source)
+        chunks = ledger.chunks(record)
+    for before, after in itertools.pairwise(chunks):
+        assert before.done_at is not None and after.sent_at is not None
+        assert after.sent_at > before.done_at
+    with psycopg.connect(fleet.ledger) as connection:
+        row = connection.execute(
+            "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'meshpipe.fleet.send_range'"
+        ).fetchone()
+    assert row is not None and row[0] > record.chunk_count - 2  # some were enqueued again

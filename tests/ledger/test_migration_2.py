@@ -88,3 +88,15 @@ def test_a_version_1_ledger_climbs_to_version_2(ledger_location: str, source: Pa
         assert ledger.transfer(record).chunks_done == 2
     with Ledger.open(ledger_location) as again:
         assert again.migrated_from == SCHEMA_VERSION
+
+
+def test_accepted_chunks_of_a_range(ledger: Ledger, source: Path) -> None:
+    record = begin_send(ledger, source, chunk_count=6)
+    ledger.chunk_sent(record, 1, checksum(1), 100)
+    ledger.set_message_id(record, "MSG-1")
+    for number in (2, 3, 5):
+        ledger.chunk_sent(record, number, checksum(number), 100, worker="w1")
+        ledger.chunk_accepted(record, number, worker="w1")
+    ledger.chunk_sent(record, 4, checksum(4), 100, worker="w2")  # sent, not accepted
+    assert list(ledger.accepted_chunks(record, range(3, 6))) == [3, 5]
+    assert list(ledger.accepted_chunks(record)) == [1, 2, 3, 5]

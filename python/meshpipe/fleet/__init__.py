@@ -14,10 +14,16 @@ The jobs of one send (meshpipe.fleet.jobs)
    enqueues the range jobs;
 2. **chunk ranges** 2..N-1 (``chunks_per_job`` each, any worker): each reads only its chunks
    the ledger does not show accepted, with the engine's chunk-subset splitting (the bytes and
-   xxh3-128 of a full split), posts them with retry, and records each sent and accepted with
-   the worker's name (``meshpipe_chunks.worker``, ledger migration 2);
+   xxh3-128 of a full split), posts them with retry (two at a time, or one after another in
+   order), and records each sent and accepted with the worker's name
+   (``meshpipe_chunks.worker``, ledger migration 2);
 3. **the last chunk**, enqueued by the range that finds every other chunk accepted, and sent
    only when the ledger shows that; it records the send completed.
+
+Chunk order: for NHS's integration, deployment and live environments (whose API
+specification asks for chunks in order), or ``--order in-order``, a chunk is posted only once
+the ledger shows the one before it accepted, whichever worker holds each (jobs.py: "in turn");
+with any other server chunks 2..N-1 go side by side.
 
 Every job is safe to run twice: what the ledger shows done is skipped, an accepted chunk is
 counted once (Ledger.chunk_accepted), and a chunk 1 that may have been posted by a worker that
@@ -44,6 +50,14 @@ after ``lease`` seconds another worker puts its jobs back on the queue (worker.p
 that cannot pass (the source removed or changed, a chunk MESH refuses), or the last try of
 any, ends failed, and the send is marked failed in the ledger with the reason (the first
 failure's reason stands). ``submit`` of the same local id takes a failed send up again.
+
+Receiving
+---------
+``meshpipe worker --inbox DIR --poll-interval S``: a periodic job (procrastinate's, deferred
+once per tick across the fleet, so one worker polls the mailbox each tick) receives every
+message of the worker's mailbox into ``DIR`` through the ledger (DurableReceiver: verified,
+delivered once, acknowledged). One worker receives one message whole; spreading one message's
+chunks over workers (range downloads into one preallocated file) is not built yet.
 
 Fleet-wide limits (limits.py)
 -----------------------------
@@ -83,10 +97,19 @@ heartbeat and its built-in rate limits were the draw the other way; the limits h
 because they must hold per mailbox across the fleet, not per entrypoint.
 """
 
-from meshpipe.fleet.jobs import PoisonJob
-from meshpipe.fleet.limits import MailboxLimits
-from meshpipe.fleet.submit import DEFAULT_CHUNKS_PER_JOB, Submitted, submit
-from meshpipe.fleet.worker import WorkerSettings, run_worker
+import importlib.util
+
+for _needed in ("procrastinate", "psycopg"):
+    if importlib.util.find_spec(_needed) is None:
+        raise ImportError(
+            f"meshpipe.fleet (meshpipe worker, meshpipe submit) needs {_needed}: "
+            "pip install 'meshpipe[fleet]'"
+        )
+
+from meshpipe.fleet.jobs import PoisonJob  # noqa: E402
+from meshpipe.fleet.limits import MailboxLimits  # noqa: E402
+from meshpipe.fleet.submit import DEFAULT_CHUNKS_PER_JOB, Submitted, submit  # noqa: E402
+from meshpipe.fleet.worker import WorkerSettings, run_worker  # noqa: E402
 
 __all__ = [
     "DEFAULT_CHUNKS_PER_JOB",

@@ -1,7 +1,8 @@
 """``meshpipe worker`` and ``meshpipe submit``: the fleet's commands.
 
     meshpipe worker --ledger postgresql://... [--concurrency N] [--lease S] [--name NAME]
-                    [--max-in-flight N] [--max-rps R] [--inbox DIR [--poll-interval S]]
+                    [--max-in-flight N] [--max-rps R] [--order ORDER]
+                    [--inbox DIR [--poll-interval S]]
                     [connection flags]
     meshpipe submit FILE --to MAILBOX --workflow-id WF --ledger postgresql://...
                     [--local-id ID] [--subject S] [--filename NAME] [--compress CODEC]
@@ -27,10 +28,14 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+import psycopg
+from sqlalchemy.engine import make_url
+
 from meshpipe import units
 from meshpipe.client import ClientSettings, MeshClient
-from meshpipe.config import MeshConfig, load_config
+from meshpipe.config import UPLOAD_ORDERS, MeshConfig, Secret, load_config
 from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
+from meshpipe.fleet.jobs import TURN_WAIT
 from meshpipe.fleet.limits import MailboxLimits
 from meshpipe.fleet.queue import conninfo
 from meshpipe.fleet.submit import DEFAULT_CHUNKS_PER_JOB, submit
@@ -109,6 +114,20 @@ def worker_parser() -> argparse.ArgumentParser:
         help="requests a second for the mailbox across every worker",
     )
     parser.add_argument(
+        "--order",
+        choices=UPLOAD_ORDERS,
+        help="chunks 2..N-1 of a message across the fleet: in-order or sequential (each "
+        "posted once the one before was accepted; the default for integration, deployment "
+        "and live) or concurrent (side by side; the default for any other server)",
+    )
+    parser.add_argument(
+        "--turn-wait",
+        type=_positive_float,
+        default=TURN_WAIT,
+        help="in order: seconds a chunk waits for the one before it before its job steps "
+        "aside for others (default %(default)s)",
+    )
+    parser.add_argument(
         "--inbox",
         type=Path,
         help="receive the mailbox into this folder (a shared path), polled by one worker of "
@@ -174,6 +193,9 @@ def _ledger(args: argparse.Namespace) -> str:
             "fleet's workers share one PostgreSQL ledger"
         )
     conninfo(location)  # refuses a SQLite ledger, saying why
+    password = make_url(location).password
+    if password:
+        hide(Secret(str(password)))  # the database's password, like MESH's, never logged
     return str(location)
 
 
@@ -196,6 +218,8 @@ def _config(args: argparse.Namespace) -> MeshConfig:
 async def _work(args: argparse.Namespace) -> None:
     location = _ledger(args)
     config = _config(args)
+    if args.order is not None:
+        config = config.with_overrides(upload_order=args.order)
     settings = WorkerSettings(
         concurrency=args.concurrency,
         lease=args.lease,
@@ -204,6 +228,7 @@ async def _work(args: argparse.Namespace) -> None:
         min_payload_size=args.min_payload_size,
         inbox=args.inbox.absolute() if args.inbox else None,
         poll_interval=args.poll_interval,
+        turn_wait=args.turn_wait,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -272,6 +297,12 @@ def _main(program: str, args: argparse.Namespace, run: Coroutine[Any, Any, None]
             return 2
         except (MeshpipeError, LedgerError, OSError) as error:
             sys.stderr.write(f"{program}: error: {error}\n")
+            return 1
+        except psycopg.Error as error:  # the job queue's database (libpq hides passwords)
+            sys.stderr.write(
+                f"{program}: error: the fleet's PostgreSQL database could not be used: "
+                f"{str(error).strip()}\n"
+            )
             return 1
         except (KeyboardInterrupt, asyncio.CancelledError):
             sys.stderr.write(f"{program}: stopped at once\n")

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -54,7 +54,7 @@ from meshpipe.fleet.queue import SEND_LAST, SEND_RANGE, AlreadyEnqueued, queue_n
 from meshpipe.ledger import Ledger, LedgerError, SendRecord, SourceFile
 from meshpipe.retry import RetryingClient, call_with_retry, post_first_chunk_safely
 from meshpipe.transfer import ReceiveFailure, find_sent_message
-from meshpipe.transfer.results import release
+from meshpipe.transfer.results import first_failure, release
 from meshpipe.transfer.upload import check_request_size
 
 log = logging.getLogger("meshpipe.fleet")
@@ -62,8 +62,15 @@ log = logging.getLogger("meshpipe.fleet")
 #: Tries of a job after its first (the queue's retries; each job also retries each request
 #: under the client's retry policy first).
 JOB_RETRIES: Final = 5
-#: Chunks a range job reads ahead of the one it is sending.
+#: Chunks a range job reads ahead of the ones it is sending.
 READ_AHEAD: Final = 2
+#: Chunks of one range job in flight at once when chunks go side by side (one in turn).
+JOB_LANES: Final = 2
+#: In turn (module doc): how often a chunk looks whether the chunk before it was accepted,
+#: and how long it waits before its job steps aside (enqueued again) so as not to hold a
+#: worker while an earlier chunk's job waits for one.
+TURN_POLL_INTERVAL: Final = 0.02
+TURN_WAIT: Final = 30.0
 
 
 class PoisonJob(MeshpipeError):
@@ -86,8 +93,8 @@ RETRY: Final = _FleetRetry(max_attempts=JOB_RETRIES, exponential_wait=2)
 class FleetContext:
     """What every job of one worker shares: its MESH client (one mailbox), the ledger, its
     name (recorded against each chunk it sends), the fleet-wide limiter, the minimum
-    payload size MESH enforces, and the folder its periodic polls receive into (None: the
-    worker does not receive)."""
+    payload size MESH enforces, the folder its periodic polls receive into (None: the
+    worker does not receive), and whether chunks go in turn (module doc)."""
 
     client: MeshClient
     ledger: Ledger
@@ -95,7 +102,8 @@ class FleetContext:
     limiter: FleetLimiter
     min_payload_size: int
     inbox: Path | None = None
-    chunks_sent: int = field(default=0)
+    in_turn: bool = False
+    turn_wait: float = TURN_WAIT
 
     @property
     def mailbox(self) -> str:
@@ -232,7 +240,6 @@ async def _create_message(context: FleetContext, record: SendRecord) -> SendReco
                     context.client.settings.retry,
                     local_id=local_id,
                 )
-            context.chunks_sent += 1
     except (MeshHTTPError, MeshConnectionError) as error:
         _raise_if_refused(error, f"chunk 1 of {record.chunk_count}")
         raise
@@ -278,39 +285,96 @@ async def _send_range(job: JobContext, transfer_id: int, first: int, last: int) 
         return
     if record.message_id is None:
         raise PoisonJob(f"transfer {transfer_id} has no message id: chunk 1 was not sent")
-    accepted = await asyncio.to_thread(context.ledger.accepted_chunks, record)
-    remaining = [n for n in range(first, last + 1) if n not in accepted]
+    span = range(first, last + 1)
+    accepted = await asyncio.to_thread(context.ledger.accepted_chunks, record, span)
+    remaining = [n for n in span if n not in accepted]
     if remaining:
         _check_identity(record)
-        await _send_chunks(context, record, remaining)
+        try:
+            await _send_chunks(context, record, remaining)
+        except _NotYourTurn as waiting:
+            log.info(
+                "transfer %d: chunk %d steps aside after %.0f s waiting for its turn",
+                transfer_id,
+                waiting.number,
+                context.turn_wait,
+            )
+            await _defer_range_again(job.app, context, transfer_id, waiting.number, last)
+            return
     done = await _read_send(context, transfer_id)
     if done.chunks_done >= done.chunk_count - 1:
         await _defer_last(job.app, context, done)
 
 
 async def _send_chunks(context: FleetContext, record: SendRecord, numbers: list[int]) -> None:
-    splitter = await asyncio.to_thread(_splitter, record, numbers, READ_AHEAD + 1)
+    """Read ``numbers`` with the engine's subset splitting and post them: in turn one after
+    another, else ``JOB_LANES`` side by side (the engine reads ahead of both)."""
+    lanes = 1 if context.in_turn else JOB_LANES
+    splitter = await asyncio.to_thread(_splitter, record, numbers, READ_AHEAD + lanes)
+    free = asyncio.Semaphore(lanes)
+
+    async def post(chunk: Chunk) -> None:
+        try:
+            await _post_chunk(context, record, chunk)
+        finally:
+            release(chunk)
+            free.release()
+
     try:
-        while True:
-            chunk = await asyncio.to_thread(next, splitter, None)
-            if chunk is None:
-                return
-            try:
-                await _post_chunk(context, record, chunk)
-            finally:
-                release(chunk)
+        async with asyncio.TaskGroup() as group:
+            while True:
+                await free.acquire()
+                chunk = await asyncio.to_thread(next, splitter, None)
+                if chunk is None:
+                    free.release()
+                    break
+                group.create_task(post(chunk))
+    except BaseExceptionGroup as failed:
+        failure = first_failure(failed)
+        raise failure from failure.__cause__
     finally:
         await asyncio.to_thread(splitter.close)
 
 
+class _NotYourTurn(Exception):
+    """In turn, the chunk before this one was not accepted within the turn wait."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(number)
+        self.number = number
+
+
+async def _wait_for_turn(context: FleetContext, record: SendRecord, number: int) -> None:
+    """In turn: until the ledger shows chunk ``number - 1`` accepted (each chunk waits so
+    for the one before it, so then every earlier chunk is accepted too)."""
+    if not context.in_turn or number == record.chunk_count:
+        return  # the last chunk's job starts only once every other chunk was accepted
+    before = range(number - 1, number)
+    deadline = asyncio.get_running_loop().time() + context.turn_wait
+    while not await asyncio.to_thread(context.ledger.accepted_chunks, record, before):
+        if asyncio.get_running_loop().time() >= deadline:
+            raise _NotYourTurn(number)
+        await asyncio.sleep(TURN_POLL_INTERVAL)
+
+
+async def _defer_range_again(
+    app: App, context: FleetContext, transfer_id: int, first: int, last: int
+) -> None:
+    """Enqueue chunks ``first..last`` of the send again, a second from now."""
+    await app.configure_task(
+        SEND_RANGE, queue=queue_name(context.mailbox), schedule_in={"seconds": 1}
+    ).defer_async(transfer_id=transfer_id, first=first, last=last)
+
+
 async def _post_chunk(context: FleetContext, record: SendRecord, chunk: Chunk) -> None:
-    """Chunk n ≥ 2: recorded sent, posted (retried) in a slot of the mailbox, recorded
-    accepted, all with this worker's name."""
+    """Chunk n ≥ 2: in its turn (if in turn), recorded sent, posted (retried) in a slot of
+    the mailbox, recorded accepted, all with this worker's name."""
     message_id = record.message_id
     assert message_id is not None
     ledger = context.ledger
     what = f"chunk {chunk.number} of {chunk.count} of message {message_id}"
     check_request_size(chunk, record.codec, context.min_payload_size)
+    await _wait_for_turn(context, record, chunk.number)
     tries = 0
 
     async def post() -> None:
@@ -349,7 +413,6 @@ async def _post_chunk(context: FleetContext, record: SendRecord, chunk: Chunk) -
             _raise_if_refused(error, what)
             raise
         await asyncio.to_thread(ledger.chunk_accepted, record, chunk.number, worker=context.name)
-    context.chunks_sent += 1
 
 
 # --- the last chunk ------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ counts against the same bound (MESH is a shared national service).
 free slot (``pg_try_advisory_lock`` on slots 0..N-1, then a short wait and again) on a
 connection of its own, holds it while the request runs and releases it when answered. A
 worker killed mid-request loses its connection, and PostgreSQL frees its slot at once: no
-lease to wait for. Give every worker of a mailbox the same limit; the bound is the largest.
+lease to wait for. The other side of that: a database restart frees every slot while their
+requests still run, so for the requests in flight then the bound can be exceeded once. Give
+every worker of a mailbox the same limit; the bound is the largest.
 
 **Requests per second**: the row of ``meshpipe_mailbox_pace`` (ledger migration 2) holds the
 earliest start of the mailbox's next request. One statement reserves the next start,

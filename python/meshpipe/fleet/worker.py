@@ -14,6 +14,7 @@ meanwhile are retried by the queue.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 from dataclasses import dataclass, field
@@ -57,7 +58,8 @@ class WorkerSettings:
     ``name`` (recorded against each chunk it sends; default ``pid@host``);
     ``min_payload_size`` (MESH's 5 MiB rule for zstd payloads; 0 for test servers);
     ``inbox``: receive the mailbox into this folder every ``poll_interval`` seconds (one
-    worker per tick across the fleet), or None not to receive."""
+    worker per tick across the fleet), or None not to receive; ``turn_wait``: in order, how
+    long a chunk waits for the one before it before its job steps aside."""
 
     concurrency: int = 1
     lease: float = DEFAULT_LEASE
@@ -67,6 +69,7 @@ class WorkerSettings:
     reconnect_delay: float = DEFAULT_RECONNECT_DELAY
     inbox: Path | None = None
     poll_interval: float = DEFAULT_POLL_INTERVAL
+    turn_wait: float = jobs.TURN_WAIT
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -95,12 +98,26 @@ async def run_worker(
 ) -> None:
     """Run the worker for ``client``'s mailbox until ``stop`` is set (module doc)."""
     name = settings.name or jobs.worker_name()
+    # Each job blocks a thread in the engine's next() while its chunk is compressed and makes
+    # its ledger calls on threads too: the default executor (cores + 4 threads) would make the
+    # ledger wait for the codec. Threads enough for every lane of every job, and some.
+    threads = settings.concurrency * (jobs.JOB_LANES + 2) + 4
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="meshpipe-fleet")
+    )
     limiter = FleetLimiter(conninfo(ledger_location), client.mailbox, settings.limits)
     ledger = await _open_ledger(ledger_location, stop, settings.reconnect_delay)
     if ledger is None:
         return
     context = jobs.FleetContext(
-        client, ledger, name, limiter, settings.min_payload_size, settings.inbox
+        client,
+        ledger,
+        name,
+        limiter,
+        settings.min_payload_size,
+        settings.inbox,
+        in_turn=client.config.effective_upload_order != "concurrent",
+        turn_wait=settings.turn_wait,
     )
     recovery = asyncio.create_task(_recover(ledger_location, settings, stop))
     try:

@@ -361,22 +361,30 @@ class Ledger:
             for row in rows
         ]
 
-    def accepted_chunks(self, transfer: TransferRef) -> dict[int, str]:
-        """A send's chunks that MESH accepted: {number: xxh3-128}. Resume sends the rest."""
-        return self._done_chunks(transfer, "accepted")
+    def accepted_chunks(
+        self, transfer: TransferRef, numbers: range | None = None
+    ) -> dict[int, str]:
+        """A send's chunks that MESH accepted: {number: xxh3-128}, of ``numbers`` (a range:
+        a fleet job asks only about its own chunks) or of all. Resume sends the rest."""
+        return self._done_chunks(transfer, "accepted", numbers)
 
     def written_chunks(self, transfer: TransferRef) -> dict[int, str]:
         """A receive's chunks written, fsynced and verified: {number: xxh3-128}. Resume
         re-checks them in the partial file and fetches the rest."""
         return self._done_chunks(transfer, "written")
 
-    def _done_chunks(self, transfer: TransferRef, state: str) -> dict[int, str]:
+    def _done_chunks(
+        self, transfer: TransferRef, state: str, numbers: range | None = None
+    ) -> dict[int, str]:
+        query = select(chunks.c.number, chunks.c.xxh3_128).where(
+            chunks.c.transfer_id == _transfer_id(transfer), chunks.c.state == state
+        )
+        if numbers is not None:
+            if numbers.step != 1:
+                raise ValueError("numbers must be a range with step 1")
+            query = query.where(chunks.c.number >= numbers.start, chunks.c.number < numbers.stop)
         with self._transaction(write=False) as connection:
-            rows = connection.execute(
-                select(chunks.c.number, chunks.c.xxh3_128)
-                .where(chunks.c.transfer_id == _transfer_id(transfer), chunks.c.state == state)
-                .order_by(chunks.c.number)
-            ).all()
+            rows = connection.execute(query.order_by(chunks.c.number)).all()
         return {row.number: row.xxh3_128 for row in rows}
 
     def events(
