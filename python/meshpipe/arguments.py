@@ -56,6 +56,17 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def positive_rate(text: str) -> float:
+    """An argument type: a finite number more than 0 (e.g. requests a second)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError("must be a finite number more than 0")
+    return value
+
+
 def log_flags(group: argparse._ActionsContainer) -> None:
     """``-v``/``--verbose`` (count) and ``--log-format text|json``."""
     group.add_argument(
@@ -172,6 +183,7 @@ __all__ = [
     "mesh_config",
     "message_flags",
     "positive",
+    "positive_rate",
     "positive_seconds",
     "retry_policy",
     "seconds",

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -32,8 +31,18 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from meshpipe import units
+from meshpipe.arguments import (
+    connection_flags,
+    mesh_config,
+    message_flags,
+    positive,
+    positive_rate,
+    positive_seconds,
+    retry_policy,
+    stop_on_signals,
+)
 from meshpipe.client import ClientSettings, MeshClient
-from meshpipe.config import UPLOAD_ORDERS, MeshConfig, Secret, load_config
+from meshpipe.config import UPLOAD_ORDERS, Secret
 from meshpipe.errors import ConfigError, MeshpipeError, MessageHeaderError, PlanError
 from meshpipe.fleet.jobs import TURN_WAIT
 from meshpipe.fleet.limits import MailboxLimits
@@ -47,7 +56,7 @@ from meshpipe.fleet.worker import (
 )
 from meshpipe.headers import SendHeaders
 from meshpipe.ledger import LEDGER_VARIABLE, LedgerError
-from meshpipe.logs import LOG_FORMATS, hide, logging_configured
+from meshpipe.logs import hide, logging_configured
 
 WORKER: Final = "meshpipe worker"
 SUBMIT: Final = "meshpipe submit"
@@ -57,32 +66,7 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ledger", help=f"the fleet's PostgreSQL ledger, postgresql://... ({LEDGER_VARIABLE})"
     )
-    group = parser.add_argument_group("connection (flags override environment and profile)")
-    group.add_argument("--url", help="base URL or environment: local, integration, ...")
-    group.add_argument("--mailbox", help="your mailbox id (MESH_MAILBOX)")
-    group.add_argument("--password", help="mailbox password (prefer MESH_PASSWORD)")
-    group.add_argument("--shared-key", help="environment shared key (prefer MESH_SHARED_KEY)")
-    group.add_argument("--cert", help="client certificate for mutual TLS (MESH_CLIENT_CERT)")
-    group.add_argument("--key", help="client private key (MESH_CLIENT_KEY)")
-    group.add_argument("--ca", help="CA bundle to trust (MESH_CA_CERT)")
-    group.add_argument("--profile", help="profile name in the config file (MESHPIPE_PROFILE)")
-    group.add_argument("--config", help="TOML config file (MESHPIPE_CONFIG)")
-    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return value
+    connection_flags(parser)
 
 
 def worker_parser() -> argparse.ArgumentParser:
@@ -93,10 +77,10 @@ def worker_parser() -> argparse.ArgumentParser:
         "share the work of every message, each chunk sent once.",
     )
     _common_flags(parser)
-    parser.add_argument("--concurrency", type=_positive, default=1, help="jobs at a time")
+    parser.add_argument("--concurrency", type=positive, default=1, help="jobs at a time")
     parser.add_argument(
         "--lease",
-        type=_positive_float,
+        type=positive_seconds,
         default=DEFAULT_LEASE,
         help="seconds without a heartbeat before a worker's jobs are taken over (default "
         "%(default)s)",
@@ -104,13 +88,13 @@ def worker_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", help="this worker's name in the ledger (default pid@host)")
     parser.add_argument(
         "--max-in-flight",
-        type=_positive,
+        type=positive,
         help="chunk requests in flight for the mailbox across every worker (give every "
         "worker the same)",
     )
     parser.add_argument(
         "--max-rps",
-        type=_positive_float,
+        type=positive_rate,
         help="requests a second for the mailbox across every worker",
     )
     parser.add_argument(
@@ -122,7 +106,7 @@ def worker_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--turn-wait",
-        type=_positive_float,
+        type=positive_seconds,
         default=TURN_WAIT,
         help="in order: seconds a chunk waits for the one before it before its job steps "
         "aside for others (default %(default)s)",
@@ -135,7 +119,7 @@ def worker_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--poll-interval",
-        type=_positive_float,
+        type=positive_seconds,
         default=DEFAULT_POLL_INTERVAL,
         help="seconds between polls of the inbox, set on the clock: a divisor of 60 s or of "
         "60 min (default %(default)s)",
@@ -161,20 +145,10 @@ def submit_parser() -> argparse.ArgumentParser:
     parser.add_argument("--to", required=True, help="recipient mailbox id")
     parser.add_argument("--workflow-id", required=True)
     parser.add_argument("--local-id", help="your reference (default: a fresh unique id)")
-    parser.add_argument("--subject")
-    parser.add_argument("--filename", help="name the recipient sees (default: the file's)")
-    parser.add_argument("--content-type")
-    parser.add_argument("--compress", choices=units.CODECS, default="none")
-    parser.add_argument("--level", type=int, help="compression level")
-    parser.add_argument(
-        "--chunk-size",
-        type=units.size_argument,
-        default=units.DEFAULT_CHUNK_SIZE,
-        help="uncompressed chunk size (default %(default)s bytes; at least 5MiB)",
-    )
+    message_flags(parser)
     parser.add_argument(
         "--chunks-per-job",
-        type=_positive,
+        type=positive,
         default=DEFAULT_CHUNKS_PER_JOB,
         help="chunks of one range job (default %(default)s)",
     )
@@ -199,25 +173,9 @@ def _ledger(args: argparse.Namespace) -> str:
     return str(location)
 
 
-def _config(args: argparse.Namespace) -> MeshConfig:
-    config = load_config(
-        profile=args.profile,
-        config_file=args.config,
-        url=args.url,
-        mailbox=args.mailbox,
-        password=args.password,
-        shared_key=args.shared_key,
-        client_cert=args.cert,
-        client_key=args.key,
-        ca_cert=args.ca,
-    )
-    hide(config.password, config.shared_key)
-    return config
-
-
 async def _work(args: argparse.Namespace) -> None:
     location = _ledger(args)
-    config = _config(args)
+    config = mesh_config(args)
     if args.order is not None:
         config = config.with_overrides(upload_order=args.order)
     settings = WorkerSettings(
@@ -231,20 +189,10 @@ async def _work(args: argparse.Namespace) -> None:
         turn_wait=args.turn_wait,
     )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-
-    def handle() -> None:
-        if stop.is_set():
-            if main is not None:
-                main.cancel()
-            return
-        sys.stderr.write(f"{WORKER}: stopping (again to stop at once)\n")
-        stop.set()
-
-    for number in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(number, handle)
-    client_settings = ClientSettings(max_connections=max(8, args.concurrency * 2 + 4))
+    stop_on_signals(stop, WORKER)
+    client_settings = ClientSettings(
+        max_connections=max(8, args.concurrency * 2 + 4), retry=retry_policy(args)
+    )
     async with MeshClient(config, client_settings) as client:
         sys.stderr.write(
             f"{WORKER}: {settings.name or 'this worker'} sending for {client.mailbox} "
@@ -256,7 +204,7 @@ async def _work(args: argparse.Namespace) -> None:
 
 async def _submit(args: argparse.Namespace) -> None:
     location = _ledger(args)
-    config = _config(args)
+    config = mesh_config(args)
     headers = SendHeaders(
         to=args.to,
         workflow_id=args.workflow_id,
