@@ -4,6 +4,7 @@ send to, and worker processes (``python -m meshpipe worker``) standing in for ma
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -17,8 +18,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from meshpipe.fleet import Submitted, submit
+from meshpipe.headers import SendHeaders
 from meshpipe.ledger import Ledger, SendRecord
 from meshpipe.server.process import server_process
+from meshpipe.units import MiB
 from tests.ledger.postgres import PostgresServer
 from tests.peers import SANDBOX_PASSWORD, SANDBOX_SHARED_KEY, Sandbox
 
@@ -92,6 +96,25 @@ class Fleet:
         )
         self.processes[name] = process
         return process
+
+    def start_all(self, *extra: str, names: tuple[str, ...] = ("w1", "w2", "w3")) -> None:
+        """Start workers ``names`` with the flags ``extra``, and wait until every one listens."""
+        for name in names:
+            self.start(name, *extra)
+        self.wait_until_listening()
+
+    def submit(self, source: Path, workflow: str, *, chunks_per_job: int = 1) -> Submitted:
+        """Enqueue the send of ``source`` in 5 MiB chunks to the recipient."""
+        return asyncio.run(
+            submit(
+                self.ledger,
+                SENDER,
+                source,
+                SendHeaders(to=RECIPIENT, workflow_id=workflow),
+                chunk_size=5 * MiB,
+                chunks_per_job=chunks_per_job,
+            )
+        )
 
     def wait_until_listening(self, timeout: float = 60.0) -> None:
         """Until every started worker has registered with the job queue, so a job submitted

@@ -17,13 +17,11 @@ import pytest
 from meshpipe._meshpipe import xxh3_128_file
 from meshpipe.client import MeshClient
 from meshpipe.config import MeshConfig
-from meshpipe.fleet import Submitted, submit
-from meshpipe.headers import SendHeaders
 from meshpipe.ledger import Ledger, SendRecord
 from meshpipe.server.process import server_process
 from meshpipe.synthetic import write_csv
 from meshpipe.units import MiB
-from tests.fleet.conftest import RECIPIENT, SENDER, Fleet, wait_for_send
+from tests.fleet.conftest import RECIPIENT, Fleet, wait_for_send
 from tests.fleet.test_send import receive
 from tests.ledger.postgres import PostgresServer, run_postgres
 from tests.peers import SANDBOX_PASSWORD, SANDBOX_SHARED_KEY
@@ -56,19 +54,6 @@ def stall_seconds() -> float:
 def serve(tmp_path: Path, stall_seconds: float) -> Iterator[str]:
     """``meshpipe serve`` whose first request for chunk 3 hangs for ``stall_seconds``."""
     yield from _stalling_server(tmp_path, 3, stall_seconds)
-
-
-def _submit(fleet: Fleet, source: Path, workflow: str, per_job: int = 2) -> Submitted:
-    return asyncio.run(
-        submit(
-            fleet.ledger,
-            SENDER,
-            source,
-            SendHeaders(to=RECIPIENT, workflow_id=workflow),
-            chunk_size=5 * MiB,
-            chunks_per_job=per_job,
-        )
-    )
 
 
 def _wait_until(check: object, fleet: Fleet, what: str, timeout: float = 30.0) -> None:
@@ -108,7 +93,7 @@ def test_a_worker_killed_holding_a_chunk_job_is_taken_over(
 ) -> None:
     source = write_csv(tmp_path / "extract.csv", 30 * MiB)
     fleet.start("w1")
-    submitted = _submit(fleet, source, workflow)
+    submitted = fleet.submit(source, workflow, chunks_per_job=2)
     with Ledger.open(fleet.ledger) as ledger:
 
         def w1_sending_chunk_3() -> bool:
@@ -135,7 +120,7 @@ def test_a_poison_job_ends_failed_with_its_reason(
     fleet: Fleet, tmp_path: Path, workflow: str
 ) -> None:
     source = write_csv(tmp_path / "extract.csv", 12 * MiB)
-    submitted = _submit(fleet, source, workflow)
+    submitted = fleet.submit(source, workflow, chunks_per_job=2)
     source.unlink()
     fleet.start("w1")
     with Ledger.open(fleet.ledger) as ledger:
@@ -170,7 +155,7 @@ def test_workers_reconnect_after_postgresql_restarts(
     source = write_csv(tmp_path / "extract.csv", 30 * MiB)
     for name in ("w1", "w2", "w3"):
         fleet.start(name)
-    submitted = _submit(fleet, source, workflow, per_job=1)
+    submitted = fleet.submit(source, workflow)
     with Ledger.open(fleet.ledger) as ledger:
         _wait_until(
             lambda: any(c.number == 3 for c in ledger.chunks(submitted.transfer_id)),
@@ -195,7 +180,7 @@ def test_in_order_a_chunk_that_waits_too_long_steps_aside(
     source = write_csv(tmp_path / "extract.csv", 30 * MiB)
     for name in ("w1", "w2"):
         fleet.start(name, "--order", "in-order", "--concurrency", "2", "--turn-wait", "1")
-    submitted = _submit(fleet, source, workflow, per_job=1)
+    submitted = fleet.submit(source, workflow)
     with Ledger.open(fleet.ledger) as ledger:
         record = wait_for_send(ledger, submitted.transfer_id, fleet)
         _assert_sent_once(ledger, record, fleet, source)

@@ -6,7 +6,6 @@ request)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from datetime import datetime
@@ -14,13 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from meshpipe.fleet import submit
-from meshpipe.headers import SendHeaders
 from meshpipe.ledger import Ledger
 from meshpipe.server.process import server_process
 from meshpipe.synthetic import write_csv
 from meshpipe.units import MiB
-from tests.fleet.conftest import RECIPIENT, SENDER, Fleet, wait_for_send
+from tests.fleet.conftest import Fleet, wait_for_send
 from tests.peers import SANDBOX_SHARED_KEY
 
 
@@ -53,19 +50,8 @@ def _send(
     fleet: Fleet, tmp_path: Path, workflow: str, *limits: str
 ) -> list[tuple[datetime, datetime]]:
     source = write_csv(tmp_path / "extract.csv", 40 * MiB)
-    for name in ("w1", "w2", "w3"):
-        fleet.start(name, "--concurrency", "3", *limits)
-    fleet.wait_until_listening()
-    submitted = asyncio.run(
-        submit(
-            fleet.ledger,
-            SENDER,
-            source,
-            SendHeaders(to=RECIPIENT, workflow_id=workflow),
-            chunk_size=5 * MiB,
-            chunks_per_job=1,
-        )
-    )
+    fleet.start_all("--concurrency", "3", *limits)
+    submitted = fleet.submit(source, workflow)
     with Ledger.open(fleet.ledger) as ledger:
         record = wait_for_send(ledger, submitted.transfer_id, fleet)
         assert record.state == "completed", (record.error, fleet.log_text())

@@ -13,8 +13,6 @@ from meshpipe._meshpipe import Splitter, xxh3_128_file
 from meshpipe.client import MeshClient
 from meshpipe.config import MeshConfig
 from meshpipe.durable.send_records import recorded_headers
-from meshpipe.fleet import submit
-from meshpipe.headers import SendHeaders
 from meshpipe.ledger import Ledger, SendRecord
 from meshpipe.synthetic import write_csv
 from meshpipe.transfer import receive_message
@@ -34,19 +32,8 @@ def test_one_message_is_spread_over_three_workers(
     fleet: Fleet, tmp_path: Path, workflow: str, peer_name: str
 ) -> None:
     source = write_csv(tmp_path / "extract.csv", 60 * MiB)
-    for name in ("w1", "w2", "w3"):
-        fleet.start(name)
-    fleet.wait_until_listening()
-    submitted = asyncio.run(
-        submit(
-            fleet.ledger,
-            SENDER,
-            source,
-            SendHeaders(to=RECIPIENT, workflow_id=workflow),
-            chunk_size=5 * MiB,
-            chunks_per_job=1,
-        )
-    )
+    fleet.start_all()
+    submitted = fleet.submit(source, workflow)
     assert submitted.outcome == "submitted" and submitted.chunk_count == 12
     with Ledger.open(fleet.ledger) as ledger:
         record = wait_for_send(ledger, submitted.transfer_id, fleet)
@@ -89,15 +76,7 @@ def test_a_chunk_1_posted_by_a_dead_worker_is_adopted_not_posted_again(
     fleet: Fleet, tmp_path: Path, workflow: str
 ) -> None:
     source = write_csv(tmp_path / "extract.csv", 16 * MiB)
-    submitted = asyncio.run(
-        submit(
-            fleet.ledger,
-            SENDER,
-            source,
-            SendHeaders(to=RECIPIENT, workflow_id=workflow),
-            chunk_size=5 * MiB,
-        )
-    )
+    submitted = fleet.submit(source, workflow)
     lost = asyncio.run(
         _post_chunk_1_and_lose_the_answer(fleet.url, fleet.ledger, submitted.transfer_id)
     )
@@ -122,18 +101,8 @@ def test_in_order_the_fleet_posts_each_chunk_after_the_one_before(
     fleet: Fleet, tmp_path: Path, workflow: str
 ) -> None:
     source = write_csv(tmp_path / "extract.csv", 40 * MiB)
-    for name in ("w1", "w2", "w3"):
-        fleet.start(name, "--order", "in-order", "--concurrency", "2")
-    submitted = asyncio.run(
-        submit(
-            fleet.ledger,
-            SENDER,
-            source,
-            SendHeaders(to=RECIPIENT, workflow_id=workflow),
-            chunk_size=5 * MiB,
-            chunks_per_job=1,
-        )
-    )
+    fleet.start_all("--order", "in-order", "--concurrency", "2")
+    submitted = fleet.submit(source, workflow)
     with Ledger.open(fleet.ledger) as ledger:
         record = wait_for_send(ledger, submitted.transfer_id, fleet)
         assert record.state == "completed", (record.error, fleet.log_text())
