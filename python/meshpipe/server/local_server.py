@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from datetime import timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -30,6 +30,9 @@ from meshpipe.server.storeview import view_access
 from meshpipe.server.streaming import synthetic_checksum
 
 log = logging.getLogger("meshpipe.server")
+
+#: Seconds the requests still running get when the server stops.
+SHUTDOWN_GRACE: Final = 2.0
 
 
 class LocalMeshServer:
@@ -101,8 +104,14 @@ class LocalMeshServer:
     async def start(self) -> None:
         connections = self.connections
         app = build_app(self.config, self.mailroom, self.authenticator, self.faults, connections)
+        # On stop, requests still running get SHUTDOWN_GRACE seconds, not aiohttp's 60: a
+        # client stalled mid-upload must not hold a test rig's exit (the stores are crash-safe).
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, auto_decompress=False
+            app,
+            access_log=None,
+            handle_signals=False,
+            auto_decompress=False,
+            shutdown_timeout=SHUTDOWN_GRACE,
         )
         await self._runner.setup()
         assert self._runner.server is not None
