@@ -27,6 +27,8 @@ SEND_FIRST: Final = "meshpipe.fleet.send_first"
 SEND_RANGE: Final = "meshpipe.fleet.send_range"
 SEND_LAST: Final = "meshpipe.fleet.send_last"
 POLL: Final = "meshpipe.fleet.poll"
+RECEIVE_RANGE: Final = "meshpipe.fleet.receive_range"
+RECEIVE_FINAL: Final = "meshpipe.fleet.receive_final"
 #: The advisory lock (an arbitrary constant) that serialises applying the queue's schema.
 SCHEMA_LOCK_KEY: Final = 0x6D657368_666C6574  # "meshflet"
 #: The advisory lock that serialises the recovery of stalled jobs across workers.
@@ -119,6 +121,8 @@ AlreadyEnqueued: Final = procrastinate_errors.AlreadyEnqueued
 
 __all__ = [
     "POLL",
+    "RECEIVE_FINAL",
+    "RECEIVE_RANGE",
     "SEND_FIRST",
     "SEND_LAST",
     "SEND_RANGE",
