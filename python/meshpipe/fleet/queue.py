@@ -117,6 +117,20 @@ async def retry_stalled_jobs(location: str, seconds_since_heartbeat: float) -> l
     return ids
 
 
+_PENDING_RECEIVE: Final = """
+    SELECT count(*) AS pending FROM procrastinate_jobs
+    WHERE task_name IN ('meshpipe.fleet.receive_range', 'meshpipe.fleet.receive_final')
+      AND status IN ('todo', 'doing') AND (args->>'transfer_id')::bigint = %(transfer_id)s
+"""
+
+
+async def receive_jobs_pending(app: App, transfer_id: int) -> bool:
+    """Whether a range or final job of receive ``transfer_id`` is waiting or running (a
+    job of a dead worker counts until it is put back on the queue)."""
+    row = await app.connector.execute_query_one_async(_PENDING_RECEIVE, transfer_id=transfer_id)
+    return int(row["pending"]) > 0
+
+
 AlreadyEnqueued: Final = procrastinate_errors.AlreadyEnqueued
 
 __all__ = [
@@ -132,5 +146,6 @@ __all__ = [
     "cron_every",
     "make_app",
     "queue_name",
+    "receive_jobs_pending",
     "retry_stalled_jobs",
 ]

@@ -11,9 +11,10 @@ receive (DurableReceiver).
 ``begin`` (in the poll job): records the receive (begin_receive), preallocates the partial
 file beside the destination at its full size, downloads chunk 1 and enqueues chunk ranges
 2..N (``RANGE_CHUNKS`` each, any worker) and the final job. A message already recorded is
-not begun again; its ranges and final job are enqueued again (deduplicated by queueing
-locks, and run one at a time per range by procrastinate locks), which takes up a receive
-whose poll died before it enqueued them.
+not begun again; when no range or final job of it is waiting or running, its missing
+ranges and the final job are enqueued again (which takes up a receive whose poll died
+before it enqueued them, or whose acknowledgement was lost). A range job of a worker that
+died is put back on the queue after its lease (meshpipe.fleet.worker).
 
 ``receive_range``: each chunk the ledger does not show written is downloaded, decompressed and
 verified by the engine (a one-chunk Assembler in a local scratch folder: gzip CRC, zstd
@@ -45,7 +46,13 @@ from meshpipe._meshpipe import Assembler, ChunkWriter, xxh3_128_file
 from meshpipe.client import MeshClient
 from meshpipe.durable.receive import partial_path_for
 from meshpipe.errors import ChecksumMismatchError, ChunkLengthError, CodecError, MeshpipeError
-from meshpipe.fleet.queue import RECEIVE_FINAL, RECEIVE_RANGE, AlreadyEnqueued, queue_name
+from meshpipe.fleet.queue import (
+    RECEIVE_FINAL,
+    RECEIVE_RANGE,
+    AlreadyEnqueued,
+    queue_name,
+    receive_jobs_pending,
+)
 from meshpipe.ledger import Ledger, LedgerError, ReceiveRecord
 from meshpipe.models import MessageMetadata
 from meshpipe.retry import RetryingClient, call_with_retry
@@ -116,7 +123,9 @@ async def begin(
     recorded before is only enqueued again. The result is unacknowledged: the final job
     acknowledges."""
     record = await asyncio.to_thread(_find_or_begin, ledger, client.mailbox, metadata, destination)
-    if record.state == "downloading":
+    if await receive_jobs_pending(app, record.id):
+        pass  # the fleet is at it
+    elif record.state == "downloading":
         written = await asyncio.to_thread(ledger.written_chunks, record)
         if 1 not in written:
             await _receive_chunks(client, ledger, worker, record, [1])
