@@ -34,7 +34,7 @@ FLIPPED_CHUNK = 4
 
 FLIP: Final = [{"kind": "flip", "route": "download", "chunk": FLIPPED_CHUNK}]
 STALL: Final = [
-    {"kind": "stall", "route": "download", "chunk": STALLED_CHUNK, "nth": 1, "seconds": 20}
+    {"kind": "stall", "route": "download", "chunk": STALLED_CHUNK, "nth": 1, "seconds": 8}
 ]
 
 
@@ -129,6 +129,8 @@ def test_three_workers_receive_one_message_into_one_file(
         time.sleep(1.5)  # another tick: nobody receives it again
         workers = _assert_received_once(ledger, record, fleet, source, inbox)
     assert len(workers) >= 2, fleet.log_text()
+    logs = "".join(path.read_text(errors="replace") for path in fleet.logs.glob("*.log"))
+    assert f"chunk {FLIPPED_CHUNK} of 12 of message {message_id} failed verification" in logs
 
 
 @pytest.mark.parametrize("faults", [STALL], indirect=True)

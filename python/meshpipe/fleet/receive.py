@@ -45,7 +45,13 @@ from procrastinate import App
 from meshpipe._meshpipe import Assembler, ChunkWriter, xxh3_128_file
 from meshpipe.client import MeshClient
 from meshpipe.durable.receive import partial_path_for
-from meshpipe.errors import ChecksumMismatchError, ChunkLengthError, CodecError, MeshpipeError
+from meshpipe.errors import (
+    ChecksumMismatchError,
+    ChunkLengthError,
+    CodecError,
+    MeshHTTPError,
+    MeshpipeError,
+)
 from meshpipe.fleet.queue import (
     RECEIVE_FINAL,
     RECEIVE_RANGE,
@@ -130,8 +136,10 @@ async def begin(
         if 1 not in written:
             await _receive_chunks(client, ledger, worker, record, [1])
         await _enqueue(app, client.mailbox, record, written)
-    elif record.state in ("verified", "delivered", "acknowledged"):
+    elif record.state in ("verified", "delivered"):
         await _defer_final(app, client.mailbox, record.id)
+    elif record.state == "acknowledged" and await _still_in_inbox(client, record.message_id):
+        await _acknowledge(client, ledger, record)  # MESH shows it again: it was delivered
     else:
         log.info("message %s: its receive failed (%s)", record.message_id, record.error)
     return ReceiveResult(
@@ -143,6 +151,18 @@ async def begin(
         acknowledged=False,
         metadata=metadata,
     )
+
+
+async def _still_in_inbox(client: MeshClient, message_id: str) -> bool:
+    """Whether a message recorded acknowledged is in the inbox now (MESH showing it again),
+    not only when the poll listed it (before the final job acknowledged it)."""
+    try:
+        await RetryingClient(client).head(message_id)
+    except MeshHTTPError as error:
+        if error.status in (404, 410):
+            return False
+        raise
+    return True
 
 
 def _find_or_begin(
@@ -334,8 +354,16 @@ async def _download_chunk(
             )
             await asyncio.to_thread(_feed, writer, pending)
             report = await asyncio.to_thread(writer.finish)
-        except BaseException:
+        except BaseException as error:
             writer.abort()
+            if isinstance(error, _VERIFICATION_ERRORS):
+                log.warning(
+                    "chunk %d of %d of message %s failed verification (%s)",
+                    number,
+                    record.chunk_count,
+                    record.message_id,
+                    error,
+                )
             raise
         data = await asyncio.to_thread(Path(assembler.temporary_path).read_bytes)
         return data, report.xxh3_128
@@ -367,10 +395,14 @@ async def receive_final(client: MeshClient, ledger: Ledger, transfer_id: int) ->
         record = await asyncio.to_thread(_verify_and_place, ledger, record)
     if record.state == "verified":
         record = await asyncio.to_thread(_deliver_verified, ledger, record)
-    if record.state in ("delivered", "acknowledged"):
-        await RetryingClient(client).acknowledge(record.message_id)
-        await asyncio.to_thread(ledger.mark_acknowledged, record)
+    if record.state == "delivered":  # acknowledged: a second final job has nothing to do
+        await _acknowledge(client, ledger, record)
         log.info("message %s received by the fleet into %s", record.message_id, record.destination)
+
+
+async def _acknowledge(client: MeshClient, ledger: Ledger, record: ReceiveRecord) -> None:
+    await RetryingClient(client).acknowledge(record.message_id)
+    await asyncio.to_thread(ledger.mark_acknowledged, record)
 
 
 def _verify_and_place(ledger: Ledger, record: ReceiveRecord) -> ReceiveRecord:
