@@ -16,8 +16,10 @@ import pytest
 from meshpipe._meshpipe import xxh3_128_file
 from meshpipe.client import MeshClient
 from meshpipe.config import MeshConfig
+from meshpipe.fleet.receive import spreads
 from meshpipe.headers import SendHeaders
 from meshpipe.ledger import HistoryFilter, Ledger, ReceiveRecord
+from meshpipe.models import MessageMetadata
 from meshpipe.server.process import server_process
 from meshpipe.synthetic import write_csv
 from meshpipe.transfer import send_file
@@ -161,3 +163,24 @@ def test_a_worker_killed_holding_a_range_leaves_it_to_another(
         stalled = next(c for c in ledger.chunks(record) if c.number == STALLED_CHUNK)
         assert stalled.worker != holder
     assert not list(inbox.glob(".*meshpipe-partial"))
+
+
+def _metadata(checksum: str, chunks: int) -> MessageMetadata:
+    headers = {"mex-chunk-range": f"1:{chunks}", "mex-content-checksum": checksum}
+    return MessageMetadata.from_headers("M1", headers)
+
+
+@pytest.mark.parametrize(
+    ("checksum", "chunks", "spread"),
+    [
+        (f"meshpipe/1 xxh3-128:{'a' * 32} size:62914560 chunk:5242880 codec:zstd", 12, True),
+        (f"meshpipe/1 xxh3-128:{'a' * 32} size:10485760 chunk:5242880 codec:zstd", 2, False),
+        ("meshpipe/2 xxh3-128:trailer size:62914560 chunk:5242880 codec:zstd", 12, False),
+        (f"meshpipe/1 xxh3-128:{'a' * 32} size:62914560 codec:zstd", 12, False),
+        (f"xxh3-128:{'a' * 32}", 12, False),
+    ],
+)
+def test_only_a_large_header_form_message_is_spread(
+    checksum: str, chunks: int, spread: bool
+) -> None:
+    assert spreads(_metadata(checksum, chunks)) is spread
