@@ -35,6 +35,7 @@ FLIPPED_CHUNK = 4
 
 
 FLIP: Final = [{"kind": "flip", "route": "download", "chunk": FLIPPED_CHUNK}]
+ALWAYS_FLIPPED: Final = [{"kind": "flip", "route": "download", "chunk": FLIPPED_CHUNK, "times": 0}]
 STALL: Final = [
     {"kind": "stall", "route": "download", "chunk": STALLED_CHUNK, "nth": 1, "seconds": 8}
 ]
@@ -163,6 +164,33 @@ def test_a_worker_killed_holding_a_range_leaves_it_to_another(
         stalled = next(c for c in ledger.chunks(record) if c.number == STALLED_CHUNK)
         assert stalled.worker != holder
     assert not list(inbox.glob(".*meshpipe-partial"))
+
+
+@pytest.mark.parametrize("faults", [ALWAYS_FLIPPED], indirect=True)
+@pytest.mark.usefixtures("faults")
+def test_a_chunk_that_never_verifies_fails_the_receive_unacknowledged(
+    fleet: Fleet, tmp_path: Path, workflow: str
+) -> None:
+    source = write_csv(tmp_path / "extract.csv", SIZE)
+    message_id = asyncio.run(_send(fleet.url, source, workflow, "zstd"))
+    inbox = tmp_path / "inbox"
+    fleet.start_all("--inbox", str(inbox), "--poll-interval", "1")
+    deadline = time.monotonic() + 40
+    with Ledger.open(fleet.ledger) as ledger:
+        while time.monotonic() < deadline:
+            found = ledger.find_receive(SENDER, message_id)
+            if found is not None and found.state not in ("downloading",):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"the receive never ended:\n{fleet.log_text()}")
+        assert found.state == "failed", fleet.log_text()
+        assert found.error is not None
+        assert f"chunk {FLIPPED_CHUNK} of 12" in found.error
+        assert "failed verification 3 times" in found.error
+        assert not [e for e in ledger.events(found) if e.kind in ("verified", "acknowledged")]
+    assert not (inbox / "extract.csv").exists()
+    assert asyncio.run(_inbox(fleet.url)) == [message_id]
 
 
 def _metadata(checksum: str, chunks: int) -> MessageMetadata:
