@@ -132,6 +132,10 @@ async def begin(
     if await receive_jobs_pending(app, record.id):
         pass  # the fleet is at it
     elif record.state == "downloading":
+        if record.size is not None:
+            # Again (it never truncates): a poll may have died between recording the receive
+            # and preallocating its file.
+            await asyncio.to_thread(_preallocate, Path(record.partial_path), record.size)
         written = await asyncio.to_thread(ledger.written_chunks, record)
         if 1 not in written:
             await _receive_chunks(client, ledger, worker, record, [1])
