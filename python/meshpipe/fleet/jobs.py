@@ -36,6 +36,7 @@ from typing import Any, Final
 
 from procrastinate import App, JobContext, RetryStrategy
 from procrastinate.jobs import Job
+from typing_extensions import Unpack
 
 from meshpipe._meshpipe import Chunk, Splitter, xxh3_128_file
 from meshpipe.client import MeshClient
@@ -49,11 +50,19 @@ from meshpipe.errors import (
     PlanError,
     SourceChangedError,
 )
+from meshpipe.fleet import receive as distributed
 from meshpipe.fleet.limits import FleetLimiter
 from meshpipe.fleet.queue import SEND_LAST, SEND_RANGE, AlreadyEnqueued, queue_name
-from meshpipe.ledger import Ledger, LedgerError, SendRecord, SourceFile
+from meshpipe.ledger import Ledger, LedgerError, ReceiveRecord, SendRecord, SourceFile
+from meshpipe.models import MessageMetadata
 from meshpipe.retry import RetryingClient, call_with_retry, post_first_chunk_safely
-from meshpipe.transfer import ReceiveFailure, find_sent_message
+from meshpipe.transfer import (
+    ReceiveFailure,
+    ReceiveOptions,
+    ReceiveResult,
+    find_sent_message,
+    receive_all,
+)
 from meshpipe.transfer.results import first_failure, release
 from meshpipe.transfer.upload import check_request_size
 
@@ -559,7 +568,26 @@ async def poll(job: JobContext, timestamp: int) -> None:
     if context.inbox is None:
         return
     receiver = DurableReceiver(context.ledger)
-    results = await receiver.receive_all(context.client, context.inbox)
+
+    async def receive_one(
+        client: MeshClient,
+        message_id: str,
+        destination: str | os.PathLike[str],
+        **options: Unpack[ReceiveOptions],
+    ) -> ReceiveResult:
+        metadata = options.get("metadata")
+        if isinstance(metadata, MessageMetadata) and distributed.spreads(metadata):
+            return await distributed.begin(
+                job.app, client, context.ledger, context.name, metadata, Path(destination)
+            )
+        return await receiver.receive_message(client, message_id, destination, **options)
+
+    results = await receive_all(
+        context.client,
+        context.inbox,
+        receiver=receive_one,
+        on_report=receiver.report_handler(context.mailbox),
+    )
     failed = [result for result in results if isinstance(result, ReceiveFailure)]
     for failure in failed:
         log.warning("poll of %s: %s", context.mailbox, failure)
@@ -570,6 +598,59 @@ async def poll(job: JobContext, timestamp: int) -> None:
         len(failed),
         timestamp,
     )
+
+
+async def receive_range(job: JobContext, transfer_id: int, first: int, last: int) -> None:
+    """Chunks ``first..last`` of a receive spread over the fleet (meshpipe.fleet.receive)."""
+    context = fleet_context(job)
+    await _guarded_receive(
+        job,
+        transfer_id,
+        f"chunks {first}..{last}",
+        lambda: distributed.receive_range(
+            job.app, context.client, context.ledger, context.name, transfer_id, first, last
+        ),
+    )
+
+
+async def receive_final(job: JobContext, transfer_id: int) -> None:
+    """The final job of a receive spread over the fleet: verify, rename, acknowledge."""
+    context = fleet_context(job)
+    await _guarded_receive(
+        job,
+        transfer_id,
+        "the final check",
+        lambda: distributed.receive_final(context.client, context.ledger, transfer_id),
+    )
+
+
+async def _guarded_receive(
+    job: JobContext, transfer_id: int, what: str, run: Callable[[], Awaitable[None]]
+) -> None:
+    """Run a receive job; a ReceiveFailed (recorded in the ledger) is not retried, and the
+    last try's failure is recorded on the receive."""
+    context = fleet_context(job)
+    try:
+        await run()
+    except distributed.ReceiveFailed as error:
+        raise PoisonJob(str(error)) from error
+    except Exception as error:
+        tries = job.job.attempts + 1
+        reason = f"{what} failed on worker {context.name} after {tries} tries: {error}"
+        if job.job.attempts >= JOB_RETRIES:
+            await asyncio.to_thread(_record_receive_failure, context.ledger, transfer_id, reason)
+        else:
+            await asyncio.to_thread(_record_retry, context.ledger, transfer_id, reason)
+        raise
+
+
+def _record_receive_failure(ledger: Ledger, transfer_id: int, reason: str) -> None:
+    try:
+        record = ledger.transfer(transfer_id)
+        if isinstance(record, ReceiveRecord) and record.state in ("downloading", "verified"):
+            ledger.mark_failed(transfer_id, reason)
+    except LedgerError as error:
+        log.error("transfer %d: could not record its failure (%s): %s", transfer_id, error, reason)
 
 
 def worker_name() -> str:
@@ -585,6 +666,8 @@ __all__ = [
     "FleetContext",
     "PoisonJob",
     "poll",
+    "receive_final",
+    "receive_range",
     "send_first",
     "send_last",
     "send_range",

@@ -27,6 +27,8 @@ SEND_FIRST: Final = "meshpipe.fleet.send_first"
 SEND_RANGE: Final = "meshpipe.fleet.send_range"
 SEND_LAST: Final = "meshpipe.fleet.send_last"
 POLL: Final = "meshpipe.fleet.poll"
+RECEIVE_RANGE: Final = "meshpipe.fleet.receive_range"
+RECEIVE_FINAL: Final = "meshpipe.fleet.receive_final"
 #: The advisory lock (an arbitrary constant) that serialises applying the queue's schema.
 SCHEMA_LOCK_KEY: Final = 0x6D657368_666C6574  # "meshflet"
 #: The advisory lock that serialises the recovery of stalled jobs across workers.
@@ -115,10 +117,26 @@ async def retry_stalled_jobs(location: str, seconds_since_heartbeat: float) -> l
     return ids
 
 
+_PENDING_RECEIVE: Final = """
+    SELECT count(*) AS pending FROM procrastinate_jobs
+    WHERE task_name IN ('meshpipe.fleet.receive_range', 'meshpipe.fleet.receive_final')
+      AND status IN ('todo', 'doing') AND (args->>'transfer_id')::bigint = %(transfer_id)s
+"""
+
+
+async def receive_jobs_pending(app: App, transfer_id: int) -> bool:
+    """Whether a range or final job of receive ``transfer_id`` is waiting or running (a
+    job of a dead worker counts until it is put back on the queue)."""
+    row = await app.connector.execute_query_one_async(_PENDING_RECEIVE, transfer_id=transfer_id)
+    return int(row["pending"]) > 0
+
+
 AlreadyEnqueued: Final = procrastinate_errors.AlreadyEnqueued
 
 __all__ = [
     "POLL",
+    "RECEIVE_FINAL",
+    "RECEIVE_RANGE",
     "SEND_FIRST",
     "SEND_LAST",
     "SEND_RANGE",
@@ -128,5 +146,6 @@ __all__ = [
     "cron_every",
     "make_app",
     "queue_name",
+    "receive_jobs_pending",
     "retry_stalled_jobs",
 ]

@@ -31,6 +31,8 @@ from meshpipe.fleet import jobs
 from meshpipe.fleet.limits import FleetLimiter, MailboxLimits
 from meshpipe.fleet.queue import (
     POLL,
+    RECEIVE_FINAL,
+    RECEIVE_RANGE,
     SEND_FIRST,
     SEND_LAST,
     SEND_RANGE,
@@ -86,6 +88,8 @@ def register_tasks(app: App, mailbox: str, settings: WorkerSettings) -> None:
     app.task(name=SEND_RANGE, pass_context=True, retry=jobs.RETRY)(jobs.send_range)
     app.task(name=SEND_LAST, pass_context=True, retry=jobs.RETRY)(jobs.send_last)
     if settings.inbox is not None:
+        app.task(name=RECEIVE_RANGE, pass_context=True, retry=jobs.RETRY)(jobs.receive_range)
+        app.task(name=RECEIVE_FINAL, pass_context=True, retry=jobs.RETRY)(jobs.receive_final)
         poll = app.task(name=POLL, pass_context=True, queue=queue_name(mailbox))(jobs.poll)
         app.periodic(cron=cron_every(settings.poll_interval), periodic_id=mailbox.upper())(poll)
 

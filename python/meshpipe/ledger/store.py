@@ -767,10 +767,19 @@ class Ledger:
             )
             return cast(ReceiveRecord, self._read(connection, transfer_id))
 
-    def chunk_written(self, transfer: TransferRef, number: int, xxh3_128: str, length: int) -> None:
+    def chunk_written(
+        self,
+        transfer: TransferRef,
+        number: int,
+        xxh3_128: str,
+        length: int,
+        *,
+        worker: str | None = None,
+    ) -> None:
         """Record chunk ``number`` written, fsynced and verified in the partial file (call it
-        only after the fsync). The same chunk again is a no-op; a different checksum is
-        refused. Chunk 1 of a multi-chunk message also records the chunk size, if unknown."""
+        only after the fsync), by ``worker`` (a fleet worker's name). The same chunk again is
+        a no-op; a different checksum is refused. Chunk 1 of a multi-chunk message also
+        records the chunk size, if unknown."""
         with self._transaction(write=True) as connection:
             row = self._change(connection, transfer, "receive", ("downloading",), "write a chunk")
             self._check_chunk(row, number)
@@ -795,13 +804,21 @@ class Ledger:
                     "length": length,
                     "sent_at": None,
                     "done_at": self._clock(),
+                    "worker": worker,
                 },
             )
             self._count_done(connection, row.id, 1)
             if number == 1 and row.chunk_size is None and row.chunk_count > 1:
                 self._set(connection, row.id, chunk_size=length)
+            detail: dict[str, Any] = {"worker": worker} if worker is not None else {}
             self._event(
-                connection, row.id, "chunk_written", number=number, xxh3_128=xxh3_128, length=length
+                connection,
+                row.id,
+                "chunk_written",
+                number=number,
+                xxh3_128=xxh3_128,
+                length=length,
+                **detail,
             )
 
     def discard_chunks(self, transfer: TransferRef, numbers: Collection[int], reason: str) -> None:

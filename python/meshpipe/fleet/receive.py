@@ -1,0 +1,472 @@
+"""One large message received by many workers: chunk-range downloads into one preallocated
+partial file on the shared inbox path, and a final job that verifies, renames and
+acknowledges it.
+
+Which messages: a meshpipe sender's header form (``meshpipe/1 xxh3-128:<hex> size:<bytes>
+chunk:<bytes>``, whose whole-file hash is known before any chunk) of more than
+:data:`MIN_CHUNKS` chunks (:func:`spreads`). Every other message (a plain sender, one or two
+chunks, the trailer form, whose hash travels in the last chunk) stays on the one-worker
+receive (DurableReceiver).
+
+``begin`` (in the poll job): records the receive (begin_receive), preallocates the partial
+file beside the destination at its full size, downloads chunk 1 and enqueues chunk ranges
+2..N (``RANGE_CHUNKS`` each, any worker) and the final job. A message already recorded is
+not begun again; when no range or final job of it is waiting or running, its missing
+ranges and the final job are enqueued again (which takes up a receive whose poll died
+before it enqueued them, or whose acknowledgement was lost). A range job of a worker that
+died is put back on the queue after its lease (meshpipe.fleet.worker).
+
+``receive_range``: each chunk the ledger does not show written is downloaded, decompressed and
+verified by the engine (a one-chunk Assembler in a local scratch folder: gzip CRC, zstd
+checksum, the exact length), written at ``(n-1) * chunk_size`` with ``os.pwrite`` (no lock:
+each writer owns its byte range), fsynced and recorded written with its xxh3-128 and the
+worker's name. A chunk failing verification is downloaded again, ``CHUNK_ATTEMPTS`` in all;
+then the receive fails with the reason in the ledger and the message stays unacknowledged.
+The range that finds every chunk written enqueues the final job.
+
+``receive_final`` (one at a time per transfer): once every chunk is recorded written, the
+whole file's xxh3-128 is checked against the sender's, the file fsynced and linked into
+place (never over an existing file), recorded verified and delivered, then acknowledged and
+recorded so. Nothing is acknowledged that was not verified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Final
+
+from procrastinate import App
+
+from meshpipe._meshpipe import Assembler, ChunkWriter, xxh3_128_file
+from meshpipe.client import MeshClient
+from meshpipe.durable.receive import partial_path_for
+from meshpipe.errors import (
+    ChecksumMismatchError,
+    ChunkLengthError,
+    CodecError,
+    MeshHTTPError,
+    MeshpipeError,
+)
+from meshpipe.fleet.queue import (
+    RECEIVE_FINAL,
+    RECEIVE_RANGE,
+    AlreadyEnqueued,
+    queue_name,
+    receive_jobs_pending,
+)
+from meshpipe.ledger import Ledger, LedgerError, ReceiveRecord
+from meshpipe.models import MessageMetadata
+from meshpipe.retry import RetryingClient, call_with_retry
+from meshpipe.transfer import ReceivePlan, ReceiveResult
+from meshpipe.units import MiB
+
+log = logging.getLogger("meshpipe.fleet")
+
+#: A message of more chunks than this is spread over the fleet.
+MIN_CHUNKS: Final = 2
+#: Chunks of one range job.
+RANGE_CHUNKS: Final = 2
+#: Downloads of one chunk that fails verification before the receive fails.
+CHUNK_ATTEMPTS: Final = 3
+#: Pieces handed to the engine off the event loop.
+PIECE_SIZE: Final = 1 * MiB
+
+_VERIFICATION_ERRORS: Final = (ChecksumMismatchError, CodecError, ChunkLengthError)
+
+
+class ReceiveFailed(MeshpipeError):
+    """A distributed receive that cannot complete (recorded failed in the ledger)."""
+
+
+def spreads(metadata: MessageMetadata) -> bool:
+    """Whether ``metadata``'s message is received by many workers (module doc)."""
+    plan = ReceivePlan.of(metadata, True)
+    checksum = plan.checksum
+    return (
+        checksum is not None
+        and not checksum.trailer
+        and bool(checksum.xxh3_128)
+        and checksum.chunk_size is not None
+        and checksum.size is not None
+        and plan.chunk_count > MIN_CHUNKS
+        and not plan.in_order
+    )
+
+
+def _accept_encoding(codec: str) -> tuple[str, str]:
+    """(Accept-Encoding, expected Content-Encoding) of a chunk stored with ``codec``."""
+    return ("gzip", "gzip") if codec == "gzip" else ("identity", "identity")
+
+
+def _declared_xxh3(record: ReceiveRecord) -> str:
+    checksum = MessageMetadata.from_headers(record.message_id, dict(record.headers)).checksum
+    assert checksum is not None and checksum.xxh3_128
+    return checksum.xxh3_128
+
+
+def _length(record: ReceiveRecord, number: int) -> int:
+    assert record.chunk_size is not None and record.size is not None
+    return min(record.chunk_size, record.size - (number - 1) * record.chunk_size)
+
+
+# --- begin (in the poll job) ---------------------------------------------------------------------
+
+
+async def begin(
+    app: App,
+    client: MeshClient,
+    ledger: Ledger,
+    worker: str,
+    metadata: MessageMetadata,
+    destination: Path,
+) -> ReceiveResult:
+    """Record, preallocate, download chunk 1 and enqueue the rest (module doc); a message
+    recorded before is only enqueued again. The result is unacknowledged: the final job
+    acknowledges."""
+    record = await asyncio.to_thread(_find_or_begin, ledger, client.mailbox, metadata, destination)
+    if await receive_jobs_pending(app, record.id):
+        pass  # the fleet is at it
+    elif record.state == "downloading":
+        if record.size is not None:
+            # Again (it never truncates): a poll may have died between recording the receive
+            # and preallocating its file.
+            await asyncio.to_thread(_preallocate, Path(record.partial_path), record.size)
+        written = await asyncio.to_thread(ledger.written_chunks, record)
+        if 1 not in written:
+            await _receive_chunks(client, ledger, worker, record, [1])
+        await _enqueue(app, client.mailbox, record, written)
+    elif record.state in ("verified", "delivered"):
+        await _defer_final(app, client.mailbox, record.id)
+    elif record.state == "acknowledged" and await _still_in_inbox(client, record.message_id):
+        await _acknowledge(client, ledger, record)  # MESH shows it again: it was delivered
+    else:
+        log.info("message %s: its receive failed (%s)", record.message_id, record.error)
+    return ReceiveResult(
+        message_id=record.message_id,
+        path=Path(record.destination),
+        size=record.size or 0,
+        chunk_count=record.chunk_count,
+        verified=[],
+        acknowledged=False,
+        metadata=metadata,
+    )
+
+
+async def _still_in_inbox(client: MeshClient, message_id: str) -> bool:
+    """Whether a message recorded acknowledged is in the inbox now (MESH showing it again),
+    not only when the poll listed it (before the final job acknowledged it)."""
+    try:
+        await RetryingClient(client).head(message_id)
+    except MeshHTTPError as error:
+        if error.status in (404, 410):
+            return False
+        raise
+    return True
+
+
+def _find_or_begin(
+    ledger: Ledger, mailbox: str, metadata: MessageMetadata, destination: Path
+) -> ReceiveRecord:
+    found = ledger.find_receive(mailbox, metadata.message_id)
+    if found is not None:
+        return found
+    target = Path(os.path.abspath(destination))
+    if target.exists():
+        raise MeshpipeError(f"destination {target} already exists; remove it or move it away")
+    plan = ReceivePlan.of(metadata, True)
+    checksum = plan.checksum
+    assert checksum is not None and checksum.size is not None
+    partial = partial_path_for(target, metadata.message_id)
+    try:
+        record = ledger.begin_receive(
+            mailbox,
+            metadata.message_id,
+            metadata.headers,
+            chunk_count=plan.chunk_count,
+            codec=plan.codec,
+            destination=target,
+            partial_path=partial,
+            chunk_size=checksum.chunk_size,
+            size=checksum.size,
+        )
+    except LedgerError as error:
+        again = ledger.find_receive(mailbox, metadata.message_id)
+        if error.code != "exists" or again is None:
+            raise
+        return again
+    _preallocate(partial, checksum.size)
+    log.info(
+        "message %s: %d chunks spread over the fleet into %s",
+        record.message_id,
+        record.chunk_count,
+        target,
+    )
+    return record
+
+
+def _preallocate(path: Path, size: int) -> None:
+    """The partial file at its full size (blocks reserved where the filesystem can), durable."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            os.posix_fallocate(descriptor, 0, size)
+        except OSError:
+            os.ftruncate(descriptor, size)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+async def _enqueue(app: App, mailbox: str, record: ReceiveRecord, written: dict[int, str]) -> None:
+    numbers = list(range(2, record.chunk_count + 1))
+    for start in range(0, len(numbers), RANGE_CHUNKS):
+        part = numbers[start : start + RANGE_CHUNKS]
+        if all(number in written for number in part):
+            continue
+        key = f"meshpipe-rx-{record.id}-{part[0]}"
+        with contextlib.suppress(AlreadyEnqueued):
+            await app.configure_task(
+                RECEIVE_RANGE, queue=queue_name(mailbox), queueing_lock=key, lock=key
+            ).defer_async(transfer_id=record.id, first=part[0], last=part[-1])
+    await _defer_final(app, mailbox, record.id)
+
+
+async def _defer_final(app: App, mailbox: str, transfer_id: int) -> None:
+    key = f"meshpipe-rx-final-{transfer_id}"
+    with contextlib.suppress(AlreadyEnqueued):
+        await app.configure_task(
+            RECEIVE_FINAL, queue=queue_name(mailbox), queueing_lock=key, lock=key
+        ).defer_async(transfer_id=transfer_id)
+
+
+# --- the chunks ---------------------------------------------------------------------------------
+
+
+async def receive_range(
+    app: App,
+    client: MeshClient,
+    ledger: Ledger,
+    worker: str,
+    transfer_id: int,
+    first: int,
+    last: int,
+) -> None:
+    """Chunks ``first..last`` not yet recorded written (module doc)."""
+    record = await _read(ledger, transfer_id)
+    if record.state != "downloading":
+        return
+    written = await asyncio.to_thread(ledger.written_chunks, record)
+    missing = [number for number in range(first, last + 1) if number not in written]
+    await _receive_chunks(client, ledger, worker, record, missing)
+    if len(await asyncio.to_thread(ledger.written_chunks, record)) == record.chunk_count:
+        await _defer_final(app, client.mailbox, record.id)
+
+
+async def _receive_chunks(
+    client: MeshClient, ledger: Ledger, worker: str, record: ReceiveRecord, numbers: list[int]
+) -> None:
+    if not numbers:
+        return
+    with tempfile.TemporaryDirectory(prefix="meshpipe-fleet-rx-") as scratch:
+        descriptor = await asyncio.to_thread(os.open, record.partial_path, os.O_WRONLY)
+        try:
+            for number in numbers:
+                await _receive_chunk(client, ledger, worker, record, number, descriptor, scratch)
+        finally:
+            os.close(descriptor)
+
+
+async def _receive_chunk(
+    client: MeshClient,
+    ledger: Ledger,
+    worker: str,
+    record: ReceiveRecord,
+    number: int,
+    descriptor: int,
+    scratch: str,
+) -> None:
+    what = f"chunk {number} of {record.chunk_count} of message {record.message_id}"
+    try:
+        data, xxh3_128 = await call_with_retry(
+            lambda: _download_chunk(client, record, number, scratch),
+            client.settings.retry,
+            idempotent=True,
+            what=what,
+            also=_VERIFICATION_ERRORS,
+            also_attempts=CHUNK_ATTEMPTS,
+        )
+    except _VERIFICATION_ERRORS as error:
+        reason = (
+            f"{what} failed verification {CHUNK_ATTEMPTS} times (last: {error}) on worker "
+            f"{worker}; the message was not acknowledged: ask the sender to resend"
+        )
+        await asyncio.to_thread(ledger.mark_failed, record, reason)
+        raise ReceiveFailed(reason) from error
+    assert record.chunk_size is not None
+    await asyncio.to_thread(_write_at, descriptor, data, (number - 1) * record.chunk_size)
+    await asyncio.to_thread(
+        ledger.chunk_written, record, number, xxh3_128, len(data), worker=worker
+    )
+
+
+def _write_at(descriptor: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(descriptor, view, offset)
+        view, offset = view[done:], offset + done
+    os.fdatasync(descriptor)
+
+
+async def _download_chunk(
+    client: MeshClient, record: ReceiveRecord, number: int, scratch: str
+) -> tuple[bytes, str]:
+    """One download of chunk ``number``, decoded and verified by the engine (a one-chunk
+    Assembler of its exact length in ``scratch``): its bytes and xxh3-128."""
+    length = _length(record, number)
+    assembler = Assembler(
+        Path(scratch) / f"chunk-{number}",
+        chunk_count=1,
+        codec=record.codec,
+        chunk_size=length,
+        file_size=length,
+        overwrite=True,
+    )
+    try:
+        writer = assembler.open_chunk(1)
+        accept, expect = _accept_encoding(record.codec)
+        pending: list[bytes] = []
+
+        async def sink(piece: bytes) -> None:
+            pending.append(piece)
+            if sum(map(len, pending)) >= PIECE_SIZE:
+                await asyncio.to_thread(_feed, writer, pending[:])
+                pending.clear()
+
+        try:
+            await client.download_chunk(
+                record.message_id, number, sink, accept_encoding=accept, expect_encoding=expect
+            )
+            await asyncio.to_thread(_feed, writer, pending)
+            report = await asyncio.to_thread(writer.finish)
+        except BaseException as error:
+            writer.abort()
+            if isinstance(error, _VERIFICATION_ERRORS):
+                log.warning(
+                    "chunk %d of %d of message %s failed verification (%s)",
+                    number,
+                    record.chunk_count,
+                    record.message_id,
+                    error,
+                )
+            raise
+        data = await asyncio.to_thread(Path(assembler.temporary_path).read_bytes)
+        return data, report.xxh3_128
+    finally:
+        assembler.abort()
+
+
+def _feed(writer: ChunkWriter, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        writer.write(piece)
+
+
+# --- the final job ------------------------------------------------------------------------------
+
+
+async def receive_final(client: MeshClient, ledger: Ledger, transfer_id: int) -> None:
+    """Verify, rename, acknowledge (module doc), once every chunk is written."""
+    record = await _read(ledger, transfer_id)
+    if record.state == "downloading":
+        written = await asyncio.to_thread(ledger.written_chunks, record)
+        if len(written) < record.chunk_count:
+            log.info(
+                "transfer %d: %d of %d chunks written",
+                transfer_id,
+                len(written),
+                record.chunk_count,
+            )
+            return
+        record = await asyncio.to_thread(_verify_and_place, ledger, record)
+    if record.state == "verified":
+        record = await asyncio.to_thread(_deliver_verified, ledger, record)
+    if record.state == "delivered":  # acknowledged: a second final job has nothing to do
+        await _acknowledge(client, ledger, record)
+        log.info("message %s received by the fleet into %s", record.message_id, record.destination)
+
+
+async def _acknowledge(client: MeshClient, ledger: Ledger, record: ReceiveRecord) -> None:
+    await RetryingClient(client).acknowledge(record.message_id)
+    await asyncio.to_thread(ledger.mark_acknowledged, record)
+
+
+def _verify_and_place(ledger: Ledger, record: ReceiveRecord) -> ReceiveRecord:
+    declared = _declared_xxh3(record)
+    partial = Path(record.partial_path)
+    whole = xxh3_128_file(partial)
+    if whole != declared:
+        reason = (
+            f"message {record.message_id}: the assembled file's xxh3-128 is {whole}, but the "
+            f"sender declared {declared}; it was not acknowledged: ask the sender to resend"
+        )
+        ledger.mark_failed(record, reason)
+        raise ReceiveFailed(reason)
+    descriptor = os.open(partial, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    verified = ledger.mark_verified(record, whole)
+    return _deliver_verified(ledger, verified)
+
+
+def _deliver_verified(ledger: Ledger, record: ReceiveRecord) -> ReceiveRecord:
+    """Link the verified partial file into place (never over an existing file), then record
+    it delivered; a crash after the link finds the destination and checks it."""
+    destination, partial = Path(record.destination), Path(record.partial_path)
+    if partial.exists():
+        try:
+            os.link(partial, destination)
+        except FileExistsError:
+            if xxh3_128_file(destination) != record.xxh3_128:
+                reason = f"{destination} appeared before the received file was put there"
+                ledger.record_event(record, "error", error=reason)
+                raise ReceiveFailed(
+                    f"{reason}; move it away: the message is not acknowledged"
+                ) from None
+        directory = os.open(destination.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        partial.unlink()
+    elif xxh3_128_file(destination) != record.xxh3_128:
+        raise ReceiveFailed(f"{destination} changed since it was verified")
+    return ledger.mark_delivered(record)
+
+
+async def _read(ledger: Ledger, transfer_id: int) -> ReceiveRecord:
+    record = await asyncio.to_thread(ledger.transfer, transfer_id)
+    if not isinstance(record, ReceiveRecord):
+        raise ReceiveFailed(f"transfer {transfer_id} is not a receive")
+    return record
+
+
+__all__ = [
+    "CHUNK_ATTEMPTS",
+    "RANGE_CHUNKS",
+    "ReceiveFailed",
+    "begin",
+    "receive_final",
+    "receive_range",
+    "spreads",
+]
