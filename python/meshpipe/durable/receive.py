@@ -110,6 +110,47 @@ class DurableReceiveResult:
     hook: HookOutcome | None
 
 
+def find_or_begin_receive(
+    ledger: Ledger,
+    mailbox: str,
+    metadata: MessageMetadata,
+    destination: Path,
+    plan: ReceivePlan,
+    overwrite: bool = False,
+) -> ReceiveRecord:
+    """The ledger's record of the message, begun now if there is none (blocking: run it on
+    the ledger's thread). A destination that exists is refused before anything is recorded,
+    unless ``overwrite``. Another process beginning it at the same moment is no error: its
+    record is returned."""
+    found = ledger.find_receive(mailbox, metadata.message_id)
+    if found is not None:
+        return found
+    target = Path(os.path.abspath(destination))
+    if target.exists() and not overwrite:
+        raise MeshpipeError(
+            f"destination {target} already exists; remove it, choose another --out, or "
+            "pass --overwrite"
+        )
+    checksum = plan.checksum
+    try:
+        return ledger.begin_receive(
+            mailbox,
+            metadata.message_id,
+            metadata.headers,
+            chunk_count=plan.chunk_count,
+            codec=plan.codec,
+            destination=target,
+            partial_path=partial_path_for(target, metadata.message_id),
+            chunk_size=checksum.chunk_size if checksum is not None else None,
+            size=checksum.size if checksum is not None else None,
+        )
+    except LedgerError as error:
+        again = ledger.find_receive(mailbox, metadata.message_id)
+        if error.code != "exists" or again is None:
+            raise
+        return again  # another process began it a moment ago
+
+
 class DurableReceiver:
     """Receives messages through ``ledger``, with an optional application ``hook`` (a
     :class:`~meshpipe.durable.hook.Hook`, a Python function, or a command line).
@@ -153,7 +194,8 @@ class DurableReceiver:
         plan = ReceivePlan.of(metadata, options.get("decode_payload", True))
         async with _writer(self.ledger) as writer:
             record = await writer.call(
-                self._find_or_begin,
+                find_or_begin_receive,
+                self.ledger,
                 client.mailbox,
                 metadata,
                 Path(destination),
@@ -230,45 +272,6 @@ class DurableReceiver:
                 metadata=MessageMetadata.from_headers(message_id, dict(record.headers)),
             )
             return DurableReceiveResult(result, record.id, "already-delivered", 0, record.hook)
-
-    def _find_or_begin(
-        self,
-        mailbox: str,
-        metadata: MessageMetadata,
-        destination: Path,
-        plan: ReceivePlan,
-        overwrite: bool,
-    ) -> ReceiveRecord:
-        """The ledger's record of the message, begun now if there is none (runs on the
-        writer's thread). A destination that exists is refused before anything is recorded,
-        unless ``overwrite``."""
-        found = self.ledger.find_receive(mailbox, metadata.message_id)
-        if found is not None:
-            return found
-        target = Path(os.path.abspath(destination))
-        if target.exists() and not overwrite:
-            raise MeshpipeError(
-                f"destination {target} already exists; remove it, choose another --out, or "
-                "pass --overwrite"
-            )
-        checksum = plan.checksum
-        try:
-            return self.ledger.begin_receive(
-                mailbox,
-                metadata.message_id,
-                metadata.headers,
-                chunk_count=plan.chunk_count,
-                codec=plan.codec,
-                destination=target,
-                partial_path=partial_path_for(target, metadata.message_id),
-                chunk_size=checksum.chunk_size if checksum is not None else None,
-                size=checksum.size if checksum is not None else None,
-            )
-        except LedgerError as error:
-            again = self.ledger.find_receive(mailbox, metadata.message_id)
-            if error.code != "exists" or again is None:
-                raise
-            return again  # another process began it a moment ago
 
     @contextlib.asynccontextmanager
     async def _claimed(
@@ -570,4 +573,10 @@ def _matching_file(path: Path, recorded: dict[int, str], chunk_size: int | None)
         return splitter.digest().xxh3_128
 
 
-__all__ = ["PARTIAL_SUFFIX", "DurableReceiveResult", "DurableReceiver", "partial_path_for"]
+__all__ = [
+    "PARTIAL_SUFFIX",
+    "DurableReceiveResult",
+    "DurableReceiver",
+    "find_or_begin_receive",
+    "partial_path_for",
+]

@@ -44,7 +44,7 @@ from procrastinate import App
 
 from meshpipe._meshpipe import Assembler, ChunkWriter, xxh3_128_file
 from meshpipe.client import MeshClient
-from meshpipe.durable.receive import partial_path_for
+from meshpipe.durable.receive import find_or_begin_receive
 from meshpipe.errors import (
     ChecksumMismatchError,
     ChunkLengthError,
@@ -59,7 +59,7 @@ from meshpipe.fleet.queue import (
     queue_name,
     receive_jobs_pending,
 )
-from meshpipe.ledger import Ledger, LedgerError, ReceiveRecord
+from meshpipe.ledger import Ledger, ReceiveRecord
 from meshpipe.models import MessageMetadata
 from meshpipe.retry import RetryingClient, call_with_retry
 from meshpipe.transfer import ReceivePlan, ReceiveResult
@@ -128,14 +128,27 @@ async def begin(
     """Record, preallocate, download chunk 1 and enqueue the rest (module doc); a message
     recorded before is only enqueued again. The result is unacknowledged: the final job
     acknowledges."""
-    record = await asyncio.to_thread(_find_or_begin, ledger, client.mailbox, metadata, destination)
+    record = await asyncio.to_thread(
+        find_or_begin_receive,
+        ledger,
+        client.mailbox,
+        metadata,
+        destination,
+        ReceivePlan.of(metadata, True),
+    )
     if await receive_jobs_pending(app, record.id):
         pass  # the fleet is at it
     elif record.state == "downloading":
         if record.size is not None:
-            # Again (it never truncates): a poll may have died between recording the receive
-            # and preallocating its file.
+            # Each time (it never truncates): a poll may have died between recording the
+            # receive and preallocating its file.
             await asyncio.to_thread(_preallocate, Path(record.partial_path), record.size)
+            log.info(
+                "message %s: %d chunks spread over the fleet into %s",
+                record.message_id,
+                record.chunk_count,
+                record.destination,
+            )
         written = await asyncio.to_thread(ledger.written_chunks, record)
         if 1 not in written:
             await _receive_chunks(client, ledger, worker, record, [1])
@@ -167,46 +180,6 @@ async def _still_in_inbox(client: MeshClient, message_id: str) -> bool:
             return False
         raise
     return True
-
-
-def _find_or_begin(
-    ledger: Ledger, mailbox: str, metadata: MessageMetadata, destination: Path
-) -> ReceiveRecord:
-    found = ledger.find_receive(mailbox, metadata.message_id)
-    if found is not None:
-        return found
-    target = Path(os.path.abspath(destination))
-    if target.exists():
-        raise MeshpipeError(f"destination {target} already exists; remove it or move it away")
-    plan = ReceivePlan.of(metadata, True)
-    checksum = plan.checksum
-    assert checksum is not None and checksum.size is not None
-    partial = partial_path_for(target, metadata.message_id)
-    try:
-        record = ledger.begin_receive(
-            mailbox,
-            metadata.message_id,
-            metadata.headers,
-            chunk_count=plan.chunk_count,
-            codec=plan.codec,
-            destination=target,
-            partial_path=partial,
-            chunk_size=checksum.chunk_size,
-            size=checksum.size,
-        )
-    except LedgerError as error:
-        again = ledger.find_receive(mailbox, metadata.message_id)
-        if error.code != "exists" or again is None:
-            raise
-        return again
-    _preallocate(partial, checksum.size)
-    log.info(
-        "message %s: %d chunks spread over the fleet into %s",
-        record.message_id,
-        record.chunk_count,
-        target,
-    )
-    return record
 
 
 def _preallocate(path: Path, size: int) -> None:
