@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from benches.page_timing import page_figures
 from meshpipe.memory import peak_rss
 from meshpipe.server.models import (
     ACCEPTED,
@@ -41,8 +40,6 @@ from meshpipe.server.store import METADATA_SUFFIX
 from meshpipe.units import MiB
 
 MESSAGES = int(os.environ.get("MESHPIPE_BENCH_MESSAGES", "100000"))
-FETCHES = 15
-GOAL_MS = 50.0
 MAILBOXES = ("X26ABC1", "X26ABC2", "X26ABC3")
 
 
@@ -84,14 +81,6 @@ def served(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
         yield running
 
 
-def _fetch(url: str) -> tuple[float, int]:
-    started = time.perf_counter()
-    with urllib.request.urlopen(url, timeout=60) as answer:
-        body = answer.read()
-        assert answer.status == 200
-    return time.perf_counter() - started, len(body)
-
-
 def test_store_view_pages_with_100k_messages(
     served: tuple[str, subprocess.Popen[str]], figures: list[str]
 ) -> None:
@@ -105,19 +94,6 @@ def test_store_view_pages_with_100k_messages(
         "one message": f"/view/messages/{middle}",
         "evidence": f"/view/messages/{middle}/evidence.json",
     }
-    for name, path in pages.items():
-        for _ in range(2):
-            _fetch(base + path)
-        times = []
-        size = 0
-        for _ in range(FETCHES):
-            seconds, size = _fetch(base + path)
-            times.append(seconds * 1000)
-        median = statistics.median(times)
-        mark = "" if median < GOAL_MS else "  (over the goal)"
-        figures.append(
-            f"store view {name:<16} {median:6.1f} ms median "
-            f"({min(times):.1f}..{max(times):.1f}, {size / 1024:.0f} KiB){mark}"
-        )
+    figures.extend(page_figures(base, pages, "store view"))
     rss = peak_rss(process.pid) / MiB
     figures.append(f"store view peak RSS of meshpipe serve: {rss:.0f} MiB ({MESSAGES:,} messages)")

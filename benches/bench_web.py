@@ -15,11 +15,9 @@ fetches after two warm-ups, with the best and the worst; on SQLite and PostgreSQ
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,12 +25,11 @@ import pytest
 from tests.peers import free_port
 from tests.web.ledgers import bulk_ledger
 
+from benches.page_timing import page_figures
 from meshpipe.memory import peak_rss
 from meshpipe.units import MiB
 
 TRANSFERS = int(os.environ.get("MESHPIPE_BENCH_TRANSFERS", "100000"))
-FETCHES = 15
-GOAL_MS = 50.0
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -71,14 +68,6 @@ def web_server(location: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         process.wait(timeout=30)
 
 
-def _fetch(url: str) -> tuple[float, int]:
-    started = time.perf_counter()
-    with urllib.request.urlopen(url, timeout=60) as answer:
-        body = answer.read()
-        assert answer.status == 200
-    return time.perf_counter() - started, len(body)
-
-
 def test_list_pages_with_100k_transfers(
     web_server: tuple[str, subprocess.Popen[bytes]], location: str, figures: list[str]
 ) -> None:
@@ -95,20 +84,7 @@ def test_list_pages_with_100k_transfers(
         "one transfer": f"/transfers/{middle}",
     }
     backend = "SQLite" if "://" not in location else "PostgreSQL"
-    for name, path in pages.items():
-        for _ in range(2):
-            _fetch(base + path)
-        times = []
-        size = 0
-        for _ in range(FETCHES):
-            seconds, size = _fetch(base + path)
-            times.append(seconds * 1000)
-        median = statistics.median(times)
-        mark = "" if median < GOAL_MS else "  (over the goal)"
-        figures.append(
-            f"web {backend:<10} {name:<16} {median:6.1f} ms median "
-            f"({min(times):.1f}..{max(times):.1f}, {size / 1024:.0f} KiB){mark}"
-        )
+    figures.extend(page_figures(base, pages, f"web {backend:<10}"))
     rss = peak_rss(process.pid) / MiB
     figures.append(
         f"web {backend:<10} peak RSS of meshpipe web: {rss:.0f} MiB ({TRANSFERS:,} transfers)"
