@@ -5,7 +5,9 @@ and acknowledged once; and again with a worker killed while it holds a range."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 from meshpipe._meshpipe import xxh3_128_file
 from meshpipe.client import MeshClient
 from meshpipe.config import MeshConfig
-from meshpipe.fleet.receive import spreads
+from meshpipe.fleet.receive import _copy_at, spreads
 from meshpipe.headers import SendHeaders
 from meshpipe.ledger import HistoryFilter, Ledger, ReceiveRecord
 from meshpipe.models import MessageMetadata
@@ -212,3 +214,29 @@ def test_only_a_large_header_form_message_is_spread(
     checksum: str, chunks: int, spread: bool
 ) -> None:
     assert spreads(_metadata(checksum, chunks)) is spread
+
+
+@pytest.mark.parametrize("kernel_copies", [True, False])
+def test_a_verified_chunk_is_copied_to_its_offset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel_copies: bool
+) -> None:
+    """In the kernel, or 1 MiB at a time where it cannot copy (across filesystems)."""
+    if not kernel_copies:
+
+        def refuse(*_args: object) -> int:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    chunk = tmp_path / "chunk"
+    body = os.urandom(3 * MiB + 17)
+    chunk.write_bytes(body)
+    partial = tmp_path / "partial"
+    partial.write_bytes(b"\0" * (10 * MiB))
+    descriptor = os.open(partial, os.O_WRONLY)
+    try:
+        _copy_at(str(chunk), descriptor, 5 * MiB, len(body))
+    finally:
+        os.close(descriptor)
+    data = partial.read_bytes()
+    assert data[5 * MiB : 5 * MiB + len(body)] == body
+    assert data[: 5 * MiB] == b"\0" * (5 * MiB) and len(data) == 10 * MiB

@@ -59,8 +59,8 @@ message of the worker's mailbox into ``DIR`` through the ledger (DurableReceiver
 delivered once, acknowledged). A large message whose whole-file hash is in chunk 1's header
 (``meshpipe/1``, more than 2 chunks) is received by the whole fleet instead (receive.py): the
 polling worker records it, preallocates its partial file at full size in the inbox folder
-and writes chunk 1; range jobs (any worker) write chunks 2..N at their offsets with
-``os.pwrite``, each decoded and verified by the engine, fsynced and recorded written with the
+and writes chunk 1; range jobs (any worker) copy chunks 2..N to their offsets (in
+the kernel), each decoded and verified by the engine first, fsynced and recorded written with the
 worker's name; a final job (one per transfer at a time) checks the whole file's xxh3-128,
 links it into place and acknowledges. Plain senders, the trailer form and messages of 1 or 2
 chunks are received whole by one worker.

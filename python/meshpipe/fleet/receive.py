@@ -18,8 +18,9 @@ died is put back on the queue after its lease (meshpipe.fleet.worker).
 
 ``receive_range``: each chunk the ledger does not show written is downloaded, decompressed and
 verified by the engine (a one-chunk Assembler in a local scratch folder: gzip CRC, zstd
-checksum, the exact length), written at ``(n-1) * chunk_size`` with ``os.pwrite`` (no lock:
-each writer owns its byte range), fsynced and recorded written with its xxh3-128 and the
+checksum, the exact length), copied to ``(n-1) * chunk_size`` of the partial file in the
+kernel (copy_file_range; never held whole in memory; no lock: each writer owns its byte
+range), fsynced and recorded written with its xxh3-128 and the
 worker's name. A chunk failing verification is downloaded again, ``CHUNK_ATTEMPTS`` in all;
 then the receive fails with the reason in the ledger and the message stays unacknowledged.
 The range that finds every chunk written enqueues the final job.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import tempfile
@@ -270,8 +272,8 @@ async def _receive_chunk(
 ) -> None:
     what = f"chunk {number} of {record.chunk_count} of message {record.message_id}"
     try:
-        data, xxh3_128 = await call_with_retry(
-            lambda: _download_chunk(client, record, number, scratch),
+        length, xxh3_128 = await call_with_retry(
+            lambda: _download_chunk(client, record, number, scratch, descriptor),
             client.settings.retry,
             idempotent=True,
             what=what,
@@ -285,26 +287,42 @@ async def _receive_chunk(
         )
         await asyncio.to_thread(ledger.mark_failed, record, reason)
         raise ReceiveFailed(reason) from error
-    assert record.chunk_size is not None
-    await asyncio.to_thread(_write_at, descriptor, data, (number - 1) * record.chunk_size)
-    await asyncio.to_thread(
-        ledger.chunk_written, record, number, xxh3_128, len(data), worker=worker
-    )
+    await asyncio.to_thread(ledger.chunk_written, record, number, xxh3_128, length, worker=worker)
 
 
-def _write_at(descriptor: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        done = os.pwrite(descriptor, view, offset)
-        view, offset = view[done:], offset + done
+def _copy_at(source: str, descriptor: int, offset: int, length: int) -> None:
+    """``length`` bytes of the file ``source`` written at ``offset`` of ``descriptor`` and made
+    durable: copied in the kernel (copy_file_range), or 1 MiB at a time where it cannot."""
+    with open(source, "rb") as handle:
+        done = 0
+        try:
+            while done < length:
+                copied = os.copy_file_range(
+                    handle.fileno(), descriptor, length - done, done, offset + done
+                )
+                if copied == 0:
+                    raise OSError(f"{source} ended after {done} of {length} bytes")
+                done += copied
+        except OSError as error:
+            if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            while done < length:  # across filesystems the kernel may not copy: by hand
+                piece = os.pread(handle.fileno(), min(PIECE_SIZE, length - done), done)
+                if not piece:
+                    raise OSError(f"{source} ended after {done} of {length} bytes") from None
+                view = memoryview(piece)
+                while view:
+                    written = os.pwrite(descriptor, view, offset + done)
+                    view, done = view[written:], done + written
     os.fdatasync(descriptor)
 
 
 async def _download_chunk(
-    client: MeshClient, record: ReceiveRecord, number: int, scratch: str
-) -> tuple[bytes, str]:
+    client: MeshClient, record: ReceiveRecord, number: int, scratch: str, descriptor: int
+) -> tuple[int, str]:
     """One download of chunk ``number``, decoded and verified by the engine (a one-chunk
-    Assembler of its exact length in ``scratch``): its bytes and xxh3-128."""
+    Assembler of its exact length in ``scratch``), then copied to its offset in the partial
+    file ``descriptor`` (never held whole in memory): its length and xxh3-128."""
     length = _length(record, number)
     assembler = Assembler(
         Path(scratch) / f"chunk-{number}",
@@ -318,12 +336,16 @@ async def _download_chunk(
         writer = assembler.open_chunk(1)
         accept, expect = _accept_encoding(record.codec)
         pending: list[bytes] = []
+        pending_size = 0
 
         async def sink(piece: bytes) -> None:
+            nonlocal pending_size
             pending.append(piece)
-            if sum(map(len, pending)) >= PIECE_SIZE:
+            pending_size += len(piece)
+            if pending_size >= PIECE_SIZE:
                 await asyncio.to_thread(_feed, writer, pending[:])
                 pending.clear()
+                pending_size = 0
 
         try:
             await client.download_chunk(
@@ -342,8 +364,12 @@ async def _download_chunk(
                     error,
                 )
             raise
-        data = await asyncio.to_thread(Path(assembler.temporary_path).read_bytes)
-        return data, report.xxh3_128
+        assert record.chunk_size is not None
+        offset = (number - 1) * record.chunk_size
+        await asyncio.to_thread(
+            _copy_at, assembler.temporary_path, descriptor, offset, report.length
+        )
+        return report.length, report.xxh3_128
     finally:
         assembler.abort()
 
