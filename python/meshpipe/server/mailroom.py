@@ -22,6 +22,7 @@ from meshpipe.headers import SendHeaders
 from meshpipe.server.checker import ChunkChecker, ChunkCheckError, DecodedTooLarge
 from meshpipe.server.config import Directory, Mailbox, ServerConfig
 from meshpipe.server.demographics import Demographics, RoutingFailure
+from meshpipe.server.mailbox_index import MailboxIndex
 from meshpipe.server.models import (
     ACCEPTED,
     ACKNOWLEDGED,
@@ -101,6 +102,7 @@ class Mailroom:
         self.clock = clock
         self.demographics = Demographics(config.demographics)
         self.messages: dict[str, Message] = {}
+        self.index = MailboxIndex()
         # Messages sent from a mailbox since reset: the sender's outbox forgets them, their
         # recipients keep them (as the sandbox's reset does).
         self._outbox_forgotten: set[str] = set()
@@ -110,6 +112,7 @@ class Mailroom:
 
     def load(self) -> None:
         self.messages = {}
+        self.index.clear()
         self._outbox_forgotten = set()
         if self.rules.mailboxes_from_data_dir:
             for name in self.store.mailbox_dirs():
@@ -121,6 +124,7 @@ class Mailroom:
             if message.created + retention <= now:
                 continue
             self.messages[message.message_id] = message
+            self.index.add(message)
 
     def reset(self) -> None:
         """Everything: non-durable stores are emptied; ``dir`` reloads from disk (as the
@@ -130,18 +134,20 @@ class Mailroom:
             self.load()
         else:
             self.messages = {}
+            self.index.clear()
 
     def reset_mailbox(self, mailbox_id: str) -> None:
         """Empty the mailbox's inbox (deleting those messages and their files) and forget its
         outbox; what it sent stays in its recipients' inboxes."""
         if self.directory.get(mailbox_id) is None:
             raise Refusal(404, "mailbox_does_not_exist")
-        for message in list(self.messages.values()):
-            if message.recipient == mailbox_id:
-                self.store.delete(message)
-                del self.messages[message.message_id]
-            elif message.sender == mailbox_id:
-                self._outbox_forgotten.add(message.message_id)
+        received = self.index.received(mailbox_id)
+        for message in received:
+            self.store.delete(message)
+            del self.messages[message.message_id]
+        self.index.remove(received)
+        self._outbox_forgotten.update(m.message_id for m in self.index.sent(mailbox_id))
+        self.index.forget_outbox(mailbox_id)
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -150,28 +156,19 @@ class Mailroom:
 
     def inbox(self, mailbox_id: str, *, all_statuses: bool = False) -> list[Message]:
         """Oldest first; by default only accepted messages (what the inbox list shows)."""
-        return [
-            m
-            for m in self.messages.values()
-            if m.recipient == mailbox_id and (all_statuses or m.status == ACCEPTED)
-        ]
+        received = self.index.received(mailbox_id)
+        return received if all_statuses else [m for m in received if m.status == ACCEPTED]
 
     def outbox(self, mailbox_id: str) -> list[Message]:
         """Newest first, every status (uploading included)."""
-        return [
-            m
-            for m in reversed(self.messages.values())
-            if m.sender == mailbox_id and m.message_id not in self._outbox_forgotten
-        ]
+        return [message for message, _ in self.index.newest_first(mailbox_id, "outbox")]
 
     def in_outbox(self, message: Message) -> bool:
         """Whether ``message`` is in its sender's outbox (a reset of the sender forgets it)."""
         return message.message_id not in self._outbox_forgotten
 
     def inbox_count(self, mailbox_id: str) -> int:
-        return sum(
-            1 for m in self.messages.values() if m.recipient == mailbox_id and m.status == ACCEPTED
-        )
+        return sum(1 for m in self.index.received(mailbox_id) if m.status == ACCEPTED)
 
     # -- changes ------------------------------------------------------------------------------
 
@@ -215,6 +212,7 @@ class Mailroom:
         if accepted and message.status != ACCEPTED:
             message.add_event(Event(ACCEPTED, self.clock.now()))
         self.messages[message.message_id] = message
+        self.index.add(message)
         self.store.save(message)
 
     def add_chunk(self, message: Message, record: ChunkRecord) -> None:
@@ -646,10 +644,12 @@ class Mailroom:
         reports: list[Message] = []
         days = self.config.inbox_expiry_days
         description = NDR_DESCRIPTION.format(days=days)
+        deleted: list[Message] = []
         for message in list(self.messages.values()):
             if message.created + timedelta(days=self.config.retention_days) <= now:
                 self.store.delete(message)
                 del self.messages[message.message_id]
+                deleted.append(message)
                 continue
             if message.status != ACCEPTED or message.inbox_expiry > now:
                 continue
@@ -672,6 +672,7 @@ class Mailroom:
                 sender.mailbox_id,
             )
             reports.append(report)
+        self.index.remove(deleted)
         return reports
 
     def all(self) -> Iterable[Message]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from multidict import MultiMapping
 
 from meshpipe.server.config import ADMIN_TOKEN_ENV, Mailbox, ServerConfig
+from meshpipe.server.mailbox_index import Box
 from meshpipe.server.mailroom import Mailroom
 from meshpipe.server.models import ACCEPTED, STATUSES, Message
 from meshpipe.server.views import message_headers, tracking_body
@@ -154,6 +155,17 @@ def parse_box_query(params: MultiMapping[str]) -> BoxQuery:
     return BoxQuery(box, status, int(text))
 
 
+def _box(box: str) -> Box | Literal["all"]:
+    """A box name parse_box_query checked."""
+    if box == "inbox":
+        return "inbox"
+    if box == "outbox":
+        return "outbox"
+    if box == "all":
+        return "all"
+    raise BadQuery(f"box: {box!r} is not a box")
+
+
 def _stored_size(message: Message) -> int:
     return sum(chunk.stored_size for chunk in message.chunks.values())
 
@@ -188,26 +200,22 @@ class StoreView:
         return self.mailroom.clock.now()
 
     def mailboxes(self) -> list[MailboxRow]:
-        """Every mailbox of the directory, by id (one pass over the store)."""
+        """Every mailbox of the directory, by id (a pass over what each received; what each
+        sent is counted by the index)."""
         directory = self.mailroom.directory.mailboxes
-        inbox = dict.fromkeys(directory, 0)
-        outbox = dict.fromkeys(directory, 0)
-        oldest: dict[str, datetime] = {}
-        in_outbox = self.mailroom.in_outbox
-        for message in self.mailroom.messages.values():
-            recipient = message.recipient
-            last = message.events[-1]  # its status, and for an accepted one when it was
-            if last.status == ACCEPTED and recipient in inbox:
-                inbox[recipient] += 1
-                if recipient not in oldest or last.timestamp < oldest[recipient]:
-                    oldest[recipient] = last.timestamp
-            if message.sender in outbox and in_outbox(message):
-                outbox[message.sender] += 1
+        index = self.mailroom.index
         now = self.now()
         rows: list[MailboxRow] = []
         for mailbox_id in sorted(directory):
             mailbox = directory[mailbox_id]
-            since = oldest.get(mailbox_id)
+            waiting = 0
+            since: datetime | None = None
+            for message in index.received(mailbox_id):
+                last = message.events[-1]  # its status, and for an accepted one when it was
+                if last.status == ACCEPTED:
+                    waiting += 1
+                    if since is None or last.timestamp < since:
+                        since = last.timestamp
             rows.append(
                 MailboxRow(
                     mailbox_id=mailbox_id,
@@ -215,8 +223,8 @@ class StoreView:
                     ods_code=mailbox.ods_code,
                     org_code=mailbox.org_code,
                     org_name=mailbox.org_name,
-                    inbox=inbox[mailbox_id],
-                    outbox=outbox[mailbox_id],
+                    inbox=waiting,
+                    outbox=index.count(mailbox_id, "outbox"),
                     oldest_waiting=since,
                     waiting_seconds=(now - since).total_seconds() if since else None,
                 )
@@ -232,27 +240,23 @@ class StoreView:
 
     def messages(self, mailbox_id: str, query: BoxQuery) -> MessagePage:
         """A page of the mailbox's messages, newest first: its inbox (every status, uploads
-        still under way included) and its outbox, as the query selects (one pass over the
-        store, newest first, so the sort that follows has little to do)."""
+        still under way included) and its outbox, as the query selects. Without a status the
+        page is read straight from the mailroom's index; a status filter passes over the
+        mailbox's messages once."""
         mailbox_id = self.mailbox(mailbox_id).mailbox_id
-        inbox = query.box in ("all", "inbox")
-        outbox = query.box in ("all", "outbox")
-        status = query.status
-        found: list[tuple[Message, str]] = []
-        for message in reversed(self.mailroom.messages.values()):
-            received = inbox and message.recipient == mailbox_id
-            sent = outbox and message.sender == mailbox_id and self.mailroom.in_outbox(message)
-            if not (received or sent) or (status is not None and message.status != status):
-                continue
-            if received:
-                found.append((message, "inbox"))
-            if sent:
-                found.append((message, "outbox"))
-        found.sort(key=lambda item: item[0].created, reverse=True)  # stable: ties keep order
-        pages = max(1, -(-len(found) // PAGE_SIZE))
+        index = self.mailroom.index
+        box = _box(query.box)
         start = (query.page - 1) * PAGE_SIZE
-        rows = [_row(m, box) for m, box in found[start : start + PAGE_SIZE]]
-        return MessagePage(rows, len(found), query, pages)
+        if query.status is None:
+            total = index.count(mailbox_id, box)
+            found = index.page(mailbox_id, box, start, PAGE_SIZE)
+        else:
+            status = query.status
+            matching = [m for m in index.newest_first(mailbox_id, box) if m[0].status == status]
+            total = len(matching)
+            found = matching[start : start + PAGE_SIZE]
+        pages = max(1, -(-total // PAGE_SIZE))
+        return MessagePage([_row(m, box) for m, box in found], total, query, pages)
 
     def message(self, message_id: str) -> Message:
         """A message in the store; NotFound otherwise."""
