@@ -15,7 +15,9 @@ and aiohttp's request handler:
 * a request body may pause for at most ``body_timeout_seconds``, and must average
   ``min_body_rate`` bytes a second: each byte received moves the deadline 1/rate seconds on, to
   at most ``body_timeout_seconds`` from now. Time the server itself holds the body back (its
-  buffer full while it decodes or writes) is not counted. Past the deadline: 408 and closed.
+  buffer full while it decodes or writes) is not counted: the first check that finds the
+  server reading again gives the client a whole ``body_timeout_seconds``. Past the
+  deadline: 408 and closed.
 
 The phases come from :meth:`Connections.middleware`, which marks when a request's head has
 been parsed (the handler starts) and when its answer is done.
@@ -160,6 +162,7 @@ class GuardedConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
         self._received = False  # bytes of a request head arrived in this phase
+        self._held = False  # a check found the server holding the body back
         self._request: web.Request | None = None
         self._early: list[bytes] = []
         self._early_eof = False
@@ -281,6 +284,7 @@ class GuardedConnection(asyncio.Protocol):
         self._request = request
         if request.body_exists and not request.content.is_eof():
             self.phase = "body"
+            self._held = False
             self._set_timer(self._loop.time() + self._config.body_timeout_seconds)
         else:
             self.phase = "handling"
@@ -326,6 +330,13 @@ class GuardedConnection(asyncio.Protocol):
         transport = self._transport
         if transport is not None and not transport.is_reading():
             # The server holds the body back (its buffer is full): not the client's time.
+            self._held = True
+            self._set_timer(now + self._config.body_timeout_seconds)
+            return
+        if self._held:
+            # The server let the body go again since the last check, perhaps only just: the
+            # client's pause is counted from now, not from when the hold began.
+            self._held = False
             self._set_timer(now + self._config.body_timeout_seconds)
             return
         if now < self._deadline:
