@@ -178,13 +178,27 @@ class _FirstChunkPost:
         post: Callable[[], Awaitable[str]],
         find_existing: Callable[[], Awaitable[str | None]],
         local_id: str,
+        before_retry: Callable[[int, BaseException], Awaitable[None]] | None,
     ) -> None:
         self._post = post
         self._find_existing = find_existing
         self._local_id = local_id
+        self._before_retry = before_retry
+        self._tries = 0
+        self._last_error: BaseException | None = None
         self.unresolved: BaseException | None = None
 
     async def __call__(self) -> str:
+        self._tries += 1
+        if self._last_error is not None and self._before_retry is not None:
+            await self._before_retry(self._tries, self._last_error)
+        try:
+            return await self._try()
+        except Exception as error:
+            self._last_error = error
+            raise
+
+    async def _try(self) -> str:
         failure = self.unresolved
         if failure is not None:
             try:
@@ -226,6 +240,7 @@ async def post_first_chunk_safely(
     policy: RetryPolicy,
     *,
     local_id: str,
+    before_retry: Callable[[int, BaseException], Awaitable[None]] | None = None,
     clock: RetryClock = _CLOCK,
 ) -> str:
     """Send chunk 1 (which creates the message) without ever creating a duplicate.
@@ -236,9 +251,11 @@ async def post_first_chunk_safely(
     if MESH says there is none, chunk 1 is posted again; a lookup that fails for a passing
     reason (MESH still down) is tried again within the policy's budget. If MESH cannot tell
     before the budget runs out, MeshDuplicateRiskError is raised. A refused connection, 429 or
-    425 is never ambiguous (nothing was stored) and is simply retried.
+    425 is never ambiguous (nothing was stored) and is simply retried. ``before_retry`` is
+    awaited before each try after the first with the try's number and the error that ended
+    the one before (a journal records it).
     """
-    first = _FirstChunkPost(post, find_existing, local_id)
+    first = _FirstChunkPost(post, find_existing, local_id, before_retry)
     try:
         return await call_with_retry(first, policy, idempotent=True, what="chunk 1", clock=clock)
     except _REQUEST_ERRORS as error:

@@ -230,9 +230,14 @@ def test_send_usage_errors(argv: list[str], said: str, capsys: pytest.CaptureFix
     assert said in capsys.readouterr().err
 
 
-async def test_retries_of_a_chunk_are_recorded_as_events(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("route", "chunk"), [("send_chunk", 2), ("send", 1)])
+async def test_retries_of_a_chunk_are_recorded_as_events(
+    tmp_path: Path, route: str, chunk: int
+) -> None:
+    """Chunk 1's retries too (a 503 to it is ambiguous: MESH is asked first, then it is
+    posted again)."""
     source = write_csv(tmp_path / "three.csv", 11 * MiB)
-    plan = FaultPlan((Fault("status", route="send_chunk", chunk=2, status=503, retry_after=0),))
+    plan = FaultPlan((Fault("status", route=route, chunk=chunk, status=503, retry_after=0),))
     async with (
         LocalMeshServer(shared_key=SANDBOX_SHARED_KEY, rules="sandbox", faults=plan) as server,
         MeshClient(make_config(server.url, SENDER), ClientSettings(retry=FAST_RETRY)) as client,
@@ -244,7 +249,7 @@ async def test_retries_of_a_chunk_are_recorded_as_events(tmp_path: Path) -> None
             assert record is not None and record.state == "completed"
             retries = [e.detail for e in ledger.events(record) if e.kind == "retry"]
     assert result.outcome == "sent" and result.sent is not None
-    assert [(r["chunk"], r["attempt"]) for r in retries] == [(2, 2)]
+    assert [(r["chunk"], r["attempt"]) for r in retries] == [(chunk, 2)]
     assert "503" in str(retries[0]["error"])
     assert SANDBOX_PASSWORD not in str(retries)
 

@@ -76,7 +76,7 @@ async def _inbox_of(url: str, workflow: str) -> list[str]:
         return found
 
 
-def _assert_sent_once(ledger: Ledger, record: SendRecord, fleet: Fleet, source: Path) -> None:
+def assert_sent_once(ledger: Ledger, record: SendRecord, fleet: Fleet, source: Path) -> None:
     assert record.state == "completed", (record.error, fleet.log_text())
     assert record.chunks_done == record.chunk_count
     accepted = [e.detail["number"] for e in ledger.events(record) if e.kind == "chunk_accepted"]
@@ -107,7 +107,7 @@ def test_a_worker_killed_holding_a_chunk_job_is_taken_over(
         fleet.start("w2")
         fleet.start("w3")
         record = wait_for_send(ledger, submitted.transfer_id, fleet)
-        _assert_sent_once(ledger, record, fleet, source)
+        assert_sent_once(ledger, record, fleet, source)
         third = next(c for c in ledger.chunks(record) if c.number == 3)
         assert third.worker in ("w2", "w3")
         sent_3 = [
@@ -166,7 +166,7 @@ def test_workers_reconnect_after_postgresql_restarts(
     own_postgres.restart()  # chunk 3's request hangs meanwhile
     with Ledger.open(fleet.ledger) as ledger:
         record = wait_for_send(ledger, submitted.transfer_id, fleet, timeout=120)
-        _assert_sent_once(ledger, record, fleet, source)
+        assert_sent_once(ledger, record, fleet, source)
 
 
 @pytest.mark.slow
@@ -183,7 +183,7 @@ def test_in_order_a_chunk_that_waits_too_long_steps_aside(
     submitted = fleet.submit(source, workflow)
     with Ledger.open(fleet.ledger) as ledger:
         record = wait_for_send(ledger, submitted.transfer_id, fleet)
-        _assert_sent_once(ledger, record, fleet, source)
+        assert_sent_once(ledger, record, fleet, source)
         chunks = ledger.chunks(record)
     for before, after in itertools.pairwise(chunks):
         assert before.done_at is not None and after.sent_at is not None

@@ -175,11 +175,17 @@ def _record_failure(ledger: Ledger, transfer_id: int, reason: str) -> None:
         log.error("transfer %d: could not record its failure (%s): %s", transfer_id, error, reason)
 
 
-def _record_retry(ledger: Ledger, transfer_id: int, reason: str) -> None:
+def _record_retry(
+    ledger: Ledger, transfer_id: int, reason: str | None = None, **detail: Any
+) -> None:
+    """A retry as a ledger event: a job's (its ``reason``) or one request's (its chunk,
+    attempt and error); one that cannot be recorded is logged, the work goes on."""
+    if reason is not None:
+        detail["reason"] = reason
     try:
-        ledger.record_event(transfer_id, "retry", reason=reason)
+        ledger.record_event(transfer_id, "retry", **detail)
     except LedgerError as error:
-        log.warning("transfer %d: could not record a retry (%s): %s", transfer_id, error, reason)
+        log.warning("transfer %d: could not record a retry (%s): %s", transfer_id, error, detail)
 
 
 # --- chunk 1 ------------------------------------------------------------------------------------
@@ -248,6 +254,9 @@ async def _create_message(context: FleetContext, record: SendRecord) -> SendReco
                     ),
                     context.client.settings.retry,
                     local_id=local_id,
+                    before_retry=lambda attempt, error: _record_chunk_retry(
+                        context, record, 1, attempt, error
+                    ),
                 )
     except (MeshHTTPError, MeshConnectionError) as error:
         _raise_if_refused(error, f"chunk 1 of {record.chunk_count}")
@@ -385,10 +394,13 @@ async def _post_chunk(context: FleetContext, record: SendRecord, chunk: Chunk) -
     check_request_size(chunk, record.codec, context.min_payload_size)
     await _wait_for_turn(context, record, chunk.number)
     tries = 0
+    last_error: BaseException | None = None
 
     async def post() -> None:
-        nonlocal tries
+        nonlocal tries, last_error
         tries += 1
+        if last_error is not None:
+            await _record_chunk_retry(context, record, chunk.number, tries, last_error)
         try:
             await context.client.send_chunk(
                 message_id,
@@ -397,14 +409,16 @@ async def _post_chunk(context: FleetContext, record: SendRecord, chunk: Chunk) -
                 chunk,
                 content_encoding=_content_encoding(record),
             )
-        except MeshMessageLockedError:
-            # A repeated try of the last chunk: an earlier one may have completed it.
+        except Exception as error:
+            # A 423 to a repeated try of the last chunk: an earlier one may have completed it.
             if (
-                tries > 1
+                isinstance(error, MeshMessageLockedError)
+                and tries > 1
                 and chunk.number == chunk.count
                 and await _is_complete(context, message_id)
             ):
                 return
+            last_error = error
             raise
 
     async with context.limiter.request():
@@ -422,6 +436,21 @@ async def _post_chunk(context: FleetContext, record: SendRecord, chunk: Chunk) -
             _raise_if_refused(error, what)
             raise
         await asyncio.to_thread(ledger.chunk_accepted, record, chunk.number, worker=context.name)
+
+
+async def _record_chunk_retry(
+    context: FleetContext, record: SendRecord, number: int, attempt: int, error: BaseException
+) -> None:
+    """A retry of one chunk's request, as a ledger event (as DurableSend records them)."""
+    await asyncio.to_thread(
+        _record_retry,
+        context.ledger,
+        record.id,
+        chunk=number,
+        attempt=attempt,
+        worker=context.name,
+        error=str(error)[:500],
+    )
 
 
 # --- the last chunk ------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ answered 202; a message assembled only after fsync and rename; acknowledged only
 said so). The default journals do nothing. A cancelled transfer (Ctrl-C, a crash) gets no
 ``failed`` call: to a journal it looks like a process that died, to be resumed.
 
-Send, in order: ``prepared``; ``chunk_sending(1)``; ``message_created``;
-``chunk_accepted(1)``; then for chunks 2..N-1 (concurrently, each ``chunk_sending`` before its
-``chunk_accepted``, with ``chunk_retrying`` before each try after the first) and last chunk
+Send, in order: ``prepared``; ``chunk_sending(1)`` (``chunk_retrying(1)`` before each try
+after the first); ``message_created``; ``chunk_accepted(1)``; then for chunks 2..N-1
+(concurrently, each ``chunk_sending`` before its ``chunk_accepted``, with ``chunk_retrying``
+before each try after the first) and last chunk
 N: ``chunk_sending``, ``chunk_accepted``; then ``completed`` or ``failed``. A resumed send
 (Upload.run_resumed) skips ``prepared``, chunk 1 and ``message_created``. Receive:
 ``started``; ``reopened`` (resuming only: which recorded chunks the partial file still
@@ -42,8 +43,8 @@ class SendJournal:
         """MESH accepted chunk 1 and named the message (before any other chunk is sent)."""
 
     async def chunk_retrying(self, number: int, attempt: int, error: BaseException) -> None:
-        """Chunk ``number`` (n ≥ 2) is about to be tried again (try ``attempt``) after
-        ``error``."""
+        """Chunk ``number`` is about to be tried again (try ``attempt``) after ``error`` (for
+        chunk 1 the try may find the message the failed one made, and post nothing)."""
 
     async def chunk_accepted(self, number: int) -> None:
         """MESH answered 202 to chunk ``number``."""

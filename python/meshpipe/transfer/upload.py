@@ -440,6 +440,7 @@ class Upload:
                 ),
                 self.client.settings.retry,
                 local_id=self.local_id,
+                before_retry=lambda attempt, error: self.journal.chunk_retrying(1, attempt, error),
             )
             self._count_sent(first)
         finally:
