@@ -16,6 +16,7 @@ Run: make bench   (or .venv/bin/python -m pytest benches/bench_engine.py -s)
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -300,3 +301,38 @@ def test_peak_rss_is_flat_in_file_size(fixture_dir: Path, figures: list[str], co
             f"(x{large / small:.2f}); interpreter alone {baseline / MiB:.0f} MiB; "
             f"bound 64 MiB + window x chunk = {64 + window * 20} MiB above it"
         )
+
+
+SPARE_SCRIPT = """
+import json, resource, sys, time
+from meshpipe._meshpipe import Splitter
+MiB = 1 << 20
+def split(first):
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    chunks = range(first, first + 4)
+    with Splitter(sys.argv[1], codec="zstd", chunk_size=20 * MiB, window=4, chunks=chunks) as s:
+        for chunk in s:
+            chunk.release()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    time.sleep(0.1)  # the split's threads end (and give their buffers back) within 50 ms
+    return [after.ru_stime - before.ru_stime, after.ru_minflt - before.ru_minflt]
+print(json.dumps([split(1 + 4 * (n % 2)) for n in range(6)]))
+"""
+
+
+def test_spare_buffers_spare_the_kernel(csv_file: Path, figures: list[str]) -> None:
+    """A fleet worker runs one subset split per job: the system time and page faults of
+    4-chunk splits (20 MiB zstd chunks) one after another in a fresh process, the first on
+    new buffers, the others on those the split before left spare (rust/src/buffers.rs)."""
+    out = subprocess.run(
+        [sys.executable, "-c", SPARE_SCRIPT, str(csv_file)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    (fresh, fresh_faults), *spare = json.loads(out.stdout)
+    figures.append(
+        f"4-chunk subset splits of 20 MiB zstd chunks one after another: system CPU and page "
+        f"faults on new buffers {fresh:.3f} s, {fresh_faults} faults; on spare ones "
+        + ", ".join(f"{s:.3f} s, {f}" for s, f in spare)
+    )

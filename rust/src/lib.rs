@@ -6,12 +6,14 @@
 //! - [`codec`]: none / gzip (ISA-L) / zstd; one-shot compression, incremental capped decoding.
 //! - [`checksum`]: xxh3-128 per chunk and per file, SHA-256 on request.
 //! - [`manifest`]: the whole-file checksum carried at the end of the last gzip/zstd chunk.
+//! - [`buffers`]: chunk buffers, kept spare between splits for a few seconds.
 //! - [`split`]: the read → hash → compress pipeline over a bounded window of threads, over all
 //!   of a file's chunks or any subset of them.
 //! - [`assemble`]: decode → verify → write at offset, any order; verify, fsync, rename; resume
 //!   from a stable partial file whose completed chunks are re-checked.
 
 pub mod assemble;
+pub mod buffers;
 pub mod check;
 pub mod checksum;
 pub mod codec;

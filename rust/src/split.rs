@@ -19,7 +19,8 @@
 //! given the manifest ([`Trailer::Given`], e.g. the hash a resume has just checked).
 //!
 //! # Memory bound
-//! Buffers come from two fixed pools, and a chunk's buffers are taken *before* it is read, in
+//! Buffers come from two fixed pools (filled from the buffers earlier splits left spare, see
+//! [`crate::buffers`]), and a chunk's buffers are taken *before* it is read, in
 //! chunk order, so memory is bounded and out-of-order completion can never starve the chunk the
 //! consumer is waiting for:
 //! - codec none: `window` buffers of `chunk_size` (the payload is the read buffer itself);
@@ -44,6 +45,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 
+use crate::buffers;
+pub use crate::buffers::PooledBuffer;
 use crate::checksum::{xxh3_128, FileDigest, FileHasher};
 use crate::codec::{Codec, CodecKind, Compressor};
 use crate::error::{Error, Result};
@@ -142,36 +145,18 @@ pub fn default_window(threads: usize) -> usize {
     (threads * 2).max(4)
 }
 
-/// A buffer borrowed from a pool; it goes home when dropped.
-pub struct PooledBuffer {
-    data: Vec<u8>,
-    home: Sender<Vec<u8>>,
-}
-
-impl PooledBuffer {
-    pub fn as_slice(&self) -> &[u8] {
-        &self.data
-    }
-}
-
-impl Drop for PooledBuffer {
-    fn drop(&mut self) {
-        // If the pool is gone (split finished or cancelled) the buffer is simply freed.
-        let _ = self.home.send(std::mem::take(&mut self.data));
-    }
-}
-
 struct Pool {
     give: Sender<Vec<u8>>,
     take: Receiver<Vec<u8>>,
 }
 
 impl Pool {
-    /// `count` buffers of `capacity` bytes, allocated lazily on first use.
+    /// `count` buffers of `capacity` bytes: spare ones of an earlier split if there are
+    /// (see [`crate::buffers`]), else new ones, backed by the kernel on first use.
     fn new(count: usize, capacity: usize) -> Self {
         let (give, take) = bounded(count);
         for _ in 0..count {
-            give.send(large_buffer(capacity)).expect("pool has room");
+            give.send(buffers::take(capacity)).expect("pool has room");
         }
         Pool { give, take }
     }
@@ -183,12 +168,7 @@ impl Pool {
                 return None;
             }
             match self.take.recv_timeout(POLL) {
-                Ok(data) => {
-                    return Some(PooledBuffer {
-                        data,
-                        home: self.give.clone(),
-                    })
-                }
+                Ok(data) => return Some(PooledBuffer::new(data, self.give.clone())),
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return None,
             }
@@ -196,23 +176,14 @@ impl Pool {
     }
 }
 
-/// A buffer for a whole chunk. Chunk buffers are tens of MiB: ask the kernel for transparent
-/// huge pages, so first use faults 2 MiB pages instead of 4 KiB ones (512× fewer faults).
-fn large_buffer(capacity: usize) -> Vec<u8> {
-    const HUGE: usize = 2 << 20;
-    let buffer = Vec::<u8>::with_capacity(capacity);
-    if capacity >= 2 * HUGE {
-        let start = (buffer.as_ptr() as usize).next_multiple_of(HUGE);
-        let end = (buffer.as_ptr() as usize + capacity) / HUGE * HUGE;
-        if end > start {
-            // SAFETY: [start, end) lies inside this Vec's allocation; MADV_HUGEPAGE changes only
-            // how the kernel backs the pages, never their contents. Failure is harmless.
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
-            }
+impl Drop for Pool {
+    /// The free buffers are kept spare for the next split; those still lent out follow when
+    /// their chunks are released.
+    fn drop(&mut self) {
+        while let Ok(data) = self.take.try_recv() {
+            buffers::keep(data);
         }
     }
-    buffer
 }
 
 /// One chunk, ready to send.

@@ -35,8 +35,9 @@ use pyo3::exceptions::{PyBufferError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 
+use crate::buffers::PooledBuffer;
 use crate::checksum::hex128;
-use crate::split::{PooledBuffer, ReadyChunk};
+use crate::split::ReadyChunk;
 
 /// One chunk's payload, as a read-only buffer; its pooled memory goes back on release or GC.
 #[pyclass(name = "Chunk", module = "meshpipe._meshpipe", frozen)]
