@@ -38,7 +38,10 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -62,7 +65,7 @@ from meshpipe.fleet.queue import (
     receive_jobs_pending,
 )
 from meshpipe.ledger import Ledger, ReceiveRecord
-from meshpipe.models import MessageMetadata
+from meshpipe.models import ContentChecksum, MessageMetadata
 from meshpipe.retry import RetryingClient, call_with_retry
 from meshpipe.transfer import ReceivePlan, ReceiveResult
 from meshpipe.units import MiB
@@ -91,8 +94,7 @@ def spreads(metadata: MessageMetadata) -> bool:
     checksum = plan.checksum
     return (
         checksum is not None
-        and not checksum.trailer
-        and bool(checksum.xxh3_128)
+        and (bool(checksum.xxh3_128) or (checksum.trailer and plan.codec in ("gzip", "zstd")))
         and checksum.chunk_size is not None
         and checksum.size is not None
         and plan.chunk_count > MIN_CHUNKS
@@ -105,10 +107,29 @@ def _accept_encoding(codec: str) -> tuple[str, str]:
     return ("gzip", "gzip") if codec == "gzip" else ("identity", "identity")
 
 
-def _declared_xxh3(record: ReceiveRecord) -> str:
+def _checksum(record: ReceiveRecord) -> ContentChecksum:
     checksum = MessageMetadata.from_headers(record.message_id, dict(record.headers)).checksum
-    assert checksum is not None and checksum.xxh3_128
-    return checksum.xxh3_128
+    assert checksum is not None and (checksum.xxh3_128 or checksum.trailer)
+    return checksum
+
+
+def _is_trailer(record: ReceiveRecord) -> bool:
+    return _checksum(record).trailer
+
+
+def _declared_xxh3(ledger: Ledger, record: ReceiveRecord) -> str | None:
+    """The whole file's xxh3-128 as the sender declared it: from chunk 1's header, or for the
+    trailer form from the manifest the last chunk's job recorded (None: none recorded)."""
+    checksum = _checksum(record)
+    if not checksum.trailer:
+        assert checksum.xxh3_128
+        return checksum.xxh3_128
+    found = None
+    for event in ledger.events(record):
+        manifest = event.detail.get("manifest") if event.kind == "note" else None
+        if isinstance(manifest, dict) and isinstance(manifest.get("xxh3_128"), str):
+            found = manifest["xxh3_128"]  # the last one: of the last chunk's bytes written
+    return found
 
 
 def _length(record: ReceiveRecord, number: int) -> int:
@@ -138,7 +159,10 @@ async def begin(
         destination,
         ReceivePlan.of(metadata, True),
     )
-    if await receive_jobs_pending(app, record.id):
+    if record.claim is not None and record.claim.expires_at > datetime.now(UTC):
+        # Another process took it up (``meshpipe receive`` of a failed receive): not the fleet.
+        log.info("message %s is being received by %s", record.message_id, record.claim.owner)
+    elif await receive_jobs_pending(app, record.id):
         pass  # the fleet is at it
     elif record.state == "downloading":
         if record.size is not None:
@@ -272,7 +296,7 @@ async def _receive_chunk(
 ) -> None:
     what = f"chunk {number} of {record.chunk_count} of message {record.message_id}"
     try:
-        length, xxh3_128 = await call_with_retry(
+        length, xxh3_128, manifest = await call_with_retry(
             lambda: _download_chunk(client, record, number, scratch, descriptor),
             client.settings.retry,
             idempotent=True,
@@ -287,7 +311,40 @@ async def _receive_chunk(
         )
         await asyncio.to_thread(ledger.mark_failed, record, reason)
         raise ReceiveFailed(reason) from error
-    await asyncio.to_thread(ledger.chunk_written, record, number, xxh3_128, length, worker=worker)
+    if manifest is not None and manifest.size != record.size:
+        reason = (
+            f"the manifest at the end of {what} is of a {manifest.size}-byte file, but its "
+            f"headers declare {record.size} bytes; the message was not acknowledged: ask the "
+            "sender to resend"
+        )
+        await asyncio.to_thread(ledger.mark_failed, record, reason)
+        raise ReceiveFailed(reason)
+    await asyncio.to_thread(
+        _record_written, ledger, record, number, xxh3_128, length, worker, manifest
+    )
+
+
+def _record_written(
+    ledger: Ledger,
+    record: ReceiveRecord,
+    number: int,
+    xxh3_128: str,
+    length: int,
+    worker: str,
+    manifest: Manifest | None,
+) -> None:
+    """Chunk ``number`` recorded written; with the last chunk's manifest, as a note in the same
+    transaction (the final job checks the whole file against the last such note)."""
+    with ledger.batch():
+        if manifest is not None:
+            ledger.record_event(
+                record,
+                "note",
+                note=f"the whole-file manifest at the end of chunk {number}",
+                manifest={"xxh3_128": manifest.xxh3_128, "size": manifest.size},
+                worker=worker,
+            )
+        ledger.chunk_written(record, number, xxh3_128, length, worker=worker)
 
 
 def _copy_at(source: str, descriptor: int, offset: int, length: int) -> None:
@@ -319,11 +376,13 @@ def _copy_at(source: str, descriptor: int, offset: int, length: int) -> None:
 
 async def _download_chunk(
     client: MeshClient, record: ReceiveRecord, number: int, scratch: str, descriptor: int
-) -> tuple[int, str]:
+) -> tuple[int, str, Manifest | None]:
     """One download of chunk ``number``, decoded and verified by the engine (a one-chunk
     Assembler of its exact length in ``scratch``), then copied to its offset in the partial
-    file ``descriptor`` (never held whole in memory): its length and xxh3-128."""
+    file ``descriptor`` (never held whole in memory): its length, its xxh3-128 and, for the
+    last chunk of the trailer form, the whole-file manifest at its end."""
     length = _length(record, number)
+    last_of_trailer = number == record.chunk_count and _is_trailer(record)
     assembler = Assembler(
         Path(scratch) / f"chunk-{number}",
         chunk_count=1,
@@ -331,6 +390,7 @@ async def _download_chunk(
         chunk_size=length,
         file_size=length,
         overwrite=True,
+        trailer=last_of_trailer,
     )
     try:
         writer = assembler.open_chunk(1)
@@ -369,9 +429,44 @@ async def _download_chunk(
         await asyncio.to_thread(
             _copy_at, assembler.temporary_path, descriptor, offset, report.length
         )
-        return report.length, report.xxh3_128
+        manifest = await asyncio.to_thread(_manifest_of, assembler) if last_of_trailer else None
+        return report.length, report.xxh3_128, manifest
     finally:
         assembler.abort()
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """The whole file as the sender read it, from the manifest at the end of the last chunk."""
+
+    xxh3_128: str
+    size: int
+
+
+#: How the engine states a manifest it found: ``<32 hex digits> of <size> bytes``.
+_MANIFEST_STATED: Final = re.compile(r"([0-9a-f]{32}) of ([0-9]+) bytes")
+
+
+def _manifest_of(assembler: Assembler) -> Manifest:
+    """The manifest the last chunk carried, once the chunk is finished and copied.
+
+    The engine keeps the manifest its decoder found but has no accessor for it. Its check in
+    ``finish`` compares it, the whole file's hash and size, with what the one-chunk assembler
+    holds (this chunk alone), so it always reports a mismatch, whose ``expected`` states the
+    manifest. That is read here, strictly; a missing manifest is the engine's own
+    ChecksumMismatchError (the chunk is downloaded again, then the receive fails), and any other
+    outcome fails the same way. With an accessor in the engine (ChunkReport.manifest) this
+    becomes one line."""
+    try:
+        assembler.finish()
+    except ChecksumMismatchError as error:
+        stated = _MANIFEST_STATED.fullmatch(error.expected)
+        if "manifest" not in error.algorithm or stated is None:
+            raise
+        return Manifest(stated[1], int(stated[2]))
+    raise ChecksumMismatchError(
+        "the manifest at the end of the last chunk describes that chunk alone, not the file"
+    )
 
 
 def _feed(writer: ChunkWriter, pieces: list[bytes]) -> None:
@@ -409,13 +504,22 @@ async def _acknowledge(client: MeshClient, ledger: Ledger, record: ReceiveRecord
 
 
 def _verify_and_place(ledger: Ledger, record: ReceiveRecord) -> ReceiveRecord:
-    declared = _declared_xxh3(record)
+    declared = _declared_xxh3(ledger, record)
+    if declared is None:
+        reason = (
+            f"message {record.message_id}: every chunk is written, but no manifest of the last "
+            "chunk is recorded to check the file against; it was not acknowledged"
+        )
+        ledger.mark_failed(record, reason)
+        raise ReceiveFailed(reason)
     partial = Path(record.partial_path)
     whole = xxh3_128_file(partial)
     if whole != declared:
+        where = "in the manifest at the end of the last chunk" if _is_trailer(record) else ""
         reason = (
             f"message {record.message_id}: the assembled file's xxh3-128 is {whole}, but the "
-            f"sender declared {declared}; it was not acknowledged: ask the sender to resend"
+            f"sender declared {declared}{' ' + where if where else ''}; it was not "
+            "acknowledged: ask the sender to resend"
         )
         ledger.mark_failed(record, reason)
         raise ReceiveFailed(reason)
