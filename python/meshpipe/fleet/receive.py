@@ -2,11 +2,14 @@
 partial file on the shared inbox path, and a final job that verifies, renames and
 acknowledges it.
 
-Which messages: a meshpipe sender's header form (``meshpipe/1 xxh3-128:<hex> size:<bytes>
-chunk:<bytes>``, whose whole-file hash is known before any chunk) of more than
-:data:`MIN_CHUNKS` chunks (:func:`spreads`). Every other message (a plain sender, one or two
-chunks, the trailer form, whose hash travels in the last chunk) stays on the one-worker
-receive (DurableReceiver).
+Which messages (:func:`spreads`): a meshpipe sender's, of more than :data:`MIN_CHUNKS`
+chunks, whose uncompressed file and chunk sizes are in chunk 1's ``mex-Content-Checksum``, in
+either form: the header form (``meshpipe/1 xxh3-128:<hex> size:<bytes> chunk:<bytes>``: the
+fleet's own sends, ``send --checksum-in-header``), whose whole-file hash is known before any
+chunk, or the trailer form (``meshpipe/2 xxh3-128:trailer ...``, gzip or zstd: the default of
+``meshpipe send --compress``), whose hash and size travel in a manifest at the end of the last
+chunk. Every other message (a plain sender, one or two chunks) stays on the one-worker receive
+(DurableReceiver).
 
 ``begin`` (in the poll job): records the receive (begin_receive), preallocates the partial
 file beside the destination at its full size, downloads chunk 1 and enqueues chunk ranges
@@ -14,7 +17,11 @@ file beside the destination at its full size, downloads chunk 1 and enqueues chu
 not begun again; when no range or final job of it is waiting or running, its missing
 ranges and the final job are enqueued again (which takes up a receive whose poll died
 before it enqueued them, or whose acknowledgement was lost). A range job of a worker that
-died is put back on the queue after its lease (meshpipe.fleet.worker).
+died is put back on the queue after its lease (meshpipe.fleet.worker). A receive that failed
+stays failed (each poll logs it; the message stays unacknowledged on MESH): ``meshpipe
+receive`` on the same ledger takes it up (DurableReceiver: the chunks recorded written are
+re-checked and kept, the rest downloaded); while that process holds the transfer, the polls
+leave it alone.
 
 ``receive_range``: each chunk the ledger does not show written is downloaded, decompressed and
 verified by the engine (a one-chunk Assembler in a local scratch folder: gzip CRC, zstd
@@ -25,10 +32,18 @@ worker's name. A chunk failing verification is downloaded again, ``CHUNK_ATTEMPT
 then the receive fails with the reason in the ledger and the message stays unacknowledged.
 The range that finds every chunk written enqueues the final job.
 
+The trailer form's last chunk: its job reads the manifest the engine found at the end of the
+chunk (:func:`_manifest_of`) and records it, as a ``note`` event whose ``manifest`` holds the
+xxh3-128 and size, in the transaction that records the chunk written. A manifest that is
+missing or malformed fails the chunk's verification (downloaded again, then the receive
+fails); one whose size is not the size chunk 1's header declared fails the receive at once.
+
 ``receive_final`` (one at a time per transfer): once every chunk is recorded written, the
-whole file's xxh3-128 is checked against the sender's, the file fsynced and linked into
-place (never over an existing file), recorded verified and delivered, then acknowledged and
-recorded so. Nothing is acknowledged that was not verified.
+whole file's xxh3-128 is checked against the sender's (chunk 1's header, or the recorded
+manifest), the file fsynced and linked into place (never over an existing file), recorded
+verified and delivered, then acknowledged and recorded so. A file that does not match fails
+the receive with both hashes in the ledger, nothing placed. Nothing is acknowledged that was
+not verified.
 """
 
 from __future__ import annotations
