@@ -103,6 +103,14 @@ class ReceiveFailed(MeshpipeError):
     """A distributed receive that cannot complete (recorded failed in the ledger)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """The whole file as the sender read it, from the manifest at the end of the last chunk."""
+
+    xxh3_128: str
+    size: int
+
+
 def spreads(metadata: MessageMetadata) -> bool:
     """Whether ``metadata``'s message is received by many workers (module doc)."""
     plan = ReceivePlan.of(metadata, True)
@@ -147,6 +155,17 @@ def _declared_xxh3(ledger: Ledger, record: ReceiveRecord) -> str | None:
     return found
 
 
+def _held_elsewhere(record: ReceiveRecord) -> bool:
+    """Whether another process holds the transfer (``meshpipe receive`` taking up a failed
+    receive: DurableReceiver claims it), so no job of the fleet works on it meanwhile; a poll
+    after the claim ends enqueues what is missing again."""
+    claim = record.claim
+    if claim is None or claim.expires_at <= datetime.now(UTC):
+        return False
+    log.info("message %s is being received by %s", record.message_id, claim.owner)
+    return True
+
+
 def _length(record: ReceiveRecord, number: int) -> int:
     assert record.chunk_size is not None and record.size is not None
     return min(record.chunk_size, record.size - (number - 1) * record.chunk_size)
@@ -174,9 +193,8 @@ async def begin(
         destination,
         ReceivePlan.of(metadata, True),
     )
-    if record.claim is not None and record.claim.expires_at > datetime.now(UTC):
-        # Another process took it up (``meshpipe receive`` of a failed receive): not the fleet.
-        log.info("message %s is being received by %s", record.message_id, record.claim.owner)
+    if _held_elsewhere(record):
+        pass  # another process took it up (meshpipe receive of a failed receive)
     elif await receive_jobs_pending(app, record.id):
         pass  # the fleet is at it
     elif record.state == "downloading":
@@ -277,7 +295,7 @@ async def receive_range(
 ) -> None:
     """Chunks ``first..last`` not yet recorded written (module doc)."""
     record = await _read(ledger, transfer_id)
-    if record.state != "downloading":
+    if record.state != "downloading" or _held_elsewhere(record):
         return
     written = await asyncio.to_thread(ledger.written_chunks, record)
     missing = [number for number in range(first, last + 1) if number not in written]
@@ -450,14 +468,6 @@ async def _download_chunk(
         assembler.abort()
 
 
-@dataclass(frozen=True, slots=True)
-class Manifest:
-    """The whole file as the sender read it, from the manifest at the end of the last chunk."""
-
-    xxh3_128: str
-    size: int
-
-
 #: How the engine states a manifest it found: ``<32 hex digits> of <size> bytes``.
 _MANIFEST_STATED: Final = re.compile(r"([0-9a-f]{32}) of ([0-9]+) bytes")
 
@@ -495,6 +505,8 @@ def _feed(writer: ChunkWriter, pieces: list[bytes]) -> None:
 async def receive_final(client: MeshClient, ledger: Ledger, transfer_id: int) -> None:
     """Verify, rename, acknowledge (module doc), once every chunk is written."""
     record = await _read(ledger, transfer_id)
+    if _held_elsewhere(record):
+        return
     if record.state == "downloading":
         written = await asyncio.to_thread(ledger.written_chunks, record)
         if len(written) < record.chunk_count:
@@ -530,11 +542,11 @@ def _verify_and_place(ledger: Ledger, record: ReceiveRecord) -> ReceiveRecord:
     partial = Path(record.partial_path)
     whole = xxh3_128_file(partial)
     if whole != declared:
-        where = "in the manifest at the end of the last chunk" if _is_trailer(record) else ""
+        where = " in the manifest at the end of the last chunk" if _is_trailer(record) else ""
         reason = (
             f"message {record.message_id}: the assembled file's xxh3-128 is {whole}, but the "
-            f"sender declared {declared}{' ' + where if where else ''}; it was not "
-            "acknowledged: ask the sender to resend"
+            f"sender declared {declared}{where}; it was not acknowledged: ask the sender to "
+            "resend"
         )
         ledger.mark_failed(record, reason)
         raise ReceiveFailed(reason)
