@@ -19,10 +19,11 @@ from typing import Final
 
 import pytest
 
-from meshpipe._meshpipe import Splitter, xxh3_128_file
+from meshpipe._meshpipe import Assembler, Splitter, xxh3_128_file
 from meshpipe.client import MeshClient
 from meshpipe.config import MeshConfig
-from meshpipe.fleet.receive import _copy_at, spreads
+from meshpipe.errors import ChecksumMismatchError
+from meshpipe.fleet.receive import Manifest, _copy_at, _manifest_of, spreads
 from meshpipe.headers import SendHeaders
 from meshpipe.ledger import HistoryFilter, Ledger, ReceiveRecord
 from meshpipe.models import ContentChecksum, MessageMetadata
@@ -490,3 +491,33 @@ def test_a_failed_receive_is_taken_up_by_meshpipe_receive(
     assert asyncio.run(_inbox(fleet.url)) == []
     logs = "".join(path.read_text(errors="replace") for path in fleet.logs.glob("*.log"))
     assert f"message {message_id} is being received by " in logs
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+@pytest.mark.parametrize("trailer", [True, False])
+def test_the_last_chunk_s_manifest_is_read_from_the_engine(
+    tmp_path: Path, codec: Codec, trailer: bool
+) -> None:
+    """What _manifest_of reads (the engine states the manifest only in its finish check's
+    mismatch): the file's xxh3-128 and size; a chunk without one fails as the engine says."""
+    source = tmp_path / "source"
+    source.write_bytes(os.urandom(3 * MiB + 123))
+    with Splitter(
+        source, codec=codec, chunk_size=MiB, min_chunk_size=1, trailer=trailer
+    ) as splitter:
+        last = [bytes(chunk) for chunk in splitter][-1]
+    assembler = Assembler(
+        tmp_path / "chunk", chunk_count=1, codec=codec, chunk_size=123, file_size=123,
+        trailer=True,
+    )  # fmt: skip
+    try:
+        writer = assembler.open_chunk(1)
+        writer.write(last)
+        writer.finish()
+        if trailer:
+            assert _manifest_of(assembler) == Manifest(xxh3_128_file(source), 3 * MiB + 123)
+        else:
+            with pytest.raises(ChecksumMismatchError, match="manifest"):
+                _manifest_of(assembler)
+    finally:
+        assembler.abort()
