@@ -56,14 +56,18 @@ Receiving
 ``meshpipe worker --inbox DIR --poll-interval S``: a periodic job (procrastinate's, deferred
 once per tick across the fleet, so one worker polls the mailbox each tick) receives every
 message of the worker's mailbox into ``DIR`` through the ledger (DurableReceiver: verified,
-delivered once, acknowledged). A large message whose whole-file hash is in chunk 1's header
-(``meshpipe/1``, more than 2 chunks) is received by the whole fleet instead (receive.py): the
-polling worker records it, preallocates its partial file at full size in the inbox folder
-and writes chunk 1; range jobs (any worker) copy chunks 2..N to their offsets (in
-the kernel), each decoded and verified by the engine first, fsynced and recorded written with the
-worker's name; a final job (one per transfer at a time) checks the whole file's xxh3-128,
-links it into place and acknowledges. Plain senders, the trailer form and messages of 1 or 2
-chunks are received whole by one worker.
+delivered once, acknowledged). A large message of a meshpipe sender (more than 2 chunks, with
+meshpipe's checksum in either form: the whole-file hash in chunk 1's header, ``meshpipe/1``,
+or in the manifest at the end of the last chunk, ``meshpipe/2``, the default of ``meshpipe
+send --compress``) is received by the whole fleet instead (receive.py): the polling worker
+records it, preallocates its partial file at full size in the inbox folder and writes chunk
+1; range jobs (any worker) copy chunks 2..N to their offsets (in the kernel), each decoded
+and verified by the engine first, fsynced and recorded written with the worker's name (the
+last chunk's job records its manifest too); a final job (one per transfer at a time) checks
+the whole file's xxh3-128 against the header's or the manifest's, links it into place and
+acknowledges. A receive that fails stays failed, unacknowledged, until ``meshpipe receive``
+on the same ledger takes it up. Plain senders and messages of 1 or 2 chunks are received
+whole by one worker.
 
 Fleet-wide limits (limits.py)
 -----------------------------

@@ -2,11 +2,14 @@
 partial file on the shared inbox path, and a final job that verifies, renames and
 acknowledges it.
 
-Which messages: a meshpipe sender's header form (``meshpipe/1 xxh3-128:<hex> size:<bytes>
-chunk:<bytes>``, whose whole-file hash is known before any chunk) of more than
-:data:`MIN_CHUNKS` chunks (:func:`spreads`). Every other message (a plain sender, one or two
-chunks, the trailer form, whose hash travels in the last chunk) stays on the one-worker
-receive (DurableReceiver).
+Which messages (:func:`spreads`): a meshpipe sender's, of more than :data:`MIN_CHUNKS`
+chunks, whose uncompressed file and chunk sizes are in chunk 1's ``mex-Content-Checksum``, in
+either form: the header form (``meshpipe/1 xxh3-128:<hex> size:<bytes> chunk:<bytes>``: the
+fleet's own sends, ``send --checksum-in-header``), whose whole-file hash is known before any
+chunk, or the trailer form (``meshpipe/2 xxh3-128:trailer ...``, gzip or zstd: the default of
+``meshpipe send --compress``), whose hash and size travel in a manifest at the end of the last
+chunk. Every other message (a plain sender, one or two chunks) stays on the one-worker receive
+(DurableReceiver).
 
 ``begin`` (in the poll job): records the receive (begin_receive), preallocates the partial
 file beside the destination at its full size, downloads chunk 1 and enqueues chunk ranges
@@ -14,7 +17,11 @@ file beside the destination at its full size, downloads chunk 1 and enqueues chu
 not begun again; when no range or final job of it is waiting or running, its missing
 ranges and the final job are enqueued again (which takes up a receive whose poll died
 before it enqueued them, or whose acknowledgement was lost). A range job of a worker that
-died is put back on the queue after its lease (meshpipe.fleet.worker).
+died is put back on the queue after its lease (meshpipe.fleet.worker). A receive that failed
+stays failed (each poll logs it; the message stays unacknowledged on MESH): ``meshpipe
+receive`` on the same ledger takes it up (DurableReceiver: the chunks recorded written are
+re-checked and kept, the rest downloaded); while that process holds the transfer, the polls
+leave it alone.
 
 ``receive_range``: each chunk the ledger does not show written is downloaded, decompressed and
 verified by the engine (a one-chunk Assembler in a local scratch folder: gzip CRC, zstd
@@ -25,10 +32,18 @@ worker's name. A chunk failing verification is downloaded again, ``CHUNK_ATTEMPT
 then the receive fails with the reason in the ledger and the message stays unacknowledged.
 The range that finds every chunk written enqueues the final job.
 
+The trailer form's last chunk: its job reads the manifest the engine found at the end of the
+chunk (:func:`_manifest_of`) and records it, as a ``note`` event whose ``manifest`` holds the
+xxh3-128 and size, in the transaction that records the chunk written. A manifest that is
+missing or malformed fails the chunk's verification (downloaded again, then the receive
+fails); one whose size is not the size chunk 1's header declared fails the receive at once.
+
 ``receive_final`` (one at a time per transfer): once every chunk is recorded written, the
-whole file's xxh3-128 is checked against the sender's, the file fsynced and linked into
-place (never over an existing file), recorded verified and delivered, then acknowledged and
-recorded so. Nothing is acknowledged that was not verified.
+whole file's xxh3-128 is checked against the sender's (chunk 1's header, or the recorded
+manifest), the file fsynced and linked into place (never over an existing file), recorded
+verified and delivered, then acknowledged and recorded so. A file that does not match fails
+the receive with both hashes in the ledger, nothing placed. Nothing is acknowledged that was
+not verified.
 """
 
 from __future__ import annotations
@@ -38,7 +53,10 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -62,7 +80,7 @@ from meshpipe.fleet.queue import (
     receive_jobs_pending,
 )
 from meshpipe.ledger import Ledger, ReceiveRecord
-from meshpipe.models import MessageMetadata
+from meshpipe.models import ContentChecksum, MessageMetadata
 from meshpipe.retry import RetryingClient, call_with_retry
 from meshpipe.transfer import ReceivePlan, ReceiveResult
 from meshpipe.units import MiB
@@ -85,14 +103,21 @@ class ReceiveFailed(MeshpipeError):
     """A distributed receive that cannot complete (recorded failed in the ledger)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """The whole file as the sender read it, from the manifest at the end of the last chunk."""
+
+    xxh3_128: str
+    size: int
+
+
 def spreads(metadata: MessageMetadata) -> bool:
     """Whether ``metadata``'s message is received by many workers (module doc)."""
     plan = ReceivePlan.of(metadata, True)
     checksum = plan.checksum
     return (
         checksum is not None
-        and not checksum.trailer
-        and bool(checksum.xxh3_128)
+        and (bool(checksum.xxh3_128) or (checksum.trailer and plan.codec in ("gzip", "zstd")))
         and checksum.chunk_size is not None
         and checksum.size is not None
         and plan.chunk_count > MIN_CHUNKS
@@ -105,10 +130,40 @@ def _accept_encoding(codec: str) -> tuple[str, str]:
     return ("gzip", "gzip") if codec == "gzip" else ("identity", "identity")
 
 
-def _declared_xxh3(record: ReceiveRecord) -> str:
+def _checksum(record: ReceiveRecord) -> ContentChecksum:
     checksum = MessageMetadata.from_headers(record.message_id, dict(record.headers)).checksum
-    assert checksum is not None and checksum.xxh3_128
-    return checksum.xxh3_128
+    assert checksum is not None and (checksum.xxh3_128 or checksum.trailer)
+    return checksum
+
+
+def _is_trailer(record: ReceiveRecord) -> bool:
+    return _checksum(record).trailer
+
+
+def _declared_xxh3(ledger: Ledger, record: ReceiveRecord) -> str | None:
+    """The whole file's xxh3-128 as the sender declared it: from chunk 1's header, or for the
+    trailer form from the manifest the last chunk's job recorded (None: none recorded)."""
+    checksum = _checksum(record)
+    if not checksum.trailer:
+        assert checksum.xxh3_128
+        return checksum.xxh3_128
+    found = None
+    for event in ledger.events(record):
+        manifest = event.detail.get("manifest") if event.kind == "note" else None
+        if isinstance(manifest, dict) and isinstance(manifest.get("xxh3_128"), str):
+            found = manifest["xxh3_128"]  # the last one: of the last chunk's bytes written
+    return found
+
+
+def _held_elsewhere(record: ReceiveRecord) -> bool:
+    """Whether another process holds the transfer (``meshpipe receive`` taking up a failed
+    receive: DurableReceiver claims it), so no job of the fleet works on it meanwhile; a poll
+    after the claim ends enqueues what is missing again."""
+    claim = record.claim
+    if claim is None or claim.expires_at <= datetime.now(UTC):
+        return False
+    log.info("message %s is being received by %s", record.message_id, claim.owner)
+    return True
 
 
 def _length(record: ReceiveRecord, number: int) -> int:
@@ -138,7 +193,9 @@ async def begin(
         destination,
         ReceivePlan.of(metadata, True),
     )
-    if await receive_jobs_pending(app, record.id):
+    if _held_elsewhere(record):
+        pass  # another process took it up (meshpipe receive of a failed receive)
+    elif await receive_jobs_pending(app, record.id):
         pass  # the fleet is at it
     elif record.state == "downloading":
         if record.size is not None:
@@ -238,7 +295,7 @@ async def receive_range(
 ) -> None:
     """Chunks ``first..last`` not yet recorded written (module doc)."""
     record = await _read(ledger, transfer_id)
-    if record.state != "downloading":
+    if record.state != "downloading" or _held_elsewhere(record):
         return
     written = await asyncio.to_thread(ledger.written_chunks, record)
     missing = [number for number in range(first, last + 1) if number not in written]
@@ -272,7 +329,7 @@ async def _receive_chunk(
 ) -> None:
     what = f"chunk {number} of {record.chunk_count} of message {record.message_id}"
     try:
-        length, xxh3_128 = await call_with_retry(
+        length, xxh3_128, manifest = await call_with_retry(
             lambda: _download_chunk(client, record, number, scratch, descriptor),
             client.settings.retry,
             idempotent=True,
@@ -287,7 +344,40 @@ async def _receive_chunk(
         )
         await asyncio.to_thread(ledger.mark_failed, record, reason)
         raise ReceiveFailed(reason) from error
-    await asyncio.to_thread(ledger.chunk_written, record, number, xxh3_128, length, worker=worker)
+    if manifest is not None and manifest.size != record.size:
+        reason = (
+            f"the manifest at the end of {what} is of a {manifest.size}-byte file, but its "
+            f"headers declare {record.size} bytes; the message was not acknowledged: ask the "
+            "sender to resend"
+        )
+        await asyncio.to_thread(ledger.mark_failed, record, reason)
+        raise ReceiveFailed(reason)
+    await asyncio.to_thread(
+        _record_written, ledger, record, number, xxh3_128, length, worker, manifest
+    )
+
+
+def _record_written(
+    ledger: Ledger,
+    record: ReceiveRecord,
+    number: int,
+    xxh3_128: str,
+    length: int,
+    worker: str,
+    manifest: Manifest | None,
+) -> None:
+    """Chunk ``number`` recorded written; with the last chunk's manifest, as a note in the same
+    transaction (the final job checks the whole file against the last such note)."""
+    with ledger.batch():
+        if manifest is not None:
+            ledger.record_event(
+                record,
+                "note",
+                note=f"the whole-file manifest at the end of chunk {number}",
+                manifest={"xxh3_128": manifest.xxh3_128, "size": manifest.size},
+                worker=worker,
+            )
+        ledger.chunk_written(record, number, xxh3_128, length, worker=worker)
 
 
 def _copy_at(source: str, descriptor: int, offset: int, length: int) -> None:
@@ -319,11 +409,13 @@ def _copy_at(source: str, descriptor: int, offset: int, length: int) -> None:
 
 async def _download_chunk(
     client: MeshClient, record: ReceiveRecord, number: int, scratch: str, descriptor: int
-) -> tuple[int, str]:
+) -> tuple[int, str, Manifest | None]:
     """One download of chunk ``number``, decoded and verified by the engine (a one-chunk
     Assembler of its exact length in ``scratch``), then copied to its offset in the partial
-    file ``descriptor`` (never held whole in memory): its length and xxh3-128."""
+    file ``descriptor`` (never held whole in memory): its length, its xxh3-128 and, for the
+    last chunk of the trailer form, the whole-file manifest at its end."""
     length = _length(record, number)
+    last_of_trailer = number == record.chunk_count and _is_trailer(record)
     assembler = Assembler(
         Path(scratch) / f"chunk-{number}",
         chunk_count=1,
@@ -331,6 +423,7 @@ async def _download_chunk(
         chunk_size=length,
         file_size=length,
         overwrite=True,
+        trailer=last_of_trailer,
     )
     try:
         writer = assembler.open_chunk(1)
@@ -369,9 +462,36 @@ async def _download_chunk(
         await asyncio.to_thread(
             _copy_at, assembler.temporary_path, descriptor, offset, report.length
         )
-        return report.length, report.xxh3_128
+        manifest = await asyncio.to_thread(_manifest_of, assembler) if last_of_trailer else None
+        return report.length, report.xxh3_128, manifest
     finally:
         assembler.abort()
+
+
+#: How the engine states a manifest it found: ``<32 hex digits> of <size> bytes``.
+_MANIFEST_STATED: Final = re.compile(r"([0-9a-f]{32}) of ([0-9]+) bytes")
+
+
+def _manifest_of(assembler: Assembler) -> Manifest:
+    """The manifest the last chunk carried, once the chunk is finished and copied.
+
+    The engine keeps the manifest its decoder found but has no accessor for it. Its check in
+    ``finish`` compares it, the whole file's hash and size, with what the one-chunk assembler
+    holds (this chunk alone), so it always reports a mismatch, whose ``expected`` states the
+    manifest. That is read here, strictly; a missing manifest is the engine's own
+    ChecksumMismatchError (the chunk is downloaded again, then the receive fails), and any other
+    outcome fails the same way. With an accessor in the engine (ChunkReport.manifest) this
+    becomes one line."""
+    try:
+        assembler.finish()
+    except ChecksumMismatchError as error:
+        stated = _MANIFEST_STATED.fullmatch(error.expected)
+        if "manifest" not in error.algorithm or stated is None:
+            raise
+        return Manifest(stated[1], int(stated[2]))
+    raise ChecksumMismatchError(
+        "the manifest at the end of the last chunk describes that chunk alone, not the file"
+    )
 
 
 def _feed(writer: ChunkWriter, pieces: list[bytes]) -> None:
@@ -385,6 +505,8 @@ def _feed(writer: ChunkWriter, pieces: list[bytes]) -> None:
 async def receive_final(client: MeshClient, ledger: Ledger, transfer_id: int) -> None:
     """Verify, rename, acknowledge (module doc), once every chunk is written."""
     record = await _read(ledger, transfer_id)
+    if _held_elsewhere(record):
+        return
     if record.state == "downloading":
         written = await asyncio.to_thread(ledger.written_chunks, record)
         if len(written) < record.chunk_count:
@@ -409,13 +531,22 @@ async def _acknowledge(client: MeshClient, ledger: Ledger, record: ReceiveRecord
 
 
 def _verify_and_place(ledger: Ledger, record: ReceiveRecord) -> ReceiveRecord:
-    declared = _declared_xxh3(record)
+    declared = _declared_xxh3(ledger, record)
+    if declared is None:
+        reason = (
+            f"message {record.message_id}: every chunk is written, but no manifest of the last "
+            "chunk is recorded to check the file against; it was not acknowledged"
+        )
+        ledger.mark_failed(record, reason)
+        raise ReceiveFailed(reason)
     partial = Path(record.partial_path)
     whole = xxh3_128_file(partial)
     if whole != declared:
+        where = " in the manifest at the end of the last chunk" if _is_trailer(record) else ""
         reason = (
             f"message {record.message_id}: the assembled file's xxh3-128 is {whole}, but the "
-            f"sender declared {declared}; it was not acknowledged: ask the sender to resend"
+            f"sender declared {declared}{where}; it was not acknowledged: ask the sender to "
+            "resend"
         )
         ledger.mark_failed(record, reason)
         raise ReceiveFailed(reason)
