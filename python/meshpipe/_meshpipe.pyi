@@ -219,6 +219,10 @@ class ChunkReport:
     @property
     def verified_by(self) -> str:
         """One of xxh3-128, gzip-crc32, zstd-checksum or none."""
+    @property
+    def manifest(self) -> tuple[str, int] | None:
+        """The whole-file manifest the chunk ended with, as (xxh3-128 hex, size in bytes):
+        only a last chunk carries one (one in any other chunk fails it)."""
 
 @final
 class AssemblyReport:

@@ -135,6 +135,8 @@ pub struct ChunkReport {
     pub length: u64,
     pub xxh3_128: u128,
     pub verified_by: ChunkCheck,
+    /// The whole-file manifest the chunk ended with (only the last chunk may carry one).
+    pub manifest: Option<Manifest>,
 }
 
 /// The outcome for the whole file.
@@ -918,6 +920,7 @@ impl ChunkWriter {
             length,
             xxh3_128: actual,
             verified_by,
+            manifest: self.decoder.manifest(),
         })
     }
 

@@ -65,7 +65,13 @@ fn assemble(
         for piece in payload.chunks(1000) {
             writer.write(piece)?;
         }
-        writer.finish()?;
+        let report = writer.finish()?;
+        if index + 1 < payloads.len() {
+            assert_eq!(
+                report.manifest, None,
+                "only the last chunk's report has one"
+            );
+        }
     }
     Ok(assembler.finish()?.verified)
 }
@@ -87,6 +93,27 @@ fn the_receiver_verifies_the_file_against_the_manifest() {
             "{verified:?}"
         );
         assert_eq!(std::fs::read(&destination).unwrap(), data);
+    }
+}
+
+#[test]
+fn the_last_chunk_s_report_carries_its_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, data) = source(dir.path());
+    for codec in codecs() {
+        let sent = payloads(&path, codec, Trailer::FromDigest);
+        let mut options = AssembleOptions::new(sent.len() as u32, codec.kind());
+        options.chunk_size = Some(CHUNK);
+        let assembler = Assembler::create(&dir.path().join("one.part"), options).unwrap();
+        let last = sent.len() as u32;
+        let mut writer = assembler.open_chunk(last, None).unwrap();
+        writer.write(sent.last().unwrap()).unwrap();
+        let report = writer.finish().unwrap();
+        let expected = Manifest {
+            xxh3_128: xxh3_128(&data),
+            size: data.len() as u64,
+        };
+        assert_eq!(report.manifest, Some(expected), "{}", codec.name());
     }
 }
 

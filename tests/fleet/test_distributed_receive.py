@@ -498,8 +498,8 @@ def test_a_failed_receive_is_taken_up_by_meshpipe_receive(
 def test_the_last_chunk_s_manifest_is_read_from_the_engine(
     tmp_path: Path, codec: Codec, trailer: bool
 ) -> None:
-    """What _manifest_of reads (the engine states the manifest only in its finish check's
-    mismatch): the file's xxh3-128 and size; a chunk without one fails as the engine says."""
+    """What _manifest_of takes from the engine's report of the last chunk alone: the file's
+    xxh3-128 and size; a last chunk without one fails verification."""
     source = tmp_path / "source"
     source.write_bytes(os.urandom(3 * MiB + 123))
     with Splitter(
@@ -507,17 +507,17 @@ def test_the_last_chunk_s_manifest_is_read_from_the_engine(
     ) as splitter:
         last = [bytes(chunk) for chunk in splitter][-1]
     assembler = Assembler(
-        tmp_path / "chunk", chunk_count=1, codec=codec, chunk_size=123, file_size=123,
-        trailer=True,
-    )  # fmt: skip
+        tmp_path / "chunk", chunk_count=1, codec=codec, chunk_size=123, file_size=123
+    )
     try:
         writer = assembler.open_chunk(1)
         writer.write(last)
-        writer.finish()
+        report = writer.finish()
         if trailer:
-            assert _manifest_of(assembler) == Manifest(xxh3_128_file(source), 3 * MiB + 123)
+            manifest = _manifest_of(report, "chunk 4 of 4")
+            assert manifest == Manifest(xxh3_128_file(source), 3 * MiB + 123)
         else:
-            with pytest.raises(ChecksumMismatchError, match="manifest"):
-                _manifest_of(assembler)
+            with pytest.raises(ChecksumMismatchError, match=r"chunk 4 of 4 .* carries none"):
+                _manifest_of(report, "chunk 4 of 4")
     finally:
         assembler.abort()

@@ -32,8 +32,8 @@ worker's name. A chunk failing verification is downloaded again, ``CHUNK_ATTEMPT
 then the receive fails with the reason in the ledger and the message stays unacknowledged.
 The range that finds every chunk written enqueues the final job.
 
-The trailer form's last chunk: its job reads the manifest the engine found at the end of the
-chunk (:func:`_manifest_of`) and records it, as a ``note`` event whose ``manifest`` holds the
+The trailer form's last chunk: its job takes the manifest the engine found at the end of the
+chunk (``ChunkReport.manifest``) and records it, as a ``note`` event whose ``manifest`` holds the
 xxh3-128 and size, in the transaction that records the chunk written. A manifest that is
 missing or malformed fails the chunk's verification (downloaded again, then the receive
 fails); one whose size is not the size chunk 1's header declared fails the receive at once.
@@ -53,7 +53,6 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,7 +61,7 @@ from typing import Final
 
 from procrastinate import App
 
-from meshpipe._meshpipe import Assembler, ChunkWriter, xxh3_128_file
+from meshpipe._meshpipe import Assembler, ChunkReport, ChunkWriter, xxh3_128_file
 from meshpipe.client import MeshClient
 from meshpipe.durable.receive import find_or_begin_receive
 from meshpipe.errors import (
@@ -423,7 +422,6 @@ async def _download_chunk(
         chunk_size=length,
         file_size=length,
         overwrite=True,
-        trailer=last_of_trailer,
     )
     try:
         writer = assembler.open_chunk(1)
@@ -457,41 +455,28 @@ async def _download_chunk(
                     error,
                 )
             raise
+        what = f"chunk {number} of {record.chunk_count} of message {record.message_id}"
+        manifest = _manifest_of(report, what) if last_of_trailer else None
         assert record.chunk_size is not None
         offset = (number - 1) * record.chunk_size
         await asyncio.to_thread(
             _copy_at, assembler.temporary_path, descriptor, offset, report.length
         )
-        manifest = await asyncio.to_thread(_manifest_of, assembler) if last_of_trailer else None
         return report.length, report.xxh3_128, manifest
     finally:
         assembler.abort()
 
 
-#: How the engine states a manifest it found: ``<32 hex digits> of <size> bytes``.
-_MANIFEST_STATED: Final = re.compile(r"([0-9a-f]{32}) of ([0-9]+) bytes")
-
-
-def _manifest_of(assembler: Assembler) -> Manifest:
-    """The manifest the last chunk carried, once the chunk is finished and copied.
-
-    The engine keeps the manifest its decoder found but has no accessor for it. Its check in
-    ``finish`` compares it, the whole file's hash and size, with what the one-chunk assembler
-    holds (this chunk alone), so it always reports a mismatch, whose ``expected`` states the
-    manifest. That is read here, strictly; a missing manifest is the engine's own
-    ChecksumMismatchError (the chunk is downloaded again, then the receive fails), and any other
-    outcome fails the same way. With an accessor in the engine (ChunkReport.manifest) this
-    becomes one line."""
-    try:
-        assembler.finish()
-    except ChecksumMismatchError as error:
-        stated = _MANIFEST_STATED.fullmatch(error.expected)
-        if "manifest" not in error.algorithm or stated is None:
-            raise
-        return Manifest(stated[1], int(stated[2]))
-    raise ChecksumMismatchError(
-        "the manifest at the end of the last chunk describes that chunk alone, not the file"
-    )
+def _manifest_of(report: ChunkReport, what: str) -> Manifest:
+    """The manifest the trailer form's last chunk (``what``) ended with, as the engine found
+    it; a chunk without one fails verification (downloaded again, then the receive fails)."""
+    if report.manifest is None:
+        raise ChecksumMismatchError(
+            f"{what} is the last of a message whose headers announce a whole-file manifest at "
+            "its end (meshpipe/2), but it carries none"
+        )
+    xxh3_128, size = report.manifest
+    return Manifest(xxh3_128, size)
 
 
 def _feed(writer: ChunkWriter, pieces: list[bytes]) -> None:

@@ -24,6 +24,8 @@ pub struct PyChunkReport {
     length: u64,
     xxh3_128: String,
     verified_by: &'static str,
+    /// The last chunk's whole-file manifest: (xxh3-128 hex, size).
+    manifest: Option<(String, u64)>,
 }
 
 impl From<ChunkReport> for PyChunkReport {
@@ -33,6 +35,7 @@ impl From<ChunkReport> for PyChunkReport {
             length: r.length,
             xxh3_128: hex128(r.xxh3_128),
             verified_by: r.verified_by.name(),
+            manifest: r.manifest.map(|m| (hex128(m.xxh3_128), m.size)),
         }
     }
 }
