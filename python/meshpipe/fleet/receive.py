@@ -338,7 +338,7 @@ async def _receive_chunk(
         )
     except _VERIFICATION_ERRORS as error:
         reason = (
-            f"{what} failed verification {CHUNK_ATTEMPTS} times (last: {error}) on worker "
+            f"{what} failed verification {CHUNK_ATTEMPTS} times (last: {_alone(error)}) on worker "
             f"{worker}; the message was not acknowledged: ask the sender to resend"
         )
         await asyncio.to_thread(ledger.mark_failed, record, reason)
@@ -452,7 +452,7 @@ async def _download_chunk(
                     number,
                     record.chunk_count,
                     record.message_id,
-                    error,
+                    _alone(error),
                 )
             raise
         what = f"chunk {number} of {record.chunk_count} of message {record.message_id}"
@@ -465,6 +465,12 @@ async def _download_chunk(
         return report.length, report.xxh3_128, manifest
     finally:
         assembler.abort()
+
+
+def _alone(error: BaseException) -> str:
+    """The engine's words for a chunk it refused, without the "chunk 1: " of the one-chunk
+    assembler each chunk is checked in (the caller names the message's chunk)."""
+    return str(error).removeprefix("chunk 1: ")
 
 
 def _manifest_of(report: ChunkReport, what: str) -> Manifest:
