@@ -23,6 +23,7 @@ from meshpipe.errors import ConfigError
 from meshpipe.ledger import Ledger, SendRecord
 from meshpipe.synthetic import write_csv
 from meshpipe.units import MiB
+from meshpipe.watch.cli import build_parser, settings_from
 from meshpipe.watch.control import parse_control
 from meshpipe.watch.fleet_outbox import FleetOutbox
 from meshpipe.watch.folders import list_folder, make_folders
@@ -30,7 +31,12 @@ from meshpipe.watch.health import Health
 from meshpipe.watch.metrics import WatchMetrics
 from meshpipe.watch.outbox import SendOutcome, file_local_id
 from meshpipe.watch.service import WatchService
-from meshpipe.watch.settings import FolderRule, MailboxSettings, WatchSettings
+from meshpipe.watch.settings import (
+    FolderRule,
+    MailboxSettings,
+    WatchSettings,
+    load_watch_settings,
+)
 from tests.client.conftest import FAST_RETRY
 from tests.fleet.conftest import RECIPIENT, SENDER, Fleet
 from tests.fleet.test_send import receive
@@ -342,3 +348,32 @@ async def test_a_watch_killed_mid_send_and_started_again_sends_the_file_once(
     # The second watch found the send by its local id and took it up, not a new one.
     assert "nightly.csv submitted again to the fleet" in watch_log.read_text(), logs()
     assert await received_hash(fleet.url, message_id, tmp_path / "received") == expected
+
+
+# --- the switch ------------------------------------------------------------------------------
+
+
+def test_fleet_is_switched_on_for_watch_or_per_mailbox(tmp_path: Path) -> None:
+    config_file = write_watch_config(tmp_path, "https://localhost:1", "postgresql://x/y", "WF")
+    text = config_file.read_text()
+    settings = load_watch_settings(config_file)
+    assert settings.fleet and settings.fleet_chunks_per_job == 1
+    assert settings.uses_fleet(settings.mailboxes[0])
+    # A mailbox's own setting wins over [watch]'s.
+    config_file.write_text(text.replace('profile = "a"\n', 'profile = "a"\nfleet = false\n'))
+    own = load_watch_settings(config_file)
+    assert own.fleet and own.mailboxes[0].fleet is False and not own.uses_fleet(own.mailboxes[0])
+    # Off unless asked: --fleet switches it on.
+    config_file.write_text(text.replace("fleet = true\n", ""))
+    off = load_watch_settings(config_file)
+    assert not off.fleet and not off.uses_fleet(off.mailboxes[0])
+    args = build_parser().parse_args(["--config", str(config_file), "--fleet"])
+    assert settings_from(args).uses_fleet(off.mailboxes[0])
+    assert not settings_from(build_parser().parse_args(["--config", str(config_file)])).fleet
+    for right, wrong, message in (
+        ("fleet = true", 'fleet = "yes"', "fleet: 'yes' is not a bool"),
+        ("fleet_chunks_per_job = 1", "fleet_chunks_per_job = 0", "must be at least 1"),
+    ):
+        config_file.write_text(text.replace(right, wrong, 1))
+        with pytest.raises(ConfigError, match=message):
+            load_watch_settings(config_file)

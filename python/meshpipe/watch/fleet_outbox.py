@@ -9,7 +9,8 @@ this process (:mod:`meshpipe.watch.outbox`). The workers read the file from its 
 ``out/`` must be at the same path on every worker (a shared directory).
 
 A submitted file is **in flight**: it is not submitted again by later scans, and it holds no
-sending slot (the workers send it; the scan returns at once). Each scan first reads the
+sending slot (the workers send it; the scan returns once it is on the queue: a submit is a
+few database round trips, ``send_concurrency`` of them at once). Each scan first reads the
 ledger state of every file in flight:
 
 - ``completed``: moved to ``sent/`` with its status control file, as a send in this process
@@ -135,11 +136,14 @@ class FleetOutbox(Outbox):
         if stopping.is_set():
             return []
         outcomes = await self.check_in_flight()
-        for item in await self.scan():
-            if stopping.is_set():
-                break
-            outcomes.append(await self.send(item))
-        return outcomes
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def submit_one(item: OutgoingFile) -> SendOutcome | None:
+            async with slots:
+                return None if stopping.is_set() else await self.send(item)
+
+        submitted = await asyncio.gather(*(submit_one(item) for item in await self.scan()))
+        return outcomes + [outcome for outcome in submitted if outcome is not None]
 
     async def check_in_flight(self) -> list[SendOutcome]:
         """The outcome of every send in flight that ended since the last look (module doc)."""

@@ -37,6 +37,9 @@ What happens to a file (:class:`SendOutcome`):
   the ledger resumes an interrupted send where it stopped.
 
 Names in ``sent/`` and ``failed/`` never replace a file: a name taken gets a number.
+
+With ``fleet = true`` the same files are submitted to the fleet's workers instead, and moved
+once the ledger shows their send ended (:mod:`meshpipe.watch.fleet_outbox`).
 """
 
 from __future__ import annotations

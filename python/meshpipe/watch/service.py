@@ -126,7 +126,7 @@ class MailboxService:
                 client,
                 ledger,
                 metrics,
-                location=location or ledger.location,
+                location=_given(location),
                 settle_seconds=settings.settle_seconds,
                 concurrency=settings.send_concurrency,
                 chunks_per_job=settings.fleet_chunks_per_job,
@@ -338,6 +338,12 @@ class WatchService:
             ):
                 log.error("%s: stopped by an error: %r", service.mailbox.mailbox, outcome)
                 raise outcome
+
+
+def _given(location: str | None) -> str:
+    if location is None:  # Ledger.location hides the password: the fleet could not connect
+        raise ValueError("a fleet mailbox needs the ledger's location as given")
+    return location
 
 
 async def _sleep(seconds: float, stopping: asyncio.Event) -> None:

@@ -16,7 +16,7 @@ file as the connection profiles), validated whole before anything starts::
     poll_jitter = 0.1                  # each wait is poll_interval × (1 ± jitter)
     scan_interval = 5                  # seconds between scans of the outbox folders
     settle_seconds = 2                 # a rule-folder file unchanged this long is complete
-    send_concurrency = 4               # messages sent at once, per mailbox
+    send_concurrency = 4               # messages sent (with fleet: submitted) at once, per mailbox
     shutdown_grace = 30                # seconds transfers in flight get to finish on SIGTERM
     certificate_warning_days = 30
     retry_budget = 120                 # seconds a failed request is tried again
