@@ -238,6 +238,7 @@ class FleetOutbox(Outbox):
                 chunk_size=options.get("chunk_size", self.settings.chunk_size),
                 chunks_per_job=self.chunks_per_job or DEFAULT_CHUNKS_PER_JOB,
                 again=again,
+                ledger=self.ledger,
             )
         except (_Failed, _Deferred):
             raise
