@@ -315,8 +315,9 @@ async def test_a_watch_killed_mid_send_and_started_again_sends_the_file_once(
     def logs() -> str:
         return f"{watch_log.read_text(errors='replace')[-3000:]}\n{fleet.log_text()}"
 
-    # Two chunk requests a second across the fleet: the 5 chunks take a few seconds.
-    await asyncio.to_thread(fleet.start_all, "--max-rps", "2", names=("w1", "w2"))
+    # One worker, two requests a second: killed with watch right after chunk 1, so the send
+    # is under way (and cannot end) while watch is down and while it starts again.
+    await asyncio.to_thread(fleet.start_all, "--max-rps", "2", names=("w1",))
     with Ledger.open(fleet.ledger) as ledger:
 
         def under_way() -> bool:
@@ -328,12 +329,20 @@ async def test_a_watch_killed_mid_send_and_started_again_sends_the_file_once(
             await until(under_way, "chunk 1 sent", logs)
         finally:
             watch.send_signal(signal.SIGKILL)
+            fleet.kill("w1")
+            del fleet.processes["w1"]  # dead: the ones started later are waited for
             await watch.wait()
         record = ledger.find_send(SENDER, local_id)
         assert record is not None and record.state == "uploading", record
         assert source.exists() and files(sent) == []
         watch = await start_watch(config_file, watch_log)
         try:
+            # It finds the send by its local id and takes it up (not a new one) ...
+            resubmitted = "nightly.csv submitted again to the fleet"
+            await until(lambda: resubmitted in watch_log.read_text(), "submitted again", logs)
+            assert source.exists() and files(sent) == []
+            # ... and moves the file once other workers (w1's jobs taken over) finish it.
+            await asyncio.to_thread(fleet.start_all, names=("w2", "w3"))
             await until(lambda: sent.is_dir() and len(files(sent)) == 2, "moved to sent/", logs)
         finally:
             watch.send_signal(signal.SIGTERM)
@@ -345,8 +354,6 @@ async def test_a_watch_killed_mid_send_and_started_again_sends_the_file_once(
     assert files(sent) == [f"nightly_{message_id}.csv", f"nightly_{message_id}.ctl"]
     assert not source.exists()
     assert await inbox_of(fleet.url, workflow) == [message_id]  # one message, sent once
-    # The second watch found the send by its local id and took it up, not a new one.
-    assert "nightly.csv submitted again to the fleet" in watch_log.read_text(), logs()
     assert await received_hash(fleet.url, message_id, tmp_path / "received") == expected
 
 
