@@ -4,8 +4,10 @@ PostgreSQL ledger and a job queue in the same database (``pip install meshpipe[f
     meshpipe worker --ledger postgresql://mesh@db/meshpipe --concurrency 2   # on each machine
     meshpipe submit /shared/extract.csv --to X26ABC2 --workflow-id WF --ledger postgresql://...
 
-or :func:`submit` from Python. The file must be at the same path on every worker (a shared
-directory); a worker holds one mailbox's credentials and takes that mailbox's jobs.
+or :func:`submit` from Python, or ``meshpipe watch`` with ``fleet = true`` (each complete file
+of an outbox folder: meshpipe.watch.fleet_outbox). The file must be at the same path on every
+worker (a shared directory); a worker holds one mailbox's credentials and takes that
+mailbox's jobs.
 
 The jobs of one send (meshpipe.fleet.jobs)
 -------------------------------------------

@@ -1,7 +1,7 @@
 """``meshpipe watch``: run the service of :mod:`meshpipe.watch.service` until SIGTERM/SIGINT.
 
     meshpipe watch --config FILE [--listen HOST:PORT] [--poll-interval S] [--once]
-                   [--ledger LOCATION | --state-dir DIR] [--log-format text|json] [-v]
+                   [--ledger LOCATION | --state-dir DIR] [--fleet] [--log-format text|json] [-v]
 
 The configuration is the ``[watch]`` table of the TOML file (``--config``, else
 ``$MESHPIPE_CONFIG``; see :mod:`meshpipe.watch.settings`); flags override it. On start-up one
@@ -48,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ledger", help="ledger file or postgresql:// URL")
     parser.add_argument("--state-dir", help="directory of the ledger and partial files")
     parser.add_argument(
+        "--fleet",
+        action="store_true",
+        default=None,
+        help="hand sends to the fleet's workers (meshpipe worker) instead of sending them "
+        "here, as [watch] fleet = true (a mailbox's own fleet setting wins); needs a "
+        "postgresql:// ledger",
+    )
+    parser.add_argument(
         "--once", action="store_true", help="one handshake, scan and poll per mailbox, then exit"
     )
     log_flags(parser)
@@ -64,6 +72,7 @@ def settings_from(args: argparse.Namespace) -> WatchSettings:
         poll_interval=args.poll_interval,
         ledger=args.ledger,
         state_dir=args.state_dir,
+        fleet=args.fleet,
     )
     for mailbox in settings.mailboxes:
         hide(mailbox.config.password, mailbox.config.shared_key)

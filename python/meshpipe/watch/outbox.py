@@ -37,6 +37,9 @@ What happens to a file (:class:`SendOutcome`):
   the ledger resumes an interrupted send where it stopped.
 
 Names in ``sent/`` and ``failed/`` never replace a file: a name taken gets a number.
+
+With ``fleet = true`` the same files are submitted to the fleet's workers instead, and moved
+once the ledger shows their send ended (:mod:`meshpipe.watch.fleet_outbox`).
 """
 
 from __future__ import annotations
@@ -99,7 +102,9 @@ from meshpipe.watch.settings import FolderRule, MailboxSettings
 
 log = logging.getLogger("meshpipe.watch.outbox")
 
-Outcome = Literal["sent", "already-sent", "failed", "deferred"]
+#: What became of a file; "submitted" only with the fleet (meshpipe.watch.fleet_outbox): its
+#: send is on the fleet's queue, and the file stays in out/ until the ledger shows it ended.
+Outcome = Literal["sent", "already-sent", "failed", "deferred", "submitted"]
 
 REASON_SUFFIX: Final = ".reason.txt"
 
@@ -332,25 +337,27 @@ class Outbox:
             return await self._fail(item, failed)
         outcome: Outcome = "already-sent" if result.outcome == "already-sent" else "sent"
         self._count_sent(item, result, outcome, time.monotonic() - started)
+        return await self._finish_sent(item, outcome, result.message_id, result.local_id)
+
+    async def _finish_sent(
+        self, item: OutgoingFile, outcome: Outcome, message_id: str, local_id: str
+    ) -> SendOutcome:
+        """Move a sent file to sent/ (its status control file first) and log it."""
         try:
-            moved = await asyncio.to_thread(self._move_sent, item, result.message_id)
+            moved = await asyncio.to_thread(self._move_sent, item, message_id)
         except OSError as error:
-            reason = f"sent as {result.message_id}, but not moved to sent/ ({error}): fix it"
+            reason = f"sent as {message_id}, but not moved to sent/ ({error}): fix it"
             log.error("%s: %s %s", self.mailbox, item.name, reason)
-            return SendOutcome(item, outcome, result.message_id, reason=reason)
+            return SendOutcome(item, outcome, message_id, reason=reason)
         log.info(
             "%s: %s %s as message %s",
             self.mailbox,
             item.name,
             "was already sent" if outcome == "already-sent" else "sent",
-            result.message_id,
-            extra={
-                "mailbox": self.mailbox,
-                "local_id": result.local_id,
-                "message_id": result.message_id,
-            },
+            message_id,
+            extra={"mailbox": self.mailbox, "local_id": local_id, "message_id": message_id},
         )
-        return SendOutcome(item, outcome, result.message_id, moved_to=moved)
+        return SendOutcome(item, outcome, message_id, moved_to=moved)
 
     async def _send(self, item: OutgoingFile) -> DurableSendResult:
         headers, generated = self._headers(item)

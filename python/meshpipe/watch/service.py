@@ -7,7 +7,9 @@ Per mailbox (one :class:`~meshpipe.client.MeshClient` each, one ledger for all):
   after ``poll_interval``): its outcome is the mailbox's readiness (``/readyz``) and
   ``meshpipe_last_handshake_success_timestamp_seconds``;
 - **outbox**: a scan every ``scan_interval`` seconds, each complete file sent
-  (:class:`~meshpipe.watch.outbox.Outbox`, at most ``send_concurrency`` at once);
+  (:class:`~meshpipe.watch.outbox.Outbox`, at most ``send_concurrency`` at once), or, with
+  ``fleet``, submitted to the fleet's workers and moved once the ledger shows its send ended
+  (:class:`~meshpipe.watch.fleet_outbox.FleetOutbox`);
 - **inbox**: a poll every ``poll_interval`` × (1 ± ``poll_jitter``) seconds, and at once
   again when a poll listed a full page (:class:`~meshpipe.watch.inbox.Inbox`).
 
@@ -42,6 +44,7 @@ from meshpipe.client import ClientSettings, MeshClient
 from meshpipe.errors import MeshpipeError
 from meshpipe.ledger import Ledger, resolve_ledger_location
 from meshpipe.retry import RetryingClient
+from meshpipe.watch.fleet_outbox import FleetOutbox, fleet_ledger
 from meshpipe.watch.health import Health, MailboxHealth
 from meshpipe.watch.inbox import Inbox
 from meshpipe.watch.metrics import WatchMetrics
@@ -96,7 +99,8 @@ class Breaker:
 
 
 class MailboxService:
-    """One mailbox's loops (see the module doc)."""
+    """One mailbox's loops (see the module doc). ``location`` is the ledger's location as
+    given (with its password: the fleet's queue connects to it), needed with ``fleet``."""
 
     def __init__(
         self,
@@ -106,6 +110,8 @@ class MailboxService:
         ledger: Ledger,
         metrics: WatchMetrics,
         health: Health,
+        *,
+        location: str | None = None,
     ) -> None:
         self.settings = settings
         self.mailbox = mailbox
@@ -113,14 +119,27 @@ class MailboxService:
         self.health = health[mailbox.mailbox]
         self.metrics = metrics
         self.breaker = Breaker(settings, self.health, metrics)
-        self.outbox = Outbox(
-            mailbox,
-            client,
-            ledger,
-            metrics,
-            settle_seconds=settings.settle_seconds,
-            concurrency=settings.send_concurrency,
-        )
+        self.outbox: Outbox
+        if settings.uses_fleet(mailbox):
+            self.outbox = FleetOutbox(
+                mailbox,
+                client,
+                ledger,
+                metrics,
+                location=_given(location),
+                settle_seconds=settings.settle_seconds,
+                concurrency=settings.send_concurrency,
+                chunks_per_job=settings.fleet_chunks_per_job,
+            )
+        else:
+            self.outbox = Outbox(
+                mailbox,
+                client,
+                ledger,
+                metrics,
+                settle_seconds=settings.settle_seconds,
+                concurrency=settings.send_concurrency,
+            )
         self.inbox = Inbox(
             mailbox,
             client,
@@ -150,6 +169,8 @@ class MailboxService:
         except (MeshpipeError, OSError) as error:
             log.error("%s: the outbox scan failed: %s", self.mailbox.mailbox, error)
             return
+        # A submit to the fleet says nothing of MESH: only ended sends count.
+        outcomes = [item for item in outcomes if item.outcome != "submitted"]
         deferred = [item for item in outcomes if item.outcome == "deferred"]
         if outcomes and len(deferred) == len(outcomes):
             self.breaker.failure("sending", RuntimeError(deferred[0].reason or "deferred"))
@@ -251,6 +272,8 @@ class WatchService:
         """Run until ``stop`` is set (or, with ``once``, one round per mailbox), then stop
         within ``shutdown_grace`` seconds."""
         location = resolve_ledger_location(self.settings.ledger, self.settings.state_dir)
+        if any(self.settings.uses_fleet(mailbox) for mailbox in self.settings.mailboxes):
+            fleet_ledger(location)  # before anything opens: a ConfigError says what to change
         ledger = await asyncio.to_thread(Ledger.open, location)
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -259,7 +282,13 @@ class WatchService:
                     client = await stack.enter_async_context(self._client(mailbox))
                     services.append(
                         MailboxService(
-                            self.settings, mailbox, client, ledger, self.metrics, self.health
+                            self.settings,
+                            mailbox,
+                            client,
+                            ledger,
+                            self.metrics,
+                            self.health,
+                            location=location,
                         )
                     )
                 await self._run_all(services, stop, once)
@@ -309,6 +338,12 @@ class WatchService:
             ):
                 log.error("%s: stopped by an error: %r", service.mailbox.mailbox, outcome)
                 raise outcome
+
+
+def _given(location: str | None) -> str:
+    if location is None:  # Ledger.location hides the password: the fleet could not connect
+        raise ValueError("a fleet mailbox needs the ledger's location as given")
+    return location
 
 
 async def _sleep(seconds: float, stopping: asyncio.Event) -> None:

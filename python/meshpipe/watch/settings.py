@@ -16,16 +16,20 @@ file as the connection profiles), validated whole before anything starts::
     poll_jitter = 0.1                  # each wait is poll_interval × (1 ± jitter)
     scan_interval = 5                  # seconds between scans of the outbox folders
     settle_seconds = 2                 # a rule-folder file unchanged this long is complete
-    send_concurrency = 4               # messages sent at once, per mailbox
+    send_concurrency = 4               # messages sent (with fleet: submitted) at once, per mailbox
     shutdown_grace = 30                # seconds transfers in flight get to finish on SIGTERM
     certificate_warning_days = 30
     retry_budget = 120                 # seconds a failed request is tried again
     ledger = "/var/lib/meshpipe/ledger.db"   # or state_dir; default as for meshpipe send
+    fleet = false                      # true: hand sends to the fleet's workers (needs a
+                                       # postgresql:// ledger and meshpipe[fleet])
+    fleet_chunks_per_job = 4           # chunks of one fleet range job
 
     [[watch.mailbox]]
     profile = "a"
     root = "/srv/mesh/X26ABC1"         # out/ sent/ failed/ in/ reports/ under it, or each given
     compress = "gzip"                  # the codec for files without a .ctl saying otherwise
+    fleet = true                       # this mailbox only (default: [watch] fleet)
     receive = true                     # poll the inbox (default true)
     workflow_filter = "EXTRACT*"       # receive only these (MESH's filter syntax)
 
@@ -34,6 +38,11 @@ file as the connection profiles), validated whole before anything starts::
     to = "X26ABC2"
     workflow_id = "NIGHTLY_EXTRACT"
     subject = "nightly extract"        # optional
+
+``fleet`` is a switch, not implied by a PostgreSQL ledger: a fleet send only goes once
+``meshpipe worker`` processes of that mailbox run (with the outbox at the same path), and a
+PostgreSQL ledger is also used without any (several watch hosts, the web view). Per mailbox,
+since a worker holds one mailbox's credentials (meshpipe.watch.fleet_outbox).
 
 Errors are :class:`~meshpipe.errors.ConfigError` naming the setting and what to change.
 """
@@ -105,6 +114,8 @@ class MailboxSettings:
     send: bool = True
     receive: bool = True
     workflow_filter: str | None = None
+    #: Hand this mailbox's sends to the fleet; None: as ``WatchSettings.fleet``.
+    fleet: bool | None = None
 
     @property
     def mailbox(self) -> str:
@@ -137,6 +148,15 @@ class WatchSettings:
     #: How long a failed request is tried again before it counts as a failure (the retry
     #: policy's budget: meshpipe.config.RetryPolicy).
     retry_budget: float = 120.0
+    #: Sends go to the fleet's workers (meshpipe.watch.fleet_outbox) instead of being sent
+    #: by this process; a mailbox's own ``fleet`` overrides it.
+    fleet: bool = False
+    #: Chunks of one fleet range job (None: meshpipe.fleet.DEFAULT_CHUNKS_PER_JOB).
+    fleet_chunks_per_job: int | None = None
+
+    def uses_fleet(self, mailbox: MailboxSettings) -> bool:
+        """Whether ``mailbox``'s outbox hands its sends to the fleet."""
+        return self.fleet if mailbox.fleet is None else mailbox.fleet
 
     def __post_init__(self) -> None:
         if not self.mailboxes:
@@ -153,6 +173,8 @@ class WatchSettings:
                 raise ConfigError(f"[watch] {name} must be more than 0 seconds")
         if self.send_concurrency < 1 or self.failure_threshold < 1:
             raise ConfigError("[watch] send_concurrency and failure_threshold must be at least 1")
+        if self.fleet_chunks_per_job is not None and self.fleet_chunks_per_job < 1:
+            raise ConfigError("[watch] fleet_chunks_per_job must be at least 1")
         if not 0 <= self.listen_port <= 65535:
             raise ConfigError(f"[watch] listen port {self.listen_port} is not a TCP port")
         _check_distinct(self.mailboxes)
@@ -202,6 +224,8 @@ _SCALARS: Final[Mapping[str, type]] = {
     "max_backoff": float,
     "retry_budget": float,
     "allow_remote_listen": bool,
+    "fleet": bool,
+    "fleet_chunks_per_job": int,
 }
 
 
@@ -254,7 +278,17 @@ def _typed(name: str, value: Any, kind: type) -> Any:
 
 
 _MAILBOX_KEYS: Final = frozenset(
-    {"profile", "root", "compress", "chunk_size", "send", "receive", "workflow_filter", "rule"}
+    {
+        "profile",
+        "root",
+        "compress",
+        "chunk_size",
+        "send",
+        "receive",
+        "workflow_filter",
+        "rule",
+        "fleet",
+    }
     | set(FOLDER_NAMES)
 )
 
@@ -292,6 +326,7 @@ def _mailbox(table: Mapping[str, Any], config_file: Path) -> MailboxSettings:
         send=bool(table.get("send", True)),
         receive=bool(table.get("receive", True)),
         workflow_filter=table.get("workflow_filter"),
+        fleet=None if "fleet" not in table else _typed(f"{where} fleet", table["fleet"], bool),
     )
 
 
