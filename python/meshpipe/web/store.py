@@ -29,6 +29,7 @@ from meshpipe.ledger import (
 )
 from meshpipe.ledger.database import create_ledger_engine, parse_location, transaction
 from meshpipe.ledger.schema import events, transfers
+from meshpipe.web.jobs import JobReader
 
 PAGE_SIZE: Final = 50
 #: The list counts matching transfers up to this many (a count of every row of a big ledger
@@ -208,6 +209,8 @@ class LedgerView:
         self._engine: Engine = create_ledger_engine(self._location, busy_timeout=10.0)
         self._choices = _Cached()
         self._lock = threading.Lock()
+        #: the fleet's job queue in the same database (PostgreSQL only)
+        self.jobs = JobReader(self._engine, self._location)
 
     @property
     def location(self) -> str:
