@@ -153,6 +153,15 @@ Index("ix_meshpipe_transfers_mailbox", transfers.c.mailbox, transfers.c.id)
 Index("ix_meshpipe_transfers_workflow", transfers.c.workflow_id, transfers.c.id)
 Index("ix_meshpipe_transfers_direction", transfers.c.direction, transfers.c.id)
 Index("ix_meshpipe_transfers_created", transfers.c.created_at)
+# Version 3: the web list's sorts by size and by finish (meshpipe.web.store orders by the
+# column descending with nulls last, or ascending with nulls first, then by id): an index in
+# that order, scanned forwards or backwards, serves a page without sorting every row. SQLite
+# puts nulls first in ascending order by itself; PostgreSQL must be told (its default puts
+# them last, and its planner cannot then use the index for either direction).
+SORT_INDEXES: Final = ("ix_meshpipe_transfers_sort_size", "ix_meshpipe_transfers_sort_finished")
+for _name, _column in zip(SORT_INDEXES, (transfers.c.size, transfers.c.finished_at), strict=True):
+    Index(_name, _column, transfers.c.id).ddl_if(dialect="sqlite")
+    Index(_name, _column.nulls_first(), transfers.c.id).ddl_if(dialect="postgresql")
 
 chunks: Final = Table(
     "meshpipe_chunks",
@@ -211,10 +220,13 @@ def _create_version_1(connection: Connection) -> None:
     # one, freeze it here first (this step's own copy of its version-1 definition), so that an
     # empty ledger still climbs through every version. tests/ledger/test_open.py checks that
     # migrating an empty database gives exactly the tables above. Frozen so far:
-    # meshpipe_chunks (version 2 added ``worker``); the other two are unchanged since
-    # version 1 and copied as they are.
+    # meshpipe_chunks (version 2 added ``worker``); meshpipe_transfers, copied without the
+    # indexes of version 3; the other two are unchanged since version 1 and copied as they are.
     version_1 = MetaData()
     frozen = [table.to_metadata(version_1) for table in (schema_migrations, transfers, events)]
+    for index in list(frozen[1].indexes):
+        if index.name in SORT_INDEXES:
+            frozen[1].indexes.discard(index)
     frozen.append(
         Table(
             "meshpipe_chunks",
@@ -254,9 +266,19 @@ def _add_fleet_version_2(connection: Connection) -> None:
     metadata.create_all(connection, tables=[mailbox_pace])
 
 
+def _add_sort_indexes_version_3(connection: Connection) -> None:
+    # Version 3 (the web list's sorts): the indexes of SORT_INDEXES, each in its dialect's form.
+    for index in transfers.indexes:
+        if index.name in SORT_INDEXES:
+            index.create(connection)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "transfers, chunks and events", _create_version_1),
     Migration(2, "the worker of each chunk; the pace of each mailbox", _add_fleet_version_2),
+    Migration(
+        3, "indexes for the web list's sorts by size and by finish", _add_sort_indexes_version_3
+    ),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 
@@ -264,6 +286,7 @@ __all__ = [
     "LEDGER_TABLES",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "SORT_INDEXES",
     "Migration",
     "chunks",
     "events",

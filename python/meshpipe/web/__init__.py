@@ -32,6 +32,7 @@ from meshpipe.pages import setup_pages
 from meshpipe.web.store import LedgerView
 from meshpipe.web.views import (
     CONTEXT,
+    NAV,
     MailboxSignals,
     SignalSource,
     Tracker,
@@ -40,7 +41,6 @@ from meshpipe.web.views import (
 )
 
 SITE_NAME: Final = "meshpipe transfers"
-NAV: Final = (("Overview", "/"), ("Transfers", "/transfers"))
 
 
 def add_web_pages(

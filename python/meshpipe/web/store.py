@@ -29,6 +29,7 @@ from meshpipe.ledger import (
 )
 from meshpipe.ledger.database import create_ledger_engine, parse_location, transaction
 from meshpipe.ledger.schema import events, transfers
+from meshpipe.web.jobs import JobReader
 
 PAGE_SIZE: Final = 50
 #: The list counts matching transfers up to this many (a count of every row of a big ledger
@@ -180,6 +181,20 @@ class _Cached:
     values: dict[str, list[str]] = field(default_factory=dict)
 
 
+def sort_order(sort: SortKey, descending: bool) -> list[ColumnElement[Any]]:
+    """The ORDER BY of a list sorted by ``sort`` (not ``created``): the column, nulls after
+    the largest, then the id; written so that an index serves it (state, mailbox and
+    workflow with id; ledger version 3's size and finish with id). A column that cannot be
+    null gets no NULLS clause: PostgreSQL would not match it to an index otherwise."""
+    column = _SORT_COLUMNS[sort]
+    ids = transfers.c.id
+    if not column.nullable:
+        return [column.desc(), ids.desc()] if descending else [column.asc(), ids.asc()]
+    if descending:
+        return [column.desc().nulls_last(), ids.desc()]
+    return [column.asc().nulls_first(), ids.asc()]
+
+
 def _summary(row: Row[Any] | Any) -> TransferSummary:
     return TransferSummary(**row._asdict())
 
@@ -208,6 +223,8 @@ class LedgerView:
         self._engine: Engine = create_ledger_engine(self._location, busy_timeout=10.0)
         self._choices = _Cached()
         self._lock = threading.Lock()
+        #: the fleet's job queue in the same database (PostgreSQL only)
+        self.jobs = JobReader(self._engine, self._location)
 
     @property
     def location(self) -> str:
@@ -278,14 +295,11 @@ class LedgerView:
     def _offset_page(
         self, query: ListQuery, base: Select[Any], total: int, running: int
     ) -> TransferPage:
-        column = _SORT_COLUMNS[query.sort]
-        if query.descending:
-            order = [column.desc().nulls_last(), transfers.c.id.desc()]
-        else:
-            order = [column.asc().nulls_first(), transfers.c.id.asc()]
         page = max(1, query.page)
         rows = self._rows(
-            base.order_by(*order).limit(query.size + 1).offset((page - 1) * query.size)
+            base.order_by(*sort_order(query.sort, query.descending))
+            .limit(query.size + 1)
+            .offset((page - 1) * query.size)
         )
         return TransferPage(
             rows=rows[: query.size],
@@ -417,5 +431,6 @@ __all__ = [
     "SortKey",
     "TransferDetail",
     "TransferPage",
+    "sort_order",
     "throughput",
 ]

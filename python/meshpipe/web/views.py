@@ -28,6 +28,8 @@ from meshpipe.web.detail import (
     throughput_points,
     timeline,
 )
+from meshpipe.web.jobs import COUNT_LIMIT as JOB_COUNT_LIMIT
+from meshpipe.web.jobs import JOB_STATES, JobQuery
 from meshpipe.web.store import (
     ALL_STATES,
     COUNT_LIMIT,
@@ -81,6 +83,10 @@ class WebContext:
 
 
 CONTEXT: Final = web.AppKey("web_context", WebContext)
+
+NAV: Final = (("Overview", "/"), ("Transfers", "/transfers"))
+#: Shown in the navigation only when the ledger's database holds the fleet's job queue.
+JOBS_NAV: Final = ("Jobs", "/jobs")
 
 _COLUMNS: Final[tuple[tuple[str, SortKey | None], ...]] = (
     ("#", "created"),
@@ -186,15 +192,24 @@ def _view(request: web.Request) -> LedgerView:
     return request.app[CONTEXT].view
 
 
-def _bad_request(request: web.Request, message: str) -> web.Response:
-    return render(
-        "web/error.html", request, {"title": "Bad request", "message": message}, status=400
-    )
+async def _render(
+    template: str, request: web.Request, context: dict[str, Any], *, status: int = 200
+) -> web.Response:
+    """The page, with the Jobs link in the navigation when the fleet's queue is there."""
+    jobs = await _call(_view(request).jobs.available)
+    nav = [*NAV, JOBS_NAV] if jobs else list(NAV)
+    return render(template, request, {**context, "nav": nav, "jobs_in_use": jobs}, status=status)
 
 
-def _not_found(request: web.Request, transfer_id: int) -> web.Response:
+async def _bad_request(request: web.Request, message: str) -> web.Response:
+    context = {"title": "Bad request", "message": message}
+    return await _render("web/error.html", request, context, status=400)
+
+
+async def _not_found(request: web.Request, transfer_id: int) -> web.Response:
     message = f"The ledger has no transfer #{transfer_id}; find it in the list of transfers."
-    return render("web/error.html", request, {"title": "Not found", "message": message}, status=404)
+    context = {"title": "Not found", "message": message}
+    return await _render("web/error.html", request, context, status=404)
 
 
 async def overview_page(request: web.Request) -> web.Response:
@@ -204,7 +219,7 @@ async def overview_page(request: web.Request) -> web.Response:
     source = request.app[CONTEXT].signals
     signals = list(source()) if source is not None else []
     now = dt.datetime.now(dt.UTC).timestamp()
-    return render(
+    return await _render(
         "web/overview.html",
         request,
         {
@@ -222,7 +237,7 @@ async def transfers_page(request: web.Request) -> web.Response:
     try:
         query = parse_list_query(request.query)
     except BadQuery as error:
-        return _bad_request(request, str(error))
+        return await _bad_request(request, str(error))
     view = _view(request)
     page, choices = await asyncio.gather(_call(view.page, query), _call(view.choices))
     filters = _filters(query)
@@ -264,7 +279,7 @@ async def transfers_page(request: web.Request) -> web.Response:
         if running_ids
         else None
     )
-    return render(
+    return await _render(
         "web/transfers.html",
         request,
         {
@@ -349,7 +364,7 @@ async def transfer_page(request: web.Request) -> web.Response:
     transfer_id = _transfer_id(request)
     detail = await _call(_view(request).detail, transfer_id)
     if detail is None:
-        return _not_found(request, transfer_id)
+        return await _not_found(request, transfer_id)
     record = detail.record
     rows = chunk_rows(record, detail.chunks)
     entries = timeline(detail.events, rows)
@@ -360,7 +375,9 @@ async def transfer_page(request: web.Request) -> web.Response:
         title=f"Throughput of transfer #{record.id} over time",
     )
     running = record.state in RUNNING_STATES
-    return render(
+    view = _view(request)
+    jobs = await _call(view.jobs.of_transfer, record.id) if await _call(view.jobs.available) else []
+    return await _render(
         "web/transfer.html",
         request,
         {
@@ -378,6 +395,7 @@ async def transfer_page(request: web.Request) -> web.Response:
             "refresh": f"/transfers/{record.id}.json?shown={record.state}" if running else None,
             "duration": duration_of(record),
             "throughput": throughput(record),
+            "jobs": jobs,
         },
     )
 
@@ -401,7 +419,7 @@ async def evidence_json(request: web.Request) -> web.Response:
     view = _view(request)
     detail = await _call(view.detail, transfer_id, event_limit=None)
     if detail is None:
-        return _not_found(request, transfer_id)
+        return await _not_found(request, transfer_id)
     record = detail.record
     tracking = None
     if record.direction == "send":
@@ -425,6 +443,79 @@ async def evidence_json(request: web.Request) -> web.Response:
     )
 
 
+def parse_job_query(params: MultiMapping[str]) -> JobQuery:
+    """The jobs page's query from the address's parameters; BadQuery names a wrong one."""
+    state = params.get("state") or None
+    if state is not None and state not in JOB_STATES:
+        raise BadQuery(
+            f"state: {state!r} is not a job state; choose one of {', '.join(JOB_STATES)}"
+        )
+    queue = (params.get("queue") or "").strip() or None
+    if queue is not None and len(queue) > 128:
+        raise BadQuery("queue: a queue's name has at most 128 characters")
+    return JobQuery(
+        state=state, queue=queue, before=_number(params, "before"), after=_number(params, "after")
+    )
+
+
+def _jobs_url(query: JobQuery, **extra: int) -> str:
+    values = {"state": query.state, "queue": query.queue, **extra}
+    params = {key: str(value) for key, value in values.items() if value is not None}
+    return "/jobs" + (f"?{urlencode(params)}" if params else "")
+
+
+def _no_jobs_message(view: LedgerView) -> str:
+    if view.jobs.is_sqlite:
+        return (
+            f"The fleet is not in use: the ledger {view.location} is a SQLite file, and the "
+            "fleet (meshpipe worker, meshpipe submit) keeps its job queue in a PostgreSQL "
+            "ledger. There are no jobs to show."
+        )
+    return (
+        f"The fleet is not in use on this ledger ({view.location}): its database has no job "
+        "queue yet. The first meshpipe worker or meshpipe submit on it creates the queue's "
+        "tables; this page shows their jobs from then on."
+    )
+
+
+async def jobs_page(request: web.Request) -> web.Response:
+    """The fleet's jobs, newest first: counts by state, filters by state and mailbox's
+    queue, each job's task, transfer, attempts, worker, times, and a failed job's reason."""
+    view = _view(request)
+    if not await _call(view.jobs.available):
+        context = {"title": "No jobs", "message": _no_jobs_message(view)}
+        return await _render("web/error.html", request, context, status=404)
+    try:
+        query = parse_job_query(request.query)
+    except BadQuery as error:
+        return await _bad_request(request, str(error))
+    page = await _call(view.jobs.page, query)
+    filtered = JobQuery(state=query.state, queue=query.queue)
+    pager = {
+        "first": _jobs_url(filtered) if page.newer is not None else None,
+        "newer": _jobs_url(filtered, after=page.newer) if page.newer is not None else None,
+        "older": _jobs_url(filtered, before=page.older) if page.older is not None else None,
+    }
+    states = [
+        (state, page.counts.get(state, 0), _jobs_url(JobQuery(state=state, queue=query.queue)))
+        for state in JOB_STATES
+    ]
+    return await _render(
+        "web/jobs.html",
+        request,
+        {
+            "page": page,
+            "query": query,
+            "states": states,
+            "job_states": JOB_STATES,
+            "filtered": query.state is not None or query.queue is not None,
+            "pager": pager,
+            "count_limit": JOB_COUNT_LIMIT,
+            "now": dt.datetime.now(dt.UTC),
+        },
+    )
+
+
 def routes() -> list[web.RouteDef]:
     """Every page of the web view (GET only)."""
     return [
@@ -434,16 +525,20 @@ def routes() -> list[web.RouteDef]:
         web.get(r"/transfers/{id:\d+}", transfer_page, name="transfer"),
         web.get(r"/transfers/{id:\d+}.json", transfer_json),
         web.get(r"/transfers/{id:\d+}/evidence.json", evidence_json),
+        web.get("/jobs", jobs_page, name="jobs"),
     ]
 
 
 __all__ = [
     "CONTEXT",
+    "JOBS_NAV",
+    "NAV",
     "BadQuery",
     "MailboxSignals",
     "SignalSource",
     "Tracker",
     "WebContext",
+    "parse_job_query",
     "parse_list_query",
     "routes",
 ]
