@@ -149,6 +149,31 @@ async def test_mesh_failing_opens_the_circuit_and_its_recovery_closes_it(
     assert polled is not None and polled > 0
 
 
+async def test_credentials_refused_open_the_circuit_and_say_what_to_check(
+    meshpipe_url: str, workflow: str, tmp_path: Path
+) -> None:
+    """A 401 is not retried, but it is a failure of the mailbox like any other: the circuit
+    opens (backing off) and readiness names the credentials."""
+    settings = watch_settings(meshpipe_url, tmp_path, workflow, failure_threshold=2)
+    metrics, health = WatchMetrics(), Health([SENDER, RECIPIENT])
+    service = WatchService(settings, metrics, health)
+    refused = [
+        {"kind": "status", "route": route, "status": 401, "times": 0}
+        for route in ("handshake", "inbox")
+    ]
+    await put_faults(meshpipe_url, refused)
+    try:
+        await service.run(asyncio.Event(), once=True)  # the handshake and the poll refused
+    finally:
+        await put_faults(meshpipe_url, [])
+    assert health[RECIPIENT].circuit_open and not health[RECIPIENT].handshake_ok
+    sample = metrics.registry.get_sample_value
+    assert sample("meshpipe_platform_up", {"mailbox": RECIPIENT}) == 0
+    assert any("check the mailbox id, password and shared key" in p for p in health.problems())
+    # Refused credentials are not tried again at once.
+    assert sample("meshpipe_retries_total", {"mailbox": RECIPIENT, "cause": "http_401"}) is None
+
+
 async def test_a_failed_handshake_is_tried_again_soon_not_a_day_later(
     meshpipe_url: str, workflow: str, tmp_path: Path
 ) -> None:
