@@ -353,13 +353,13 @@ def _change_manifest(payload: bytes, field: bytes, to: bytes | None = None) -> b
 @dataclass(frozen=True)
 class Damage:
     """A message that does not match its checksum: its payloads and mex-Content-Checksum, what
-    the ledger's reason says, and whether the final job found it (every chunk written) or the
-    last chunk's job (the last chunk not written)."""
+    the ledger's reason says, and the chunk whose job refused it (never written; None: the
+    final job found it, every chunk written)."""
 
     payloads: list[bytes]
     header: str
     reason: list[str]
-    by_final_job: bool
+    refused_chunk: int | None
 
 
 def _damaged(source: Path, damage: str, codec: Codec) -> Damage:
@@ -369,23 +369,34 @@ def _damaged(source: Path, damage: str, codec: Codec) -> Damage:
     if damage == "forged-header":
         header = ContentChecksum(xxh3_128=FORGED, size=size, chunk_size=5 * MiB, codec=codec)
         reason = [f"xxh3-128 is {whole}, but the sender declared {FORGED};"]
-        return Damage(_payloads(source, codec, trailer=False), header.header_value(), reason, True)
+        return Damage(_payloads(source, codec, trailer=False), header.header_value(), reason, None)
     if damage == "missing-manifest":
         reason = ["chunk 4 of 4", "failed verification 3 times", "manifest"]
-        return Damage(_payloads(source, codec, trailer=False), announced, reason, False)
+        return Damage(_payloads(source, codec, trailer=False), announced, reason, 4)
     payloads = _payloads(source, codec, trailer=True)
+    plain = _payloads(source, codec, trailer=False)
+    manifest = payloads[-1][len(plain[-1]) :]  # the manifest's bytes, as the splitter ends with
+    if damage == "manifest-in-a-middle-chunk":
+        payloads[1] += manifest
+        reason = ["chunk 2 of 4", "failed verification 3 times", "only the last chunk carries"]
+        return Damage(payloads, announced, reason, 2)
+    if damage == "unannounced-manifest-disagrees":
+        header = ContentChecksum(xxh3_128=whole, size=size, chunk_size=5 * MiB, codec=codec)
+        plain[-1] += _change_manifest(manifest, b"xxh3-128:")
+        reason = ["chunk 4 of 4", "failed verification 3 times", "disagrees with chunk 1's header"]
+        return Damage(plain, header.header_value(), reason, 4)
     if damage == "changed-manifest":
         payloads[-1] = _change_manifest(payloads[-1], b"xxh3-128:")
         reason = [f"xxh3-128 is {whole}, but the sender declared", "in the manifest at the end"]
-        return Damage(payloads, announced, reason, True)
+        return Damage(payloads, announced, reason, None)
     if damage == "malformed-manifest":
         payloads[-1] = _change_manifest(payloads[-1], b"size:", b"x")
         reason = ["chunk 4 of 4", "failed verification 3 times", "malformed whole-file manifest"]
-        return Damage(payloads, announced, reason, False)
+        return Damage(payloads, announced, reason, 4)
     assert damage == "manifest-size"
     payloads[-1] = _change_manifest(payloads[-1], b"size:")
     reason = ["the manifest at the end of chunk 4 of 4", f"headers declare {size} bytes"]
-    return Damage(payloads, announced, reason, False)
+    return Damage(payloads, announced, reason, 4)
 
 
 def _wait_until_failed(ledger: Ledger, message_id: str, fleet: Fleet) -> ReceiveRecord:
@@ -409,6 +420,9 @@ def _wait_until_failed(ledger: Ledger, message_id: str, fleet: Fleet) -> Receive
         # meshpipe serve, as MESH, refuses a body it cannot decode: the sandbox takes it
         ("malformed-manifest", "zstd", "sandbox"),
         ("manifest-size", "zstd", "serve"),
+        ("manifest-in-a-middle-chunk", "gzip", "serve"),
+        ("manifest-in-a-middle-chunk", "zstd", "sandbox"),
+        ("unannounced-manifest-disagrees", "zstd", "serve"),
     ],
 )
 def test_a_message_that_does_not_match_its_checksum_fails_unacknowledged(
@@ -432,10 +446,10 @@ def test_a_message_that_does_not_match_its_checksum_fails_unacknowledged(
         for part in damaged.reason:
             assert part in record.error, record.error
         written = ledger.written_chunks(record)
-        if damaged.by_final_job:
+        if damaged.refused_chunk is None:
             assert sorted(written) == [1, 2, 3, 4]
         else:
-            assert 4 not in written
+            assert damaged.refused_chunk not in written
         kinds = {event.kind for event in ledger.events(record)}
         assert not kinds & {"verified", "delivered", "acknowledged"}
     assert not (inbox / "extract.csv").exists()

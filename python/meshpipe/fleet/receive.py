@@ -37,6 +37,8 @@ chunk (``ChunkReport.manifest``) and records it, as a ``note`` event whose ``man
 xxh3-128 and size, in the transaction that records the chunk written. A manifest that is
 missing or malformed fails the chunk's verification (downloaded again, then the receive
 fails); one whose size is not the size chunk 1's header declared fails the receive at once.
+As the engine does for a whole message, a manifest in any other chunk, or at the end of the
+header form's last chunk disagreeing with chunk 1's header, fails that chunk's verification.
 
 ``receive_final`` (one at a time per transfer): once every chunk is recorded written, the
 whole file's xxh3-128 is checked against the sender's (chunk 1's header, or the recorded
@@ -456,7 +458,11 @@ async def _download_chunk(
                 )
             raise
         what = f"chunk {number} of {record.chunk_count} of message {record.message_id}"
-        manifest = _manifest_of(report, what) if last_of_trailer else None
+        if last_of_trailer:
+            manifest: Manifest | None = _manifest_of(report, what)
+        else:
+            _check_unannounced(record, number, report, what)
+            manifest = None
         assert record.chunk_size is not None
         offset = (number - 1) * record.chunk_size
         await asyncio.to_thread(
@@ -483,6 +489,25 @@ def _manifest_of(report: ChunkReport, what: str) -> Manifest:
         )
     xxh3_128, size = report.manifest
     return Manifest(xxh3_128, size)
+
+
+def _check_unannounced(record: ReceiveRecord, number: int, report: ChunkReport, what: str) -> None:
+    """The engine's rule for a manifest the headers did not announce, which a one-chunk
+    assembler cannot apply itself: none in any chunk but the last (CodecError, as the engine
+    says it), and at the end of the header form's last chunk only one that agrees with chunk
+    1's header (ChecksumMismatchError). Either is downloaded again, then fails the receive."""
+    if report.manifest is None:
+        return
+    found_xxh3, found_size = report.manifest
+    if number != record.chunk_count:
+        raise CodecError(f"{what} ends with a whole-file manifest; only the last chunk carries one")
+    checksum = _checksum(record)
+    if (found_xxh3, found_size) != (checksum.xxh3_128, checksum.size):
+        raise ChecksumMismatchError(
+            f"{what} ends with a whole-file manifest ({found_xxh3} of {found_size} bytes) "
+            f"that disagrees with chunk 1's header ({checksum.xxh3_128} of {checksum.size} "
+            "bytes)"
+        )
 
 
 def _feed(writer: ChunkWriter, pieces: list[bytes]) -> None:
