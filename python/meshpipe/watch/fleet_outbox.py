@@ -32,6 +32,13 @@ new for a send under way (the fleet's queueing locks; every job skips what the l
 done) and reports a completed one "already sent" (then moved to ``sent/``). A send the fleet
 failed while watch was stopped is taken up again once (the next scan then sees it end).
 
+**Stalls.** A send the workers make no progress on (no worker running for the mailbox's
+queue, or all of them stuck) shows in ``meshpipe_fleet_send_stalled_seconds``: the longest
+time, by this process's clock, since any send in flight last changed in the ledger (its
+state, message id or chunks accepted), beside ``meshpipe_fleet_sends_in_flight``. A send
+stalled ``stall_seconds`` (300 by default) is logged once as a warning naming the queue that
+needs a worker, and again after it moves and stalls anew.
+
 **Stopping** holds nothing up: sends in flight are the workers', and go on. ``--once`` submits
 what is complete and exits; the next run moves what the fleet finished meanwhile.
 
@@ -44,9 +51,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from meshpipe.client import MeshClient
 from meshpipe.errors import ConfigError, MeshpipeError
@@ -86,13 +94,28 @@ def fleet_ledger(location: str) -> str:
     return location
 
 
-@dataclass(frozen=True, slots=True)
+#: A send in flight that has not moved for this long is logged as stalled (module doc).
+STALL_SECONDS: Final = 300.0
+
+
+@dataclass(slots=True)
 class _InFlight:
-    """A submitted file: as listed when submitted, and its send in the ledger."""
+    """A submitted file: as listed when submitted, and its send in the ledger; ``progress``
+    is what the ledger last showed of it, ``since`` when (monotonic) that was first seen."""
 
     item: OutgoingFile
     transfer_id: int
     local_id: str
+    progress: tuple[str, str | None, int] | None = None
+    since: float = field(default_factory=time.monotonic)
+    warned: bool = False
+
+    def stalled_for(self, record: SendRecord, now: float) -> float:
+        """Seconds since the send last moved, ``record`` being how the ledger shows it now."""
+        progress = (record.state, record.message_id, record.chunks_done)
+        if progress != self.progress:
+            self.progress, self.since, self.warned = progress, now, False
+        return now - self.since
 
 
 class FleetOutbox(Outbox):
@@ -111,6 +134,7 @@ class FleetOutbox(Outbox):
         settle_seconds: float,
         concurrency: int,
         chunks_per_job: int | None = None,
+        stall_seconds: float = STALL_SECONDS,
     ) -> None:
         super().__init__(
             settings,
@@ -122,6 +146,7 @@ class FleetOutbox(Outbox):
         )
         self.location = fleet_ledger(location)
         self.chunks_per_job = chunks_per_job
+        self.stall_seconds = stall_seconds
         self._sending: dict[Path, _InFlight] = {}
 
     @property
@@ -143,11 +168,13 @@ class FleetOutbox(Outbox):
                 return None if stopping.is_set() else await self.send(item)
 
         submitted = await asyncio.gather(*(submit_one(item) for item in await self.scan()))
+        self.metrics.fleet_in_flight.labels(self.mailbox).set(len(self._sending))
         return outcomes + [outcome for outcome in submitted if outcome is not None]
 
     async def check_in_flight(self) -> list[SendOutcome]:
         """The outcome of every send in flight that ended since the last look (module doc)."""
         outcomes: list[SendOutcome] = []
+        stalled = 0.0
         for path, sending in list(self._sending.items()):
             try:
                 record = await asyncio.to_thread(self.ledger.transfer, sending.transfer_id)
@@ -156,10 +183,38 @@ class FleetOutbox(Outbox):
                 continue
             assert isinstance(record, SendRecord)
             if record.state not in ("completed", "failed"):
+                stalled = max(stalled, self._watch_progress(sending, record))
                 continue
             self._forget(path)
             outcomes.append(await self._ended(sending, record))
+        self.metrics.fleet_stalled.labels(self.mailbox).set(stalled)
+        self.metrics.fleet_in_flight.labels(self.mailbox).set(len(self._sending))
         return outcomes
+
+    def _watch_progress(self, sending: _InFlight, record: SendRecord) -> float:
+        """Seconds the send has not moved; warned of once past ``stall_seconds``."""
+        stalled = sending.stalled_for(record, time.monotonic())
+        if stalled >= self.stall_seconds and not sending.warned:
+            sending.warned = True
+            from meshpipe.fleet.queue import queue_name
+
+            where = (
+                f"after chunk {record.chunks_done} of {record.chunk_count} was accepted"
+                if record.chunks_done
+                else "since it was submitted"
+            )
+            log.warning(
+                "%s: %s (transfer %d) has not moved for %.0f s %s: is a meshpipe worker "
+                "running for this mailbox (queue %s), and can it reach MESH?",
+                self.mailbox,
+                sending.item.name,
+                record.id,
+                stalled,
+                where,
+                queue_name(self.mailbox),
+                extra={"mailbox": self.mailbox, "local_id": sending.local_id},
+            )
+        return stalled
 
     async def _ended(self, sending: _InFlight, record: SendRecord) -> SendOutcome:
         item = sending.item

@@ -66,6 +66,19 @@ class WatchMetrics:
             ["mailbox"],
             registry=r,
         )
+        self.fleet_in_flight = Gauge(
+            "meshpipe_fleet_sends_in_flight",
+            "Sends handed to the fleet's workers (fleet = true) whose end the ledger has not shown",
+            ["mailbox"],
+            registry=r,
+        )
+        self.fleet_stalled = Gauge(
+            "meshpipe_fleet_send_stalled_seconds",
+            "Longest time a send handed to the fleet has shown no progress in the ledger "
+            "(0: none in flight); growing: no worker is taking the mailbox's jobs",
+            ["mailbox"],
+            registry=r,
+        )
         self.inbox_backlog = Gauge(
             "meshpipe_inbox_backlog_messages",
             "Messages in the MESH inbox at the last poll",
