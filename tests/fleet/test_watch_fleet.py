@@ -93,6 +93,7 @@ class Watching:
         self.client = client
         self.ledger = Ledger.open(fleet.ledger)
         self.metrics = WatchMetrics()
+        self.stall_seconds = 300.0
         self.outbox = self.restarted()
 
     def restarted(self) -> FleetOutbox:
@@ -106,6 +107,7 @@ class Watching:
             settle_seconds=0,
             concurrency=2,
             chunks_per_job=1,
+            stall_seconds=self.stall_seconds,
         )
         return self.outbox
 
@@ -185,6 +187,29 @@ async def test_a_file_in_the_outbox_is_sent_by_several_workers_and_moved_to_sent
     assert watching.sample("meshpipe_transfers_total", **labels) == 1
     assert watching.sample("meshpipe_sent_chunks_total") == 5
     assert watching.sample("meshpipe_sent_bytes_total") == 5 * CHUNK
+
+
+async def test_a_send_no_worker_takes_shows_as_stalled_until_a_worker_starts(
+    watching: Watching, fleet: Fleet, workflow: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    watching.stall_seconds = 0.5
+    watching.restarted()
+    drop(watching.settings.folders.out, "waiting", 2 * CHUNK, ctl(workflow, "WAITING-1"))
+    assert [item.outcome for item in await watching.run()] == ["submitted"]
+    assert watching.sample("meshpipe_fleet_sends_in_flight") == 1
+    await asyncio.sleep(0.6)  # no worker: nothing moves
+    assert await watching.run() == []
+    assert watching.sample("meshpipe_fleet_send_stalled_seconds") >= 0.5
+    [warning] = [r.getMessage() for r in caplog.records if "has not moved" in r.getMessage()]
+    assert "waiting.dat" in warning and "since it was submitted" in warning, warning
+    assert f"queue meshpipe-{SENDER}" in warning, warning
+    await watching.run()  # warned once per stall
+    assert len([r for r in caplog.records if "has not moved" in r.getMessage()]) == 1
+    await asyncio.to_thread(fleet.start_all, names=("w1",))
+    ended = [item for item in await watching.until_ended() if item.outcome != "submitted"]
+    assert [item.outcome for item in ended] == ["sent"], (ended, fleet.log_text())
+    assert watching.sample("meshpipe_fleet_sends_in_flight") == 0
+    assert watching.sample("meshpipe_fleet_send_stalled_seconds") == 0
 
 
 async def test_a_fleet_send_that_fails_ends_in_failed_with_the_reason(

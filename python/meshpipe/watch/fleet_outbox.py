@@ -113,7 +113,9 @@ class _InFlight:
     def stalled_for(self, record: SendRecord, now: float) -> float:
         """Seconds since the send last moved, ``record`` being how the ledger shows it now."""
         progress = (record.state, record.message_id, record.chunks_done)
-        if progress != self.progress:
+        if self.progress is None:  # the first look: still as submitted, since the submit
+            self.progress = progress
+        elif progress != self.progress:
             self.progress, self.since, self.warned = progress, now, False
         return now - self.since
 
