@@ -17,9 +17,10 @@ from meshpipe.config import Secret
 from meshpipe.error_body import mesh_error_from_response
 from meshpipe.errors import ConfigError, MeshConnectionError, MeshHTTPError
 from meshpipe.retry import RetryPolicy, call_with_retry
+from meshpipe.watch.fleet_outbox import STALL_SECONDS
 from meshpipe.watch.health import Health
 from meshpipe.watch.metrics import WatchMetrics
-from meshpipe.watch.ops import build_app, check_listen_host, serve_app, start_ops
+from meshpipe.watch.ops import build_app, check_listen_host, serve_app, signal_source, start_ops
 
 MAILBOX = "X26ABC1"
 
@@ -199,3 +200,16 @@ async def test_more_pages_can_be_added_to_the_app() -> None:
                 assert answer.status == 200
     finally:
         await runner.cleanup()
+
+
+def test_the_overview_signals_carry_the_fleet_s_sends_and_a_stall_past_the_warning() -> None:
+    metrics, health = WatchMetrics(), Health([MAILBOX])
+    [plain] = signal_source(metrics, health)()
+    assert plain.fleet_in_flight is None and plain.fleet_stalled_seconds is None
+    metrics.fleet_in_flight.labels(MAILBOX).set(3)
+    metrics.fleet_stalled.labels(MAILBOX).set(STALL_SECONDS - 1)  # moving, or not for long
+    [moving] = signal_source(metrics, health)()
+    assert moving.fleet_in_flight == 3 and moving.fleet_stalled_seconds is None
+    metrics.fleet_stalled.labels(MAILBOX).set(STALL_SECONDS + 112.5)
+    [stalled] = signal_source(metrics, health)()
+    assert stalled.fleet_stalled_seconds == STALL_SECONDS + 112.5

@@ -55,7 +55,10 @@ async def tracked(message_id: str) -> TrackingInfo:
 
 
 def signals() -> list[MailboxSignals]:
-    return [MailboxSignals("X26ABC001", last_poll=1.7e9, reports={"14": 2}, ready=True)]
+    return [
+        MailboxSignals("X26ABC001", last_poll=1.7e9, reports={"14": 2}, ready=True),
+        MailboxSignals("X26ABC003", fleet_in_flight=3, fleet_stalled_seconds=412.7),
+    ]
 
 
 @pytest.fixture
@@ -230,6 +233,8 @@ async def test_the_overview(site: Site) -> None:
     assert "WF_NIGHTLY" in html and "WF_OTHER" in html
     assert "MESH refused the recipient (code 12)" in html  # a recent failure
     assert "code 14: 2" in html  # the service's signals
+    assert "(3 with the fleet)" in html and "no progress for 412 s" in html
+    assert html.count("with the fleet") == 1  # not for a mailbox that has none
     assert '<a href="/transfers?mailbox=X26ABC001&amp;direction=send&amp;state=uploading">' in html
 
 

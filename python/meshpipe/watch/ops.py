@@ -37,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from meshpipe.errors import ConfigError
 from meshpipe.logs import redact
 from meshpipe.pages.access import load_token
+from meshpipe.watch.fleet_outbox import STALL_SECONDS
 from meshpipe.watch.health import Health
 from meshpipe.watch.metrics import WatchMetrics
 from meshpipe.web import LedgerView, MailboxSignals, SignalSource, add_web_pages
@@ -92,6 +93,12 @@ def signal_source(metrics: WatchMetrics, health: Health) -> SignalSource:
         value = registry.get_sample_value(name, {"mailbox": mailbox})
         return None if value is None else int(value)
 
+    def stalled(mailbox: str) -> float | None:
+        value = registry.get_sample_value(
+            "meshpipe_fleet_send_stalled_seconds", {"mailbox": mailbox}
+        )
+        return value if value is not None and value >= STALL_SECONDS else None
+
     def signals() -> list[MailboxSignals]:
         now = time.time()
         reports: dict[str, dict[str, int]] = {}
@@ -111,6 +118,8 @@ def signal_source(metrics: WatchMetrics, health: Health) -> SignalSource:
                 certificate_expires=item.certificate_expires,
                 inbox_backlog=gauge("meshpipe_inbox_backlog_messages", item.mailbox),
                 outbox_backlog=gauge("meshpipe_outbox_backlog_files", item.mailbox),
+                fleet_in_flight=gauge("meshpipe_fleet_sends_in_flight", item.mailbox),
+                fleet_stalled_seconds=stalled(item.mailbox),
                 reports=reports.get(item.mailbox, {}),
                 ready=not item.problems(now),
             )

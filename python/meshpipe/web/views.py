@@ -65,6 +65,10 @@ class MailboxSignals:
     certificate_expires: float | None = None
     inbox_backlog: int | None = None
     outbox_backlog: int | None = None
+    #: With the fleet: sends handed to its workers and not yet ended, and (only once past
+    #: watch's warning threshold) the seconds the longest-stalled of them has not moved.
+    fleet_in_flight: int | None = None
+    fleet_stalled_seconds: float | None = None
     reports: Mapping[str, int] | None = None  # non-delivery and error reports by MESH code
     ready: bool | None = None
 
