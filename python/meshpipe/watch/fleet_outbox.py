@@ -69,6 +69,7 @@ from meshpipe.watch.outbox import (
     _classified,
     _Deferred,
     _Failed,
+    listed_source,
 )
 from meshpipe.watch.settings import MailboxSettings
 
@@ -236,17 +237,9 @@ class FleetOutbox(Outbox):
         self._count_fleet_sent(record)
         return await self._finish_sent(item, "sent", record.message_id, sending.local_id)
 
-    async def send(self, item: OutgoingFile) -> SendOutcome:
+    async def _deliver(self, item: OutgoingFile) -> SendOutcome:
         """Submit one complete file to the fleet (or, sent before, move it: module doc)."""
-        try:
-            if item.problem is not None:
-                raise _Failed(f"{item.problem}", code="06")
-            submitted = await self._submit(item)
-        except _Deferred as deferred:
-            log.warning("%s: %s left in the outbox: %s", self.mailbox, item.name, deferred.reason)
-            return SendOutcome(item, "deferred", reason=deferred.reason)
-        except _Failed as failed:
-            return await self._fail(item, failed)
+        submitted = await self._submit(item)
         if submitted.outcome == "already-sent":
             assert submitted.message_id is not None
             self.metrics.transfers.labels(self.mailbox, "send", "already-sent").inc()
@@ -339,9 +332,7 @@ def _changes(record: SendRecord, path: Path) -> str | None:
 def _moved_on(record: SendRecord, item: OutgoingFile) -> bool:
     """Whether the file listed is not the source of ``record`` (a failed send of the same
     local id from a file changed since)."""
-    listed = item.data
-    now = SourceFile(str(listed.path), listed.size, listed.mtime_ns, listed.inode, listed.device)
-    return bool(record.source.differences(now))
+    return bool(record.source.differences(listed_source(item)))
 
 
 __all__ = ["FleetOutbox", "fleet_ledger"]

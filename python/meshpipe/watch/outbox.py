@@ -324,17 +324,23 @@ class Outbox:
             slots.release()
 
     async def send(self, item: OutgoingFile) -> SendOutcome:
-        """Send one complete file and move it where it belongs (see the module doc)."""
-        started = time.monotonic()
+        """Send one complete file and move it where it belongs (see the module doc): a file
+        refused goes to failed/, one deferred stays for a later scan."""
         try:
             if item.problem is not None:
                 raise _Failed(f"{item.problem}", code="06")
-            result = await self._send(item)
+            return await self._deliver(item)
         except _Deferred as deferred:
             log.warning("%s: %s left in the outbox: %s", self.mailbox, item.name, deferred.reason)
             return SendOutcome(item, "deferred", reason=deferred.reason)
         except _Failed as failed:
             return await self._fail(item, failed)
+
+    async def _deliver(self, item: OutgoingFile) -> SendOutcome:
+        """Send the file from this process and move it to sent/ (the fleet's outbox submits
+        it instead); raises _Failed or _Deferred."""
+        started = time.monotonic()
+        result = await self._send(item)
         outcome: Outcome = "already-sent" if result.outcome == "already-sent" else "sent"
         self._count_sent(item, result, outcome, time.monotonic() - started)
         return await self._finish_sent(item, outcome, result.message_id, result.local_id)
@@ -398,11 +404,7 @@ class Outbox:
     def _already_sent(self, item: OutgoingFile, record: SendRecord) -> DurableSendResult:
         """A completed send of this local id: the same file (sent, not yet moved: a crash),
         or another file that reused the control file's LocalId (refused)."""
-        listed = item.data
-        now = SourceFile(
-            str(listed.path), listed.size, listed.mtime_ns, listed.inode, listed.device
-        )
-        if record.source.differences(now):
+        if record.source.differences(listed_source(item)):
             raise _Failed(
                 f"LocalId {record.local_id!r} was already used by {record.source.path}, sent "
                 f"as message {record.message_id}: give this file's control file its own "
@@ -543,6 +545,13 @@ _MESH_HINTS: Final = {
     "missing_header": "give the missing value in the control file or the rule",
     "bad_request": "correct the control file or the rule",
 }
+
+
+def listed_source(item: OutgoingFile) -> SourceFile:
+    """The file as the scan listed it, in the ledger's terms (to compare with a send's
+    recorded source)."""
+    listed = item.data
+    return SourceFile(str(listed.path), listed.size, listed.mtime_ns, listed.inode, listed.device)
 
 
 def _classified(error: BaseException) -> _Failed | _Deferred:
