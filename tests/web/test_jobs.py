@@ -249,18 +249,24 @@ async def test_a_transfers_page_shows_its_jobs(jobs_site: str, queued: Queued) -
     assert str(escape(HOSTILE_REASON)) in rows_of(page, "transfer-jobs")[queued.jobs["failed"]]
 
 
-async def test_sqlite_ledger_has_no_jobs(tmp_path: Path) -> None:
-    location = str(tmp_path / "ledger.sqlite3")
-    sample_ledger(location, tmp_path)
+async def without_jobs(location: str, other_page: str) -> tuple[str, int, str]:
+    """``other_page`` and ``/jobs`` from a view of a ledger the fleet does not use."""
     view = LedgerView(location)
     try:
         async with TestServer(build_web_app(view), host="127.0.0.1") as server:
             base = str(server.make_url("")).rstrip("/")
-            _, overview = await get(base, "/")
-            assert 'href="/jobs"' not in overview
+            _, other = await get(base, other_page)
             status, page = await get(base, "/jobs")
+            return other, status, page
     finally:
         view.close()
+
+
+async def test_sqlite_ledger_has_no_jobs(tmp_path: Path) -> None:
+    location = str(tmp_path / "ledger.sqlite3")
+    sample_ledger(location, tmp_path)
+    overview, status, page = await without_jobs(location, "/")
+    assert 'href="/jobs"' not in overview
     assert status == 404
     assert "The fleet is not in use" in page and "SQLite" in page
 
@@ -268,15 +274,8 @@ async def test_sqlite_ledger_has_no_jobs(tmp_path: Path) -> None:
 async def test_postgresql_without_the_queue_has_no_jobs(postgres_server: PostgresServer) -> None:
     location = postgres_server.create_database("noqueue")
     Ledger.open(location).close()
-    view = LedgerView(location)
-    try:
-        async with TestServer(build_web_app(view), host="127.0.0.1") as server:
-            base = str(server.make_url("")).rstrip("/")
-            _, overview = await get(base, "/transfers")
-            assert 'href="/jobs"' not in overview
-            status, page = await get(base, "/jobs")
-    finally:
-        view.close()
+    transfers, status, page = await without_jobs(location, "/transfers")
+    assert 'href="/jobs"' not in transfers
     assert status == 404
     assert "has no job" in page and "meshpipe worker" in page
 

@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from meshpipe.ledger.database import Location, transaction
 from meshpipe.logs import redact
+from meshpipe.web.keyset import keyset_page
 
 SEND_FIRST: Final = "meshpipe.fleet.send_first"
 SEND_RANGE: Final = "meshpipe.fleet.send_range"
@@ -261,25 +262,17 @@ class JobReader:
         sql = _SELECT + _clause(where) + f" ORDER BY j.id {order} LIMIT :limit"
         params["limit"] = query.size + 1
         with self._reading() as connection:
-            rows = [_row(found) for found in connection.execute(text(sql), params)]
-            more = len(rows) > query.size
-            rows = rows[: query.size]
-            if not walk_newest_first:
-                rows.reverse()
+            rows, newer, older = keyset_page(
+                [_row(found) for found in connection.execute(text(sql), params)],
+                query.size,
+                walked_back=not walk_newest_first,
+                from_newer=query.before is not None,
+                from_older=query.after is not None,
+            )
             rows = self._with_events(connection, rows)
             counts = self._counts(connection, query.queue)
             queues = list(connection.execute(text(_QUEUES)).scalars())
-        if walk_newest_first:
-            newer_exists, older_exists = query.before is not None, more
-        else:
-            newer_exists, older_exists = more, True
-        return JobPage(
-            rows=rows,
-            counts=counts,
-            queues=queues,
-            newer=rows[0].id if rows and newer_exists else None,
-            older=rows[-1].id if rows and older_exists else None,
-        )
+        return JobPage(rows=rows, counts=counts, queues=queues, newer=newer, older=older)
 
     def of_transfer(self, transfer_id: int) -> list[JobRow]:
         """The newest TRANSFER_JOB_LIMIT jobs of one transfer, oldest first."""
@@ -326,7 +319,7 @@ class JobReader:
         found: dict[int, list[JobEvent]] = {}
         for event in connection.execute(text(_EVENTS), {"ids": wanted}):
             found.setdefault(int(event.job_id), []).append(JobEvent(event.kind, event.at))
-        return [_replace_events(row, found.get(row.id, [])) for row in rows]
+        return [replace(row, events=tuple(found.get(row.id, ()))) for row in rows]
 
     def _reading(self) -> AbstractContextManager[Connection]:
         return transaction(self._engine, self._location, write=False)
@@ -335,10 +328,6 @@ class JobReader:
 def _tries(row: JobRow) -> int:
     """The attempts of a job not retried: a finished job counts its one run."""
     return 0 if row.state in ("todo", "doing") else 1
-
-
-def _replace_events(row: JobRow, events: list[JobEvent]) -> JobRow:
-    return replace(row, events=tuple(events))
 
 
 def _clause(where: Sequence[str]) -> str:

@@ -30,6 +30,7 @@ from meshpipe.ledger import (
 from meshpipe.ledger.database import create_ledger_engine, parse_location, transaction
 from meshpipe.ledger.schema import events, transfers
 from meshpipe.web.jobs import JobReader
+from meshpipe.web.keyset import keyset_page
 
 PAGE_SIZE: Final = 50
 #: The list counts matching transfers up to this many (a count of every row of a big ledger
@@ -274,23 +275,14 @@ class LedgerView:
         elif query.last:
             walk_descending = not query.descending
         order = ids.desc() if walk_descending else ids.asc()
-        rows = self._rows(base.order_by(order).limit(query.size + 1))
-        more = len(rows) > query.size
-        rows = rows[: query.size]
-        if walk_descending != query.descending:
-            rows.reverse()
-            older_exists = query.after is not None  # came from an older page
-            newer_exists = more
-        else:
-            newer_exists = query.before is not None
-            older_exists = more
-        return TransferPage(
-            rows=rows,
-            total=total,
-            running=running,
-            newer=rows[0].id if rows and newer_exists else None,
-            older=rows[-1].id if rows and older_exists else None,
+        rows, newer, older = keyset_page(
+            self._rows(base.order_by(order).limit(query.size + 1)),
+            query.size,
+            walked_back=walk_descending != query.descending,
+            from_newer=query.before is not None,
+            from_older=query.after is not None,
         )
+        return TransferPage(rows=rows, total=total, running=running, newer=newer, older=older)
 
     def _offset_page(
         self, query: ListQuery, base: Select[Any], total: int, running: int
